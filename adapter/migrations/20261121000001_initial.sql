@@ -1,0 +1,18 @@
+-- Portable SQL: runs unchanged on SQLite and PostgreSQL.
+-- Times are unix seconds; ids of secrets are SHA-256 hashes.
+CREATE TABLE IF NOT EXISTS artifacts (
+    kind        TEXT   NOT NULL,
+    id          TEXT   NOT NULL,
+    data        TEXT   NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    consumed_at BIGINT,
+    PRIMARY KEY (kind, id)
+);
+CREATE INDEX IF NOT EXISTS artifacts_expires_at ON artifacts (expires_at);
+
+CREATE TABLE IF NOT EXISTS signing_keys (
+    kid         TEXT   NOT NULL PRIMARY KEY,
+    alg         TEXT   NOT NULL,
+    private_pem TEXT   NOT NULL,
+    created_at  BIGINT NOT NULL
+);

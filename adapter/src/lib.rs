@@ -1,0 +1,5 @@
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod secret;
+pub mod store;
