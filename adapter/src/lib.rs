@@ -1,5 +1,33 @@
+//! Auth Adapter: an OpenID Provider that brokers logins to upstream
+//! identity providers and issues its own tokens.
+//!
+//! Layout:
+//! - [`config`]: configuration (defaults, TOML file, environment).
+//! - [`startup`]: [`Application`] (bind, build, run) and the router.
+//! - [`provider`]: the OpenID Provider engine: authorize, token, userinfo,
+//!   discovery/JWKS, and the records a flow persists.
+//! - [`connector`]: identity sources: the OIDC upstream (federation) and
+//!   local accounts (passwords).
+//! - [`customizer`]: maps an identity to the claims of issued tokens.
+//! - [`keys`]: signing keys (generated at first start, kept in the store).
+//! - [`store`]: the storage trait and its SQLite/PostgreSQL implementation.
+//! - [`clock`]: the injected clock; [`secret`]: randomness and hashing;
+//!   [`error`]: protocol error codes; [`web`]: pages and response helpers;
+//!   [`telemetry`]: logging; [`cli`]: the command line shared by binaries.
+
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod connector;
+pub mod customizer;
 pub mod error;
+pub mod keys;
+pub mod provider;
 pub mod secret;
+pub mod startup;
 pub mod store;
+pub mod telemetry;
+pub mod web;
+
+pub use config::Config;
+pub use startup::Application;

@@ -1,0 +1,107 @@
+//! Connectors: where identities come from (Dex's shape).
+//!
+//! A [`CallbackConnector`] sends the browser elsewhere and gets it back on
+//! its own callback path (the OIDC upstream, [`oidc::OidcConnector`]). A
+//! [`PasswordConnector`] checks credentials typed into our own login form
+//! (local accounts, [`local::LocalConnector`]). The opaque state a callback
+//! connector returns from `begin` is persisted with the login state, so a
+//! login survives a restart and can finish on another replica.
+
+pub mod local;
+pub mod oidc;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use crate::customizer::Identity;
+
+/// Why a connector could not authenticate.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// The upstream cannot be reached or answered with a server error:
+    /// `temporarily_unavailable` for the relying party (checklist E8).
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+    /// The user or the upstream refused (`access_denied`).
+    #[error("access denied: {0}")]
+    Denied(String),
+    /// The upstream's answer failed validation (bad ID token, wrong `iss`, …).
+    #[error("upstream response rejected: {0}")]
+    Invalid(String),
+    /// Local misconfiguration.
+    #[error("connector misconfigured: {0}")]
+    Config(String),
+    #[error("not supported by this connector")]
+    NotSupported,
+}
+
+/// What `begin` hands back: where to send the browser, and the state to
+/// keep server-side until the callback.
+#[derive(Debug, Clone)]
+pub struct BeginResponse {
+    pub redirect_url: String,
+    /// Opaque to the provider; persisted with the login state.
+    pub connector_state: String,
+}
+
+#[async_trait]
+pub trait CallbackConnector: Send + Sync + 'static {
+    /// Starts a login. `state` is the value the upstream must echo back;
+    /// `callback_url` is this connector's own callback (RFC 9700 §4.4).
+    async fn begin(&self, callback_url: &str, state: &str) -> Result<BeginResponse, ConnectorError>;
+
+    /// Finishes a login from the callback's query parameters.
+    async fn complete(
+        &self,
+        callback_url: &str,
+        params: &HashMap<String, String>,
+        connector_state: &str,
+    ) -> Result<Identity, ConnectorError>;
+
+    /// Refreshes an identity (used by a later refresh-token grant).
+    async fn refresh(&self, _identity: &Identity) -> Result<Identity, ConnectorError> {
+        Err(ConnectorError::NotSupported)
+    }
+
+    /// Warms caches (discovery) in the background; failures are logged.
+    async fn warm_up(&self) {}
+}
+
+#[async_trait]
+pub trait PasswordConnector: Send + Sync + 'static {
+    /// `Ok(None)` for unknown user or wrong password alike (F4).
+    async fn login(&self, username: &str, password: &str)
+        -> Result<Option<Identity>, ConnectorError>;
+}
+
+/// A configured connector.
+#[derive(Clone)]
+pub enum ConnectorKind {
+    Callback(Arc<dyn CallbackConnector>),
+    Password(Arc<dyn PasswordConnector>),
+}
+
+/// A connector with its id and display name.
+#[derive(Clone)]
+pub struct Connector {
+    pub id: String,
+    pub name: String,
+    pub kind: ConnectorKind,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// True for ids usable in paths and claim names.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}

@@ -1,0 +1,261 @@
+//! Building and running the server: `Application::build` binds first (port
+//! 0 allowed) so tests learn the issuer before anything else; `app()` is the
+//! router apart from `main`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use axum::http::{HeaderName, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::Config;
+use crate::connector::local::{LocalConnector, LOCAL_CONNECTOR_ID};
+use crate::connector::oidc::OidcConnector;
+use crate::connector::{valid_id, Connector, ConnectorKind};
+use crate::keys::KeyManager;
+use crate::provider::{authorize, discovery, token, userinfo, AppState, Client, Inner};
+use crate::store::{SqlStore, Store};
+use crate::{customizer, telemetry, web};
+
+/// Largest accepted request body.
+const BODY_LIMIT: usize = 64 * 1024;
+/// Longest a request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often expired artifacts are deleted (G7).
+const GC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A bound, ready-to-run provider.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    state: AppState,
+}
+
+impl Application {
+    /// Binds `config.server.listen` and builds the provider.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot bind server.listen = {}", config.server.listen))?;
+        Self::build_with_listener(config, listener).await
+    }
+
+    /// Builds on an already bound listener (tests bind first to learn ports).
+    pub async fn build_with_listener(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, listener, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Application::build_with_listener`], with an injected clock.
+    pub async fn build_with_clock(
+        config: Config,
+        listener: TcpListener,
+        clock: SharedClock,
+    ) -> anyhow::Result<Self> {
+        let port = listener.local_addr()?.port();
+        let state = build_state(config, clock).await?;
+        Ok(Application { listener, port, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let state = self.state.clone();
+        for c in &state.connectors {
+            if let ConnectorKind::Callback(cb) = &c.kind {
+                let cb = cb.clone();
+                tokio::spawn(async move { cb.warm_up().await });
+            }
+        }
+        let gc = tokio::spawn(collect_garbage(state.store.clone(), state.clock.clone()));
+        tracing::info!(issuer = %state.issuer, port = self.port, "listening");
+        let result = axum::serve(self.listener, app(state)).with_graceful_shutdown(shutdown).await;
+        gc.abort();
+        result
+    }
+
+    /// Serves until Ctrl-C or SIGTERM.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn collect_garbage(store: Arc<dyn Store>, clock: SharedClock) {
+    let mut tick = tokio::time::interval(GC_INTERVAL);
+    loop {
+        tick.tick().await;
+        match store.delete_expired(clock.now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "expired artifacts removed"),
+            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+        }
+    }
+}
+
+/// The issuer must be an absolute http(s) URL without trailing slash, query
+/// or fragment (OIDC Discovery §3, checklist C9).
+fn validate_issuer(issuer: &str) -> anyhow::Result<()> {
+    let url = url::Url::parse(issuer).with_context(|| format!("server.issuer = {issuer:?} is not a URL"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.query().is_some() || url.fragment().is_some() {
+        bail!("server.issuer = {issuer:?}: must be http(s) without query or fragment");
+    }
+    if issuer.ends_with('/') {
+        bail!("server.issuer = {issuer:?}: remove the trailing slash");
+    }
+    Ok(())
+}
+
+fn resolve_secret(inline: &Option<String>, env: &Option<String>, key: &str) -> anyhow::Result<Option<String>> {
+    Ok(match (inline, env) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(var)) => Some(
+            std::env::var(var).with_context(|| format!("{key}_env: environment variable {var} is not set"))?,
+        ),
+        (None, None) => None,
+    })
+}
+
+/// Validates the configuration and assembles the shared state.
+pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<AppState> {
+    validate_issuer(&config.server.issuer)?;
+    let issuer = config.server.issuer.clone();
+
+    let mut clients = HashMap::new();
+    for c in &config.clients {
+        let client = Client::from_config(c).map_err(anyhow::Error::msg)?;
+        if clients.insert(c.id.clone(), client).is_some() {
+            bail!("clients: id {:?} appears twice", c.id);
+        }
+    }
+
+    let mut connectors = Vec::new();
+    for up in &config.upstreams {
+        if !valid_id(&up.id) {
+            bail!("upstreams[{}].id: use lowercase letters, digits, '-' or '_'", up.id);
+        }
+        if connectors.iter().any(|c: &Connector| c.id == up.id) || up.id == LOCAL_CONNECTOR_ID {
+            bail!("upstreams[{}].id appears twice or is reserved", up.id);
+        }
+        let secret = resolve_secret(&up.client_secret, &up.client_secret_env, &format!("upstreams[{}].client_secret", up.id))?;
+        let oidc = OidcConnector::new(up, secret).map_err(|e| anyhow::anyhow!("{e}"))?;
+        connectors.push(Connector {
+            id: up.id.clone(),
+            name: up.name.clone().unwrap_or_else(|| up.id.clone()),
+            kind: ConnectorKind::Callback(Arc::new(oidc)),
+        });
+    }
+    if !config.local_users.is_empty() {
+        let local = LocalConnector::new(&config.local_users).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        connectors.push(Connector {
+            id: LOCAL_CONNECTOR_ID.into(),
+            name: "Username and password".into(),
+            kind: ConnectorKind::Password(Arc::new(local)),
+        });
+    }
+
+    let customizer = customizer::from_config(&config.claims).map_err(anyhow::Error::msg)?;
+    let store = SqlStore::connect(&config.database.url, config.database.max_connections)
+        .await
+        .with_context(|| "database.url: cannot open the database".to_string())?;
+    let keys = KeyManager::load_or_create(&store, &config.tokens.signing_alg, clock.now())
+        .await
+        .context("signing keys")?;
+    let cookie_secure = config.session.secure.unwrap_or(issuer.starts_with("https://"));
+    Ok(AppState(Arc::new(Inner {
+        issuer,
+        store: Arc::new(store),
+        keys,
+        clients,
+        connectors,
+        customizer,
+        clock,
+        cookie_secure,
+        config,
+    })))
+}
+
+async fn ready(axum::extract::State(st): axum::extract::State<AppState>) -> impl IntoResponse {
+    // Readiness depends on our own storage only, never on an upstream (E8).
+    match st.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"),
+    }
+}
+
+async fn not_found(axum::extract::State(st): axum::extract::State<AppState>) -> impl IntoResponse {
+    st.error_page(StatusCode::NOT_FOUND, "Not found", "There is nothing at this address.")
+}
+
+/// The provider's routes and middleware.
+pub fn app(state: AppState) -> Router {
+    let x_request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/.well-known/openid-configuration", get(discovery::openid_configuration))
+        .route("/oauth2/jwks", get(discovery::jwks))
+        .route("/oauth2/authorize", get(authorize::authorize_get).post(authorize::authorize_post))
+        .route("/oauth2/token", post(token::token))
+        .route("/userinfo", get(userinfo::userinfo).post(userinfo::userinfo))
+        .route("/login/oauth2/code/{connector}", get(authorize::upstream_callback))
+        .route("/login/start/{connector}", get(authorize::login_start))
+        .route("/login/{connector}", get(authorize::login_form).post(authorize::login_submit))
+        .route("/healthz/live", get(|| async { "ok" }))
+        .route("/healthz/ready", get(ready))
+        .route("/assets/style.css", get(web::style))
+        .fallback(not_found)
+        .layer(web::security_headers())
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(x_request_id.clone(), MakeRequestUuid))
+                .layer(SetSensitiveRequestHeadersLayer::new([
+                    axum::http::header::AUTHORIZATION,
+                    axum::http::header::COOKIE,
+                ]))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(telemetry::request_span)
+                        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+                )
+                .layer(PropagateRequestIdLayer::new(x_request_id))
+                .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+                .layer(RequestBodyLimitLayer::new(BODY_LIMIT)),
+        )
+        .with_state(state)
+}

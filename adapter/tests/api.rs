@@ -1,0 +1,614 @@
+//! Provider-level tests over real sockets: the engine runs with the local
+//! accounts connector (identity-provider mode), a SQLite file and a manual
+//! clock; a reqwest client that never follows redirects plays the browser
+//! and the relying party. Checklist ids are cited in test names.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use adapter::clock::ManualClock;
+use adapter::config::{ClientConfig, Config, CustomizerKind, LocalUserConfig};
+use adapter::secret::pkce_s256;
+use adapter::Application;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use reqwest::header::{AUTHORIZATION, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
+use reqwest::redirect::Policy;
+use reqwest::StatusCode;
+use serde_json::{Map, Value};
+use url::Url;
+
+const SECRET: &str = "s3cr:et%with~special-chars";
+const REDIRECT: &str = "http://127.0.0.1:1/cb";
+const VERIFIER: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFG-._~";
+
+struct TestApp {
+    base: String,
+    clock: Arc<ManualClock>,
+    browser: reqwest::Client,
+    rp: reqwest::Client,
+    _dir: tempfile::TempDir,
+    db_url: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn test_config(db_url: &str) -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.database.url = db_url.to_string();
+    c.claims.customizer = CustomizerKind::Passthrough;
+    c.clients = vec![
+        ClientConfig {
+            id: "app".into(),
+            name: Some("Test App".into()),
+            secret: Some(SECRET.into()),
+            secret_env: None,
+            redirect_uris: vec![REDIRECT.into(), "http://127.0.0.1:1/other".into()],
+            post_logout_redirect_uris: vec![],
+            allowed_scopes: vec!["openid".into(), "profile".into(), "email".into()],
+            public: false,
+            require_pkce: true,
+        },
+        ClientConfig {
+            id: "other".into(),
+            name: None,
+            secret: Some("other-secret".into()),
+            secret_env: None,
+            redirect_uris: vec![REDIRECT.into()],
+            post_logout_redirect_uris: vec![],
+            allowed_scopes: vec!["openid".into()],
+            public: false,
+            require_pkce: true,
+        },
+    ];
+    c.local_users = vec![LocalUserConfig {
+        username: "alice".into(),
+        password_hash: None,
+        password: Some("correct horse".into()),
+        name: Some("Alice Example".into()),
+        email: Some("alice@example.org".into()),
+        groups: vec![],
+    }];
+    c
+}
+
+fn init_logs() {
+    if std::env::var("TEST_LOG").is_ok() {
+        adapter::telemetry::init("text");
+    }
+}
+
+async fn start(config: Config, clock: Arc<ManualClock>, port: u16) -> (u16, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut config = config;
+    config.server.issuer = format!("http://127.0.0.1:{port}");
+    let app = Application::build_with_clock(config, listener, clock).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        app.run_until(async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    (port, tx, handle)
+}
+
+async fn spawn_app() -> TestApp {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}/adapter.db", dir.path().display());
+    let clock = Arc::new(ManualClock::new());
+    let (port, tx, handle) = start(test_config(&db_url), clock.clone(), 0).await;
+    let client = || {
+        reqwest::Client::builder()
+            .redirect(Policy::none())
+            .cookie_store(true)
+            .build()
+            .unwrap()
+    };
+    TestApp {
+        base: format!("http://127.0.0.1:{port}"),
+        clock,
+        browser: client(),
+        rp: client(),
+        _dir: dir,
+        db_url,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+fn location(r: &reqwest::Response) -> String {
+    r.headers()
+        .get(LOCATION)
+        .unwrap_or_else(|| panic!("no Location on {}", r.status()))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn query(url: &str) -> Map<String, Value> {
+    Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+        .collect()
+}
+
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker).unwrap_or_else(|| panic!("no {name} in {html}")) + marker.len();
+    html[start..].split('"').next().unwrap().to_string()
+}
+
+fn jwt_parts(token: &str) -> (Value, Value) {
+    let mut p = token.split('.');
+    let h = URL_SAFE_NO_PAD.decode(p.next().unwrap()).unwrap();
+    let c = URL_SAFE_NO_PAD.decode(p.next().unwrap()).unwrap();
+    (serde_json::from_slice(&h).unwrap(), serde_json::from_slice(&c).unwrap())
+}
+
+impl TestApp {
+    fn authorize_url(&self, extra: &[(&str, &str)]) -> String {
+        let mut url = Url::parse(&format!("{}/oauth2/authorize", self.base)).unwrap();
+        let challenge = pkce_s256(VERIFIER);
+        let mut params: Vec<(&str, &str)> = vec![
+            ("client_id", "app"),
+            ("redirect_uri", REDIRECT),
+            ("response_type", "code"),
+            ("scope", "openid profile email"),
+            ("state", "st-123"),
+            ("nonce", "n-456"),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+        ];
+        for (k, v) in extra {
+            params.retain(|(pk, _)| pk != k);
+            if !v.is_empty() {
+                params.push((k, v));
+            }
+        }
+        url.query_pairs_mut().extend_pairs(params);
+        url.to_string()
+    }
+
+    /// Browser: authorize → login form → POST credentials (or straight
+    /// back when the browser has a session). Returns the client redirect.
+    async fn login(&self, extra: &[(&str, &str)]) -> String {
+        let r = self.browser.get(self.authorize_url(extra)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FOUND);
+        let form_url = location(&r);
+        if form_url.starts_with(REDIRECT) {
+            // Single sign-on: this browser already has a session.
+            return form_url;
+        }
+        assert!(form_url.starts_with("/login/local?req="), "{form_url}");
+        let r = self.browser.get(format!("{}{form_url}", self.base)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let html = r.text().await.unwrap();
+        let r = self
+            .browser
+            .post(format!("{}/login/local", self.base))
+            .form(&[
+                ("req", hidden(&html, "req")),
+                ("csrf_token", hidden(&html, "csrf_token")),
+                ("username", "alice".into()),
+                ("password", "correct horse".into()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        // A14: 303 after a credential POST, never 307.
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        location(&r)
+    }
+
+    async fn code(&self) -> String {
+        let loc = self.login(&[]).await;
+        assert!(loc.starts_with(REDIRECT), "{loc}");
+        let q = query(&loc);
+        assert_eq!(q["state"], "st-123", "A7: state echoed");
+        assert_eq!(q["iss"], self.base.as_str(), "A8: RFC 9207 iss");
+        q["code"].as_str().unwrap().to_string()
+    }
+
+    async fn token(&self, form: &[(&str, &str)], basic: Option<(&str, &str)>) -> reqwest::Response {
+        let mut req = self.rp.post(format!("{}/oauth2/token", self.base)).form(form);
+        if let Some((id, secret)) = basic {
+            // RFC 6749 §2.3.1: form-urlencode, then base64.
+            let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let raw = STANDARD.encode(format!("{}:{}", enc(id), enc(secret)));
+            req = req.header(AUTHORIZATION, format!("Basic {raw}"));
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn redeem(&self, code: &str) -> reqwest::Response {
+        self.token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", VERIFIER),
+            ],
+            Some(("app", SECRET)),
+        )
+        .await
+    }
+
+    async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap();
+        }
+    }
+}
+
+async fn error_of(r: reqwest::Response) -> (StatusCode, String) {
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    (status, v["error"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn discovery_and_jwks_c4_c9() {
+    let app = spawn_app().await;
+    let d: Value = reqwest::get(format!("{}/.well-known/openid-configuration", app.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["issuer"], app.base.as_str());
+    assert_eq!(d["response_types_supported"], serde_json::json!(["code"]));
+    assert_eq!(d["subject_types_supported"], serde_json::json!(["public"]));
+    assert_eq!(d["code_challenge_methods_supported"], serde_json::json!(["S256"]));
+    assert_eq!(d["authorization_response_iss_parameter_supported"], true);
+    assert!(d["id_token_signing_alg_values_supported"].as_array().unwrap().contains(&"RS256".into()));
+    for k in ["authorization_endpoint", "token_endpoint", "userinfo_endpoint", "jwks_uri"] {
+        assert!(d[k].as_str().unwrap().starts_with(&app.base), "{k}");
+    }
+    let jwks: Value = reqwest::get(d["jwks_uri"].as_str().unwrap()).await.unwrap().json().await.unwrap();
+    let key = &jwks["keys"][0];
+    assert_eq!(key["kty"], "RSA");
+    assert_eq!(key["use"], "sig");
+    assert!(key["kid"].is_string());
+    for private in ["d", "p", "q", "dp", "dq", "qi"] {
+        assert!(key.get(private).is_none());
+    }
+    let live = reqwest::get(format!("{}/healthz/live", app.base)).await.unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    let ready = reqwest::get(format!("{}/healthz/ready", app.base)).await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn code_flow_issues_valid_tokens_and_userinfo() {
+    let app = spawn_app().await;
+    let code = app.code().await;
+    let r = app.redeem(&code).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.headers()["pragma"], "no-cache");
+    let t: Value = r.json().await.unwrap();
+    assert_eq!(t["token_type"], "Bearer");
+    let access = t["access_token"].as_str().unwrap();
+    let (h, at) = jwt_parts(access);
+    assert_eq!(h["typ"], "at+jwt");
+    assert_eq!(h["alg"], "RS256");
+    assert!(h["kid"].is_string());
+    assert_eq!(at["iss"], app.base.as_str());
+    assert_eq!(at["aud"], "app");
+    assert_eq!(at["sub"], "alice");
+    assert!(at["jti"].is_string());
+    let (h, id) = jwt_parts(t["id_token"].as_str().unwrap());
+    assert_eq!(h["typ"], "JWT");
+    assert_eq!(id["iss"], app.base.as_str());
+    assert_eq!(id["aud"], "app");
+    assert_eq!(id["sub"], "alice");
+    assert_eq!(id["nonce"], "n-456");
+    assert_eq!(id["name"], "Alice Example");
+    assert_eq!(id["email"], "alice@example.org");
+    assert_eq!(id["at_hash"], adapter::secret::at_hash(access).as_str());
+    assert!(id["exp"].as_i64().unwrap() > id["iat"].as_i64().unwrap());
+    assert!(id["auth_time"].is_i64());
+
+    // C10: GET with Bearer, POST with Bearer, POST with form body.
+    let u: Value = app.rp.get(format!("{}/userinfo", app.base)).bearer_auth(access).send().await.unwrap().json().await.unwrap();
+    assert_eq!(u["sub"], "alice");
+    assert_eq!(u["email"], "alice@example.org");
+    assert!(u.get("iss").is_none() && u.get("jti").is_none());
+    let u2 = app.rp.post(format!("{}/userinfo", app.base)).bearer_auth(access).send().await.unwrap();
+    assert_eq!(u2.status(), StatusCode::OK);
+    let u3 = app.rp.post(format!("{}/userinfo", app.base)).form(&[("access_token", access)]).send().await.unwrap();
+    assert_eq!(u3.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn userinfo_rejects_bad_tokens_c7_c10() {
+    let app = spawn_app().await;
+    let code = app.code().await;
+    let t: Value = app.redeem(&code).await.json().await.unwrap();
+    let url = format!("{}/userinfo", app.base);
+    // No token: 401 with a bare challenge.
+    let r = app.rp.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer");
+    // An ID token is not an access token.
+    let r = app.rp.get(&url).bearer_auth(t["id_token"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers()[WWW_AUTHENTICATE].to_str().unwrap().contains("invalid_token"));
+    // Tampered signature.
+    let access = t["access_token"].as_str().unwrap();
+    let tampered = format!("{}AAAA", &access[..access.len() - 4]);
+    let r = app.rp.get(&url).bearer_auth(&tampered).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Expired (clock moved past exp + leeway).
+    app.clock.advance(300 + 31);
+    let r = app.rp.get(&url).bearer_auth(access).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn authorize_page_errors_never_redirect_a1_a2() {
+    let app = spawn_app().await;
+    for (k, v) in [
+        ("client_id", "unknown"),
+        ("redirect_uri", "http://127.0.0.1:1/evil"),
+        ("redirect_uri", "http://127.0.0.1:1/cb/"),
+        ("redirect_uri", ""),
+    ] {
+        let r = app.browser.get(app.authorize_url(&[(k, v)])).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{k}={v}");
+        assert!(r.headers().get(LOCATION).is_none(), "{k}={v}: must not redirect");
+        assert_eq!(r.headers()["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"), true);
+        let body = r.text().await.unwrap();
+        assert!(body.contains("<h1"), "an HTML error page");
+    }
+}
+
+#[tokio::test]
+async fn authorize_protocol_errors_redirect_with_state_and_iss_a9() {
+    let app = spawn_app().await;
+    for (k, v, code) in [
+        ("response_type", "token", "unsupported_response_type"),
+        ("code_challenge_method", "plain", "invalid_request"),
+        ("code_challenge", "", "invalid_request"),
+        ("scope", "profile", "invalid_scope"),
+        ("prompt", "none", "login_required"),
+    ] {
+        let r = app.browser.get(app.authorize_url(&[(k, v)])).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FOUND, "{k}={v}");
+        let loc = location(&r);
+        assert!(loc.starts_with(REDIRECT));
+        let q = query(&loc);
+        assert_eq!(q["error"], code, "{k}={v}");
+        assert_eq!(q["state"], "st-123");
+        assert_eq!(q["iss"], app.base.as_str());
+        assert!(q.get("code").is_none());
+    }
+    // A13: form POST works like GET.
+    let url = Url::parse(&app.authorize_url(&[])).unwrap();
+    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    let r = app.browser.post(format!("{}/oauth2/authorize", app.base)).form(&pairs).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert!(location(&r).starts_with("/login/local?req="));
+}
+
+#[tokio::test]
+async fn sso_and_prompt_login_with_new_session_id_a10_d2() {
+    let app = spawn_app().await;
+    let first = app.login(&[]).await;
+    assert!(query(&first).contains_key("code"));
+    // Second request: the session answers without a login form.
+    let r = app.browser.get(app.authorize_url(&[("state", "again")])).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    let loc = location(&r);
+    assert!(loc.starts_with(REDIRECT), "SSO skips the login: {loc}");
+    assert_eq!(query(&loc)["state"], "again");
+    // prompt=login forces the form again, and the new login gets a new session id.
+    let r = app.browser.get(app.authorize_url(&[("prompt", "login")])).send().await.unwrap();
+    assert!(location(&r).starts_with("/login/local"));
+
+    let cookie_value = |r: &reqwest::Response| -> Option<String> {
+        r.headers().get_all(SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).find(|c| c.starts_with("AUTH_ADAPTER_SESSION=")).map(String::from)
+    };
+    // Log in twice with prompt=login, capture both Set-Cookie values.
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let r = app.browser.get(app.authorize_url(&[("prompt", "login")])).send().await.unwrap();
+        let form_url = location(&r);
+        let html = app.browser.get(format!("{}{form_url}", app.base)).send().await.unwrap().text().await.unwrap();
+        let r = app
+            .browser
+            .post(format!("{}/login/local", app.base))
+            .form(&[("req", hidden(&html, "req")), ("csrf_token", hidden(&html, "csrf_token")), ("username", "alice".into()), ("password", "correct horse".into())])
+            .send()
+            .await
+            .unwrap();
+        let c = cookie_value(&r).expect("session cookie set at login");
+        assert!(c.contains("HttpOnly"), "{c}");
+        assert!(c.contains("SameSite=Lax"), "{c}");
+        assert!(c.contains("Path=/"), "{c}");
+        assert!(!c.contains("Secure"), "http issuer: not Secure");
+        sessions.push(c.split(';').next().unwrap().to_string());
+    }
+    assert_ne!(sessions[0], sessions[1], "session id changes at login");
+}
+
+#[tokio::test]
+async fn login_form_rejects_bad_password_and_cross_site_posts_d6_f4() {
+    let app = spawn_app().await;
+    let r = app.browser.get(app.authorize_url(&[])).send().await.unwrap();
+    let form_url = location(&r);
+    let html = app.browser.get(format!("{}{form_url}", app.base)).send().await.unwrap().text().await.unwrap();
+    let req = hidden(&html, "req");
+    let csrf = hidden(&html, "csrf_token");
+    let post = |user: &'static str, pw: &'static str, csrf: String| {
+        app.browser
+            .post(format!("{}/login/local", app.base))
+            .form(&[("req", req.clone()), ("csrf_token", csrf), ("username", user.into()), ("password", pw.into())])
+    };
+    let wrong = post("alice", "wrong", csrf.clone()).send().await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let wrong_body = wrong.text().await.unwrap();
+    assert!(wrong_body.contains("Invalid username or password."));
+    let unknown = post("mallory", "wrong", csrf.clone()).send().await.unwrap();
+    assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED, "F4: same status");
+    assert!(unknown.text().await.unwrap().contains("Invalid username or password."), "F4: same message");
+    // Missing or wrong synchronizer token.
+    let r = post("alice", "correct horse", "forged".into()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Cross-site POST with the right token is still refused (Fetch Metadata, Origin).
+    let r = post("alice", "correct horse", csrf.clone()).header("sec-fetch-site", "cross-site").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = post("alice", "correct horse", csrf.clone()).header("origin", "http://evil.example").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Another browser (no transaction cookie) cannot use the pending request.
+    let stranger = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();
+    let r = stranger.get(format!("{}{form_url}", app.base)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Same origin succeeds.
+    let r = post("alice", "correct horse", csrf).header("origin", app.base.clone()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(query(&location(&r)).contains_key("code"));
+}
+
+#[tokio::test]
+async fn client_authentication_b2_b3() {
+    let app = spawn_app().await;
+    let code = app.code().await;
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", VERIFIER),
+    ];
+    // Wrong secret over Basic: 401 invalid_client with a challenge.
+    let r = app.token(&form, Some(("app", "wrong"))).await;
+    assert!(r.headers()[WWW_AUTHENTICATE].to_str().unwrap().starts_with("Basic"));
+    assert_eq!(error_of(r).await, (StatusCode::UNAUTHORIZED, "invalid_client".into()));
+    // Unknown client, and no authentication at all.
+    let r = app.token(&form, Some(("nobody", "x"))).await;
+    assert_eq!(error_of(r).await, (StatusCode::UNAUTHORIZED, "invalid_client".into()));
+    let r = app.token(&form, None).await;
+    assert_eq!(error_of(r).await, (StatusCode::UNAUTHORIZED, "invalid_client".into()));
+    // Two methods at once.
+    let mut both = form.to_vec();
+    both.push(("client_secret", SECRET));
+    let r = app.token(&both, Some(("app", SECRET))).await;
+    assert_eq!(error_of(r).await, (StatusCode::BAD_REQUEST, "invalid_request".into()));
+    // client_secret_post works (and the secret's ':' '%' survive Basic encoding above).
+    let mut post = form.to_vec();
+    post.push(("client_id", "app"));
+    post.push(("client_secret", SECRET));
+    let r = app.token(&post, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // Unsupported grant type, JSON body.
+    let r = app.token(&[("grant_type", "password")], Some(("app", SECRET))).await;
+    assert_eq!(error_of(r).await, (StatusCode::BAD_REQUEST, "unsupported_grant_type".into()));
+    let r = app.rp.post(format!("{}/oauth2/token", app.base)).json(&serde_json::json!({"grant_type": "authorization_code"})).send().await.unwrap();
+    assert_eq!(error_of(r).await, (StatusCode::BAD_REQUEST, "invalid_request".into()));
+}
+
+#[tokio::test]
+async fn codes_are_single_use_and_bound_b5_b9() {
+    let app = spawn_app().await;
+    let code = app.code().await;
+    assert_eq!(app.redeem(&code).await.status(), StatusCode::OK);
+    // B6: reuse.
+    assert_eq!(error_of(app.redeem(&code).await).await, (StatusCode::BAD_REQUEST, "invalid_grant".into()));
+
+    // B7: redeemed by another client.
+    let code = app.code().await;
+    let r = app
+        .token(&[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", VERIFIER)], Some(("other", "other-secret")))
+        .await;
+    assert_eq!(error_of(r).await.1, "invalid_grant");
+
+    // B8: another (registered) redirect URI.
+    let code = app.code().await;
+    let r = app
+        .token(&[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", "http://127.0.0.1:1/other"), ("code_verifier", VERIFIER)], Some(("app", SECRET)))
+        .await;
+    assert_eq!(error_of(r).await.1, "invalid_grant");
+
+    // B9: wrong verifier, missing verifier, malformed verifier.
+    let code = app.code().await;
+    let wrong = "X".repeat(43);
+    let r = app
+        .token(&[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", &wrong)], Some(("app", SECRET)))
+        .await;
+    assert_eq!(error_of(r).await.1, "invalid_grant");
+    let code = app.code().await;
+    let r = app.token(&[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT)], Some(("app", SECRET))).await;
+    assert_eq!(error_of(r).await.1, "invalid_grant");
+    let code = app.code().await;
+    let r = app
+        .token(&[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", "short")], Some(("app", SECRET)))
+        .await;
+    assert_eq!(error_of(r).await.1, "invalid_request");
+
+    // Expiry: 60 s, with the injected clock.
+    let code = app.code().await;
+    app.clock.advance(61);
+    assert_eq!(error_of(app.redeem(&code).await).await.1, "invalid_grant");
+}
+
+#[tokio::test]
+async fn concurrent_redeems_have_one_winner_b5() {
+    let app = spawn_app().await;
+    let code = app.code().await;
+    let (a, b, c) = tokio::join!(app.redeem(&code), app.redeem(&code), app.redeem(&code));
+    let ok = [a.status(), b.status(), c.status()].iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(ok, 1);
+}
+
+#[tokio::test]
+async fn pending_login_survives_a_restart_g5() {
+    let mut app = spawn_app().await;
+    let r = app.browser.get(app.authorize_url(&[])).send().await.unwrap();
+    let form_url = location(&r);
+    let port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
+    app.stop().await;
+    // Same database, same port, new process state.
+    let (_, tx, handle) = start(test_config(&app.db_url), app.clock.clone(), port).await;
+    app.shutdown = Some(tx);
+    app.handle = Some(handle);
+    let html = app.browser.get(format!("{}{form_url}", app.base)).send().await.unwrap().text().await.unwrap();
+    let r = app
+        .browser
+        .post(format!("{}/login/local", app.base))
+        .form(&[("req", hidden(&html, "req")), ("csrf_token", hidden(&html, "csrf_token")), ("username", "alice".into()), ("password", "correct horse".into())])
+        .send()
+        .await
+        .unwrap();
+    let code = query(&location(&r))["code"].as_str().unwrap().to_string();
+    assert_eq!(app.redeem(&code).await.status(), StatusCode::OK);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_config_is_refused_with_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/x.db", dir.path().display());
+    let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let mut c = test_config(&db);
+    c.server.issuer = "http://127.0.0.1:1/".into();
+    let err = Application::build_with_listener(c, listener().await).await.err().unwrap().to_string();
+    assert!(err.contains("server.issuer"), "{err}");
+    let mut c = test_config(&db);
+    c.clients[0].redirect_uris = vec!["http://app.example.org/cb".into()];
+    let err = Application::build_with_listener(c, listener().await).await.err().unwrap().to_string();
+    assert!(err.contains("clients[app].redirect_uris"), "{err}");
+    let mut c = test_config(&db);
+    c.claims.customizer = CustomizerKind::Mapped;
+    c.claims.mappings.insert("sub".into(), "email".into());
+    let err = Application::build_with_listener(c, listener().await).await.err().unwrap().to_string();
+    assert!(err.contains("reserved"), "{err}");
+}

@@ -1,0 +1,68 @@
+//! The upstream test identity provider: the adapter's own provider engine
+//! run with only the local-accounts connector and a seeded demo user.
+//!
+//! Running the same engine on both sides of the chain keeps one
+//! implementation of the provider protocol; the chain still tests two
+//! independent OIDC implementations, because the adapter talks to this
+//! server through the `openidconnect` crate and the test-app is its own
+//! relying party.
+
+use std::net::SocketAddr;
+
+use adapter::config::{
+    ClientConfig, Config, CustomizerKind, DatabaseConfig, LocalUserConfig, ServerConfig,
+    SessionConfig, UiConfig,
+};
+
+/// Environment overrides: `TEST_AUTH_SERVER__SERVER__LISTEN=...`.
+pub const ENV_PREFIX: &str = "TEST_AUTH_SERVER__";
+
+/// Defaults: port 9001, the demo user `testuser` / `password`, and the
+/// adapter's demo client `auth-adapter`.
+pub fn default_config() -> Config {
+    Config {
+        server: ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
+            issuer: "http://127.0.0.1:9001".into(),
+            ..ServerConfig::default()
+        },
+        database: DatabaseConfig {
+            url: "sqlite://data/upstream-test-server.db".into(),
+            ..DatabaseConfig::default()
+        },
+        session: SessionConfig {
+            cookie_name: "TEST_AUTH_SERVER_SESSION".into(),
+            transaction_cookie_name: "TEST_AUTH_SERVER_TX".into(),
+            ..SessionConfig::default()
+        },
+        ui: UiConfig {
+            title: "Test Auth Server".into(),
+        },
+        claims: adapter::config::ClaimsConfig {
+            customizer: CustomizerKind::Passthrough,
+            ..Default::default()
+        },
+        clients: vec![ClientConfig {
+            id: "auth-adapter".into(),
+            name: Some("Auth Adapter".into()),
+            // A demo credential of the local test chain, not a real secret.
+            secret: Some("auth-adapter-demo-secret".into()),
+            secret_env: None,
+            redirect_uris: vec!["http://127.0.0.1:9000/login/oauth2/code/test-auth-server".into()],
+            post_logout_redirect_uris: vec![],
+            allowed_scopes: vec!["openid".into(), "profile".into(), "email".into()],
+            public: false,
+            require_pkce: true,
+        }],
+        local_users: vec![LocalUserConfig {
+            username: "testuser".into(),
+            password_hash: None,
+            // The seed's demo password; hashed with argon2id at start-up.
+            password: Some("password".into()),
+            name: Some("Test User".into()),
+            email: Some("testuser@example.org".into()),
+            groups: vec!["user".into()],
+        }],
+        ..Config::default()
+    }
+}
