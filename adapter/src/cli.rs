@@ -49,7 +49,9 @@ pub async fn run(defaults: Config, env_prefix: &str) -> anyhow::Result<()> {
             let app = Application::build(config).await?;
             app.run_until_stopped().await?;
         }
-        Command::Config { action: ConfigAction::Check } => {
+        Command::Config {
+            action: ConfigAction::Check,
+        } => {
             println!("{}", serde_json::to_string_pretty(&config.redacted())?);
         }
         Command::Migrate => {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub const ENV_PREFIX: &str = "AUTH_ADAPTER__";
 
 /// The whole configuration of one provider instance.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -32,22 +32,6 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Local accounts. When non-empty, a password connector with id `local` is offered.
     pub local_users: Vec<LocalUserConfig>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            database: DatabaseConfig::default(),
-            session: SessionConfig::default(),
-            tokens: TokenConfig::default(),
-            ui: UiConfig::default(),
-            claims: ClaimsConfig::default(),
-            clients: Vec::new(),
-            upstreams: Vec::new(),
-            local_users: Vec::new(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -283,12 +267,16 @@ pub struct LocalUserConfig {
 }
 
 /// Loads `defaults <- file <- environment`. Errors name the file and key.
-pub fn load(file: Option<&Path>, env_prefix: &str) -> Result<Config, figment::Error> {
+pub fn load(file: Option<&Path>, env_prefix: &str) -> Result<Config, Box<figment::Error>> {
     load_from(Config::default(), file, env_prefix)
 }
 
 /// As [`load`], starting from the given defaults (each binary has its own).
-pub fn load_from<T>(defaults: T, file: Option<&Path>, env_prefix: &str) -> Result<T, figment::Error>
+pub fn load_from<T>(
+    defaults: T,
+    file: Option<&Path>,
+    env_prefix: &str,
+) -> Result<T, Box<figment::Error>>
 where
     T: Serialize + for<'de> Deserialize<'de>,
 {
@@ -299,6 +287,7 @@ where
     figment
         .merge(Env::prefixed(env_prefix).split("__"))
         .extract()
+        .map_err(Box::new)
 }
 
 impl Config {

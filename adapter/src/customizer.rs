@@ -15,8 +15,23 @@ use crate::config::{ClaimsConfig, CustomizerKind};
 
 /// Claims that only the provider sets.
 pub const RESERVED_CLAIMS: &[&str] = &[
-    "iss", "sub", "aud", "exp", "iat", "nbf", "nonce", "auth_time", "azp", "at_hash", "acr",
-    "amr", "jti", "typ", "client_id", "scope", "sid",
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "nonce",
+    "auth_time",
+    "azp",
+    "at_hash",
+    "acr",
+    "amr",
+    "jti",
+    "typ",
+    "client_id",
+    "scope",
+    "sid",
 ];
 
 /// Who logged in, as a connector reports it.
@@ -125,7 +140,8 @@ impl MappedCustomizer {
                 let role = format!(
                     "{}{}",
                     self.group_prefix,
-                    g.to_uppercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+                    g.to_uppercase()
+                        .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
                 );
                 if !out.contains(&role) {
                     out.push(role);

@@ -204,7 +204,11 @@ impl KeyManager {
         now: i64,
     ) -> Result<Map<String, Value>, KeyError> {
         let header = jsonwebtoken::decode_header(token)?;
-        if !header.typ.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(typ)) {
+        if !header
+            .typ
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case(typ))
+        {
             return Err(KeyError::Rejected("wrong token type"));
         }
         let kid = header.kid.ok_or(KeyError::Rejected("no kid"))?;
@@ -222,7 +226,11 @@ impl KeyManager {
         validation.validate_exp = false;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &validation)?;
         let leeway = LEEWAY_SECONDS as i64;
-        let exp = data.claims.get("exp").and_then(Value::as_i64).ok_or(KeyError::Rejected("exp is not a number"))?;
+        let exp = data
+            .claims
+            .get("exp")
+            .and_then(Value::as_i64)
+            .ok_or(KeyError::Rejected("exp is not a number"))?;
         if exp + leeway <= now {
             return Err(KeyError::Rejected("expired"));
         }
@@ -295,7 +303,10 @@ mod tests {
         let now = crate::clock::Clock::now(&crate::clock::SystemClock);
         let claims = json!({"iss": "http://i", "sub": "u", "iat": now, "exp": now + 60});
         let at = km.sign("at+jwt", &claims).unwrap();
-        assert_eq!(km.verify(&at, "at+jwt", "http://i", now).unwrap()["sub"], "u");
+        assert_eq!(
+            km.verify(&at, "at+jwt", "http://i", now).unwrap()["sub"],
+            "u"
+        );
         // Type confusion: an ID token is not an access token (C7).
         let id = km.sign("JWT", &claims).unwrap();
         assert!(km.verify(&id, "at+jwt", "http://i", now).is_err());
@@ -318,6 +329,8 @@ mod tests {
         let evil = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(json!({"iss":"http://i","sub":"admin","iat":now,"exp":now+60}).to_string());
         parts[1] = &evil;
-        assert!(km.verify(&parts.join("."), "at+jwt", "http://i", now).is_err());
+        assert!(km
+            .verify(&parts.join("."), "at+jwt", "http://i", now)
+            .is_err());
     }
 }

@@ -54,7 +54,10 @@ impl Application {
     }
 
     /// Builds on an already bound listener (tests bind first to learn ports).
-    pub async fn build_with_listener(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
+    pub async fn build_with_listener(
+        config: Config,
+        listener: TcpListener,
+    ) -> anyhow::Result<Self> {
         Self::build_with_clock(config, listener, Arc::new(SystemClock)).await
     }
 
@@ -66,7 +69,11 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let port = listener.local_addr()?.port();
         let state = build_state(config, clock).await?;
-        Ok(Application { listener, port, state })
+        Ok(Application {
+            listener,
+            port,
+            state,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -78,7 +85,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then drains in-flight requests.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let state = self.state.clone();
         for c in &state.connectors {
             if let ConnectorKind::Callback(cb) = &c.kind {
@@ -88,7 +98,9 @@ impl Application {
         }
         let gc = tokio::spawn(collect_garbage(state.store.clone(), state.clock.clone()));
         tracing::info!(issuer = %state.issuer, port = self.port, "listening");
-        let result = axum::serve(self.listener, app(state)).with_graceful_shutdown(shutdown).await;
+        let result = axum::serve(self.listener, app(state))
+            .with_graceful_shutdown(shutdown)
+            .await;
         gc.abort();
         result
     }
@@ -133,8 +145,12 @@ async fn collect_garbage(store: Arc<dyn Store>, clock: SharedClock) {
 /// The issuer must be an absolute http(s) URL without trailing slash, query
 /// or fragment (OIDC Discovery §3, checklist C9).
 fn validate_issuer(issuer: &str) -> anyhow::Result<()> {
-    let url = url::Url::parse(issuer).with_context(|| format!("server.issuer = {issuer:?} is not a URL"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.query().is_some() || url.fragment().is_some() {
+    let url = url::Url::parse(issuer)
+        .with_context(|| format!("server.issuer = {issuer:?} is not a URL"))?;
+    if !matches!(url.scheme(), "http" | "https")
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
         bail!("server.issuer = {issuer:?}: must be http(s) without query or fragment");
     }
     if issuer.ends_with('/') {
@@ -143,11 +159,16 @@ fn validate_issuer(issuer: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn resolve_secret(inline: &Option<String>, env: &Option<String>, key: &str) -> anyhow::Result<Option<String>> {
+fn resolve_secret(
+    inline: &Option<String>,
+    env: &Option<String>,
+    key: &str,
+) -> anyhow::Result<Option<String>> {
     Ok(match (inline, env) {
         (Some(s), _) => Some(s.clone()),
         (None, Some(var)) => Some(
-            std::env::var(var).with_context(|| format!("{key}_env: environment variable {var} is not set"))?,
+            std::env::var(var)
+                .with_context(|| format!("{key}_env: environment variable {var} is not set"))?,
         ),
         (None, None) => None,
     })
@@ -169,12 +190,19 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
     let mut connectors = Vec::new();
     for up in &config.upstreams {
         if !valid_id(&up.id) {
-            bail!("upstreams[{}].id: use lowercase letters, digits, '-' or '_'", up.id);
+            bail!(
+                "upstreams[{}].id: use lowercase letters, digits, '-' or '_'",
+                up.id
+            );
         }
         if connectors.iter().any(|c: &Connector| c.id == up.id) || up.id == LOCAL_CONNECTOR_ID {
             bail!("upstreams[{}].id appears twice or is reserved", up.id);
         }
-        let secret = resolve_secret(&up.client_secret, &up.client_secret_env, &format!("upstreams[{}].client_secret", up.id))?;
+        let secret = resolve_secret(
+            &up.client_secret,
+            &up.client_secret_env,
+            &format!("upstreams[{}].client_secret", up.id),
+        )?;
         let oidc = OidcConnector::new(up, secret).map_err(|e| anyhow::anyhow!("{e}"))?;
         connectors.push(Connector {
             id: up.id.clone(),
@@ -183,7 +211,9 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         });
     }
     if !config.local_users.is_empty() {
-        let local = LocalConnector::new(&config.local_users).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let local = LocalConnector::new(&config.local_users)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         connectors.push(Connector {
             id: LOCAL_CONNECTOR_ID.into(),
             name: "Username and password".into(),
@@ -198,7 +228,10 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
     let keys = KeyManager::load_or_create(&store, &config.tokens.signing_alg, clock.now())
         .await
         .context("signing keys")?;
-    let cookie_secure = config.session.secure.unwrap_or(issuer.starts_with("https://"));
+    let cookie_secure = config
+        .session
+        .secure
+        .unwrap_or(issuer.starts_with("https://"));
     Ok(AppState(Arc::new(Inner {
         issuer,
         store: Arc::new(store),
@@ -221,21 +254,40 @@ async fn ready(axum::extract::State(st): axum::extract::State<AppState>) -> impl
 }
 
 async fn not_found(axum::extract::State(st): axum::extract::State<AppState>) -> impl IntoResponse {
-    st.error_page(StatusCode::NOT_FOUND, "Not found", "There is nothing at this address.")
+    st.error_page(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "There is nothing at this address.",
+    )
 }
 
 /// The provider's routes and middleware.
 pub fn app(state: AppState) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
     Router::new()
-        .route("/.well-known/openid-configuration", get(discovery::openid_configuration))
+        .route(
+            "/.well-known/openid-configuration",
+            get(discovery::openid_configuration),
+        )
         .route("/oauth2/jwks", get(discovery::jwks))
-        .route("/oauth2/authorize", get(authorize::authorize_get).post(authorize::authorize_post))
+        .route(
+            "/oauth2/authorize",
+            get(authorize::authorize_get).post(authorize::authorize_post),
+        )
         .route("/oauth2/token", post(token::token))
-        .route("/userinfo", get(userinfo::userinfo).post(userinfo::userinfo))
-        .route("/login/oauth2/code/{connector}", get(authorize::upstream_callback))
+        .route(
+            "/userinfo",
+            get(userinfo::userinfo).post(userinfo::userinfo),
+        )
+        .route(
+            "/login/oauth2/code/{connector}",
+            get(authorize::upstream_callback),
+        )
         .route("/login/start/{connector}", get(authorize::login_start))
-        .route("/login/{connector}", get(authorize::login_form).post(authorize::login_submit))
+        .route(
+            "/login/{connector}",
+            get(authorize::login_form).post(authorize::login_submit),
+        )
         .route("/healthz/live", get(|| async { "ok" }))
         .route("/healthz/ready", get(ready))
         .route("/assets/style.css", get(web::style))
@@ -243,7 +295,10 @@ pub fn app(state: AppState) -> Router {
         .layer(web::security_headers())
         .layer(
             ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(x_request_id.clone(), MakeRequestUuid))
+                .layer(SetRequestIdLayer::new(
+                    x_request_id.clone(),
+                    MakeRequestUuid,
+                ))
                 .layer(SetSensitiveRequestHeadersLayer::new([
                     axum::http::header::AUTHORIZATION,
                     axum::http::header::COOKIE,
@@ -254,7 +309,10 @@ pub fn app(state: AppState) -> Router {
                         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
                 )
                 .layer(PropagateRequestIdLayer::new(x_request_id))
-                .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    REQUEST_TIMEOUT,
+                ))
                 .layer(RequestBodyLimitLayer::new(BODY_LIMIT)),
         )
         .with_state(state)

@@ -99,8 +99,13 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Inserts or replaces an artifact.
-    async fn put(&self, kind: Kind, id: &str, data: &str, expires_at: i64)
-        -> Result<(), StoreError>;
+    async fn put(
+        &self,
+        kind: Kind,
+        id: &str,
+        data: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
 
     /// Reads an unconsumed, unexpired artifact without consuming it.
     async fn get(&self, kind: Kind, id: &str, now: i64) -> Result<Option<String>, StoreError>;
@@ -190,7 +195,11 @@ impl SqlStore {
         let options = AnyConnectOptions::from_str(&url)?;
         let is_sqlite = url.starts_with("sqlite:");
         let pool = AnyPoolOptions::new()
-            .max_connections(if is_sqlite { 1.max(max_connections) } else { max_connections })
+            .max_connections(if is_sqlite {
+                1.max(max_connections)
+            } else {
+                max_connections
+            })
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
@@ -231,9 +240,8 @@ fn prepare_url(url: &str) -> Result<String, StoreError> {
     let file = path.split('?').next().unwrap_or(path);
     if let Some(parent) = std::path::Path::new(file).parent() {
         if !parent.as_os_str().is_empty() {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Url(format!("cannot create {}: {e}", parent.display()))
-            })?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Url(format!("cannot create {}: {e}", parent.display())))?;
         }
     }
     if url.contains("mode=") {
@@ -416,9 +424,15 @@ pub(crate) mod conformance {
                 expires_at: 100
             }
         );
-        assert_eq!(s.take(Kind::Code, "c1", 11).await.unwrap(), Taken::AlreadyUsed);
+        assert_eq!(
+            s.take(Kind::Code, "c1", 11).await.unwrap(),
+            Taken::AlreadyUsed
+        );
         assert_eq!(s.get(Kind::Code, "c1", 11).await.unwrap(), None);
-        assert_eq!(s.take(Kind::Code, "nope", 11).await.unwrap(), Taken::Missing);
+        assert_eq!(
+            s.take(Kind::Code, "nope", 11).await.unwrap(),
+            Taken::Missing
+        );
     }
 
     async fn take_reports_expiry(s: &dyn Store) {
@@ -452,7 +466,10 @@ pub(crate) mod conformance {
         s.put(Kind::LoginState, "old", "x", 10).await.unwrap();
         s.put(Kind::LoginState, "new", "x", 10_000).await.unwrap();
         assert!(s.delete_expired(20).await.unwrap() >= 1);
-        assert_eq!(s.take(Kind::LoginState, "old", 5).await.unwrap(), Taken::Missing);
+        assert_eq!(
+            s.take(Kind::LoginState, "old", 5).await.unwrap(),
+            Taken::Missing
+        );
         assert!(s.get(Kind::LoginState, "new", 20).await.unwrap().is_some());
     }
 
@@ -518,8 +535,11 @@ mod tests {
     async fn postgres_conformance() {
         let base = std::env::var("AUTH_ADAPTER_TEST_POSTGRES")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let schema = format!("store_test_{}", crate::secret::random_token()[..12].to_lowercase())
-            .replace('-', "_");
+        let schema = format!(
+            "store_test_{}",
+            crate::secret::random_token()[..12].to_lowercase()
+        )
+        .replace('-', "_");
         sqlx::any::install_default_drivers();
         let admin = AnyPool::connect(&base)
             .await

@@ -79,12 +79,24 @@ fn init_logs() {
     }
 }
 
-async fn start(config: Config, clock: Arc<ManualClock>, port: u16) -> (u16, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+async fn start(
+    config: Config,
+    clock: Arc<ManualClock>,
+    port: u16,
+) -> (
+    u16,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let port = listener.local_addr().unwrap().port();
     let mut config = config;
     config.server.issuer = format!("http://127.0.0.1:{port}");
-    let app = Application::build_with_clock(config, listener, clock).await.unwrap();
+    let app = Application::build_with_clock(config, listener, clock)
+        .await
+        .unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         app.run_until(async {
@@ -140,7 +152,10 @@ fn query(url: &str) -> Map<String, Value> {
 
 fn hidden(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker).unwrap_or_else(|| panic!("no {name} in {html}")) + marker.len();
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {html}"))
+        + marker.len();
     html[start..].split('"').next().unwrap().to_string()
 }
 
@@ -148,7 +163,10 @@ fn jwt_parts(token: &str) -> (Value, Value) {
     let mut p = token.split('.');
     let h = URL_SAFE_NO_PAD.decode(p.next().unwrap()).unwrap();
     let c = URL_SAFE_NO_PAD.decode(p.next().unwrap()).unwrap();
-    (serde_json::from_slice(&h).unwrap(), serde_json::from_slice(&c).unwrap())
+    (
+        serde_json::from_slice(&h).unwrap(),
+        serde_json::from_slice(&c).unwrap(),
+    )
 }
 
 impl TestApp {
@@ -178,7 +196,12 @@ impl TestApp {
     /// Browser: authorize → login form → POST credentials (or straight
     /// back when the browser has a session). Returns the client redirect.
     async fn login(&self, extra: &[(&str, &str)]) -> String {
-        let r = self.browser.get(self.authorize_url(extra)).send().await.unwrap();
+        let r = self
+            .browser
+            .get(self.authorize_url(extra))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::FOUND);
         let form_url = location(&r);
         if form_url.starts_with(REDIRECT) {
@@ -186,7 +209,12 @@ impl TestApp {
             return form_url;
         }
         assert!(form_url.starts_with("/login/local?req="), "{form_url}");
-        let r = self.browser.get(format!("{}{form_url}", self.base)).send().await.unwrap();
+        let r = self
+            .browser
+            .get(format!("{}{form_url}", self.base))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         let html = r.text().await.unwrap();
         let r = self
@@ -216,10 +244,14 @@ impl TestApp {
     }
 
     async fn token(&self, form: &[(&str, &str)], basic: Option<(&str, &str)>) -> reqwest::Response {
-        let mut req = self.rp.post(format!("{}/oauth2/token", self.base)).form(form);
+        let mut req = self
+            .rp
+            .post(format!("{}/oauth2/token", self.base))
+            .form(form);
         if let Some((id, secret)) = basic {
             // RFC 6749 §2.3.1: form-urlencode, then base64.
-            let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             let raw = STANDARD.encode(format!("{}:{}", enc(id), enc(secret)));
             req = req.header(AUTHORIZATION, format!("Basic {raw}"));
         }
@@ -267,13 +299,29 @@ async fn discovery_and_jwks_c4_c9() {
     assert_eq!(d["issuer"], app.base.as_str());
     assert_eq!(d["response_types_supported"], serde_json::json!(["code"]));
     assert_eq!(d["subject_types_supported"], serde_json::json!(["public"]));
-    assert_eq!(d["code_challenge_methods_supported"], serde_json::json!(["S256"]));
+    assert_eq!(
+        d["code_challenge_methods_supported"],
+        serde_json::json!(["S256"])
+    );
     assert_eq!(d["authorization_response_iss_parameter_supported"], true);
-    assert!(d["id_token_signing_alg_values_supported"].as_array().unwrap().contains(&"RS256".into()));
-    for k in ["authorization_endpoint", "token_endpoint", "userinfo_endpoint", "jwks_uri"] {
+    assert!(d["id_token_signing_alg_values_supported"]
+        .as_array()
+        .unwrap()
+        .contains(&"RS256".into()));
+    for k in [
+        "authorization_endpoint",
+        "token_endpoint",
+        "userinfo_endpoint",
+        "jwks_uri",
+    ] {
         assert!(d[k].as_str().unwrap().starts_with(&app.base), "{k}");
     }
-    let jwks: Value = reqwest::get(d["jwks_uri"].as_str().unwrap()).await.unwrap().json().await.unwrap();
+    let jwks: Value = reqwest::get(d["jwks_uri"].as_str().unwrap())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let key = &jwks["keys"][0];
     assert_eq!(key["kty"], "RSA");
     assert_eq!(key["use"], "sig");
@@ -281,9 +329,13 @@ async fn discovery_and_jwks_c4_c9() {
     for private in ["d", "p", "q", "dp", "dq", "qi"] {
         assert!(key.get(private).is_none());
     }
-    let live = reqwest::get(format!("{}/healthz/live", app.base)).await.unwrap();
+    let live = reqwest::get(format!("{}/healthz/live", app.base))
+        .await
+        .unwrap();
     assert_eq!(live.status(), StatusCode::OK);
-    let ready = reqwest::get(format!("{}/healthz/ready", app.base)).await.unwrap();
+    let ready = reqwest::get(format!("{}/healthz/ready", app.base))
+        .await
+        .unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
 }
 
@@ -319,13 +371,34 @@ async fn code_flow_issues_valid_tokens_and_userinfo() {
     assert!(id["auth_time"].is_i64());
 
     // C10: GET with Bearer, POST with Bearer, POST with form body.
-    let u: Value = app.rp.get(format!("{}/userinfo", app.base)).bearer_auth(access).send().await.unwrap().json().await.unwrap();
+    let u: Value = app
+        .rp
+        .get(format!("{}/userinfo", app.base))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(u["sub"], "alice");
     assert_eq!(u["email"], "alice@example.org");
     assert!(u.get("iss").is_none() && u.get("jti").is_none());
-    let u2 = app.rp.post(format!("{}/userinfo", app.base)).bearer_auth(access).send().await.unwrap();
+    let u2 = app
+        .rp
+        .post(format!("{}/userinfo", app.base))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(u2.status(), StatusCode::OK);
-    let u3 = app.rp.post(format!("{}/userinfo", app.base)).form(&[("access_token", access)]).send().await.unwrap();
+    let u3 = app
+        .rp
+        .post(format!("{}/userinfo", app.base))
+        .form(&[("access_token", access)])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(u3.status(), StatusCode::OK);
 }
 
@@ -340,13 +413,28 @@ async fn userinfo_rejects_bad_tokens_c7_c10() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer");
     // An ID token is not an access token.
-    let r = app.rp.get(&url).bearer_auth(t["id_token"].as_str().unwrap()).send().await.unwrap();
+    let r = app
+        .rp
+        .get(&url)
+        .bearer_auth(t["id_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert!(r.headers()[WWW_AUTHENTICATE].to_str().unwrap().contains("invalid_token"));
+    assert!(r.headers()[WWW_AUTHENTICATE]
+        .to_str()
+        .unwrap()
+        .contains("invalid_token"));
     // Tampered signature.
     let access = t["access_token"].as_str().unwrap();
     let tampered = format!("{}AAAA", &access[..access.len() - 4]);
-    let r = app.rp.get(&url).bearer_auth(&tampered).send().await.unwrap();
+    let r = app
+        .rp
+        .get(&url)
+        .bearer_auth(&tampered)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // Expired (clock moved past exp + leeway).
     app.clock.advance(300 + 31);
@@ -363,10 +451,21 @@ async fn authorize_page_errors_never_redirect_a1_a2() {
         ("redirect_uri", "http://127.0.0.1:1/cb/"),
         ("redirect_uri", ""),
     ] {
-        let r = app.browser.get(app.authorize_url(&[(k, v)])).send().await.unwrap();
+        let r = app
+            .browser
+            .get(app.authorize_url(&[(k, v)]))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{k}={v}");
-        assert!(r.headers().get(LOCATION).is_none(), "{k}={v}: must not redirect");
-        assert_eq!(r.headers()["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"), true);
+        assert!(
+            r.headers().get(LOCATION).is_none(),
+            "{k}={v}: must not redirect"
+        );
+        assert!(r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'"));
         let body = r.text().await.unwrap();
         assert!(body.contains("<h1"), "an HTML error page");
     }
@@ -382,7 +481,12 @@ async fn authorize_protocol_errors_redirect_with_state_and_iss_a9() {
         ("scope", "profile", "invalid_scope"),
         ("prompt", "none", "login_required"),
     ] {
-        let r = app.browser.get(app.authorize_url(&[(k, v)])).send().await.unwrap();
+        let r = app
+            .browser
+            .get(app.authorize_url(&[(k, v)]))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::FOUND, "{k}={v}");
         let loc = location(&r);
         assert!(loc.starts_with(REDIRECT));
@@ -395,7 +499,13 @@ async fn authorize_protocol_errors_redirect_with_state_and_iss_a9() {
     // A13: form POST works like GET.
     let url = Url::parse(&app.authorize_url(&[])).unwrap();
     let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-    let r = app.browser.post(format!("{}/oauth2/authorize", app.base)).form(&pairs).send().await.unwrap();
+    let r = app
+        .browser
+        .post(format!("{}/oauth2/authorize", app.base))
+        .form(&pairs)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FOUND);
     assert!(location(&r).starts_with("/login/local?req="));
 }
@@ -406,28 +516,61 @@ async fn sso_and_prompt_login_with_new_session_id_a10_d2() {
     let first = app.login(&[]).await;
     assert!(query(&first).contains_key("code"));
     // Second request: the session answers without a login form.
-    let r = app.browser.get(app.authorize_url(&[("state", "again")])).send().await.unwrap();
+    let r = app
+        .browser
+        .get(app.authorize_url(&[("state", "again")]))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FOUND);
     let loc = location(&r);
     assert!(loc.starts_with(REDIRECT), "SSO skips the login: {loc}");
     assert_eq!(query(&loc)["state"], "again");
     // prompt=login forces the form again, and the new login gets a new session id.
-    let r = app.browser.get(app.authorize_url(&[("prompt", "login")])).send().await.unwrap();
+    let r = app
+        .browser
+        .get(app.authorize_url(&[("prompt", "login")]))
+        .send()
+        .await
+        .unwrap();
     assert!(location(&r).starts_with("/login/local"));
 
     let cookie_value = |r: &reqwest::Response| -> Option<String> {
-        r.headers().get_all(SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).find(|c| c.starts_with("AUTH_ADAPTER_SESSION=")).map(String::from)
+        r.headers()
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|c| c.starts_with("AUTH_ADAPTER_SESSION="))
+            .map(String::from)
     };
     // Log in twice with prompt=login, capture both Set-Cookie values.
     let mut sessions = Vec::new();
     for _ in 0..2 {
-        let r = app.browser.get(app.authorize_url(&[("prompt", "login")])).send().await.unwrap();
+        let r = app
+            .browser
+            .get(app.authorize_url(&[("prompt", "login")]))
+            .send()
+            .await
+            .unwrap();
         let form_url = location(&r);
-        let html = app.browser.get(format!("{}{form_url}", app.base)).send().await.unwrap().text().await.unwrap();
+        let html = app
+            .browser
+            .get(format!("{}{form_url}", app.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         let r = app
             .browser
             .post(format!("{}/login/local", app.base))
-            .form(&[("req", hidden(&html, "req")), ("csrf_token", hidden(&html, "csrf_token")), ("username", "alice".into()), ("password", "correct horse".into())])
+            .form(&[
+                ("req", hidden(&html, "req")),
+                ("csrf_token", hidden(&html, "csrf_token")),
+                ("username", "alice".into()),
+                ("password", "correct horse".into()),
+            ])
             .send()
             .await
             .unwrap();
@@ -444,37 +587,88 @@ async fn sso_and_prompt_login_with_new_session_id_a10_d2() {
 #[tokio::test]
 async fn login_form_rejects_bad_password_and_cross_site_posts_d6_f4() {
     let app = spawn_app().await;
-    let r = app.browser.get(app.authorize_url(&[])).send().await.unwrap();
+    let r = app
+        .browser
+        .get(app.authorize_url(&[]))
+        .send()
+        .await
+        .unwrap();
     let form_url = location(&r);
-    let html = app.browser.get(format!("{}{form_url}", app.base)).send().await.unwrap().text().await.unwrap();
+    let html = app
+        .browser
+        .get(format!("{}{form_url}", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let req = hidden(&html, "req");
     let csrf = hidden(&html, "csrf_token");
     let post = |user: &'static str, pw: &'static str, csrf: String| {
         app.browser
             .post(format!("{}/login/local", app.base))
-            .form(&[("req", req.clone()), ("csrf_token", csrf), ("username", user.into()), ("password", pw.into())])
+            .form(&[
+                ("req", req.clone()),
+                ("csrf_token", csrf),
+                ("username", user.into()),
+                ("password", pw.into()),
+            ])
     };
     let wrong = post("alice", "wrong", csrf.clone()).send().await.unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
     let wrong_body = wrong.text().await.unwrap();
     assert!(wrong_body.contains("Invalid username or password."));
     let unknown = post("mallory", "wrong", csrf.clone()).send().await.unwrap();
-    assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED, "F4: same status");
-    assert!(unknown.text().await.unwrap().contains("Invalid username or password."), "F4: same message");
+    assert_eq!(
+        unknown.status(),
+        StatusCode::UNAUTHORIZED,
+        "F4: same status"
+    );
+    assert!(
+        unknown
+            .text()
+            .await
+            .unwrap()
+            .contains("Invalid username or password."),
+        "F4: same message"
+    );
     // Missing or wrong synchronizer token.
-    let r = post("alice", "correct horse", "forged".into()).send().await.unwrap();
+    let r = post("alice", "correct horse", "forged".into())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     // Cross-site POST with the right token is still refused (Fetch Metadata, Origin).
-    let r = post("alice", "correct horse", csrf.clone()).header("sec-fetch-site", "cross-site").send().await.unwrap();
+    let r = post("alice", "correct horse", csrf.clone())
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r = post("alice", "correct horse", csrf.clone()).header("origin", "http://evil.example").send().await.unwrap();
+    let r = post("alice", "correct horse", csrf.clone())
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     // Another browser (no transaction cookie) cannot use the pending request.
-    let stranger = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();
-    let r = stranger.get(format!("{}{form_url}", app.base)).send().await.unwrap();
+    let stranger = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+    let r = stranger
+        .get(format!("{}{form_url}", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     // Same origin succeeds.
-    let r = post("alice", "correct horse", csrf).header("origin", app.base.clone()).send().await.unwrap();
+    let r = post("alice", "correct horse", csrf)
+        .header("origin", app.base.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert!(query(&location(&r)).contains_key("code"));
 }
@@ -491,18 +685,33 @@ async fn client_authentication_b2_b3() {
     ];
     // Wrong secret over Basic: 401 invalid_client with a challenge.
     let r = app.token(&form, Some(("app", "wrong"))).await;
-    assert!(r.headers()[WWW_AUTHENTICATE].to_str().unwrap().starts_with("Basic"));
-    assert_eq!(error_of(r).await, (StatusCode::UNAUTHORIZED, "invalid_client".into()));
+    assert!(r.headers()[WWW_AUTHENTICATE]
+        .to_str()
+        .unwrap()
+        .starts_with("Basic"));
+    assert_eq!(
+        error_of(r).await,
+        (StatusCode::UNAUTHORIZED, "invalid_client".into())
+    );
     // Unknown client, and no authentication at all.
     let r = app.token(&form, Some(("nobody", "x"))).await;
-    assert_eq!(error_of(r).await, (StatusCode::UNAUTHORIZED, "invalid_client".into()));
+    assert_eq!(
+        error_of(r).await,
+        (StatusCode::UNAUTHORIZED, "invalid_client".into())
+    );
     let r = app.token(&form, None).await;
-    assert_eq!(error_of(r).await, (StatusCode::UNAUTHORIZED, "invalid_client".into()));
+    assert_eq!(
+        error_of(r).await,
+        (StatusCode::UNAUTHORIZED, "invalid_client".into())
+    );
     // Two methods at once.
     let mut both = form.to_vec();
     both.push(("client_secret", SECRET));
     let r = app.token(&both, Some(("app", SECRET))).await;
-    assert_eq!(error_of(r).await, (StatusCode::BAD_REQUEST, "invalid_request".into()));
+    assert_eq!(
+        error_of(r).await,
+        (StatusCode::BAD_REQUEST, "invalid_request".into())
+    );
     // client_secret_post works (and the secret's ':' '%' survive Basic encoding above).
     let mut post = form.to_vec();
     post.push(("client_id", "app"));
@@ -510,10 +719,24 @@ async fn client_authentication_b2_b3() {
     let r = app.token(&post, None).await;
     assert_eq!(r.status(), StatusCode::OK);
     // Unsupported grant type, JSON body.
-    let r = app.token(&[("grant_type", "password")], Some(("app", SECRET))).await;
-    assert_eq!(error_of(r).await, (StatusCode::BAD_REQUEST, "unsupported_grant_type".into()));
-    let r = app.rp.post(format!("{}/oauth2/token", app.base)).json(&serde_json::json!({"grant_type": "authorization_code"})).send().await.unwrap();
-    assert_eq!(error_of(r).await, (StatusCode::BAD_REQUEST, "invalid_request".into()));
+    let r = app
+        .token(&[("grant_type", "password")], Some(("app", SECRET)))
+        .await;
+    assert_eq!(
+        error_of(r).await,
+        (StatusCode::BAD_REQUEST, "unsupported_grant_type".into())
+    );
+    let r = app
+        .rp
+        .post(format!("{}/oauth2/token", app.base))
+        .json(&serde_json::json!({"grant_type": "authorization_code"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(r).await,
+        (StatusCode::BAD_REQUEST, "invalid_request".into())
+    );
 }
 
 #[tokio::test]
@@ -522,19 +745,38 @@ async fn codes_are_single_use_and_bound_b5_b9() {
     let code = app.code().await;
     assert_eq!(app.redeem(&code).await.status(), StatusCode::OK);
     // B6: reuse.
-    assert_eq!(error_of(app.redeem(&code).await).await, (StatusCode::BAD_REQUEST, "invalid_grant".into()));
+    assert_eq!(
+        error_of(app.redeem(&code).await).await,
+        (StatusCode::BAD_REQUEST, "invalid_grant".into())
+    );
 
     // B7: redeemed by another client.
     let code = app.code().await;
     let r = app
-        .token(&[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", VERIFIER)], Some(("other", "other-secret")))
+        .token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", VERIFIER),
+            ],
+            Some(("other", "other-secret")),
+        )
         .await;
     assert_eq!(error_of(r).await.1, "invalid_grant");
 
     // B8: another (registered) redirect URI.
     let code = app.code().await;
     let r = app
-        .token(&[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", "http://127.0.0.1:1/other"), ("code_verifier", VERIFIER)], Some(("app", SECRET)))
+        .token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", "http://127.0.0.1:1/other"),
+                ("code_verifier", VERIFIER),
+            ],
+            Some(("app", SECRET)),
+        )
         .await;
     assert_eq!(error_of(r).await.1, "invalid_grant");
 
@@ -542,15 +784,40 @@ async fn codes_are_single_use_and_bound_b5_b9() {
     let code = app.code().await;
     let wrong = "X".repeat(43);
     let r = app
-        .token(&[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", &wrong)], Some(("app", SECRET)))
+        .token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", &wrong),
+            ],
+            Some(("app", SECRET)),
+        )
         .await;
     assert_eq!(error_of(r).await.1, "invalid_grant");
     let code = app.code().await;
-    let r = app.token(&[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT)], Some(("app", SECRET))).await;
+    let r = app
+        .token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+            ],
+            Some(("app", SECRET)),
+        )
+        .await;
     assert_eq!(error_of(r).await.1, "invalid_grant");
     let code = app.code().await;
     let r = app
-        .token(&[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", "short")], Some(("app", SECRET)))
+        .token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", "short"),
+            ],
+            Some(("app", SECRET)),
+        )
         .await;
     assert_eq!(error_of(r).await.1, "invalid_request");
 
@@ -565,14 +832,22 @@ async fn concurrent_redeems_have_one_winner_b5() {
     let app = spawn_app().await;
     let code = app.code().await;
     let (a, b, c) = tokio::join!(app.redeem(&code), app.redeem(&code), app.redeem(&code));
-    let ok = [a.status(), b.status(), c.status()].iter().filter(|s| **s == StatusCode::OK).count();
+    let ok = [a.status(), b.status(), c.status()]
+        .iter()
+        .filter(|s| **s == StatusCode::OK)
+        .count();
     assert_eq!(ok, 1);
 }
 
 #[tokio::test]
 async fn pending_login_survives_a_restart_g5() {
     let mut app = spawn_app().await;
-    let r = app.browser.get(app.authorize_url(&[])).send().await.unwrap();
+    let r = app
+        .browser
+        .get(app.authorize_url(&[]))
+        .send()
+        .await
+        .unwrap();
     let form_url = location(&r);
     let port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
     app.stop().await;
@@ -580,11 +855,24 @@ async fn pending_login_survives_a_restart_g5() {
     let (_, tx, handle) = start(test_config(&app.db_url), app.clock.clone(), port).await;
     app.shutdown = Some(tx);
     app.handle = Some(handle);
-    let html = app.browser.get(format!("{}{form_url}", app.base)).send().await.unwrap().text().await.unwrap();
+    let html = app
+        .browser
+        .get(format!("{}{form_url}", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let r = app
         .browser
         .post(format!("{}/login/local", app.base))
-        .form(&[("req", hidden(&html, "req")), ("csrf_token", hidden(&html, "csrf_token")), ("username", "alice".into()), ("password", "correct horse".into())])
+        .form(&[
+            ("req", hidden(&html, "req")),
+            ("csrf_token", hidden(&html, "csrf_token")),
+            ("username", "alice".into()),
+            ("password", "correct horse".into()),
+        ])
         .send()
         .await
         .unwrap();
@@ -600,15 +888,27 @@ async fn bad_config_is_refused_with_the_key() {
     let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
     let mut c = test_config(&db);
     c.server.issuer = "http://127.0.0.1:1/".into();
-    let err = Application::build_with_listener(c, listener().await).await.err().unwrap().to_string();
+    let err = Application::build_with_listener(c, listener().await)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("server.issuer"), "{err}");
     let mut c = test_config(&db);
     c.clients[0].redirect_uris = vec!["http://app.example.org/cb".into()];
-    let err = Application::build_with_listener(c, listener().await).await.err().unwrap().to_string();
+    let err = Application::build_with_listener(c, listener().await)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("clients[app].redirect_uris"), "{err}");
     let mut c = test_config(&db);
     c.claims.customizer = CustomizerKind::Mapped;
     c.claims.mappings.insert("sub".into(), "email".into());
-    let err = Application::build_with_listener(c, listener().await).await.err().unwrap().to_string();
+    let err = Application::build_with_listener(c, listener().await)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("reserved"), "{err}");
 }

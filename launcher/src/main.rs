@@ -35,22 +35,34 @@ async fn main() -> anyhow::Result<()> {
         upstream_test_server::ENV_PREFIX,
     )
     .context("upstream-test-server configuration")?;
-    let adapter_cfg = adapter::config::load(file(dir, "adapter.toml").as_deref(), adapter::config::ENV_PREFIX)
-        .context("adapter configuration")?;
+    let adapter_cfg = adapter::config::load(
+        file(dir, "adapter.toml").as_deref(),
+        adapter::config::ENV_PREFIX,
+    )
+    .context("adapter configuration")?;
     let app_cfg = test_app::Config::load(file(dir, "test-app.toml").as_deref())
         .map_err(|e| anyhow::anyhow!("test-app configuration: {e}"))?;
     adapter::telemetry::init(&adapter_cfg.server.log_format);
 
-    let upstream = adapter::Application::build(upstream_cfg).await.context("upstream-test-server")?;
-    let broker = adapter::Application::build(adapter_cfg.clone()).await.context("adapter")?;
+    let upstream = adapter::Application::build(upstream_cfg)
+        .await
+        .context("upstream-test-server")?;
+    let broker = adapter::Application::build(adapter_cfg.clone())
+        .await
+        .context("adapter")?;
     let app_url = app_cfg.base_url.trim_end_matches('/').to_string();
-    let app = test_app::Application::build(app_cfg).await.context("test-app")?;
+    let app = test_app::Application::build(app_cfg)
+        .await
+        .context("test-app")?;
 
     println!();
     println!("  Auth Adapter demo chain is running:");
     println!("    test-app              {app_url}/authenticated");
     println!("    adapter (issuer)      {}", adapter_cfg.server.issuer);
-    println!("    upstream-test-server  http://127.0.0.1:{}", upstream.port());
+    println!(
+        "    upstream-test-server  http://127.0.0.1:{}",
+        upstream.port()
+    );
     println!("  Log in as  testuser / password   (Ctrl-C stops all three)");
     println!();
 

@@ -151,7 +151,9 @@ mod tests {
 
     #[tokio::test]
     async fn login_checks_password() {
-        let c = LocalConnector::new(&[user(Some("password"), None)]).await.unwrap();
+        let c = LocalConnector::new(&[user(Some("password"), None)])
+            .await
+            .unwrap();
         let id = c.login("testuser", "password").await.unwrap().unwrap();
         assert_eq!(id.subject, "testuser");
         assert_eq!(id.claims["name"], "Test User");
@@ -176,6 +178,8 @@ mod tests {
     #[tokio::test]
     async fn refuses_user_without_credentials_or_bad_hash() {
         assert!(LocalConnector::new(&[user(None, None)]).await.is_err());
-        assert!(LocalConnector::new(&[user(None, Some("nope".into()))]).await.is_err());
+        assert!(LocalConnector::new(&[user(None, Some("nope".into()))])
+            .await
+            .is_err());
     }
 }

@@ -50,7 +50,8 @@ pub struct BeginResponse {
 pub trait CallbackConnector: Send + Sync + 'static {
     /// Starts a login. `state` is the value the upstream must echo back;
     /// `callback_url` is this connector's own callback (RFC 9700 §4.4).
-    async fn begin(&self, callback_url: &str, state: &str) -> Result<BeginResponse, ConnectorError>;
+    async fn begin(&self, callback_url: &str, state: &str)
+        -> Result<BeginResponse, ConnectorError>;
 
     /// Finishes a login from the callback's query parameters.
     async fn complete(
@@ -72,8 +73,11 @@ pub trait CallbackConnector: Send + Sync + 'static {
 #[async_trait]
 pub trait PasswordConnector: Send + Sync + 'static {
     /// `Ok(None)` for unknown user or wrong password alike (F4).
-    async fn login(&self, username: &str, password: &str)
-        -> Result<Option<Identity>, ConnectorError>;
+    async fn login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<Option<Identity>, ConnectorError>;
 }
 
 /// A configured connector.
@@ -93,7 +97,9 @@ pub struct Connector {
 
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connector").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Connector")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 

@@ -125,9 +125,8 @@ impl OidcConnector {
         config: &UpstreamConfig,
         client_secret: Option<String>,
     ) -> Result<Self, ConnectorError> {
-        IssuerUrl::new(config.issuer.clone()).map_err(|e| {
-            ConnectorError::Config(format!("upstreams[{}].issuer: {e}", config.id))
-        })?;
+        IssuerUrl::new(config.issuer.clone())
+            .map_err(|e| ConnectorError::Config(format!("upstreams[{}].issuer: {e}", config.id)))?;
         Ok(OidcConnector {
             id: config.id.clone(),
             issuer: config.issuer.clone(),
@@ -162,7 +161,9 @@ impl OidcConnector {
                 openidconnect::DiscoveryError::Validation(v) => {
                     ConnectorError::Invalid(format!("discovery: {v}"))
                 }
-                other => ConnectorError::Unavailable(format!("discovery of {}: {other}", self.issuer)),
+                other => {
+                    ConnectorError::Unavailable(format!("discovery of {}: {other}", self.issuer))
+                }
             })?;
         *self.cache.write().await = Some(Cached {
             metadata: metadata.clone(),
@@ -235,7 +236,9 @@ impl OidcConnector {
             .map_err(|e| ConnectorError::Invalid(format!("userinfo: {e}")))?;
         // OIDC Core §5.3.2: the userinfo `sub` must equal the ID token's.
         if claims.get("sub").and_then(Value::as_str) != Some(subject) {
-            return Err(ConnectorError::Invalid("userinfo sub differs from id token".into()));
+            return Err(ConnectorError::Invalid(
+                "userinfo sub differs from id token".into(),
+            ));
         }
         Ok(claims)
     }
@@ -250,12 +253,17 @@ fn verified_payload(jwt: &str) -> Result<Map<String, Value>, ConnectorError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(payload)
         .map_err(|e| ConnectorError::Invalid(format!("id token payload: {e}")))?;
-    serde_json::from_slice(&bytes).map_err(|e| ConnectorError::Invalid(format!("id token payload: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ConnectorError::Invalid(format!("id token payload: {e}")))
 }
 
 #[async_trait]
 impl CallbackConnector for OidcConnector {
-    async fn begin(&self, callback_url: &str, state: &str) -> Result<BeginResponse, ConnectorError> {
+    async fn begin(
+        &self,
+        callback_url: &str,
+        state: &str,
+    ) -> Result<BeginResponse, ConnectorError> {
         let metadata = self.metadata().await?;
         let client = self.client(metadata, callback_url)?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -293,12 +301,16 @@ impl CallbackConnector for OidcConnector {
                 .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .take(64)
                 .collect();
-            return Err(ConnectorError::Denied(format!("upstream returned error={code}")));
+            return Err(ConnectorError::Denied(format!(
+                "upstream returned error={code}"
+            )));
         }
         // RFC 9207 §2.4: when the upstream says who it is, it must be our upstream.
         if let Some(iss) = params.get("iss") {
             if iss != &self.issuer {
-                return Err(ConnectorError::Invalid("iss in the callback is not the upstream's".into()));
+                return Err(ConnectorError::Invalid(
+                    "iss in the callback is not the upstream's".into(),
+                ));
             }
         }
         let code = params

@@ -90,14 +90,18 @@ impl AuthorizeRequest {
         }
         let get = |k: &str| map.get(k).copied().filter(|v| !v.is_empty());
 
-        let client_id = get("client_id").ok_or(AuthorizeError::Page("The request has no client_id."))?;
+        let client_id =
+            get("client_id").ok_or(AuthorizeError::Page("The request has no client_id."))?;
         if matches!(repeated, Some("client_id" | "redirect_uri")) {
-            return Err(AuthorizeError::Page("client_id or redirect_uri is repeated."));
+            return Err(AuthorizeError::Page(
+                "client_id or redirect_uri is repeated.",
+            ));
         }
-        let client = clients
-            .get(client_id)
-            .ok_or(AuthorizeError::Page("The application (client_id) is not registered."))?;
-        let redirect_uri = get("redirect_uri").ok_or(AuthorizeError::Page("The request has no redirect_uri."))?;
+        let client = clients.get(client_id).ok_or(AuthorizeError::Page(
+            "The application (client_id) is not registered.",
+        ))?;
+        let redirect_uri =
+            get("redirect_uri").ok_or(AuthorizeError::Page("The request has no redirect_uri."))?;
         // Checklist A1: exact string match, no normalisation.
         if !client.redirect_uris.iter().any(|u| u == redirect_uri) {
             return Err(AuthorizeError::Page(
@@ -105,7 +109,9 @@ impl AuthorizeRequest {
             ));
         }
 
-        let state = get("state").filter(|s| s.len() <= MAX_PARAM_LEN).map(String::from);
+        let state = get("state")
+            .filter(|s| s.len() <= MAX_PARAM_LEN)
+            .map(String::from);
         let fail = |error: OAuthError| AuthorizeError::Redirect {
             redirect_uri: redirect_uri.to_string(),
             state: state.clone(),
@@ -115,18 +121,30 @@ impl AuthorizeRequest {
             return Err(fail(OAuthError::invalid_request("state is too long")));
         }
         if let Some(k) = repeated {
-            return Err(fail(OAuthError::invalid_request(format!("parameter {k} is repeated"))));
+            return Err(fail(OAuthError::invalid_request(format!(
+                "parameter {k} is repeated"
+            ))));
         }
         // Checklist A12: request objects are not supported.
         if map.contains_key("request") {
-            return Err(fail(OAuthError::new(ErrorCode::RequestNotSupported, "request objects are not supported")));
+            return Err(fail(OAuthError::new(
+                ErrorCode::RequestNotSupported,
+                "request objects are not supported",
+            )));
         }
         if map.contains_key("request_uri") {
-            return Err(fail(OAuthError::new(ErrorCode::RequestUriNotSupported, "request_uri is not supported")));
+            return Err(fail(OAuthError::new(
+                ErrorCode::RequestUriNotSupported,
+                "request_uri is not supported",
+            )));
         }
         // Checklist A4: code flow only.
         match get("response_type") {
-            None => return Err(fail(OAuthError::invalid_request("response_type is required"))),
+            None => {
+                return Err(fail(OAuthError::invalid_request(
+                    "response_type is required",
+                )))
+            }
             Some("code") => {}
             Some(_) => {
                 return Err(fail(OAuthError::new(
@@ -136,17 +154,25 @@ impl AuthorizeRequest {
             }
         }
         if get("response_mode").is_some_and(|m| m != "query") {
-            return Err(fail(OAuthError::invalid_request("only response_mode=query is supported")));
+            return Err(fail(OAuthError::invalid_request(
+                "only response_mode=query is supported",
+            )));
         }
         // Checklist A6: openid is required; other scopes are limited to the
         // client's allowed set, unknown ones ignored.
-        let requested: Vec<&str> = get("scope").unwrap_or("").split(' ').filter(|s| !s.is_empty()).collect();
+        let requested: Vec<&str> = get("scope")
+            .unwrap_or("")
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .collect();
         if !requested.contains(&"openid") {
             return Err(fail(OAuthError::invalid_scope("scope must contain openid")));
         }
         let mut scopes: Vec<String> = Vec::new();
         for s in requested {
-            if (s == "openid" || client.allowed_scopes.iter().any(|a| a == s)) && !scopes.iter().any(|x| x == s) {
+            if (s == "openid" || client.allowed_scopes.iter().any(|a| a == s))
+                && !scopes.iter().any(|x| x == s)
+            {
                 scopes.push(s.to_string());
             }
         }
@@ -158,26 +184,44 @@ impl AuthorizeRequest {
         // missing method means `plain`, which is refused.
         let code_challenge = match (get("code_challenge"), get("code_challenge_method")) {
             (None, Some(_)) => {
-                return Err(fail(OAuthError::invalid_request("code_challenge_method without code_challenge")))
+                return Err(fail(OAuthError::invalid_request(
+                    "code_challenge_method without code_challenge",
+                )))
             }
             (None, None) if client.require_pkce => {
-                return Err(fail(OAuthError::invalid_request("PKCE is required: send code_challenge with code_challenge_method=S256")))
+                return Err(fail(OAuthError::invalid_request(
+                    "PKCE is required: send code_challenge with code_challenge_method=S256",
+                )))
             }
             (None, None) => None,
             (Some(c), Some("S256")) => {
-                if c.len() != 43 || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                    return Err(fail(OAuthError::invalid_request("code_challenge is not a base64url SHA-256")));
+                if c.len() != 43
+                    || !c
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return Err(fail(OAuthError::invalid_request(
+                        "code_challenge is not a base64url SHA-256",
+                    )));
                 }
                 Some(c.to_string())
             }
             (Some(_), _) => {
-                return Err(fail(OAuthError::invalid_request("code_challenge_method must be S256")))
+                return Err(fail(OAuthError::invalid_request(
+                    "code_challenge_method must be S256",
+                )))
             }
         };
-        let prompts: Vec<&str> = get("prompt").unwrap_or("").split(' ').filter(|s| !s.is_empty()).collect();
+        let prompts: Vec<&str> = get("prompt")
+            .unwrap_or("")
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .collect();
         let prompt = if prompts.contains(&"none") {
             if prompts.len() > 1 {
-                return Err(fail(OAuthError::invalid_request("prompt=none cannot be combined")));
+                return Err(fail(OAuthError::invalid_request(
+                    "prompt=none cannot be combined",
+                )));
             }
             Prompt::None
         } else if prompts.contains(&"login") {
@@ -187,12 +231,11 @@ impl AuthorizeRequest {
         };
         let max_age = match get("max_age") {
             None => None,
-            Some(v) => Some(
-                v.parse::<i64>()
-                    .ok()
-                    .filter(|m| *m >= 0)
-                    .ok_or_else(|| fail(OAuthError::invalid_request("max_age must be a non-negative integer")))?,
-            ),
+            Some(v) => Some(v.parse::<i64>().ok().filter(|m| *m >= 0).ok_or_else(|| {
+                fail(OAuthError::invalid_request(
+                    "max_age must be a non-negative integer",
+                ))
+            })?),
         };
         Ok(AuthorizeRequest {
             client_id: client_id.to_string(),
@@ -220,7 +263,12 @@ fn client_redirect(redirect_uri: &str, params: &[(&str, &str)]) -> Option<String
 }
 
 /// Sends an error to the client (A9): `error`, `error_description`, `state`, `iss`.
-fn redirect_error(st: &AppState, redirect_uri: &str, state: Option<&str>, error: &OAuthError) -> Response {
+fn redirect_error(
+    st: &AppState,
+    redirect_uri: &str,
+    state: Option<&str>,
+    error: &OAuthError,
+) -> Response {
     let mut params = vec![
         ("error", error.code.as_str()),
         ("error_description", error.description.as_str()),
@@ -231,16 +279,24 @@ fn redirect_error(st: &AppState, redirect_uri: &str, state: Option<&str>, error:
     params.push(("iss", st.issuer.as_str()));
     match client_redirect(redirect_uri, &params) {
         Some(location) => found(&location),
-        None => st.error_page(StatusCode::BAD_REQUEST, "Invalid request", &error.description),
+        None => st.error_page(
+            StatusCode::BAD_REQUEST,
+            "Invalid request",
+            &error.description,
+        ),
     }
 }
 
 fn authorize_error(st: &AppState, e: AuthorizeError) -> Response {
     match e {
-        AuthorizeError::Page(message) => st.error_page(StatusCode::BAD_REQUEST, "Invalid request", message),
-        AuthorizeError::Redirect { redirect_uri, state, error } => {
-            redirect_error(st, &redirect_uri, state.as_deref(), &error)
+        AuthorizeError::Page(message) => {
+            st.error_page(StatusCode::BAD_REQUEST, "Invalid request", message)
         }
+        AuthorizeError::Redirect {
+            redirect_uri,
+            state,
+            error,
+        } => redirect_error(st, &redirect_uri, state.as_deref(), &error),
     }
 }
 
@@ -252,7 +308,9 @@ fn connector_error(e: &ConnectorError) -> OAuthError {
         ConnectorError::Unavailable(_) => OAuthError::temporarily_unavailable(
             "the identity provider is unreachable; try again later",
         ),
-        ConnectorError::Denied(_) => OAuthError::access_denied("the identity provider denied the login"),
+        ConnectorError::Denied(_) => {
+            OAuthError::access_denied("the identity provider denied the login")
+        }
         ConnectorError::Invalid(_) => {
             OAuthError::access_denied("the identity provider's response failed validation")
         }
@@ -263,7 +321,10 @@ fn connector_error(e: &ConnectorError) -> OAuthError {
 }
 
 /// The session of this browser, if any and still valid.
-async fn current_session(st: &AppState, jar: &CookieJar) -> Result<Option<SessionRecord>, Response> {
+async fn current_session(
+    st: &AppState,
+    jar: &CookieJar,
+) -> Result<Option<SessionRecord>, Response> {
     let Some(cookie) = jar.get(&st.config.session.cookie_name) else {
         return Ok(None);
     };
@@ -285,7 +346,12 @@ fn transaction(st: &AppState, jar: CookieJar) -> (CookieJar, String) {
         }
     }
     let value = random_token();
-    let cookie = web::cookie(name, value.clone(), st.cookie_secure, Some(st.config.tokens.login_ttl_seconds));
+    let cookie = web::cookie(
+        name,
+        value.clone(),
+        st.cookie_secure,
+        Some(st.config.tokens.login_ttl_seconds),
+    );
     (jar.add(cookie), value)
 }
 
@@ -319,7 +385,11 @@ async fn issue_code(
         auth_time,
     };
     let expires = st.now() + st.config.tokens.code_ttl_seconds;
-    if let Err(e) = st.store.put_json(Kind::Code, &hash(&code), &record, expires).await {
+    if let Err(e) = st
+        .store
+        .put_json(Kind::Code, &hash(&code), &record, expires)
+        .await
+    {
         return st.storage_failure(&e);
     }
     let mut params = vec![("code", code.as_str())];
@@ -330,7 +400,11 @@ async fn issue_code(
     match client_redirect(&ar.redirect_uri, &params) {
         Some(location) if after_post => see_other(&location),
         Some(location) => found(&location),
-        None => st.error_page(StatusCode::BAD_REQUEST, "Invalid request", "Bad redirect URI."),
+        None => st.error_page(
+            StatusCode::BAD_REQUEST,
+            "Invalid request",
+            "Bad redirect URI.",
+        ),
     }
 }
 
@@ -355,7 +429,11 @@ async fn login_success(
         auth_time: now,
     };
     let expires = now + st.config.session.ttl_seconds;
-    if let Err(e) = st.store.put_json(Kind::Session, &hash(&session_id), &record, expires).await {
+    if let Err(e) = st
+        .store
+        .put_json(Kind::Session, &hash(&session_id), &record, expires)
+        .await
+    {
         return st.storage_failure(&e);
     }
     tracing::info!(connector = %identity.connector_id, client = %ar.client_id, "login succeeded");
@@ -364,7 +442,12 @@ async fn login_success(
 }
 
 /// Starts a login with `connector` for the persisted request `ar_id`.
-async fn start_login(st: &AppState, connector: &Connector, ar_id: &str, ar: &AuthRequest) -> Response {
+async fn start_login(
+    st: &AppState,
+    connector: &Connector,
+    ar_id: &str,
+    ar: &AuthRequest,
+) -> Response {
     match &connector.kind {
         ConnectorKind::Password(_) => {
             let location = format!("/login/{}?req={}", connector.id, ar_id);
@@ -377,7 +460,12 @@ async fn start_login(st: &AppState, connector: &Connector, ar_id: &str, ar: &Aut
                 Ok(b) => b,
                 Err(e) => {
                     let _ = st.store.delete(Kind::AuthRequest, ar_id).await;
-                    return redirect_error(st, &ar.redirect_uri, ar.state.as_deref(), &connector_error(&e));
+                    return redirect_error(
+                        st,
+                        &ar.redirect_uri,
+                        ar.state.as_deref(),
+                        &connector_error(&e),
+                    );
                 }
             };
             let record = LoginState {
@@ -386,7 +474,11 @@ async fn start_login(st: &AppState, connector: &Connector, ar_id: &str, ar: &Aut
                 connector_state: begun.connector_state,
             };
             let expires = st.now() + st.config.tokens.login_ttl_seconds;
-            if let Err(e) = st.store.put_json(Kind::LoginState, &hash(&login_state), &record, expires).await {
+            if let Err(e) = st
+                .store
+                .put_json(Kind::LoginState, &hash(&login_state), &record, expires)
+                .await
+            {
                 return st.storage_failure(&e);
             }
             found(&begun.redirect_url)
@@ -394,7 +486,11 @@ async fn start_login(st: &AppState, connector: &Connector, ar_id: &str, ar: &Aut
     }
 }
 
-pub async fn authorize_get(State(st): State<AppState>, jar: CookieJar, RawQuery(q): RawQuery) -> Response {
+pub async fn authorize_get(
+    State(st): State<AppState>,
+    jar: CookieJar,
+    RawQuery(q): RawQuery,
+) -> Response {
     authorize(st, jar, form_pairs(q.unwrap_or_default().as_bytes())).await
 }
 
@@ -437,16 +533,27 @@ async fn authorize(st: AppState, jar: CookieJar, params: Vec<(String, String)>) 
     }
     let ar_id = random_token();
     let expires = now + st.config.tokens.login_ttl_seconds;
-    if let Err(e) = st.store.put_json(Kind::AuthRequest, &ar_id, &ar, expires).await {
+    if let Err(e) = st
+        .store
+        .put_json(Kind::AuthRequest, &ar_id, &ar, expires)
+        .await
+    {
         return st.storage_failure(&e);
     }
     let response = match st.connectors.as_slice() {
-        [] => st.error_page(StatusCode::SERVICE_UNAVAILABLE, "No login method", "No identity provider is configured."),
+        [] => st.error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "No login method",
+            "No identity provider is configured.",
+        ),
         [only] => start_login(&st, only, &ar_id, &ar).await,
         many => web::ChoosePage {
             title: st.title().to_string(),
             req: ar_id,
-            connectors: many.iter().map(|c| (c.id.clone(), c.name.clone())).collect(),
+            connectors: many
+                .iter()
+                .map(|c| (c.id.clone(), c.name.clone()))
+                .collect(),
         }
         .into_response(),
     };
@@ -467,7 +574,11 @@ async fn pending(st: &AppState, jar: &CookieJar, ar_id: &str) -> Result<AuthRequ
         .map_err(|e| st.storage_failure(&e))?;
     match ar {
         Some(ar) if bound_to_browser(st, jar, &ar) => Ok(ar),
-        Some(_) => Err(st.error_page(StatusCode::BAD_REQUEST, "Login not found", "This login was started in another browser.")),
+        Some(_) => Err(st.error_page(
+            StatusCode::BAD_REQUEST,
+            "Login not found",
+            "This login was started in another browser.",
+        )),
         None => Err(expired_page(st)),
     }
 }
@@ -504,45 +615,93 @@ pub async fn upstream_callback(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let Some(state) = params.get("state") else {
-        return st.error_page(StatusCode::BAD_REQUEST, "Invalid callback", "The callback has no state.");
+        return st.error_page(
+            StatusCode::BAD_REQUEST,
+            "Invalid callback",
+            "The callback has no state.",
+        );
     };
     let now = st.now();
     // E3: the state is consumed once; a replayed callback finds it used.
-    let ls: LoginState = match st.store.take_json(Kind::LoginState, &hash(state), now).await {
+    let ls: LoginState = match st
+        .store
+        .take_json(Kind::LoginState, &hash(state), now)
+        .await
+    {
         Ok(TakenJson::Fresh(ls)) => ls,
         Ok(TakenJson::AlreadyUsed) => {
-            return st.error_page(StatusCode::BAD_REQUEST, "Invalid callback", "This login response was already used.")
+            return st.error_page(
+                StatusCode::BAD_REQUEST,
+                "Invalid callback",
+                "This login response was already used.",
+            )
         }
         Ok(TakenJson::Expired) => return expired_page(&st),
         Ok(TakenJson::Missing) => {
-            return st.error_page(StatusCode::BAD_REQUEST, "Invalid callback", "The state does not match any login in progress.")
+            return st.error_page(
+                StatusCode::BAD_REQUEST,
+                "Invalid callback",
+                "The state does not match any login in progress.",
+            )
         }
         Err(e) => return st.storage_failure(&e),
     };
     // Mix-up defence (RFC 9700 §4.4): the answer must come back on the
     // callback of the upstream the login went to.
     if ls.connector_id != connector_id {
-        return st.error_page(StatusCode::BAD_REQUEST, "Invalid callback", "The response came from another identity provider.");
+        return st.error_page(
+            StatusCode::BAD_REQUEST,
+            "Invalid callback",
+            "The response came from another identity provider.",
+        );
     }
-    let ar: AuthRequest = match st.store.take_json(Kind::AuthRequest, &ls.auth_request_id, now).await {
+    let ar: AuthRequest = match st
+        .store
+        .take_json(Kind::AuthRequest, &ls.auth_request_id, now)
+        .await
+    {
         Ok(TakenJson::Fresh(ar)) => ar,
         Ok(_) => return expired_page(&st),
         Err(e) => return st.storage_failure(&e),
     };
     if !bound_to_browser(&st, &jar, &ar) {
-        return st.error_page(StatusCode::BAD_REQUEST, "Invalid callback", "This login was started in another browser.");
+        return st.error_page(
+            StatusCode::BAD_REQUEST,
+            "Invalid callback",
+            "This login was started in another browser.",
+        );
     }
-    let Some(ConnectorKind::Callback(connector)) = st.connector(&connector_id).map(|c| c.kind.clone()) else {
-        return st.error_page(StatusCode::NOT_FOUND, "Not found", "Unknown identity provider.");
+    let Some(ConnectorKind::Callback(connector)) =
+        st.connector(&connector_id).map(|c| c.kind.clone())
+    else {
+        return st.error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "Unknown identity provider.",
+        );
     };
     let callback_url = format!("{}{}", st.issuer, callback_path(&connector_id));
-    match connector.complete(&callback_url, &params, &ls.connector_state).await {
+    match connector
+        .complete(&callback_url, &params, &ls.connector_state)
+        .await
+    {
         Ok(identity) => login_success(&st, jar, &ar, identity, false).await,
-        Err(e) => redirect_error(&st, &ar.redirect_uri, ar.state.as_deref(), &connector_error(&e)),
+        Err(e) => redirect_error(
+            &st,
+            &ar.redirect_uri,
+            ar.state.as_deref(),
+            &connector_error(&e),
+        ),
     }
 }
 
-fn login_page(st: &AppState, connector_id: &str, ar_id: &str, ar: &AuthRequest, tx: &str) -> LoginPage {
+fn login_page(
+    st: &AppState,
+    connector_id: &str,
+    ar_id: &str,
+    ar: &AuthRequest,
+    tx: &str,
+) -> LoginPage {
     LoginPage {
         title: st.title().to_string(),
         connector_id: connector_id.to_string(),
@@ -554,7 +713,10 @@ fn login_page(st: &AppState, connector_id: &str, ar_id: &str, ar: &AuthRequest, 
     }
 }
 
-fn password_connector(st: &AppState, id: &str) -> Option<std::sync::Arc<dyn crate::connector::PasswordConnector>> {
+fn password_connector(
+    st: &AppState,
+    id: &str,
+) -> Option<std::sync::Arc<dyn crate::connector::PasswordConnector>> {
     match st.connector(id).map(|c| &c.kind) {
         Some(ConnectorKind::Password(p)) => Some(p.clone()),
         _ => None,
@@ -615,14 +777,22 @@ pub async fn login_submit(
         return st.error_page(StatusCode::NOT_FOUND, "Not found", "Unknown login method.");
     };
     let Ok(form) = serde_urlencoded::from_bytes::<LoginForm>(&body) else {
-        return st.error_page(StatusCode::BAD_REQUEST, "Invalid request", "The login form is incomplete.");
+        return st.error_page(
+            StatusCode::BAD_REQUEST,
+            "Invalid request",
+            "The login form is incomplete.",
+        );
     };
     let tx = jar
         .get(&st.config.session.transaction_cookie_name)
         .map(|c| c.value().to_string())
         .unwrap_or_default();
     if cross_site(&st, &headers) || tx.is_empty() || !ct_eq(&csrf_token(&tx), &form.csrf_token) {
-        return st.error_page(StatusCode::FORBIDDEN, "Forbidden", "The form could not be verified. Reload the page and try again.");
+        return st.error_page(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "The form could not be verified. Reload the page and try again.",
+        );
     }
     let ar = match pending(&st, &jar, &form.req).await {
         Ok(ar) => ar,
@@ -639,11 +809,19 @@ pub async fn login_submit(
         }
         Err(e) => {
             tracing::error!(error = %e, "password connector failed");
-            return st.error_page(StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable", "Please try again shortly.");
+            return st.error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Temporarily unavailable",
+                "Please try again shortly.",
+            );
         }
     };
     // The pending request is single-use: a double submit finds it gone.
-    match st.store.take_json::<AuthRequest>(Kind::AuthRequest, &form.req, st.now()).await {
+    match st
+        .store
+        .take_json::<AuthRequest>(Kind::AuthRequest, &form.req, st.now())
+        .await
+    {
         Ok(TakenJson::Fresh(_)) => login_success(&st, jar, &ar, identity, true).await,
         Ok(_) => expired_page(&st),
         Err(e) => st.storage_failure(&e),
@@ -701,7 +879,11 @@ mod tests {
     #[test]
     fn valid_request_parses_and_filters_scopes() {
         let r = AuthorizeRequest::parse(&params(&[("nonce", "n")]), &clients(true)).unwrap();
-        assert_eq!(r.scopes, vec!["openid", "profile"], "email is not allowed for this client");
+        assert_eq!(
+            r.scopes,
+            vec!["openid", "profile"],
+            "email is not allowed for this client"
+        );
         assert_eq!(r.nonce.as_deref(), Some("n"));
     }
 
@@ -716,30 +898,78 @@ mod tests {
             params(&[("redirect_uri", "http://127.0.0.1:8080/CB")]),
             params(&[("redirect_uri", "http://127.0.0.1:8080/cb?x=1")]),
         ] {
-            assert!(matches!(AuthorizeRequest::parse(&p, &c), Err(AuthorizeError::Page(_))), "{p:?}");
+            assert!(
+                matches!(
+                    AuthorizeRequest::parse(&p, &c),
+                    Err(AuthorizeError::Page(_))
+                ),
+                "{p:?}"
+            );
         }
         let mut dup = params(&[]);
         dup.push(("redirect_uri".into(), "http://evil/cb".into()));
-        assert!(matches!(AuthorizeRequest::parse(&dup, &c), Err(AuthorizeError::Page(_))));
+        assert!(matches!(
+            AuthorizeRequest::parse(&dup, &c),
+            Err(AuthorizeError::Page(_))
+        ));
     }
 
     #[test]
     fn protocol_errors_redirect_with_rfc_codes() {
         let c = clients(true);
         let parse = |p: Vec<(String, String)>| redirect_code(AuthorizeRequest::parse(&p, &c));
-        assert_eq!(parse(params(&[("response_type", "")])), ErrorCode::InvalidRequest);
-        assert_eq!(parse(params(&[("response_type", "token")])), ErrorCode::UnsupportedResponseType);
-        assert_eq!(parse(params(&[("response_type", "code id_token")])), ErrorCode::UnsupportedResponseType);
-        assert_eq!(parse(params(&[("scope", "profile")])), ErrorCode::InvalidScope);
-        assert_eq!(parse(params(&[("code_challenge", "")])), ErrorCode::InvalidRequest);
-        assert_eq!(parse(params(&[("code_challenge_method", "plain")])), ErrorCode::InvalidRequest);
-        assert_eq!(parse(params(&[("code_challenge_method", "")])), ErrorCode::InvalidRequest);
-        assert_eq!(parse(params(&[("code_challenge", "short")])), ErrorCode::InvalidRequest);
-        assert_eq!(parse(params(&[("request", "eyJ")])), ErrorCode::RequestNotSupported);
-        assert_eq!(parse(params(&[("request_uri", "https://x")])), ErrorCode::RequestUriNotSupported);
-        assert_eq!(parse(params(&[("response_mode", "fragment")])), ErrorCode::InvalidRequest);
-        assert_eq!(parse(params(&[("max_age", "-1")])), ErrorCode::InvalidRequest);
-        assert_eq!(parse(params(&[("prompt", "none login")])), ErrorCode::InvalidRequest);
+        assert_eq!(
+            parse(params(&[("response_type", "")])),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            parse(params(&[("response_type", "token")])),
+            ErrorCode::UnsupportedResponseType
+        );
+        assert_eq!(
+            parse(params(&[("response_type", "code id_token")])),
+            ErrorCode::UnsupportedResponseType
+        );
+        assert_eq!(
+            parse(params(&[("scope", "profile")])),
+            ErrorCode::InvalidScope
+        );
+        assert_eq!(
+            parse(params(&[("code_challenge", "")])),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            parse(params(&[("code_challenge_method", "plain")])),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            parse(params(&[("code_challenge_method", "")])),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            parse(params(&[("code_challenge", "short")])),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            parse(params(&[("request", "eyJ")])),
+            ErrorCode::RequestNotSupported
+        );
+        assert_eq!(
+            parse(params(&[("request_uri", "https://x")])),
+            ErrorCode::RequestUriNotSupported
+        );
+        assert_eq!(
+            parse(params(&[("response_mode", "fragment")])),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            parse(params(&[("max_age", "-1")])),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            parse(params(&[("prompt", "none login")])),
+            ErrorCode::InvalidRequest
+        );
         let mut dup = params(&[]);
         dup.push(("scope".into(), "openid".into()));
         assert_eq!(parse(dup), ErrorCode::InvalidRequest);
@@ -748,13 +978,22 @@ mod tests {
     #[test]
     fn pkce_optional_only_for_opted_out_confidential_clients() {
         let p = params(&[("code_challenge", ""), ("code_challenge_method", "")]);
-        assert!(AuthorizeRequest::parse(&p, &clients(false)).unwrap().code_challenge.is_none());
-        assert_eq!(redirect_code(AuthorizeRequest::parse(&p, &clients(true))), ErrorCode::InvalidRequest);
+        assert!(AuthorizeRequest::parse(&p, &clients(false))
+            .unwrap()
+            .code_challenge
+            .is_none());
+        assert_eq!(
+            redirect_code(AuthorizeRequest::parse(&p, &clients(true))),
+            ErrorCode::InvalidRequest
+        );
     }
 
     #[test]
     fn unknown_parameters_are_ignored() {
-        let r = AuthorizeRequest::parse(&params(&[("ui_locales", "de"), ("foo", "bar")]), &clients(true));
+        let r = AuthorizeRequest::parse(
+            &params(&[("ui_locales", "de"), ("foo", "bar")]),
+            &clients(true),
+        );
         assert!(r.is_ok());
     }
 }

@@ -1,11 +1,10 @@
 //! The OpenID Provider engine: shared state, registered clients, the records
 //! a flow persists, and the routes of the provider.
 //!
-//! - [`authorize`]: `/oauth2/authorize`, the connector login steps and the
-//!   upstream callbacks;
-//! - [`token`]: `/oauth2/token`;
-//! - [`userinfo`]: `/userinfo`;
-//! - [`discovery`]: `/.well-known/openid-configuration` and `/oauth2/jwks`.
+//! - `/oauth2/authorize`, the connector login steps and the upstream
+//!   callbacks are in [`authorize`];
+//! - `/oauth2/token` is in [`token`], `/userinfo` in [`userinfo`];
+//! - `/.well-known/openid-configuration` and `/oauth2/jwks` are in [`discovery`].
 
 pub mod authorize;
 pub mod discovery;
@@ -54,20 +53,34 @@ impl Client {
         let secret = match (&c.secret, &c.secret_env) {
             (Some(s), _) => Some(s.clone()),
             (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
-                format!("{}: environment variable {var} is not set", key("secret_env"))
+                format!(
+                    "{}: environment variable {var} is not set",
+                    key("secret_env")
+                )
             })?),
             (None, None) => None,
         };
         match (c.public, &secret) {
-            (false, None) => return Err(format!("{}: a confidential client needs a secret", key("secret"))),
-            (true, Some(_)) => return Err(format!("{}: a public client has no secret", key("secret"))),
+            (false, None) => {
+                return Err(format!(
+                    "{}: a confidential client needs a secret",
+                    key("secret")
+                ))
+            }
+            (true, Some(_)) => {
+                return Err(format!("{}: a public client has no secret", key("secret")))
+            }
             _ => {}
         }
         if c.redirect_uris.is_empty() {
-            return Err(format!("{}: at least one is required", key("redirect_uris")));
+            return Err(format!(
+                "{}: at least one is required",
+                key("redirect_uris")
+            ));
         }
         for uri in &c.redirect_uris {
-            validate_redirect_uri(uri).map_err(|e| format!("{}: {uri}: {e}", key("redirect_uris")))?;
+            validate_redirect_uri(uri)
+                .map_err(|e| format!("{}: {uri}: {e}", key("redirect_uris")))?;
         }
         Ok(Client {
             id: c.id.clone(),
@@ -220,17 +233,27 @@ mod tests {
             public: false,
             require_pkce: false,
         };
-        assert!(Client::from_config(&c).unwrap_err().contains("clients[c].secret"));
+        assert!(Client::from_config(&c)
+            .unwrap_err()
+            .contains("clients[c].secret"));
         c.secret_env = Some("AUTH_ADAPTER_TEST_SURELY_UNSET".into());
-        assert!(Client::from_config(&c).unwrap_err().contains("AUTH_ADAPTER_TEST_SURELY_UNSET"));
+        assert!(Client::from_config(&c)
+            .unwrap_err()
+            .contains("AUTH_ADAPTER_TEST_SURELY_UNSET"));
         c.secret_env = None;
         c.secret = Some("s".into());
         let client = Client::from_config(&c).unwrap();
-        assert_eq!(client.secret_hash.as_deref(), Some(crate::secret::hash("s").as_str()));
+        assert_eq!(
+            client.secret_hash.as_deref(),
+            Some(crate::secret::hash("s").as_str())
+        );
         assert!(!client.require_pkce);
         c.public = true;
         assert!(Client::from_config(&c).is_err());
         c.secret = None;
-        assert!(Client::from_config(&c).unwrap().require_pkce, "public clients always need PKCE");
+        assert!(
+            Client::from_config(&c).unwrap().require_pkce,
+            "public clients always need PKCE"
+        );
     }
 }

@@ -30,7 +30,10 @@ struct TokenError {
 
 impl From<OAuthError> for TokenError {
     fn from(error: OAuthError) -> Self {
-        TokenError { error, basic: false }
+        TokenError {
+            error,
+            basic: false,
+        }
     }
 }
 
@@ -59,12 +62,17 @@ impl IntoResponse for TokenError {
                 (
                     StatusCode::UNAUTHORIZED,
                     no_store(),
-                    [(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge))],
+                    [(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static(challenge),
+                    )],
                     body,
                 )
                     .into_response()
             }
-            ErrorCode::ServerError => (StatusCode::INTERNAL_SERVER_ERROR, no_store(), body).into_response(),
+            ErrorCode::ServerError => {
+                (StatusCode::INTERNAL_SERVER_ERROR, no_store(), body).into_response()
+            }
             ErrorCode::TemporarilyUnavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, no_store(), body).into_response()
             }
@@ -122,18 +130,32 @@ fn authenticate<'a>(
         basic,
     };
     let (client_id, secret, used_basic) = match basic {
-        Some(Err(e)) => return Err(TokenError { error: e, basic: true }),
+        Some(Err(e)) => {
+            return Err(TokenError {
+                error: e,
+                basic: true,
+            })
+        }
         Some(Ok((id, secret))) => {
             if param("client_secret").is_some() {
-                return Err(OAuthError::invalid_request("use one client authentication method").into());
+                return Err(
+                    OAuthError::invalid_request("use one client authentication method").into(),
+                );
             }
             if param("client_id").is_some_and(|p| p != id) {
-                return Err(OAuthError::invalid_request("client_id differs from the authenticated client").into());
+                return Err(OAuthError::invalid_request(
+                    "client_id differs from the authenticated client",
+                )
+                .into());
             }
             (id, Some(secret), true)
         }
         None => match param("client_id") {
-            Some(id) => (id.to_string(), param("client_secret").map(String::from), false),
+            Some(id) => (
+                id.to_string(),
+                param("client_secret").map(String::from),
+                false,
+            ),
             None => return Err(invalid("client authentication is required", false)),
         },
     };
@@ -163,7 +185,10 @@ async fn handle(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Value
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     if !is_form {
-        return Err(OAuthError::invalid_request("the body must be application/x-www-form-urlencoded").into());
+        return Err(OAuthError::invalid_request(
+            "the body must be application/x-www-form-urlencoded",
+        )
+        .into());
     }
     let pairs = form_pairs(body);
     for (i, (k, _)) in pairs.iter().enumerate() {
@@ -176,7 +201,11 @@ async fn handle(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Value
     match params.get("grant_type") {
         None => Err(OAuthError::invalid_request("grant_type is required").into()),
         Some("authorization_code") => authorization_code(st, client, &params).await,
-        Some(_) => Err(OAuthError::new(ErrorCode::UnsupportedGrantType, "only authorization_code is supported").into()),
+        Some(_) => Err(OAuthError::new(
+            ErrorCode::UnsupportedGrantType,
+            "only authorization_code is supported",
+        )
+        .into()),
     }
 }
 
@@ -190,7 +219,10 @@ async fn authorization_code(
     let verifier = param("code_verifier");
     if verifier.is_some_and(|v| !is_valid_pkce_verifier(v)) {
         // RFC 7636 §4.1.
-        return Err(OAuthError::invalid_request("code_verifier must be 43-128 characters of [A-Za-z0-9-._~]").into());
+        return Err(OAuthError::invalid_request(
+            "code_verifier must be 43-128 characters of [A-Za-z0-9-._~]",
+        )
+        .into());
     }
     let now = st.now();
     let record: CodeRecord = match st.store.take_json(Kind::Code, &hash(code), now).await {
@@ -199,7 +231,9 @@ async fn authorization_code(
             tracing::warn!(client = %client.id, "authorization code replayed");
             return Err(OAuthError::invalid_grant("the code was already used").into());
         }
-        Ok(TakenJson::Expired) => return Err(OAuthError::invalid_grant("the code has expired").into()),
+        Ok(TakenJson::Expired) => {
+            return Err(OAuthError::invalid_grant("the code has expired").into())
+        }
         Ok(TakenJson::Missing) => return Err(OAuthError::invalid_grant("unknown code").into()),
         Err(e) => {
             tracing::error!(error = %e, "storage failure at the token endpoint");
@@ -212,7 +246,10 @@ async fn authorization_code(
     }
     // B8, RFC 6749 §4.1.3: same redirect_uri as in the authorization request.
     if param("redirect_uri") != Some(record.redirect_uri.as_str()) {
-        return Err(OAuthError::invalid_grant("redirect_uri does not match the authorization request").into());
+        return Err(OAuthError::invalid_grant(
+            "redirect_uri does not match the authorization request",
+        )
+        .into());
     }
     // B9, RFC 7636 §4.6; RFC 9700 §4.8 (no downgrade either way).
     match (&record.code_challenge, verifier) {
@@ -221,9 +258,13 @@ async fn authorization_code(
                 return Err(OAuthError::invalid_grant("PKCE verification failed").into());
             }
         }
-        (Some(_), None) => return Err(OAuthError::invalid_grant("code_verifier is required").into()),
+        (Some(_), None) => {
+            return Err(OAuthError::invalid_grant("code_verifier is required").into())
+        }
         (None, Some(_)) => {
-            return Err(OAuthError::invalid_grant("code_verifier sent but no code_challenge was").into())
+            return Err(
+                OAuthError::invalid_grant("code_verifier sent but no code_challenge was").into(),
+            )
         }
         (None, None) => {}
     }
@@ -234,7 +275,12 @@ async fn authorization_code(
 }
 
 /// Signs the access token (RFC 9068) and the ID token (OIDC Core §2).
-fn mint(st: &AppState, client: &Client, r: &CodeRecord, now: i64) -> Result<Value, crate::keys::KeyError> {
+fn mint(
+    st: &AppState,
+    client: &Client,
+    r: &CodeRecord,
+    now: i64,
+) -> Result<Value, crate::keys::KeyError> {
     let sub = st.customizer.subject(&r.identity);
     let scope = r.scopes.join(" ");
     let claims_for = |kind| {
@@ -298,7 +344,10 @@ mod tests {
         // RFC 6749 §2.3.1: "a:b%c" is sent as "a%3Ab%25c".
         let mut h = HeaderMap::new();
         let raw = STANDARD.encode("my+client:a%3Ab%25c~-");
-        h.insert(header::AUTHORIZATION, format!("Basic {raw}").parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Basic {raw}").parse().unwrap(),
+        );
         let (id, secret) = basic_credentials(&h).unwrap().unwrap();
         assert_eq!(id, "my client");
         assert_eq!(secret, "a:b%c~-");
@@ -308,9 +357,20 @@ mod tests {
     fn malformed_basic_is_invalid_client() {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());
-        assert_eq!(basic_credentials(&h).unwrap().unwrap_err().code, ErrorCode::InvalidClient);
-        h.insert(header::AUTHORIZATION, format!("Basic {}", STANDARD.encode("nocolon")).parse().unwrap());
-        assert_eq!(basic_credentials(&h).unwrap().unwrap_err().code, ErrorCode::InvalidClient);
+        assert_eq!(
+            basic_credentials(&h).unwrap().unwrap_err().code,
+            ErrorCode::InvalidClient
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Basic {}", STANDARD.encode("nocolon"))
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            basic_credentials(&h).unwrap().unwrap_err().code,
+            ErrorCode::InvalidClient
+        );
         h.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
         assert!(basic_credentials(&h).is_none());
     }

@@ -15,12 +15,24 @@ use super::authorize::form_pairs;
 use super::AppState;
 
 /// Claims of the access token that describe the token, not the user.
-const TOKEN_CLAIMS: &[&str] = &["iss", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope", "auth_time"];
+const TOKEN_CLAIMS: &[&str] = &[
+    "iss",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "client_id",
+    "scope",
+    "auth_time",
+];
 
 fn challenge(status: StatusCode, error: Option<(&str, &str)>) -> Response {
     let value = match error {
         // RFC 6750 §3.1.
-        Some((code, description)) => format!("Bearer error=\"{code}\", error_description=\"{description}\""),
+        Some((code, description)) => {
+            format!("Bearer error=\"{code}\", error_description=\"{description}\"")
+        }
         None => "Bearer".to_string(),
     };
     let header_value = HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("Bearer"));
@@ -28,10 +40,20 @@ fn challenge(status: StatusCode, error: Option<(&str, &str)>) -> Response {
         Some((code, description)) => json!({"error": code, "error_description": description}),
         None => json!({"error": "invalid_request", "error_description": "no access token"}),
     };
-    (status, [(header::WWW_AUTHENTICATE, header_value)], Json(body)).into_response()
+    (
+        status,
+        [(header::WWW_AUTHENTICATE, header_value)],
+        Json(body),
+    )
+        .into_response()
 }
 
-pub async fn userinfo(State(st): State<AppState>, method: Method, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn userinfo(
+    State(st): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -43,13 +65,19 @@ pub async fn userinfo(State(st): State<AppState>, method: Method, headers: Heade
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     let form_token = if method == Method::POST && is_form {
-        form_pairs(&body).into_iter().find(|(k, _)| k == "access_token").map(|(_, v)| v)
+        form_pairs(&body)
+            .into_iter()
+            .find(|(k, _)| k == "access_token")
+            .map(|(_, v)| v)
     } else {
         None
     };
     let token = match (bearer, form_token) {
         (Some(_), Some(_)) => {
-            return challenge(StatusCode::BAD_REQUEST, Some(("invalid_request", "send the token once")))
+            return challenge(
+                StatusCode::BAD_REQUEST,
+                Some(("invalid_request", "send the token once")),
+            )
         }
         (Some(t), None) | (None, Some(t)) => t,
         (None, None) => return challenge(StatusCode::UNAUTHORIZED, None),
