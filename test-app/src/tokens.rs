@@ -1,0 +1,247 @@
+//! Token handling that `openidconnect` does not do for us:
+//! - verification of the JWT access token (RFC 9068, `typ: at+jwt`) against the
+//!   provider's JWKS with `jsonwebtoken` (algorithm allowlist RS256/ES256, never
+//!   the header's word alone; `iss` and `exp` required and checked);
+//! - decoding a JWT's header and payload into JSON maps for display, which is
+//!   only done for tokens whose signature has been verified.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+/// A JWT claim set or header, as JSON.
+pub type Claims = Map<String, Value>;
+
+/// Signature algorithms accepted for access tokens (and ID tokens).
+pub const ALLOWED_ALGS: [Algorithm; 2] = [Algorithm::RS256, Algorithm::ES256];
+
+/// Clock-skew leeway in seconds for `exp`/`nbf` (checklist C11: ≤ 60 s).
+pub const LEEWAY_SECS: u64 = 60;
+
+/// Why an access token was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    /// Not three base64url segments with JSON header and payload.
+    #[error("not a JWT")]
+    NotAJwt,
+    /// The JOSE `typ` is not `at+jwt` (RFC 9068 §2.1, §4).
+    #[error("JOSE header typ is {0:?}, expected \"at+jwt\"")]
+    WrongType(Option<String>),
+    /// The header names an algorithm outside the allowlist.
+    #[error("algorithm {0} is not allowed (allowed: RS256, ES256)")]
+    DisallowedAlg(String),
+    /// No key in the provider's JWKS matches the header's `kid`.
+    #[error("no key in the provider's JWKS matches kid {0:?}")]
+    UnknownKey(Option<String>),
+    /// The selected key cannot verify this algorithm.
+    #[error("the JWKS key {0:?} does not fit the token's algorithm")]
+    KeyMismatch(Option<String>),
+    /// Signature, `iss`, `exp` or another registered claim failed validation.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Splits a compact JWS and base64url-decodes one JSON segment (0 = header, 1 = payload).
+fn segment(jwt: &str, index: usize) -> Result<Claims, TokenError> {
+    let parts: Vec<&str> = jwt.split('.').collect();
+    if parts.len() != 3 {
+        return Err(TokenError::NotAJwt);
+    }
+    let raw = parts
+        .get(index)
+        .ok_or(TokenError::NotAJwt)
+        .and_then(|p| URL_SAFE_NO_PAD.decode(p).map_err(|_| TokenError::NotAJwt))?;
+    serde_json::from_slice(&raw).map_err(|_| TokenError::NotAJwt)
+}
+
+/// The JOSE header of a compact JWS. No verification: display only.
+pub fn decode_header(jwt: &str) -> Result<Claims, TokenError> {
+    segment(jwt, 0)
+}
+
+/// The payload of a compact JWS. No verification: call it only on a token
+/// whose signature was verified (e.g. by `openidconnect`).
+pub fn decode_payload(jwt: &str) -> Result<Claims, TokenError> {
+    segment(jwt, 1)
+}
+
+/// Converts the provider's JWKS (as served) into `jsonwebtoken` keys. Keys
+/// `jsonwebtoken` cannot parse are skipped rather than failing the whole set.
+pub fn jwk_set_from_json(jwks: &Value) -> JwkSet {
+    let keys = jwks
+        .get("keys")
+        .and_then(Value::as_array)
+        .map(|keys| {
+            keys.iter()
+                .filter_map(|k| serde_json::from_value::<Jwk>(k.clone()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    JwkSet { keys }
+}
+
+fn is_at_jwt(typ: &str) -> bool {
+    let typ = typ.to_ascii_lowercase();
+    typ == "at+jwt" || typ == "application/at+jwt"
+}
+
+fn key_fits(jwk: &Jwk, alg: Algorithm) -> bool {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
+    let family_ok = match (&jwk.algorithm, alg) {
+        (AlgorithmParameters::RSA(_), Algorithm::RS256) => true,
+        (AlgorithmParameters::EllipticCurve(p), Algorithm::ES256) => p.curve == EllipticCurve::P256,
+        _ => false,
+    };
+    let alg_ok = jwk
+        .common
+        .key_algorithm
+        .is_none_or(|ka| Algorithm::try_from(ka).ok() == Some(alg));
+    let use_ok = jwk
+        .common
+        .public_key_use
+        .as_ref()
+        .is_none_or(|u| *u == PublicKeyUse::Signature);
+    family_ok && alg_ok && use_ok
+}
+
+/// Verifies a JWT access token (RFC 9068) and returns its claims.
+///
+/// Checks, in order: `typ` is `at+jwt`; the header `alg` is in
+/// [`ALLOWED_ALGS`]; a JWKS key matches `kid` (or, without `kid`, exactly one
+/// key fits the algorithm) and fits the algorithm; the signature; `iss` equals
+/// `issuer`; `exp` is present and in the future (with [`LEEWAY_SECS`]).
+/// The audience is displayed but not enforced: RFC 9068 makes it the resource
+/// server's identifier, which this RP does not define.
+pub fn verify_access_token(token: &str, jwks: &JwkSet, issuer: &str) -> Result<Claims, TokenError> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::NotAJwt)?;
+    if !header.typ.as_deref().is_some_and(is_at_jwt) {
+        return Err(TokenError::WrongType(header.typ));
+    }
+    let alg = header.alg;
+    if !ALLOWED_ALGS.contains(&alg) {
+        return Err(TokenError::DisallowedAlg(format!("{alg:?}")));
+    }
+    let jwk = match &header.kid {
+        Some(kid) => jwks
+            .find(kid)
+            .ok_or_else(|| TokenError::UnknownKey(Some(kid.clone())))?,
+        None => {
+            let mut fitting = jwks.keys.iter().filter(|k| key_fits(k, alg));
+            match (fitting.next(), fitting.next()) {
+                (Some(only), None) => only,
+                _ => return Err(TokenError::UnknownKey(None)),
+            }
+        }
+    };
+    if !key_fits(jwk, alg) {
+        return Err(TokenError::KeyMismatch(header.kid));
+    }
+    let key =
+        DecodingKey::from_jwk(jwk).map_err(|_| TokenError::KeyMismatch(header.kid.clone()))?;
+
+    // Only the one algorithm we already checked against the allowlist.
+    let mut validation = Validation::new(alg);
+    validation.set_issuer(&[issuer]);
+    validation.set_required_spec_claims(&["exp", "iss"]);
+    validation.validate_aud = false;
+    validation.leeway = LEEWAY_SECS;
+    let data = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+        .map_err(|e| TokenError::Invalid(describe(&e, issuer)))?;
+    Ok(data.claims)
+}
+
+/// A readable reason for a `jsonwebtoken` validation failure.
+fn describe(err: &jsonwebtoken::errors::Error, issuer: &str) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match err.kind() {
+        ErrorKind::InvalidSignature => {
+            "the signature does not verify with the provider's key".into()
+        }
+        ErrorKind::ExpiredSignature => "it has expired (exp is in the past)".into(),
+        ErrorKind::ImmatureSignature => "it is not valid yet (nbf is in the future)".into(),
+        ErrorKind::InvalidIssuer => format!("its iss is not {issuer:?}"),
+        ErrorKind::MissingRequiredClaim(claim) => {
+            format!("the required claim {claim} is missing")
+        }
+        ErrorKind::InvalidClaimFormat(claim) => format!("the claim {claim} is malformed"),
+        ErrorKind::InvalidAlgorithm => "the key does not fit the token's algorithm".into(),
+        _ => err.to_string(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a failing test may panic
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_rejects_garbage() {
+        assert_eq!(decode_payload("abc"), Err(TokenError::NotAJwt));
+        assert_eq!(decode_payload("a.b.c"), Err(TokenError::NotAJwt));
+        assert_eq!(decode_payload("a.b.c.d"), Err(TokenError::NotAJwt));
+    }
+
+    #[test]
+    fn decode_reads_json_segments() {
+        let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"at+jwt"}"#);
+        let p = URL_SAFE_NO_PAD.encode(br#"{"sub":"testuser","authorities":["ROLE_USER"]}"#);
+        let jwt = format!("{h}.{p}.sig");
+        assert_eq!(decode_header(&jwt).unwrap()["typ"], "at+jwt");
+        assert_eq!(decode_payload(&jwt).unwrap()["authorities"][0], "ROLE_USER");
+    }
+
+    #[test]
+    fn typ_and_alg_are_checked_before_anything_else() {
+        let empty = JwkSet { keys: vec![] };
+        let p = URL_SAFE_NO_PAD.encode(br#"{"iss":"x","exp":1}"#);
+        let jwt = |h: &[u8]| format!("{}.{p}.c2ln", URL_SAFE_NO_PAD.encode(h));
+        assert_eq!(
+            verify_access_token(&jwt(br#"{"alg":"RS256","typ":"JWT"}"#), &empty, "x"),
+            Err(TokenError::WrongType(Some("JWT".into())))
+        );
+        assert_eq!(
+            verify_access_token(&jwt(br#"{"alg":"RS256"}"#), &empty, "x"),
+            Err(TokenError::WrongType(None))
+        );
+        assert_eq!(
+            verify_access_token(&jwt(br#"{"alg":"HS256","typ":"at+jwt"}"#), &empty, "x"),
+            Err(TokenError::DisallowedAlg("HS256".into()))
+        );
+        assert_eq!(
+            verify_access_token(
+                &jwt(br#"{"alg":"RS256","typ":"at+jwt","kid":"k9"}"#),
+                &empty,
+                "x"
+            ),
+            Err(TokenError::UnknownKey(Some("k9".into())))
+        );
+        assert!(is_at_jwt("application/AT+JWT"));
+    }
+
+    #[test]
+    fn only_fitting_keys_are_used() {
+        let set = jwk_set_from_json(&serde_json::json!({"keys": [
+            {"kty": "RSA", "kid": "broken"},
+            {"kty": "RSA", "kid": "a", "n": "AQAB", "e": "AQAB", "use": "sig", "alg": "RS256"},
+            {"kty": "RSA", "kid": "enc", "n": "AQAB", "e": "AQAB", "use": "enc"},
+            "not an object"
+        ]}));
+        assert_eq!(set.keys.len(), 3, "the non-object entry is skipped");
+        let key = |kid: &str| set.find(kid).unwrap();
+        assert!(key_fits(key("a"), Algorithm::RS256));
+        assert!(
+            !key_fits(key("a"), Algorithm::ES256),
+            "family and alg must match"
+        );
+        assert!(
+            !key_fits(key("broken"), Algorithm::RS256),
+            "malformed key never fits"
+        );
+        assert!(
+            !key_fits(key("enc"), Algorithm::RS256),
+            "encryption key never fits"
+        );
+    }
+}
