@@ -48,6 +48,11 @@ pub enum Kind {
     Code,
     /// A browser session (keyed by the hash of the cookie value).
     Session,
+    /// What a redeemed code issued (keyed by the code's hash), so a replay
+    /// can revoke it (RFC 6749 §4.1.2).
+    CodeGrant,
+    /// A revoked access token (keyed by its `jti`) until it expires.
+    RevokedToken,
 }
 
 impl Kind {
@@ -57,6 +62,8 @@ impl Kind {
             Kind::LoginState => "login_state",
             Kind::Code => "code",
             Kind::Session => "session",
+            Kind::CodeGrant => "code_grant",
+            Kind::RevokedToken => "revoked_token",
         }
     }
 }

@@ -228,7 +228,8 @@ async fn authorization_code(
     let record: CodeRecord = match st.store.take_json(Kind::Code, &hash(code), now).await {
         Ok(TakenJson::Fresh(r)) => r,
         Ok(TakenJson::AlreadyUsed) => {
-            tracing::warn!(client = %client.id, "authorization code replayed");
+            tracing::warn!(client = %client.id, "authorization code replayed; revoking what it issued");
+            revoke_code_grant(st, &hash(code), now).await;
             return Err(OAuthError::invalid_grant("the code was already used").into());
         }
         Ok(TakenJson::Expired) => {
@@ -268,10 +269,48 @@ async fn authorization_code(
         }
         (None, None) => {}
     }
-    mint(st, client, &record, now).map_err(|e| {
+    let (response, grant) = mint(st, client, &record, now).map_err(|e| {
         tracing::error!(error = %e, "signing failed");
-        OAuthError::server_error("could not sign tokens").into()
-    })
+        TokenError::from(OAuthError::server_error("could not sign tokens"))
+    })?;
+    // Remember what this code issued, so that a replay can revoke it (B6).
+    if let Err(e) = st
+        .store
+        .put_json(Kind::CodeGrant, &hash(code), &grant, grant.expires_at)
+        .await
+    {
+        tracing::error!(error = %e, "storage failure at the token endpoint");
+        return Err(OAuthError::server_error("storage failure").into());
+    }
+    Ok(response)
+}
+
+/// The access token a code issued: its `jti` and expiry.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct IssuedGrant {
+    jti: String,
+    expires_at: i64,
+}
+
+/// RFC 6749 §4.1.2: a replayed code revokes the tokens issued from it.
+async fn revoke_code_grant(st: &AppState, code_hash: &str, now: i64) {
+    let grant: Option<IssuedGrant> = match st.store.get_json(Kind::CodeGrant, code_hash, now).await
+    {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot look up the grant of a replayed code");
+            return;
+        }
+    };
+    if let Some(g) = grant {
+        if let Err(e) = st
+            .store
+            .put(Kind::RevokedToken, &g.jti, "{}", g.expires_at)
+            .await
+        {
+            tracing::error!(error = %e, "cannot revoke the grant of a replayed code");
+        }
+    }
 }
 
 /// Signs the access token (RFC 9068) and the ID token (OIDC Core §2).
@@ -280,7 +319,7 @@ fn mint(
     client: &Client,
     r: &CodeRecord,
     now: i64,
-) -> Result<Value, crate::keys::KeyError> {
+) -> Result<(Value, IssuedGrant), crate::keys::KeyError> {
     let sub = st.customizer.subject(&r.identity);
     let scope = r.scopes.join(" ");
     let claims_for = |kind| {
@@ -294,6 +333,8 @@ fn mint(
     let tokens = &st.config.tokens;
 
     // Protocol claims are inserted last: a customizer cannot override them.
+    let jti = random_token();
+    let access_expires = now + tokens.access_token_ttl_seconds;
     let mut access: Map<String, Value> = claims_for(TokenKind::AccessToken);
     for (k, v) in [
         ("iss", json!(st.issuer)),
@@ -301,9 +342,9 @@ fn mint(
         ("aud", json!(client.id)),
         ("client_id", json!(client.id)),
         ("iat", json!(now)),
-        ("exp", json!(now + tokens.access_token_ttl_seconds)),
+        ("exp", json!(access_expires)),
         ("auth_time", json!(r.auth_time)),
-        ("jti", json!(random_token())),
+        ("jti", json!(jti)),
         ("scope", json!(scope)),
     ] {
         access.insert(k.into(), v);
@@ -326,13 +367,21 @@ fn mint(
         id.insert("nonce".into(), json!(nonce));
     }
     let id_token = st.keys.sign("JWT", &id)?;
-    Ok(json!({
+    let response = json!({
         "access_token": access_token,
         "token_type": "Bearer",
         "expires_in": tokens.access_token_ttl_seconds,
         "id_token": id_token,
         "scope": scope,
-    }))
+    });
+    Ok((
+        response,
+        IssuedGrant {
+            jti,
+            // Keep the marker past the token's expiry plus verification leeway.
+            expires_at: access_expires + crate::keys::LEEWAY_SECONDS as i64,
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::authorize::form_pairs;
 use super::AppState;
+use crate::store::Kind;
 
 /// Claims of the access token that describe the token, not the user.
 const TOKEN_CLAIMS: &[&str] = &[
@@ -82,7 +83,31 @@ pub async fn userinfo(
         (Some(t), None) | (None, Some(t)) => t,
         (None, None) => return challenge(StatusCode::UNAUTHORIZED, None),
     };
-    match st.keys.verify(&token, "at+jwt", &st.issuer, st.now()) {
+    let verified = st.keys.verify(&token, "at+jwt", &st.issuer, st.now());
+    // A token issued from a replayed code is revoked (RFC 6749 §4.1.2).
+    let revoked = match verified
+        .as_ref()
+        .ok()
+        .and_then(|c| c.get("jti"))
+        .and_then(Value::as_str)
+    {
+        Some(jti) => match st.store.get(Kind::RevokedToken, jti, st.now()).await {
+            Ok(found) => found.is_some(),
+            Err(e) => {
+                tracing::error!(error = %e, "userinfo: storage failure");
+                return challenge(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(("temporarily_unavailable", "try again later")),
+                );
+            }
+        },
+        None => false,
+    };
+    match verified {
+        Ok(_) if revoked => challenge(
+            StatusCode::UNAUTHORIZED,
+            Some(("invalid_token", "the access token was revoked")),
+        ),
         Ok(mut claims) => {
             claims.retain(|k, _| !TOKEN_CLAIMS.contains(&k.as_str()));
             (StatusCode::OK, Json(Value::Object(claims))).into_response()

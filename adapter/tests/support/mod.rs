@@ -1,0 +1,290 @@
+//! Shared helpers of the adapter's integration tests: `spawn_app()` on a
+//! random port with a SQLite file and a manual clock.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+pub use adapter::clock::ManualClock;
+use adapter::config::{ClientConfig, Config, CustomizerKind, LocalUserConfig};
+use adapter::secret::pkce_s256;
+use adapter::Application;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use reqwest::header::{AUTHORIZATION, LOCATION};
+use reqwest::redirect::Policy;
+use reqwest::StatusCode;
+use serde_json::{Map, Value};
+use url::Url;
+
+pub const SECRET: &str = "s3cr:et%with~special-chars";
+pub const REDIRECT: &str = "http://127.0.0.1:1/cb";
+pub const VERIFIER: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFG-._~";
+
+pub struct TestApp {
+    pub base: String,
+    pub clock: Arc<ManualClock>,
+    pub browser: reqwest::Client,
+    pub rp: reqwest::Client,
+    pub _dir: tempfile::TempDir,
+    pub db_url: String,
+    pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    pub handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub fn test_config(db_url: &str) -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.database.url = db_url.to_string();
+    c.claims.customizer = CustomizerKind::Passthrough;
+    c.clients = vec![
+        ClientConfig {
+            id: "app".into(),
+            name: Some("Test App".into()),
+            secret: Some(SECRET.into()),
+            secret_env: None,
+            redirect_uris: vec![REDIRECT.into(), "http://127.0.0.1:1/other".into()],
+            post_logout_redirect_uris: vec![],
+            allowed_scopes: vec!["openid".into(), "profile".into(), "email".into()],
+            public: false,
+            require_pkce: true,
+        },
+        ClientConfig {
+            id: "other".into(),
+            name: None,
+            secret: Some("other-secret".into()),
+            secret_env: None,
+            redirect_uris: vec![REDIRECT.into()],
+            post_logout_redirect_uris: vec![],
+            allowed_scopes: vec!["openid".into()],
+            public: false,
+            require_pkce: true,
+        },
+    ];
+    c.local_users = vec![LocalUserConfig {
+        username: "alice".into(),
+        password_hash: None,
+        password: Some("correct horse".into()),
+        name: Some("Alice Example".into()),
+        email: Some("alice@example.org".into()),
+        groups: vec![],
+    }];
+    c
+}
+
+pub fn init_logs() {
+    if std::env::var("TEST_LOG").is_ok() {
+        adapter::telemetry::init("text");
+    }
+}
+
+pub async fn start(
+    config: Config,
+    clock: Arc<ManualClock>,
+    port: u16,
+) -> (
+    u16,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut config = config;
+    config.server.issuer = format!("http://127.0.0.1:{port}");
+    let app = Application::build_with_clock(config, listener, clock)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        app.run_until(async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    (port, tx, handle)
+}
+
+pub async fn spawn_app() -> TestApp {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}/adapter.db", dir.path().display());
+    let clock = Arc::new(ManualClock::new());
+    let (port, tx, handle) = start(test_config(&db_url), clock.clone(), 0).await;
+    let client = || {
+        reqwest::Client::builder()
+            .redirect(Policy::none())
+            .cookie_store(true)
+            .build()
+            .unwrap()
+    };
+    TestApp {
+        base: format!("http://127.0.0.1:{port}"),
+        clock,
+        browser: client(),
+        rp: client(),
+        _dir: dir,
+        db_url,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+pub fn location(r: &reqwest::Response) -> String {
+    r.headers()
+        .get(LOCATION)
+        .unwrap_or_else(|| panic!("no Location on {}", r.status()))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+pub fn query(url: &str) -> Map<String, Value> {
+    Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+        .collect()
+}
+
+pub fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {html}"))
+        + marker.len();
+    html[start..].split('"').next().unwrap().to_string()
+}
+
+pub fn jwt_parts(token: &str) -> (Value, Value) {
+    let mut p = token.split('.');
+    let h = URL_SAFE_NO_PAD.decode(p.next().unwrap()).unwrap();
+    let c = URL_SAFE_NO_PAD.decode(p.next().unwrap()).unwrap();
+    (
+        serde_json::from_slice(&h).unwrap(),
+        serde_json::from_slice(&c).unwrap(),
+    )
+}
+
+impl TestApp {
+    pub fn authorize_url(&self, extra: &[(&str, &str)]) -> String {
+        let mut url = Url::parse(&format!("{}/oauth2/authorize", self.base)).unwrap();
+        let challenge = pkce_s256(VERIFIER);
+        let mut params: Vec<(&str, &str)> = vec![
+            ("client_id", "app"),
+            ("redirect_uri", REDIRECT),
+            ("response_type", "code"),
+            ("scope", "openid profile email"),
+            ("state", "st-123"),
+            ("nonce", "n-456"),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+        ];
+        for (k, v) in extra {
+            params.retain(|(pk, _)| pk != k);
+            if !v.is_empty() {
+                params.push((k, v));
+            }
+        }
+        url.query_pairs_mut().extend_pairs(params);
+        url.to_string()
+    }
+
+    /// Browser: authorize → login form → POST credentials (or straight
+    /// back when the browser has a session). Returns the client redirect.
+    pub async fn login(&self, extra: &[(&str, &str)]) -> String {
+        let r = self
+            .browser
+            .get(self.authorize_url(extra))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FOUND);
+        let form_url = location(&r);
+        if form_url.starts_with(REDIRECT) {
+            // Single sign-on: this browser already has a session.
+            return form_url;
+        }
+        assert!(form_url.starts_with("/login/local?req="), "{form_url}");
+        let r = self
+            .browser
+            .get(format!("{}{form_url}", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let html = r.text().await.unwrap();
+        let r = self
+            .browser
+            .post(format!("{}/login/local", self.base))
+            .form(&[
+                ("req", hidden(&html, "req")),
+                ("csrf_token", hidden(&html, "csrf_token")),
+                ("username", "alice".into()),
+                ("password", "correct horse".into()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        // A14: 303 after a credential POST, never 307.
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        location(&r)
+    }
+
+    pub async fn code(&self) -> String {
+        let loc = self.login(&[]).await;
+        assert!(loc.starts_with(REDIRECT), "{loc}");
+        let q = query(&loc);
+        assert_eq!(q["state"], "st-123", "A7: state echoed");
+        assert_eq!(q["iss"], self.base.as_str(), "A8: RFC 9207 iss");
+        q["code"].as_str().unwrap().to_string()
+    }
+
+    pub async fn token(
+        &self,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .rp
+            .post(format!("{}/oauth2/token", self.base))
+            .form(form);
+        if let Some((id, secret)) = basic {
+            // RFC 6749 §2.3.1: form-urlencode, then base64.
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let raw = STANDARD.encode(format!("{}:{}", enc(id), enc(secret)));
+            req = req.header(AUTHORIZATION, format!("Basic {raw}"));
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn redeem(&self, code: &str) -> reqwest::Response {
+        self.token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", VERIFIER),
+            ],
+            Some(("app", SECRET)),
+        )
+        .await
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap();
+        }
+    }
+}
+
+pub async fn error_of(r: reqwest::Response) -> (StatusCode, String) {
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    (status, v["error"].as_str().unwrap().to_string())
+}
