@@ -1,0 +1,663 @@
+//! The three real services, in-process, on random loopback ports.
+//!
+//! [`TestChain::start`] binds three `127.0.0.1:0` listeners first, then
+//! builds each configuration with the ports it now knows:
+//! - the upstream-test-server (issuer `http://127.0.0.1:{up}`) with its demo
+//!   user `testuser`/`password` and one client, `auth-adapter`;
+//! - the adapter (issuer `http://127.0.0.1:{ad}`) with the upstream
+//!   `test-auth-server` and the relying parties `test-app`, `second-app` and
+//!   `special-secret-app`;
+//! - the test-app (`http://127.0.0.1:{app}`), a client of the adapter.
+//!
+//! Each provider gets a fresh SQLite database in its own temp dir; every
+//! client secret is random per chain. [`ChainBuilder::upstream`] points the
+//! adapter somewhere else instead (a [`crate::fake_upstream::FakeUpstream`],
+//! or a closed port). Dropping the chain shuts the services down.
+//!
+//! The `login_*`/`obtain_*` helpers drive the flow as a browser would
+//! ([`crate::rp::Agent`]), asserting each redirect on the way, so the
+//! negative tests can start from a realistic state.
+
+use std::sync::Arc;
+
+use adapter::clock::{ManualClock, SharedClock, SystemClock};
+use anyhow::{anyhow, bail, ensure, Context};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use url::Url;
+
+use crate::rp::{self, expect_redirect, param, random_string, Agent, Pkce};
+
+/// Id of the upstream in the adapter; also its callback path segment.
+pub const UPSTREAM_ID: &str = "test-auth-server";
+/// The adapter's client id at the upstream.
+pub const ADAPTER_CLIENT_ID: &str = "auth-adapter";
+/// Demo user of the upstream-test-server.
+pub const USERNAME: &str = "testuser";
+pub const PASSWORD: &str = "password";
+/// Cookie names of the three services (distinct: browsers share cookies
+/// across ports).
+pub const APP_COOKIE: &str = "TEST_APP_SESSION";
+pub const ADAPTER_COOKIE: &str = "AUTH_ADAPTER_SESSION";
+pub const UPSTREAM_COOKIE: &str = "TEST_AUTH_SERVER_SESSION";
+
+/// A relying party registered at the adapter.
+#[derive(Debug, Clone)]
+pub struct RpClient {
+    pub id: String,
+    pub secret: String,
+    pub redirect_uri: String,
+}
+
+impl RpClient {
+    pub fn basic(&self) -> rp::ClientAuth {
+        rp::ClientAuth::basic(&self.id, &self.secret)
+    }
+    pub fn post(&self) -> rp::ClientAuth {
+        rp::ClientAuth::post(&self.id, &self.secret)
+    }
+}
+
+/// What the adapter uses as its upstream.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// The real upstream-test-server, started with the chain (default).
+    TestServer,
+    /// Some other provider at `issuer` (a fake, or a closed port).
+    External {
+        issuer: String,
+        client_id: String,
+        client_secret: String,
+    },
+}
+
+/// A last-minute change to the adapter's configuration.
+pub type AdapterTweak = Box<dyn FnOnce(&mut adapter::Config) + Send>;
+
+/// Options of a chain.
+pub struct ChainBuilder {
+    upstream: Upstream,
+    start_test_app: bool,
+    manual_clock: bool,
+    tweak_adapter: Option<AdapterTweak>,
+}
+
+/// The running services. Dropping it stops them.
+pub struct TestChain {
+    pub upstream_issuer: String,
+    pub adapter_issuer: String,
+    /// Base URL of the test-app (also when it was not started).
+    pub app_url: String,
+    /// The test-app's registration at the adapter.
+    pub app: RpClient,
+    /// A second confidential client (SSO, cross-client tests).
+    pub second: RpClient,
+    /// A client whose secret needs form-urlencoding (B2).
+    pub special: RpClient,
+    /// The adapter's secret at the upstream-test-server.
+    pub upstream_client_secret: String,
+    /// The adapter's clock, when [`ChainBuilder::manual_clock`] was asked for.
+    pub clock: Option<Arc<ManualClock>>,
+    shutdowns: Vec<oneshot::Sender<()>>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Drop for TestChain {
+    fn drop(&mut self) {
+        for tx in self.shutdowns.drain(..) {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn temp_sqlite(prefix: &str) -> anyhow::Result<(tempfile::TempDir, String)> {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .context("creating a temp dir for SQLite")?;
+    let url = format!("sqlite://{}/x.db", dir.path().display());
+    Ok((dir, url))
+}
+
+fn client_config(c: &RpClient, name: &str) -> anyhow::Result<adapter::config::ClientConfig> {
+    serde_json::from_value(json!({
+        "id": c.id,
+        "name": name,
+        "secret": c.secret,
+        "redirect_uris": [c.redirect_uri],
+        "allowed_scopes": ["openid", "profile", "email"],
+    }))
+    .context("building a ClientConfig")
+}
+
+/// Runs an `adapter::Application` (adapter or upstream-test-server) until
+/// the returned sender fires or is dropped.
+async fn spawn_provider(
+    config: adapter::Config,
+    listener: TcpListener,
+    clock: SharedClock,
+    what: &str,
+) -> anyhow::Result<oneshot::Sender<()>> {
+    let app = adapter::Application::build_with_clock(config, listener, clock)
+        .await
+        .with_context(|| format!("building the {what}"))?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let what = what.to_string();
+    tokio::spawn(async move {
+        let stop = async {
+            let _ = rx.await;
+        };
+        if let Err(e) = app.run_until(stop).await {
+            eprintln!("{what} stopped with an error: {e}");
+        }
+    });
+    Ok(tx)
+}
+
+impl Default for ChainBuilder {
+    fn default() -> Self {
+        ChainBuilder {
+            upstream: Upstream::TestServer,
+            start_test_app: true,
+            manual_clock: false,
+            tweak_adapter: None,
+        }
+    }
+}
+
+impl ChainBuilder {
+    /// Points the adapter at another upstream instead of the test server.
+    pub fn upstream(mut self, upstream: Upstream) -> Self {
+        self.upstream = upstream;
+        self
+    }
+
+    /// Whether to run the test-app (its port is reserved either way).
+    pub fn test_app(mut self, start: bool) -> Self {
+        self.start_test_app = start;
+        self
+    }
+
+    /// Gives the adapter a [`ManualClock`] (exposed as [`TestChain::clock`])
+    /// so a test can move its time forward instead of sleeping.
+    pub fn manual_clock(mut self, on: bool) -> Self {
+        self.manual_clock = on;
+        self
+    }
+
+    /// Last-minute changes to the adapter's configuration.
+    pub fn tweak_adapter(mut self, f: impl FnOnce(&mut adapter::Config) + Send + 'static) -> Self {
+        self.tweak_adapter = Some(Box::new(f));
+        self
+    }
+
+    pub async fn start(self) -> anyhow::Result<TestChain> {
+        crate::init_test_log();
+        let adapter_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let app_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let adapter_addr = adapter_listener.local_addr()?;
+        let app_addr = app_listener.local_addr()?;
+        let adapter_issuer = format!("http://{adapter_addr}");
+        let app_url = format!("http://{app_addr}");
+        let upstream_callback = format!("{adapter_issuer}/login/oauth2/code/{UPSTREAM_ID}");
+
+        let mut shutdowns = Vec::new();
+        let mut dirs = Vec::new();
+
+        // 1. The upstream.
+        let (upstream_issuer, upstream_client_id, upstream_client_secret) = match &self.upstream {
+            Upstream::TestServer => {
+                let listener = TcpListener::bind("127.0.0.1:0").await?;
+                let addr = listener.local_addr()?;
+                let issuer = format!("http://{addr}");
+                let secret = random_string(24);
+                let (dir, db) = temp_sqlite("e2e-upstream-")?;
+                let mut config = upstream_test_server::default_config();
+                config.server.listen = addr;
+                config.server.issuer = issuer.clone();
+                config.database.url = db;
+                config.clients = vec![client_config(
+                    &RpClient {
+                        id: ADAPTER_CLIENT_ID.into(),
+                        secret: secret.clone(),
+                        redirect_uri: upstream_callback.clone(),
+                    },
+                    "Auth Adapter",
+                )?];
+                shutdowns.push(
+                    spawn_provider(
+                        config,
+                        listener,
+                        Arc::new(SystemClock),
+                        "upstream-test-server",
+                    )
+                    .await?,
+                );
+                dirs.push(dir);
+                (issuer, ADAPTER_CLIENT_ID.to_string(), secret)
+            }
+            Upstream::External {
+                issuer,
+                client_id,
+                client_secret,
+            } => (issuer.clone(), client_id.clone(), client_secret.clone()),
+        };
+
+        // 2. The adapter.
+        let app = RpClient {
+            id: "test-app".into(),
+            secret: random_string(24),
+            redirect_uri: format!("{app_url}{}", test_app::CALLBACK_PATH),
+        };
+        let second = RpClient {
+            id: "second-app".into(),
+            secret: random_string(24),
+            redirect_uri: format!("{app_url}/second/callback"),
+        };
+        let special = RpClient {
+            id: "special-secret-app".into(),
+            // Characters that client_secret_basic must form-urlencode (B2).
+            secret: format!("p:a%s s+w/o~r-d&={}", random_string(8)),
+            redirect_uri: format!("{app_url}/special/callback"),
+        };
+        let (dir, db) = temp_sqlite("e2e-adapter-")?;
+        dirs.push(dir);
+        let mut config = adapter::Config::default();
+        config.server.listen = adapter_addr;
+        config.server.issuer = adapter_issuer.clone();
+        config.database.url = db;
+        config.clients = vec![
+            client_config(&app, "Test App")?,
+            client_config(&second, "Second App")?,
+            client_config(&special, "Special Secret App")?,
+        ];
+        config.upstreams = vec![serde_json::from_value(json!({
+            "id": UPSTREAM_ID,
+            "name": "Test Auth Server",
+            "issuer": upstream_issuer,
+            "client_id": upstream_client_id,
+            "client_secret": upstream_client_secret,
+            "scopes": ["openid", "profile", "email"],
+        }))
+        .context("building an UpstreamConfig")?];
+        config.local_users = Vec::new();
+        if let Some(tweak) = self.tweak_adapter {
+            tweak(&mut config);
+        }
+        let clock = self.manual_clock.then(|| Arc::new(ManualClock::new()));
+        let shared: SharedClock = match &clock {
+            Some(c) => c.clone(),
+            None => Arc::new(SystemClock),
+        };
+        shutdowns.push(spawn_provider(config, adapter_listener, shared, "adapter").await?);
+
+        // 3. The test-app.
+        if self.start_test_app {
+            let config = test_app::Config {
+                listen: app_addr,
+                base_url: app_url.clone(),
+                issuer: adapter_issuer.clone(),
+                client_id: app.id.clone(),
+                client_secret: Some(app.secret.clone()),
+                client_secret_env: None,
+                ..test_app::Config::default()
+            };
+            let built = test_app::Application::build_with_listener(config, app_listener)
+                .await
+                .context("building the test-app")?;
+            let (tx, rx) = oneshot::channel::<()>();
+            tokio::spawn(async move {
+                let stop = async {
+                    let _ = rx.await;
+                };
+                if let Err(e) = built.run_until(stop).await {
+                    eprintln!("test-app stopped with an error: {e}");
+                }
+            });
+            shutdowns.push(tx);
+        } else {
+            drop(app_listener);
+        }
+
+        Ok(TestChain {
+            upstream_issuer,
+            adapter_issuer,
+            app_url,
+            app,
+            second,
+            special,
+            upstream_client_secret,
+            clock,
+            shutdowns,
+            _dirs: dirs,
+        })
+    }
+}
+
+/// One authorization request a test sends to the adapter as an RP.
+#[derive(Debug, Clone)]
+pub struct AuthRequest {
+    pub client: RpClient,
+    pub state: String,
+    pub nonce: String,
+    pub pkce: Option<Pkce>,
+    pub scope: String,
+}
+
+impl AuthRequest {
+    pub fn new(client: &RpClient) -> Self {
+        AuthRequest {
+            client: client.clone(),
+            state: random_string(16),
+            nonce: random_string(16),
+            pkce: Some(Pkce::new()),
+            scope: "openid profile email".into(),
+        }
+    }
+
+    pub fn verifier(&self) -> &str {
+        self.pkce
+            .as_ref()
+            .map(|p| p.verifier.as_str())
+            .unwrap_or("")
+    }
+}
+
+/// An authorization code the adapter issued, with its request.
+#[derive(Debug, Clone)]
+pub struct CodeGrant {
+    pub request: AuthRequest,
+    pub code: String,
+    /// The full redirect the RP received.
+    pub redirect: Url,
+}
+
+impl TestChain {
+    /// A chain with the real upstream-test-server and the test-app.
+    pub async fn start() -> anyhow::Result<TestChain> {
+        ChainBuilder::default().start().await
+    }
+
+    pub fn builder() -> ChainBuilder {
+        ChainBuilder::default()
+    }
+
+    /// Adapter endpoint URL for a path like `/oauth2/token`.
+    pub fn adapter(&self, path: &str) -> String {
+        format!("{}{path}", self.adapter_issuer)
+    }
+
+    /// Upstream endpoint URL for a path.
+    pub fn upstream(&self, path: &str) -> String {
+        format!("{}{path}", self.upstream_issuer)
+    }
+
+    /// Test-app URL for a path.
+    pub fn app_path(&self, path: &str) -> String {
+        format!("{}{path}", self.app_url)
+    }
+
+    /// The adapter's upstream callback (E2: one per upstream).
+    pub fn upstream_callback(&self) -> String {
+        self.adapter(&format!("/login/oauth2/code/{UPSTREAM_ID}"))
+    }
+
+    /// The adapter's discovery document.
+    pub async fn discovery(&self, http: &reqwest::Client) -> anyhow::Result<Value> {
+        let url = self.adapter("/.well-known/openid-configuration");
+        let resp = http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        ensure!(resp.status().is_success(), "GET {url}: {}", resp.status());
+        resp.json().await.context("discovery is not JSON")
+    }
+
+    /// An endpoint from the adapter's discovery document.
+    pub async fn endpoint(&self, http: &reqwest::Client, name: &str) -> anyhow::Result<String> {
+        let d = self.discovery(http).await?;
+        d.get(name)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("discovery has no {name}: {d}"))
+    }
+
+    /// The adapter's `/oauth2/authorize` URL for a request.
+    pub fn authorize_url(&self, req: &AuthRequest) -> String {
+        let mut url = match Url::parse(&self.adapter("/oauth2/authorize")) {
+            Ok(u) => u,
+            Err(_) => return String::new(),
+        };
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("response_type", "code")
+                .append_pair("client_id", &req.client.id)
+                .append_pair("redirect_uri", &req.client.redirect_uri)
+                .append_pair("scope", &req.scope)
+                .append_pair("state", &req.state)
+                .append_pair("nonce", &req.nonce);
+            if let Some(p) = &req.pkce {
+                q.append_pair("code_challenge", &p.challenge)
+                    .append_pair("code_challenge_method", "S256");
+            }
+        }
+        url.to_string()
+    }
+
+    /// From the upstream's `/oauth2/authorize` to the redirect back to the
+    /// adapter: the login form is filled with the demo user. Asserts every
+    /// hop stays on the upstream with 302/303, and returns the callback URL
+    /// (not yet requested).
+    pub async fn login_at_upstream(
+        &self,
+        agent: &Agent,
+        upstream_authorize: &Url,
+    ) -> anyhow::Result<Url> {
+        let upstream_origin = rp::origin_of(&self.upstream_issuer)?;
+        let resp = agent.get(upstream_authorize.as_str()).await?;
+        let mut page_url = if resp.status().is_redirection() {
+            expect_redirect(&resp, "upstream /oauth2/authorize without a session")?
+        } else {
+            bail!(
+                "upstream /oauth2/authorize: expected a redirect to its login page, got {}: {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
+        };
+        ensure!(
+            page_url.origin().ascii_serialization() == upstream_origin
+                && page_url.path() == "/login/local",
+            "upstream should send the browser to its /login/local form, went to {page_url}"
+        );
+        ensure!(
+            param(&page_url, "req").is_some(),
+            "login page URL has no req: {page_url}"
+        );
+        let resp = agent.get(page_url.as_str()).await?;
+        ensure!(resp.status() == 200, "GET {page_url}: {}", resp.status());
+        let html = resp.text().await?;
+        let (action, fields) = login_form(&html, &page_url)?;
+        let mut form: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        form.push(("username", USERNAME));
+        form.push(("password", PASSWORD));
+        let mut resp = agent.post_form(action.as_str(), &form).await?;
+        // Follow the upstream's own redirects until it sends the browser away.
+        for _ in 0..5 {
+            let next = expect_redirect(&resp, "upstream after the login POST")?;
+            if next.origin().ascii_serialization() != upstream_origin {
+                return Ok(next);
+            }
+            page_url = next;
+            resp = agent.get(page_url.as_str()).await?;
+        }
+        bail!("the upstream kept redirecting to itself after login (last {page_url})")
+    }
+
+    /// Sends `req` to the adapter and, if it asks for an upstream login,
+    /// performs it. Returns the adapter's redirect to the RP (asserted to be
+    /// a 302/303 to `req.client.redirect_uri`).
+    pub async fn authorize(&self, agent: &Agent, req: &AuthRequest) -> anyhow::Result<Url> {
+        let resp = agent.get(&self.authorize_url(req)).await?;
+        let status = resp.status();
+        if !status.is_redirection() {
+            bail!(
+                "adapter /oauth2/authorize: expected a redirect, got {status}: {}",
+                resp.text().await.unwrap_or_default()
+            );
+        }
+        let next = expect_redirect(&resp, "adapter /oauth2/authorize")?;
+        let to_rp = if next.as_str().starts_with(&req.client.redirect_uri) {
+            next // SSO: the adapter session was enough.
+        } else {
+            ensure!(
+                next.as_str()
+                    .starts_with(&format!("{}/", self.upstream_issuer)),
+                "adapter sent the browser neither to the RP nor to the upstream: {next}"
+            );
+            let callback = self.login_at_upstream(agent, &next).await?;
+            ensure!(
+                rp::without_query(&callback) == self.upstream_callback(),
+                "upstream redirected to {callback}, expected the adapter's callback {}",
+                self.upstream_callback()
+            );
+            let resp = agent.get(callback.as_str()).await?;
+            if !resp.status().is_redirection() {
+                bail!(
+                    "adapter callback: expected a redirect to the RP, got {}: {}",
+                    resp.status(),
+                    resp.text().await.unwrap_or_default()
+                );
+            }
+            expect_redirect(&resp, "adapter upstream callback")?
+        };
+        ensure!(
+            rp::without_query(&to_rp) == req.client.redirect_uri,
+            "adapter redirected to {to_rp}, expected {}",
+            req.client.redirect_uri
+        );
+        Ok(to_rp)
+    }
+
+    /// [`Self::authorize`], then checks the code response (A7 `state`, A8 `iss`).
+    pub async fn obtain_code(&self, agent: &Agent, req: &AuthRequest) -> anyhow::Result<CodeGrant> {
+        let redirect = self.authorize(agent, req).await?;
+        if let Some(err) = param(&redirect, "error") {
+            bail!("adapter returned error={err} to the RP: {redirect}");
+        }
+        let code = param(&redirect, "code").ok_or_else(|| anyhow!("no code in {redirect}"))?;
+        ensure!(
+            param(&redirect, "state").as_deref() == Some(req.state.as_str()),
+            "state not echoed (A7): {redirect}"
+        );
+        ensure!(
+            param(&redirect, "iss").as_deref() == Some(self.adapter_issuer.as_str()),
+            "iss missing or wrong (A8, RFC 9207): {redirect}"
+        );
+        Ok(CodeGrant {
+            request: req.clone(),
+            code,
+            redirect,
+        })
+    }
+
+    /// Redeems a code at the adapter's token endpoint.
+    pub async fn redeem(
+        &self,
+        agent: &Agent,
+        grant: &CodeGrant,
+        auth: &rp::ClientAuth,
+    ) -> anyhow::Result<rp::TokenResponse> {
+        let token_endpoint = self.adapter("/oauth2/token");
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", grant.code.as_str()),
+            ("redirect_uri", grant.request.client.redirect_uri.as_str()),
+        ];
+        if grant.request.pkce.is_some() {
+            form.push(("code_verifier", grant.request.verifier()));
+        }
+        rp::token_request(&agent.http, &token_endpoint, auth, &form).await
+    }
+
+    /// Starts a login at the adapter and stops at the upstream's redirect
+    /// back to the adapter: returns the callback URL, not yet requested.
+    pub async fn upstream_callback_for(
+        &self,
+        agent: &Agent,
+        req: &AuthRequest,
+    ) -> anyhow::Result<Url> {
+        let resp = agent.get(&self.authorize_url(req)).await?;
+        let upstream_authorize = expect_redirect(&resp, "adapter /oauth2/authorize")?;
+        ensure!(
+            upstream_authorize
+                .as_str()
+                .starts_with(&format!("{}/", self.upstream_issuer)),
+            "expected a redirect to the upstream, got {upstream_authorize}"
+        );
+        let callback = self.login_at_upstream(agent, &upstream_authorize).await?;
+        ensure!(
+            rp::without_query(&callback) == self.upstream_callback(),
+            "upstream redirected to {callback}, expected {}",
+            self.upstream_callback()
+        );
+        Ok(callback)
+    }
+}
+
+/// The action URL and hidden fields of `form#login-form`.
+pub fn login_form(html: &str, page_url: &Url) -> anyhow::Result<(Url, Vec<(String, String)>)> {
+    let form_tag = rp::find_tag(html, "form", "id", "login-form")
+        .ok_or_else(|| anyhow!("no <form id=\"login-form\"> on the login page:\n{html}"))?;
+    ensure!(
+        rp::attr(form_tag, "method").is_some_and(|m| m.eq_ignore_ascii_case("post")),
+        "login form is not method=post: {form_tag}"
+    );
+    let action = match rp::attr(form_tag, "action") {
+        Some(a) if !a.is_empty() => page_url.join(&a)?,
+        _ => page_url.clone(),
+    };
+    let start = html.find(form_tag).unwrap_or(0);
+    let end = html[start..]
+        .find("</form>")
+        .map(|e| start + e)
+        .unwrap_or(html.len());
+    let form_html = &html[start..end];
+    for (name, id) in [("username", "username"), ("password", "password")] {
+        let tag = rp::find_tag(form_html, "input", "name", name)
+            .ok_or_else(|| anyhow!("login form has no input name={name}"))?;
+        ensure!(
+            rp::attr(tag, "id").as_deref() == Some(id),
+            "input {name} has no id={id}: {tag}"
+        );
+    }
+    ensure!(
+        rp::find_tag(form_html, "button", "id", "login-submit").is_some()
+            || rp::find_tag(form_html, "input", "id", "login-submit").is_some(),
+        "login form has no #login-submit"
+    );
+    let csrf = rp::input_value(form_html, "csrf_token")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| anyhow!("login form has no csrf_token value (D6)"))?;
+    let mut fields = vec![("csrf_token".to_string(), csrf)];
+    // Any other hidden field the form carries (e.g. the pending request id).
+    let mut rest = form_html;
+    while let Some(i) = rest.find("<input") {
+        let tail = &rest[i..];
+        let Some(end) = tail.find('>') else { break };
+        let tag = &tail[..=end];
+        if rp::attr(tag, "type").is_some_and(|t| t.eq_ignore_ascii_case("hidden")) {
+            if let (Some(n), Some(v)) = (rp::attr(tag, "name"), rp::attr(tag, "value")) {
+                if n != "csrf_token" {
+                    fields.push((n, v));
+                }
+            }
+        }
+        rest = &tail[end..];
+    }
+    Ok((action, fields))
+}

@@ -1,0 +1,1380 @@
+//! End-to-end tests of the chain `test-app -> adapter -> upstream-test-server`
+//! (issue 2), on real sockets. IDs (A1…G9) are from
+//! `shared/spec-checklist.md`.
+//!
+//! HTTP tests use [`e2e::rp::Agent`]: redirects are never followed, so every
+//! `Location` and cookie is asserted; one cookie jar serves all three
+//! services, as in a browser. The browser test drives Debian's headless
+//! Chromium. Negative tests act as the relying party themselves, or put the
+//! tampering [`e2e::fake_upstream::FakeUpstream`] behind the adapter.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use e2e::browser::Browser;
+use e2e::chain::{
+    AuthRequest, TestChain, Upstream, ADAPTER_CLIENT_ID, ADAPTER_COOKIE, APP_COOKIE, PASSWORD,
+    UPSTREAM_COOKIE, UPSTREAM_ID, USERNAME,
+};
+use e2e::fake_upstream::{FakeUpstream, Tamper};
+use e2e::rp::{self, expect_redirect, param, without_query, Agent, ClientAuth, Pkce};
+use fantoccini::Locator;
+use reqwest::StatusCode;
+use serde_json::Value;
+use url::Url;
+
+// ------------------------------------------------------------ helpers ----
+
+/// Claims the seed scenario promises for `testuser` (shared/README.md).
+fn assert_seed_claims(claims: &Value, chain: &TestChain, audience: &str, what: &str) {
+    assert_eq!(
+        claims["iss"],
+        chain.adapter_issuer.as_str(),
+        "{what}: iss (C1) in {claims}"
+    );
+    let aud_ok = claims["aud"] == audience
+        || claims["aud"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|v| v == audience));
+    assert!(aud_ok, "{what}: aud should be {audience} (C1) in {claims}");
+    assert_eq!(claims["sub"], USERNAME, "{what}: sub in {claims}");
+    assert_eq!(
+        claims["test_auth_server_sub"], USERNAME,
+        "{what}: <upstream id>_sub in {claims}"
+    );
+    assert_eq!(
+        claims["preferred_username"], USERNAME,
+        "{what}: preferred_username in {claims}"
+    );
+    assert_eq!(claims["name"], "Test User", "{what}: name in {claims}");
+    let authorities = claims["authorities"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: authorities is not an array in {claims}"));
+    assert!(
+        authorities.iter().any(|a| a == "ROLE_USER"),
+        "{what}: authorities lacks ROLE_USER in {claims}"
+    );
+    assert!(
+        claims["exp"].as_i64().is_some(),
+        "{what}: exp (C1) in {claims}"
+    );
+    assert!(
+        claims["iat"].as_i64().is_some(),
+        "{what}: iat (C1) in {claims}"
+    );
+}
+
+/// The names of the cookies the jar holds for `url`.
+fn jar_names(agent: &Agent, url: &str) -> Vec<String> {
+    agent.cookies(url).into_iter().map(|(k, _)| k).collect()
+}
+
+/// Asserts the adapter issued no code for a failed login. Acceptable
+/// outcomes: an error redirect to the RP (with `error`, the RP's `state`
+/// and `iss`, A9) or an error page (4xx, or 502/503); never a code and
+/// never a bare 500.
+async fn assert_no_code(
+    resp: reqwest::Response,
+    req: &AuthRequest,
+    chain: &TestChain,
+    what: &str,
+) -> String {
+    let status = resp.status();
+    if status.is_redirection() {
+        let to = rp::location(&resp).unwrap();
+        assert!(
+            param(&to, "code").is_none(),
+            "{what}: a code was issued: {to}"
+        );
+        assert!(
+            to.as_str().starts_with(&req.client.redirect_uri),
+            "{what}: error redirect must go to the RP's redirect_uri, went to {to}"
+        );
+        let error =
+            param(&to, "error").unwrap_or_else(|| panic!("{what}: redirect without error: {to}"));
+        assert_eq!(
+            param(&to, "state").as_deref(),
+            Some(req.state.as_str()),
+            "{what}: RP state (A9) in {to}"
+        );
+        assert_eq!(
+            param(&to, "iss").as_deref(),
+            Some(chain.adapter_issuer.as_str()),
+            "{what}: iss (A8/A9) in {to}"
+        );
+        error
+    } else {
+        let body = resp.text().await.unwrap_or_default();
+        assert!(
+            status.is_client_error() || status == StatusCode::BAD_GATEWAY || status == StatusCode::SERVICE_UNAVAILABLE,
+            "{what}: expected an error redirect or an error page (4xx/502/503), got {status}: {body}"
+        );
+        format!("page {status}")
+    }
+}
+
+/// An error page before redirect validation: 400, HTML, no Location (A2).
+async fn assert_error_page(resp: reqwest::Response, what: &str) -> String {
+    let status = resp.status();
+    assert!(
+        resp.headers().get(reqwest::header::LOCATION).is_none(),
+        "{what}: must never redirect (A2), got Location {:?}",
+        resp.headers().get(reqwest::header::LOCATION)
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: status");
+    let ct = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(ct.starts_with("text/html"), "{what}: content-type {ct}");
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.contains("<h1"),
+        "{what}: error page has no <h1>: {body}"
+    );
+    body
+}
+
+/// Full login through the test-app with an HTTP agent, lightly asserted
+/// (the step-by-step test asserts everything). Returns `/api/me`.
+async fn login_via_test_app(chain: &TestChain, agent: &Agent) -> Value {
+    let resp = agent.get(&chain.app_path("/authenticated")).await.unwrap();
+    let to_adapter = expect_redirect(&resp, "test-app /authenticated").unwrap();
+    let resp = agent.get(to_adapter.as_str()).await.unwrap();
+    let next = expect_redirect(&resp, "adapter /oauth2/authorize").unwrap();
+    let to_app = if next.as_str().starts_with(&chain.upstream_issuer) {
+        let callback = chain.login_at_upstream(agent, &next).await.unwrap();
+        let resp = agent.get(callback.as_str()).await.unwrap();
+        expect_redirect(&resp, "adapter callback").unwrap()
+    } else {
+        next
+    };
+    assert_eq!(without_query(&to_app), chain.app.redirect_uri);
+    let resp = agent.get(to_app.as_str()).await.unwrap();
+    let page = expect_redirect(&resp, "test-app callback").unwrap();
+    assert_eq!(page.path(), "/authenticated");
+    let resp = agent.get(page.as_str()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = agent.get(&chain.app_path("/api/me")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+async fn fake_chain(tamper: Tamper) -> (FakeUpstream, TestChain) {
+    let fake = FakeUpstream::start(ADAPTER_CLIENT_ID, tamper)
+        .await
+        .unwrap();
+    let chain = TestChain::builder()
+        .upstream(Upstream::External {
+            issuer: fake.issuer.clone(),
+            client_id: ADAPTER_CLIENT_ID.into(),
+            client_secret: "fake-upstream-secret".into(),
+        })
+        .test_app(false)
+        .start()
+        .await
+        .unwrap();
+    (fake, chain)
+}
+
+// ------------------------------------------------- the chain, by HTTP ----
+
+/// The seed scenario, one hop at a time: every Location, every cookie, the
+/// final claims (shared/README.md "The chain"; A5, A7, A8, C1, C3, C10, E2).
+#[tokio::test]
+async fn full_chain_step_by_step() {
+    let chain = TestChain::start().await.unwrap();
+    let agent = Agent::new().unwrap();
+
+    // 1. test-app without a session -> adapter /oauth2/authorize.
+    let resp = agent.get(&chain.app_path("/authenticated")).await.unwrap();
+    let to_adapter = expect_redirect(&resp, "test-app /authenticated").unwrap();
+    assert_eq!(
+        without_query(&to_adapter),
+        chain.adapter("/oauth2/authorize")
+    );
+    assert_eq!(param(&to_adapter, "client_id").as_deref(), Some("test-app"));
+    assert_eq!(param(&to_adapter, "response_type").as_deref(), Some("code"));
+    assert_eq!(
+        param(&to_adapter, "redirect_uri").as_deref(),
+        Some(chain.app.redirect_uri.as_str())
+    );
+    assert!(param(&to_adapter, "scope")
+        .unwrap()
+        .split(' ')
+        .any(|s| s == "openid"));
+    assert_eq!(
+        param(&to_adapter, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert!(
+        param(&to_adapter, "code_challenge").is_some(),
+        "test-app sends PKCE (A5)"
+    );
+    let app_state = param(&to_adapter, "state").expect("test-app sends state");
+    let app_nonce = param(&to_adapter, "nonce").expect("test-app sends nonce");
+    assert!(
+        !jar_names(&agent, &chain.app_url).is_empty(),
+        "test-app keeps its login transaction in a cookie"
+    );
+
+    // 2. adapter without a session -> upstream /oauth2/authorize, with its own state, nonce, PKCE (E2).
+    let resp = agent.get(to_adapter.as_str()).await.unwrap();
+    let to_upstream = expect_redirect(&resp, "adapter /oauth2/authorize").unwrap();
+    assert_eq!(
+        without_query(&to_upstream),
+        chain.upstream("/oauth2/authorize")
+    );
+    assert_eq!(
+        param(&to_upstream, "client_id").as_deref(),
+        Some(ADAPTER_CLIENT_ID)
+    );
+    assert_eq!(
+        param(&to_upstream, "response_type").as_deref(),
+        Some("code")
+    );
+    assert_eq!(
+        param(&to_upstream, "redirect_uri").as_deref(),
+        Some(chain.upstream_callback().as_str()),
+        "a callback specific to the upstream (E2)"
+    );
+    assert!(param(&to_upstream, "scope")
+        .unwrap()
+        .split(' ')
+        .any(|s| s == "openid"));
+    assert_eq!(
+        param(&to_upstream, "code_challenge_method").as_deref(),
+        Some("S256"),
+        "E2"
+    );
+    assert!(
+        param(&to_upstream, "code_challenge").is_some_and(|c| c.len() >= 43),
+        "E2"
+    );
+    let up_state = param(&to_upstream, "state").expect("adapter sends state (E2)");
+    let up_nonce = param(&to_upstream, "nonce").expect("adapter sends nonce (E2)");
+    assert!(
+        up_state.len() >= 22,
+        "state has >=128 bits (E2): {up_state}"
+    );
+    assert_ne!(up_state, app_state, "the adapter uses its own state");
+    assert_ne!(up_nonce, app_nonce, "the adapter uses its own nonce");
+
+    // 3. upstream without a session -> its login form.
+    let resp = agent.get(to_upstream.as_str()).await.unwrap();
+    let login_page = expect_redirect(&resp, "upstream /oauth2/authorize").unwrap();
+    assert_eq!(without_query(&login_page), chain.upstream("/login/local"));
+    assert!(param(&login_page, "req").is_some());
+    let resp = agent.get(login_page.as_str()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html")));
+    let html = resp.text().await.unwrap();
+    assert!(
+        html.contains("Test Auth Server"),
+        "the upstream names itself"
+    );
+    let (action, hidden) = e2e::chain::login_form(&html, &login_page).unwrap();
+    assert_eq!(
+        action.origin(),
+        login_page.origin(),
+        "login form posts to the upstream"
+    );
+
+    // 4. POST the form -> 302/303 (never 307, A14) until the upstream sends us to the adapter.
+    let mut form: Vec<(&str, &str)> = hidden
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    form.push(("username", USERNAME));
+    form.push(("password", PASSWORD));
+    let mut resp = agent.post_form(action.as_str(), &form).await.unwrap();
+    let mut hops = 0;
+    let callback = loop {
+        let next = expect_redirect(&resp, "upstream after login").unwrap();
+        if next.origin() != login_page.origin() {
+            break next;
+        }
+        hops += 1;
+        assert!(hops < 5, "upstream redirect loop");
+        resp = agent.get(next.as_str()).await.unwrap();
+    };
+    assert!(
+        jar_names(&agent, &chain.upstream_issuer).contains(&UPSTREAM_COOKIE.to_string()),
+        "{UPSTREAM_COOKIE} set after login: {:?}",
+        jar_names(&agent, &chain.upstream_issuer)
+    );
+    assert_eq!(without_query(&callback), chain.upstream_callback());
+    assert_eq!(
+        param(&callback, "state").as_deref(),
+        Some(up_state.as_str()),
+        "upstream echoes the adapter's state"
+    );
+    assert!(param(&callback, "code").is_some());
+    if let Some(iss) = param(&callback, "iss") {
+        assert_eq!(iss, chain.upstream_issuer, "RFC 9207 iss from the upstream");
+    }
+
+    // 5. adapter callback -> test-app callback with the adapter's own code, the app's state and iss (A7, A8).
+    let resp = agent.get(callback.as_str()).await.unwrap();
+    let adapter_cookie = rp::set_cookie(resp.headers(), ADAPTER_COOKIE);
+    let to_app = expect_redirect(&resp, "adapter upstream callback").unwrap();
+    assert_eq!(without_query(&to_app), chain.app.redirect_uri);
+    assert!(
+        param(&to_app, "code").is_some(),
+        "a code for the test-app: {to_app}"
+    );
+    assert_ne!(
+        param(&to_app, "code"),
+        param(&callback, "code"),
+        "the adapter issues its own code"
+    );
+    assert_eq!(
+        param(&to_app, "state").as_deref(),
+        Some(app_state.as_str()),
+        "A7"
+    );
+    assert_eq!(
+        param(&to_app, "iss").as_deref(),
+        Some(chain.adapter_issuer.as_str()),
+        "A8"
+    );
+    assert!(
+        jar_names(&agent, &chain.adapter_issuer).contains(&ADAPTER_COOKIE.to_string()),
+        "{ADAPTER_COOKIE} set: {:?}",
+        jar_names(&agent, &chain.adapter_issuer)
+    );
+    if let Some(set) = adapter_cookie {
+        let lower = set.to_ascii_lowercase();
+        assert!(
+            lower.contains("httponly"),
+            "adapter session cookie is HttpOnly (D1): {set}"
+        );
+        assert!(
+            lower.contains("samesite=lax"),
+            "adapter session cookie is SameSite=Lax (D1): {set}"
+        );
+    }
+
+    // 6. test-app callback -> /authenticated, with its session.
+    let resp = agent.get(to_app.as_str()).await.unwrap();
+    let page = expect_redirect(&resp, "test-app callback").unwrap();
+    assert_eq!(page.as_str(), chain.app_path("/authenticated"));
+    assert!(
+        jar_names(&agent, &chain.app_url).contains(&APP_COOKIE.to_string()),
+        "{APP_COOKIE} set: {:?}",
+        jar_names(&agent, &chain.app_url)
+    );
+    // Three sessions, three distinct cookies in the one jar.
+    let all = jar_names(&agent, &chain.app_url);
+    for name in [APP_COOKIE, ADAPTER_COOKIE, UPSTREAM_COOKIE] {
+        assert_eq!(
+            all.iter().filter(|n| *n == name).count(),
+            1,
+            "{name} once in {all:?}"
+        );
+    }
+
+    // 7. The page shows the mapped claims.
+    let resp = agent.get(page.as_str()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let html = resp.text().await.unwrap();
+    for (id, want) in [
+        ("claim-sub", USERNAME),
+        ("claim-test_auth_server_sub", USERNAME),
+        ("claim-preferred_username", USERNAME),
+        ("claim-authorities", "ROLE_USER"),
+    ] {
+        let text =
+            rp::element_text(&html, id).unwrap_or_else(|| panic!("no #{id} on /authenticated"));
+        assert!(text.contains(want), "#{id} = {text:?}, expected {want}");
+    }
+
+    // 8. /api/me: the claims of both tokens.
+    let resp = agent.get(&chain.app_path("/api/me")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let me: Value = resp.json().await.unwrap();
+    assert_seed_claims(
+        &me["id_token_claims"],
+        &chain,
+        "test-app",
+        "test-app's id_token_claims",
+    );
+    assert_seed_claims(
+        &me["access_token_claims"],
+        &chain,
+        "test-app",
+        "test-app's access_token_claims",
+    );
+    assert_eq!(
+        me["id_token_claims"]["nonce"],
+        app_nonce.as_str(),
+        "nonce copied into the ID token (A7)"
+    );
+
+    // 9. The raw tokens verify against the adapter's JWKS (C1-C4).
+    let jwks_uri = chain.endpoint(&agent.http, "jwks_uri").await.unwrap();
+    assert_eq!(jwks_uri, chain.adapter("/oauth2/jwks"));
+    let id_token = me["id_token"].as_str().expect("raw id_token");
+    let access_token = me["access_token"].as_str().expect("raw access_token");
+    let (h, claims) = rp::verify_jwt(
+        &agent.http,
+        &jwks_uri,
+        id_token,
+        &chain.adapter_issuer,
+        "test-app",
+    )
+    .await
+    .unwrap();
+    assert_eq!(h["alg"], "RS256", "RS256 by default (C2)");
+    assert_eq!(h["typ"], "JWT", "ID token typ (C3)");
+    assert_seed_claims(&claims, &chain, "test-app", "verified ID token");
+    assert!(claims["at_hash"].is_string(), "at_hash (C1)");
+    assert!(claims["auth_time"].is_i64(), "auth_time");
+    let (h, claims) = rp::verify_jwt(
+        &agent.http,
+        &jwks_uri,
+        access_token,
+        &chain.adapter_issuer,
+        "test-app",
+    )
+    .await
+    .unwrap();
+    assert!(
+        h["typ"]
+            .as_str()
+            .is_some_and(|t| t.eq_ignore_ascii_case("at+jwt")),
+        "access token typ at+jwt (RFC 9068, C3): {h}"
+    );
+    assert_seed_claims(&claims, &chain, "test-app", "verified access token");
+
+    // 10. userinfo with the access token (C10).
+    let userinfo = chain
+        .endpoint(&agent.http, "userinfo_endpoint")
+        .await
+        .unwrap();
+    let resp = agent
+        .http
+        .get(&userinfo)
+        .bearer_auth(access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let info: Value = resp.json().await.unwrap();
+    assert_eq!(
+        info["sub"], USERNAME,
+        "userinfo sub equals the ID token sub (C10)"
+    );
+}
+
+/// SSO: once the adapter has a session, a second client and a re-login
+/// after the test-app's logout skip the upstream entirely.
+#[tokio::test]
+async fn sso_second_client_and_relogin_skip_the_upstream() {
+    let chain = TestChain::start().await.unwrap();
+    let agent = Agent::new().unwrap();
+    let me = login_via_test_app(&chain, &agent).await;
+    assert_seed_claims(&me["id_token_claims"], &chain, "test-app", "first login");
+
+    // Another client: straight back with a code.
+    let req = AuthRequest::new(&chain.second);
+    let resp = agent.get(&chain.authorize_url(&req)).await.unwrap();
+    let to_rp = expect_redirect(&resp, "adapter /oauth2/authorize with a session").unwrap();
+    assert_eq!(
+        without_query(&to_rp),
+        chain.second.redirect_uri,
+        "SSO skips the upstream"
+    );
+    assert_eq!(param(&to_rp, "state").as_deref(), Some(req.state.as_str()));
+    let code = param(&to_rp, "code").expect("a code for second-app");
+    let grant = e2e::chain::CodeGrant {
+        request: req,
+        code,
+        redirect: to_rp,
+    };
+    let tokens = chain
+        .redeem(&agent, &grant, &chain.second.basic())
+        .await
+        .unwrap();
+    assert_eq!(tokens.status, 200, "{}", tokens.text);
+    let id_token = tokens.str("id_token").unwrap();
+    let jwks_uri = chain.adapter("/oauth2/jwks");
+    let (_, claims) = rp::verify_jwt(
+        &agent.http,
+        &jwks_uri,
+        id_token,
+        &chain.adapter_issuer,
+        "second-app",
+    )
+    .await
+    .unwrap();
+    assert_eq!(claims["sub"], USERNAME);
+    assert_eq!(claims["nonce"], grant.request.nonce.as_str());
+
+    // test-app logout ends only the test-app's session.
+    let resp = agent.get(&chain.app_path("/authenticated")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let html = resp.text().await.unwrap();
+    let mut form: Vec<(String, String)> = Vec::new();
+    if let Some(csrf) = rp::input_value(&html, "csrf_token") {
+        form.push(("csrf_token".into(), csrf));
+    }
+    let form_ref: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let resp = agent
+        .post_form(&chain.app_path("/logout"), &form_ref)
+        .await
+        .unwrap();
+    assert!(
+        resp.status().is_redirection() || resp.status().is_success(),
+        "POST /logout: {}",
+        resp.status()
+    );
+    let resp = agent.get(&chain.app_path("/api/me")).await.unwrap();
+    assert_eq!(resp.status(), 401, "/api/me after logout");
+
+    // Re-login: test-app -> adapter -> straight back (no upstream hop).
+    let resp = agent.get(&chain.app_path("/authenticated")).await.unwrap();
+    let to_adapter = expect_redirect(&resp, "test-app after logout").unwrap();
+    let resp = agent.get(to_adapter.as_str()).await.unwrap();
+    let to_app = expect_redirect(&resp, "adapter with a session").unwrap();
+    assert_eq!(
+        without_query(&to_app),
+        chain.app.redirect_uri,
+        "SSO skips the upstream"
+    );
+    assert!(param(&to_app, "code").is_some());
+    let resp = agent.get(to_app.as_str()).await.unwrap();
+    let page = expect_redirect(&resp, "test-app callback").unwrap();
+    assert_eq!(page.path(), "/authenticated");
+    let resp = agent.get(&chain.app_path("/api/me")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let me: Value = resp.json().await.unwrap();
+    assert_seed_claims(&me["id_token_claims"], &chain, "test-app", "re-login");
+}
+
+// ------------------------------------------------------- the browser ----
+
+/// The same chain in real headless Chromium: open the test-app, fill the
+/// upstream's login form, land on the test-app page with the mapped claims.
+/// A screenshot of each page goes to `$E2E_OUTPUT_DIR/browser_chain/`.
+#[tokio::test]
+async fn browser_chain_headless_chromium() {
+    let out = e2e::output::test_dir("browser_chain").unwrap();
+    let chain = TestChain::start().await.unwrap();
+    let browser = Browser::start(&out).await.unwrap();
+    let c = &browser.client;
+
+    c.goto(&chain.app_path("/")).await.unwrap();
+    browser.screenshot("test-app-home").await.unwrap();
+
+    c.goto(&chain.app_path("/authenticated")).await.unwrap();
+    let form = c
+        .wait()
+        .at_most(std::time::Duration::from_secs(20))
+        .for_element(Locator::Id("login-form"))
+        .await
+        .expect("the upstream login form");
+    let url = c.current_url().await.unwrap();
+    assert_eq!(
+        without_query(&url),
+        chain.upstream("/login/local"),
+        "browser is on the upstream's form"
+    );
+    browser.screenshot("upstream-login").await.unwrap();
+
+    form.find(Locator::Id("username"))
+        .await
+        .unwrap()
+        .send_keys(USERNAME)
+        .await
+        .unwrap();
+    form.find(Locator::Id("password"))
+        .await
+        .unwrap()
+        .send_keys(PASSWORD)
+        .await
+        .unwrap();
+    browser.screenshot("upstream-login-filled").await.unwrap();
+    form.find(Locator::Id("login-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
+    let sub = c
+        .wait()
+        .at_most(std::time::Duration::from_secs(20))
+        .for_element(Locator::Id("claim-sub"))
+        .await
+        .expect("the test-app page with #claim-sub");
+    let url = c.current_url().await.unwrap();
+    assert_eq!(
+        url.as_str(),
+        chain.app_path("/authenticated"),
+        "browser lands on the test-app"
+    );
+    browser.screenshot("test-app-authenticated").await.unwrap();
+
+    assert_eq!(sub.text().await.unwrap().trim(), USERNAME);
+    let text = |id: &'static str| async move {
+        c.find(Locator::Id(id)).await.unwrap().text().await.unwrap()
+    };
+    assert_eq!(text("claim-test_auth_server_sub").await.trim(), USERNAME);
+    assert_eq!(text("claim-preferred_username").await.trim(), USERNAME);
+    assert!(text("claim-authorities").await.contains("ROLE_USER"));
+
+    // The browser holds all three sessions, one cookie each.
+    let cookies = c.get_all_cookies().await.unwrap();
+    let names: Vec<String> = cookies.iter().map(|c| c.name().to_string()).collect();
+    for name in [APP_COOKIE, ADAPTER_COOKIE, UPSTREAM_COOKIE] {
+        assert!(
+            names.contains(&name.to_string()),
+            "browser has {name}: {names:?}"
+        );
+    }
+    browser.close().await.unwrap();
+}
+
+// --------------------------------------- authorization endpoint (A) ----
+
+/// A2: an unknown client_id gets an error page, never a redirect.
+#[tokio::test]
+async fn a2_unknown_client_shows_error_page_without_redirect() {
+    let chain = TestChain::builder().test_app(false).start().await.unwrap();
+    let agent = Agent::new().unwrap();
+    let mut req = AuthRequest::new(&chain.app);
+    req.client.id = "no-such-client".into();
+    let resp = agent.get(&chain.authorize_url(&req)).await.unwrap();
+    assert_error_page(resp, "unknown client").await;
+}
+
+/// A1/A2: redirect_uri must match a registered one exactly; otherwise an
+/// error page and no redirect (no prefix, suffix, slash or query leniency).
+#[tokio::test]
+async fn a1_a2_unregistered_redirect_uri_shows_error_page_without_redirect() {
+    let chain = TestChain::builder().test_app(false).start().await.unwrap();
+    let agent = Agent::new().unwrap();
+    let registered = chain.app.redirect_uri.clone();
+    let variants = [
+        "http://127.0.0.1:1/attacker/callback".to_string(),
+        format!("{registered}/extra"),
+        format!("{registered}/"),
+        format!("{registered}?x=1"),
+        registered.to_uppercase(),
+        registered.replace("127.0.0.1", "localhost"),
+        chain.second.redirect_uri.clone(), // registered, but for another client
+    ];
+    for uri in variants {
+        let mut req = AuthRequest::new(&chain.app);
+        req.client.redirect_uri = uri.clone();
+        let resp = agent.get(&chain.authorize_url(&req)).await.unwrap();
+        assert_error_page(resp, &format!("redirect_uri {uri}")).await;
+    }
+    // Missing redirect_uri: error page as well (A2).
+    let req = AuthRequest::new(&chain.app);
+    let url = chain.authorize_url(&req);
+    let mut url = Url::parse(&url).unwrap();
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != "redirect_uri")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(pairs);
+    let resp = agent.get(url.as_str()).await.unwrap();
+    assert_error_page(resp, "missing redirect_uri").await;
+}
+
+// ----------------------------------------------- token endpoint (B) ----
+
+/// B3: a wrong client secret gives 401 `invalid_client`, with
+/// `WWW-Authenticate` when Basic was tried; the code stays unusable by an
+/// unauthenticated caller.
+#[tokio::test]
+async fn b3_wrong_client_secret_is_invalid_client_401() {
+    let chain = TestChain::builder().test_app(false).start().await.unwrap();
+    let agent = Agent::new().unwrap();
+    let grant = chain
+        .obtain_code(&agent, &AuthRequest::new(&chain.app))
+        .await
+        .unwrap();
+
+    let wrong = ClientAuth::basic(&chain.app.id, "not-the-secret");
+    let resp = chain.redeem(&agent, &grant, &wrong).await.unwrap();
+    assert_eq!(resp.status, 401, "Basic with a wrong secret: {}", resp.text);
+    assert_eq!(resp.error(), Some("invalid_client"), "{}", resp.text);
+    let www = resp
+        .headers
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        www.to_ascii_lowercase().starts_with("basic"),
+        "WWW-Authenticate: Basic (B3), got {www:?}"
+    );
+
+    let wrong = ClientAuth::post(&chain.app.id, "not-the-secret");
+    let resp = chain.redeem(&agent, &grant, &wrong).await.unwrap();
+    assert_eq!(
+        resp.status, 401,
+        "client_secret_post with a wrong secret: {}",
+        resp.text
+    );
+    assert_eq!(resp.error(), Some("invalid_client"));
+
+    let unknown = ClientAuth::basic("no-such-client", "x");
+    let resp = chain.redeem(&agent, &grant, &unknown).await.unwrap();
+    assert_eq!(resp.status, 401, "unknown client: {}", resp.text);
+    assert_eq!(resp.error(), Some("invalid_client"));
+}
+
+/// B2: `client_secret_basic` with id and secret form-urlencoded before
+/// base64, for a secret with `:`, `%`, space, `+`, `/`, `~`, `&`, `=`; and
+/// `client_secret_post` with the same client.
+#[tokio::test]
+async fn b2_client_secret_basic_is_form_urlencoded_and_post_works() {
+    let chain = TestChain::builder().test_app(false).start().await.unwrap();
+    let agent = Agent::new().unwrap();
+    let grant = chain
+        .obtain_code(&agent, &AuthRequest::new(&chain.special))
+        .await
+        .unwrap();
+    let resp = chain
+        .redeem(&agent, &grant, &chain.special.basic())
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status, 200,
+        "Basic with an encoded secret: {}",
+        resp.text
+    );
+    assert!(resp.str("id_token").is_some() && resp.str("access_token").is_some());
+    let cache = resp
+        .headers
+        .get(reqwest::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        cache.contains("no-store"),
+        "token response Cache-Control: no-store (B1), got {cache:?}"
+    );
+
+    // SSO gives a second code without the upstream; redeem it with client_secret_post.
+    let grant = chain
+        .obtain_code(&agent, &AuthRequest::new(&chain.special))
+        .await
+        .unwrap();
+    let resp = chain
+        .redeem(&agent, &grant, &chain.special.post())
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200, "client_secret_post: {}", resp.text);
+}
+
+/// B5/B6: a code is single-use; re-use gives `invalid_grant`.
+#[tokio::test]
+async fn b5_b6_code_reuse_is_invalid_grant() {
+    let chain = TestChain::builder().test_app(false).start().await.unwrap();
+    let agent = Agent::new().unwrap();
+    let grant = chain
+        .obtain_code(&agent, &AuthRequest::new(&chain.app))
+        .await
+        .unwrap();
+    let first = chain
+        .redeem(&agent, &grant, &chain.app.basic())
+        .await
+        .unwrap();
+    assert_eq!(first.status, 200, "first redemption: {}", first.text);
+    let again = chain
+        .redeem(&agent, &grant, &chain.app.basic())
+        .await
+        .unwrap();
+    assert_eq!(again.status, 400, "re-use: {}", again.text);
+    assert_eq!(
+        again.error(),
+        Some("invalid_grant"),
+        "re-use: {}",
+        again.text
+    );
+}
+
+/// B6: re-using a code also revokes what was issued from it (RFC 6749
+/// §4.1.2): the access token no longer works at userinfo.
+#[tokio::test]
+async fn b6_code_reuse_revokes_tokens_issued_from_it() {
+    let chain = TestChain::builder().test_app(false).start().await.unwrap();
+    let agent = Agent::new().unwrap();
+    let grant = chain
+        .obtain_code(&agent, &AuthRequest::new(&chain.app))
+        .await
+        .unwrap();
+    let first = chain
+        .redeem(&agent, &grant, &chain.app.basic())
+        .await
+        .unwrap();
+    assert_eq!(first.status, 200, "{}", first.text);
+    let access = first.str("access_token").unwrap().to_string();
+    let userinfo = chain
+        .endpoint(&agent.http, "userinfo_endpoint")
+        .await
+        .unwrap();
+    let before = agent
+        .http
+        .get(&userinfo)
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(before.status(), 200, "userinfo before the re-use");
+    let again = chain
+        .redeem(&agent, &grant, &chain.app.basic())
+        .await
+        .unwrap();
+    assert_eq!(again.error(), Some("invalid_grant"));
+    let after = agent
+        .http
+        .get(&userinfo)
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        after.status(),
+        401,
+        "access token from a re-used code must be revoked (B6)"
+    );
+}
+
+/// B5: two concurrent redemptions of one code: exactly one succeeds.
+#[tokio::test]
+async fn b5_concurrent_redemption_has_exactly_one_winner() {
+    let chain = TestChain::builder().test_app(false).start().await.unwrap();
+    let agent = Agent::new().unwrap();
+    let grant = chain
+        .obtain_code(&agent, &AuthRequest::new(&chain.app))
+        .await
+        .unwrap();
+    let auth = chain.app.basic();
+    let (a, b) = tokio::join!(
+        chain.redeem(&agent, &grant, &auth),
+        chain.redeem(&agent, &grant, &auth)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let ok = [&a, &b].iter().filter(|r| r.status == 200).count();
+    assert_eq!(ok, 1, "exactly one success: {} / {}", a.text, b.text);
+    let loser = if a.status == 200 { &b } else { &a };
+    assert_eq!(loser.error(), Some("invalid_grant"), "{}", loser.text);
+}
+
+/// B7: a code issued to one client cannot be redeemed by another (even
+/// with the other's valid credentials).
+#[tokio::test]
+async fn b7_code_redeemed_by_another_client_is_invalid_grant() {
+    let chain = TestChain::builder().test_app(false).start().await.unwrap();
+    let agent = Agent::new().unwrap();
+    let grant = chain
+        .obtain_code(&agent, &AuthRequest::new(&chain.app))
+        .await
+        .unwrap();
+    let mut stolen = grant.clone();
+    stolen.request.client = chain.second.clone();
+    stolen.request.client.redirect_uri = chain.app.redirect_uri.clone();
+    let resp = chain
+        .redeem(&agent, &stolen, &chain.second.basic())
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 400, "{}", resp.text);
+    assert_eq!(resp.error(), Some("invalid_grant"), "{}", resp.text);
+    let mut stolen2 = grant.clone();
+    stolen2.request.client = chain.second.clone();
+    let resp = chain
+        .redeem(&agent, &stolen2, &chain.second.basic())
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.error(),
+        Some("invalid_grant"),
+        "with the other client's redirect_uri: {}",
+        resp.text
+    );
+}
+
+/// B7/A15: an expired code is `invalid_grant`. The adapter runs on a
+/// manual clock: a code is still good 30 s after issue, and dead 61 s
+/// after (TTL ≤ 60 s); no sleeping.
+#[tokio::test]
+async fn b7_a15_expired_code_is_invalid_grant() {
+    let chain = TestChain::builder()
+        .test_app(false)
+        .manual_clock(true)
+        .start()
+        .await
+        .unwrap();
+    let clock = chain.clock.clone().unwrap();
+    let agent = Agent::new().unwrap();
+
+    let fresh = chain
+        .obtain_code(&agent, &AuthRequest::new(&chain.app))
+        .await
+        .unwrap();
+    clock.advance(30);
+    let resp = chain
+        .redeem(&agent, &fresh, &chain.app.basic())
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status, 200,
+        "a 30 s old code is still valid: {}",
+        resp.text
+    );
+
+    // SSO: a second code without the upstream, then let it expire.
+    let stale = chain
+        .obtain_code(&agent, &AuthRequest::new(&chain.app))
+        .await
+        .unwrap();
+    clock.advance(61);
+    let resp = chain
+        .redeem(&agent, &stale, &chain.app.basic())
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 400, "a 61 s old code: {}", resp.text);
+    assert_eq!(resp.error(), Some("invalid_grant"), "{}", resp.text);
+}
+
+/// B8: the redirect_uri at /token must equal the authorization request's.
+#[tokio::test]
+async fn b8_code_with_another_redirect_uri_is_invalid_grant() {
+    let chain = TestChain::builder().test_app(false).start().await.unwrap();
+    let agent = Agent::new().unwrap();
+    let grant = chain
+        .obtain_code(&agent, &AuthRequest::new(&chain.app))
+        .await
+        .unwrap();
+    for other in [
+        format!("{}/x", chain.app.redirect_uri),
+        chain.second.redirect_uri.clone(),
+    ] {
+        let mut g = grant.clone();
+        g.request.client.redirect_uri = other.clone();
+        let resp = chain.redeem(&agent, &g, &chain.app.basic()).await.unwrap();
+        assert_eq!(resp.status, 400, "redirect_uri {other}: {}", resp.text);
+        assert_eq!(
+            resp.error(),
+            Some("invalid_grant"),
+            "redirect_uri {other}: {}",
+            resp.text
+        );
+    }
+    // Without redirect_uri at all.
+    let resp = rp::token_request(
+        &agent.http,
+        &chain.adapter("/oauth2/token"),
+        &chain.app.basic(),
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &grant.code),
+            ("code_verifier", grant.request.verifier()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(resp.error(), Some("invalid_grant" | "invalid_request")),
+        "missing redirect_uri: {}",
+        resp.text
+    );
+}
+
+/// B9: PKCE verifier mismatch -> `invalid_grant`.
+#[tokio::test]
+async fn b9_pkce_verifier_mismatch_is_invalid_grant() {
+    let chain = TestChain::builder().test_app(false).start().await.unwrap();
+    let agent = Agent::new().unwrap();
+    let mut grant = chain
+        .obtain_code(&agent, &AuthRequest::new(&chain.app))
+        .await
+        .unwrap();
+    grant.request.pkce = Some(Pkce::new()); // a different, well-formed verifier
+    let resp = chain
+        .redeem(&agent, &grant, &chain.app.basic())
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 400, "{}", resp.text);
+    assert_eq!(resp.error(), Some("invalid_grant"), "{}", resp.text);
+}
+
+/// B9: a challenge was sent but no verifier (PKCE downgrade, RFC 9700 §4.8).
+#[tokio::test]
+async fn b9_pkce_missing_verifier_is_rejected() {
+    let chain = TestChain::builder().test_app(false).start().await.unwrap();
+    let agent = Agent::new().unwrap();
+    let mut grant = chain
+        .obtain_code(&agent, &AuthRequest::new(&chain.app))
+        .await
+        .unwrap();
+    grant.request.pkce = None;
+    let resp = chain
+        .redeem(&agent, &grant, &chain.app.basic())
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 400, "{}", resp.text);
+    assert!(
+        matches!(resp.error(), Some("invalid_grant" | "invalid_request")),
+        "{}",
+        resp.text
+    );
+}
+
+// ------------------------------------------ upstream client side (E) ----
+
+/// E3: a replayed upstream callback issues no second code, neither in the
+/// same browser nor in another one.
+#[tokio::test]
+async fn e3_replayed_upstream_callback_is_rejected() {
+    let chain = TestChain::builder().test_app(false).start().await.unwrap();
+    let agent = Agent::new().unwrap();
+    let req = AuthRequest::new(&chain.app);
+    let callback = chain.upstream_callback_for(&agent, &req).await.unwrap();
+    let resp = agent.get(callback.as_str()).await.unwrap();
+    let first = expect_redirect(&resp, "first callback").unwrap();
+    assert!(
+        param(&first, "code").is_some(),
+        "the genuine callback works: {first}"
+    );
+
+    let resp = agent.get(callback.as_str()).await.unwrap();
+    assert_no_code(resp, &req, &chain, "replayed callback, same browser").await;
+    let other = Agent::new().unwrap();
+    let resp = other.get(callback.as_str()).await.unwrap();
+    assert_no_code(resp, &req, &chain, "replayed callback, other browser").await;
+}
+
+/// E3: a callback whose state does not match the login gives no code.
+#[tokio::test]
+async fn e3_state_mismatch_at_adapter_callback_is_rejected() {
+    let chain = TestChain::builder().test_app(false).start().await.unwrap();
+    let agent = Agent::new().unwrap();
+    let req = AuthRequest::new(&chain.app);
+    let callback = chain.upstream_callback_for(&agent, &req).await.unwrap();
+    let mut forged = callback.clone();
+    let pairs: Vec<(String, String)> = callback
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "state" {
+                format!("{v}x")
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    forged.query_pairs_mut().clear().extend_pairs(pairs);
+    let resp = agent.get(forged.as_str()).await.unwrap();
+    assert_no_code(resp, &req, &chain, "state mismatch").await;
+
+    // A callback without any state.
+    let mut no_state = callback.clone();
+    let pairs: Vec<(String, String)> = callback
+        .query_pairs()
+        .filter(|(k, _)| k != "state")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    no_state.query_pairs_mut().clear().extend_pairs(pairs);
+    let resp = agent.get(no_state.as_str()).await.unwrap();
+    let status = resp.status();
+    if status.is_redirection() {
+        let to = rp::location(&resp).unwrap();
+        assert!(param(&to, "code").is_none(), "no state, yet a code: {to}");
+    } else {
+        assert!(status.is_client_error(), "no state: {status}");
+    }
+}
+
+/// E3 with the fake upstream answering with a state it was not given.
+#[tokio::test]
+async fn e3_upstream_returning_a_wrong_state_is_rejected() {
+    let (fake, chain) = fake_chain(Tamper::None).await;
+    fake.set_wrong_state(Some("forged-state-value-0123456789"));
+    let agent = Agent::new().unwrap();
+    let req = AuthRequest::new(&chain.app);
+    let resp = agent.get(&chain.authorize_url(&req)).await.unwrap();
+    let to_fake = expect_redirect(&resp, "adapter -> fake upstream").unwrap();
+    let resp = agent.get(to_fake.as_str()).await.unwrap();
+    let callback = expect_redirect(&resp, "fake upstream -> adapter").unwrap();
+    assert_eq!(
+        param(&callback, "state").as_deref(),
+        Some("forged-state-value-0123456789")
+    );
+    let resp = agent.get(callback.as_str()).await.unwrap();
+    assert_no_code(resp, &req, &chain, "wrong state from the upstream").await;
+    assert!(
+        fake.token_requests().is_empty(),
+        "the adapter must not redeem a code for an unknown state"
+    );
+}
+
+/// Drives one login through the fake upstream; returns the adapter's answer
+/// to the callback.
+async fn login_through_fake(
+    fake: &FakeUpstream,
+    chain: &TestChain,
+    agent: &Agent,
+    req: &AuthRequest,
+) -> reqwest::Response {
+    let resp = agent.get(&chain.authorize_url(req)).await.unwrap();
+    let to_fake = expect_redirect(&resp, "adapter -> fake upstream").unwrap();
+    assert_eq!(
+        without_query(&to_fake),
+        format!("{}/authorize", fake.issuer)
+    );
+    let resp = agent.get(to_fake.as_str()).await.unwrap();
+    let callback = expect_redirect(&resp, "fake upstream -> adapter").unwrap();
+    assert_eq!(without_query(&callback), chain.upstream_callback());
+    agent.get(callback.as_str()).await.unwrap()
+}
+
+/// Positive control for the E4 tests: an untampered ID token from the fake
+/// upstream is accepted, and the adapter sent state, nonce and PKCE S256
+/// and proved the verifier (E2).
+#[tokio::test]
+async fn e2_e4_fake_upstream_valid_id_token_is_accepted() {
+    let (fake, chain) = fake_chain(Tamper::None).await;
+    let agent = Agent::new().unwrap();
+    let req = AuthRequest::new(&chain.app);
+    let resp = login_through_fake(&fake, &chain, &agent, &req).await;
+    let to_rp = expect_redirect(&resp, "adapter callback").unwrap();
+    assert_eq!(without_query(&to_rp), chain.app.redirect_uri);
+    let code = param(&to_rp, "code")
+        .unwrap_or_else(|| panic!("valid upstream token, yet no code: {to_rp}"));
+    assert_eq!(param(&to_rp, "state").as_deref(), Some(req.state.as_str()));
+
+    let seen = fake.authorize_requests();
+    assert_eq!(seen.len(), 1);
+    let a = &seen[0];
+    assert_eq!(a.get("client_id"), Some(ADAPTER_CLIENT_ID));
+    assert_eq!(a.get("code_challenge_method"), Some("S256"), "E2");
+    assert!(a.get("code_challenge").is_some(), "E2");
+    assert!(
+        a.get("nonce").is_some_and(|n| n != req.nonce),
+        "own nonce (E2)"
+    );
+    assert!(
+        a.get("state")
+            .is_some_and(|s| s != req.state && s.len() >= 22),
+        "own state (E2)"
+    );
+    assert_eq!(
+        a.get("redirect_uri"),
+        Some(chain.upstream_callback().as_str())
+    );
+    assert_eq!(fake.token_requests().len(), 1);
+    assert_eq!(
+        fake.pkce_failures(),
+        0,
+        "the adapter sent the right code_verifier (E2)"
+    );
+
+    let grant = e2e::chain::CodeGrant {
+        request: req,
+        code,
+        redirect: to_rp,
+    };
+    let tokens = chain
+        .redeem(&agent, &grant, &chain.app.basic())
+        .await
+        .unwrap();
+    assert_eq!(tokens.status, 200, "{}", tokens.text);
+    let (_, claims) = rp::verify_jwt(
+        &agent.http,
+        &chain.adapter("/oauth2/jwks"),
+        tokens.str("id_token").unwrap(),
+        &chain.adapter_issuer,
+        "test-app",
+    )
+    .await
+    .unwrap();
+    assert_eq!(claims["sub"], "fakeuser");
+    assert_eq!(
+        claims[format!("{}_sub", UPSTREAM_ID.replace('-', "_"))],
+        "fakeuser"
+    );
+}
+
+async fn e4_tampered(tamper: Tamper) {
+    let (fake, chain) = fake_chain(tamper).await;
+    let agent = Agent::new().unwrap();
+    let req = AuthRequest::new(&chain.app);
+    let resp = login_through_fake(&fake, &chain, &agent, &req).await;
+    let outcome = assert_no_code(resp, &req, &chain, &format!("{tamper:?}")).await;
+    assert_eq!(
+        fake.token_requests().len(),
+        1,
+        "{tamper:?}: the adapter did redeem the upstream code"
+    );
+    eprintln!("{tamper:?} -> {outcome}");
+}
+
+/// E4: an upstream ID token signed with a key not in its JWKS is refused.
+#[tokio::test]
+async fn e4_upstream_id_token_bad_signature_is_rejected() {
+    e4_tampered(Tamper::BadSignature).await;
+}
+
+/// E4: `iss` must equal the upstream's issuer exactly.
+#[tokio::test]
+async fn e4_upstream_id_token_wrong_issuer_is_rejected() {
+    e4_tampered(Tamper::WrongIssuer).await;
+}
+
+/// E4: `aud` must contain the adapter's client_id.
+#[tokio::test]
+async fn e4_upstream_id_token_wrong_audience_is_rejected() {
+    e4_tampered(Tamper::WrongAudience).await;
+}
+
+/// E4: `nonce` must equal the one the adapter sent.
+#[tokio::test]
+async fn e4_upstream_id_token_wrong_nonce_is_rejected() {
+    e4_tampered(Tamper::WrongNonce).await;
+}
+
+/// E4: an expired ID token is refused.
+#[tokio::test]
+async fn e4_upstream_id_token_expired_is_rejected() {
+    e4_tampered(Tamper::Expired).await;
+}
+
+/// E8: the upstream is down (closed port). The adapter still starts and is
+/// ready; a login gets `temporarily_unavailable` with the RP's state, or a
+/// 503 page — never a 500.
+#[tokio::test]
+async fn e8_upstream_down_gives_temporarily_unavailable() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let chain = TestChain::builder()
+        .upstream(Upstream::External {
+            issuer: format!("http://127.0.0.1:{port}"),
+            client_id: ADAPTER_CLIENT_ID.into(),
+            client_secret: "unused".into(),
+        })
+        .test_app(false)
+        .start()
+        .await
+        .unwrap();
+    let agent = Agent::new().unwrap();
+    let ready = agent.get(&chain.adapter("/healthz/ready")).await.unwrap();
+    assert_eq!(
+        ready.status(),
+        200,
+        "an upstream being down does not make the adapter unready (E8)"
+    );
+
+    let req = AuthRequest::new(&chain.app);
+    let resp = agent.get(&chain.authorize_url(&req)).await.unwrap();
+    let status = resp.status();
+    if status.is_redirection() {
+        let to = rp::location(&resp).unwrap();
+        assert_eq!(
+            without_query(&to),
+            chain.app.redirect_uri,
+            "error goes to the RP: {to}"
+        );
+        assert_eq!(
+            param(&to, "error").as_deref(),
+            Some("temporarily_unavailable"),
+            "{to}"
+        );
+        assert_eq!(
+            param(&to, "state").as_deref(),
+            Some(req.state.as_str()),
+            "{to}"
+        );
+        assert_eq!(
+            param(&to, "iss").as_deref(),
+            Some(chain.adapter_issuer.as_str()),
+            "{to}"
+        );
+        assert!(param(&to, "code").is_none());
+    } else {
+        let body = resp.text().await.unwrap_or_default();
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream down: {body}"
+        );
+    }
+}
+
+/// E8: the upstream dies between the redirect and the callback (the token
+/// request fails): no code, no 500.
+#[tokio::test]
+async fn e8_upstream_dies_mid_login() {
+    let (fake, chain) = fake_chain(Tamper::None).await;
+    let agent = Agent::new().unwrap();
+    let req = AuthRequest::new(&chain.app);
+    let resp = agent.get(&chain.authorize_url(&req)).await.unwrap();
+    let to_fake = expect_redirect(&resp, "adapter -> fake upstream").unwrap();
+    let resp = agent.get(to_fake.as_str()).await.unwrap();
+    let callback = expect_redirect(&resp, "fake upstream -> adapter").unwrap();
+    let addr = fake.addr;
+    fake.stop().await.unwrap();
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the fake upstream is really down"
+    );
+    let resp = agent.get(callback.as_str()).await.unwrap();
+    let outcome = assert_no_code(resp, &req, &chain, "upstream down at the callback").await;
+    eprintln!("upstream died mid-login -> {outcome}");
+}
+
+/// E8 (issue 2): the adapter starts while its upstream is unreachable, and
+/// retries discovery: once the upstream is up, the next login works.
+#[tokio::test]
+async fn e8_adapter_recovers_when_the_upstream_comes_up_later() {
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let chain = TestChain::builder()
+        .upstream(Upstream::External {
+            issuer: format!("http://{addr}"),
+            client_id: ADAPTER_CLIENT_ID.into(),
+            client_secret: "fake-upstream-secret".into(),
+        })
+        .test_app(false)
+        .start()
+        .await
+        .unwrap();
+    let agent = Agent::new().unwrap();
+    let req = AuthRequest::new(&chain.app);
+    let resp = agent.get(&chain.authorize_url(&req)).await.unwrap();
+    if resp.status().is_redirection() {
+        let to = rp::location(&resp).unwrap();
+        assert_eq!(
+            param(&to, "error").as_deref(),
+            Some("temporarily_unavailable"),
+            "{to}"
+        );
+    } else {
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let fake = FakeUpstream::start_on(listener, ADAPTER_CLIENT_ID, Tamper::None)
+        .await
+        .unwrap();
+    let req = AuthRequest::new(&chain.app);
+    let resp = login_through_fake(&fake, &chain, &agent, &req).await;
+    let to_rp = expect_redirect(&resp, "adapter callback once the upstream is up").unwrap();
+    assert!(
+        param(&to_rp, "code").is_some(),
+        "login works after the upstream came up: {to_rp}"
+    );
+    assert_eq!(param(&to_rp, "state").as_deref(), Some(req.state.as_str()));
+}
