@@ -100,7 +100,17 @@ pub struct TestChain {
     /// The adapter's clock, when [`ChainBuilder::manual_clock`] was asked for.
     pub clock: Option<Arc<ManualClock>>,
     shutdowns: Vec<oneshot::Sender<()>>,
+    /// The adapter, kept apart so a test can restart it.
+    adapter: RunningAdapter,
     _dirs: Vec<tempfile::TempDir>,
+}
+
+/// What it takes to stop the adapter and start it again on the same port
+/// and database.
+struct RunningAdapter {
+    config: adapter::Config,
+    clock: SharedClock,
+    stop: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
 }
 
 impl Drop for TestChain {
@@ -108,6 +118,33 @@ impl Drop for TestChain {
         for tx in self.shutdowns.drain(..) {
             let _ = tx.send(());
         }
+        if let Some((tx, _)) = self.adapter.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl TestChain {
+    /// Stops the adapter (waiting until its socket is closed) and starts a
+    /// new instance on the same port and database: what a deploy or a crash
+    /// does between two steps of a login.
+    pub async fn restart_adapter(&mut self) -> anyhow::Result<()> {
+        if let Some((tx, handle)) = self.adapter.stop.take() {
+            let _ = tx.send(());
+            handle.await.context("joining the stopped adapter")?;
+        }
+        let listener = TcpListener::bind(self.adapter.config.server.listen)
+            .await
+            .context("re-binding the adapter's port")?;
+        let started = spawn_provider(
+            self.adapter.config.clone(),
+            listener,
+            self.adapter.clock.clone(),
+            "adapter",
+        )
+        .await?;
+        self.adapter.stop = Some(started);
+        Ok(())
     }
 }
 
@@ -138,13 +175,13 @@ async fn spawn_provider(
     listener: TcpListener,
     clock: SharedClock,
     what: &str,
-) -> anyhow::Result<oneshot::Sender<()>> {
+) -> anyhow::Result<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
     let app = adapter::Application::build_with_clock(config, listener, clock)
         .await
         .with_context(|| format!("building the {what}"))?;
     let (tx, rx) = oneshot::channel::<()>();
     let what = what.to_string();
-    tokio::spawn(async move {
+    let handle = tokio::spawn(async move {
         let stop = async {
             let _ = rx.await;
         };
@@ -152,7 +189,7 @@ async fn spawn_provider(
             eprintln!("{what} stopped with an error: {e}");
         }
     });
-    Ok(tx)
+    Ok((tx, handle))
 }
 
 impl Default for ChainBuilder {
@@ -225,15 +262,14 @@ impl ChainBuilder {
                     },
                     "Auth Adapter",
                 )?];
-                shutdowns.push(
-                    spawn_provider(
-                        config,
-                        listener,
-                        Arc::new(SystemClock),
-                        "upstream-test-server",
-                    )
-                    .await?,
-                );
+                let (stop, _) = spawn_provider(
+                    config,
+                    listener,
+                    Arc::new(SystemClock),
+                    "upstream-test-server",
+                )
+                .await?;
+                shutdowns.push(stop);
                 dirs.push(dir);
                 (issuer, ADAPTER_CLIENT_ID.to_string(), secret)
             }
@@ -290,7 +326,11 @@ impl ChainBuilder {
             Some(c) => c.clone(),
             None => Arc::new(SystemClock),
         };
-        shutdowns.push(spawn_provider(config, adapter_listener, shared, "adapter").await?);
+        let adapter = RunningAdapter {
+            config: config.clone(),
+            clock: shared.clone(),
+            stop: Some(spawn_provider(config, adapter_listener, shared, "adapter").await?),
+        };
 
         // 3. The test-app.
         if self.start_test_app {
@@ -330,6 +370,7 @@ impl ChainBuilder {
             upstream_client_secret,
             clock,
             shutdowns,
+            adapter,
             _dirs: dirs,
         })
     }

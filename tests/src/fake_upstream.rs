@@ -87,6 +87,8 @@ struct Inner {
     authorize_log: Mutex<Vec<AuthorizeRecord>>,
     token_log: Mutex<Vec<TokenRecord>>,
     pkce_failures: Mutex<u32>,
+    userinfo_sub: Mutex<Option<String>>,
+    userinfo_calls: Mutex<u32>,
 }
 
 /// A running fake upstream. Stops when dropped.
@@ -166,6 +168,8 @@ impl FakeUpstream {
             authorize_log: Mutex::new(Vec::new()),
             token_log: Mutex::new(Vec::new()),
             pkce_failures: Mutex::new(0),
+            userinfo_sub: Mutex::new(None),
+            userinfo_calls: Mutex::new(0),
         });
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -196,6 +200,22 @@ impl FakeUpstream {
         if let Ok(mut t) = self.inner.tamper.lock() {
             *t = tamper;
         }
+    }
+
+    /// Makes `/userinfo` answer with this `sub` instead of the ID token's.
+    pub fn set_userinfo_sub(&self, sub: Option<&str>) {
+        if let Ok(mut s) = self.inner.userinfo_sub.lock() {
+            *s = sub.map(str::to_string);
+        }
+    }
+
+    /// How many times `/userinfo` was called.
+    pub fn userinfo_calls(&self) -> u32 {
+        self.inner
+            .userinfo_calls
+            .lock()
+            .map(|c| *c)
+            .unwrap_or_default()
     }
 
     /// Makes `/authorize` answer with this `state` instead of the one sent.
@@ -423,11 +443,22 @@ async fn token(
         .into_response()
 }
 
-async fn userinfo() -> Json<Value> {
+/// Userinfo carries one claim the ID token does not: `department`.
+async fn userinfo(State(inner): State<Arc<Inner>>) -> Json<Value> {
+    if let Ok(mut c) = inner.userinfo_calls.lock() {
+        *c += 1;
+    }
+    let sub = inner
+        .userinfo_sub
+        .lock()
+        .ok()
+        .and_then(|s| s.clone())
+        .unwrap_or_else(|| "fakeuser".to_string());
     Json(json!({
-        "sub": "fakeuser",
+        "sub": sub,
         "name": "Fake User",
         "preferred_username": "fakeuser",
         "email": "fakeuser@example.org",
+        "department": "fake-dept",
     }))
 }

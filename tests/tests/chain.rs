@@ -12,8 +12,8 @@
 
 use e2e::browser::Browser;
 use e2e::chain::{
-    AuthRequest, TestChain, Upstream, ADAPTER_CLIENT_ID, ADAPTER_COOKIE, APP_COOKIE, PASSWORD,
-    UPSTREAM_COOKIE, UPSTREAM_ID, USERNAME,
+    AuthRequest, CodeGrant, TestChain, Upstream, ADAPTER_CLIENT_ID, ADAPTER_COOKIE, APP_COOKIE,
+    PASSWORD, UPSTREAM_COOKIE, UPSTREAM_ID, USERNAME,
 };
 use e2e::fake_upstream::{FakeUpstream, Tamper};
 use e2e::rp::{self, expect_redirect, param, without_query, Agent, ClientAuth, Pkce};
@@ -1377,4 +1377,99 @@ async fn e8_adapter_recovers_when_the_upstream_comes_up_later() {
         "login works after the upstream came up: {to_rp}"
     );
     assert_eq!(param(&to_rp, "state").as_deref(), Some(req.state.as_str()));
+}
+
+/// D8/G5: the pending request and the upstream login state live in the
+/// store, so the adapter can be restarted between its redirect to the
+/// upstream and the upstream's callback, and the login still completes.
+#[tokio::test]
+async fn g5_login_survives_an_adapter_restart_between_redirect_and_callback() {
+    let mut chain = TestChain::start().await.unwrap();
+    let agent = Agent::new().unwrap();
+    let resp = agent.get(&chain.app_path("/authenticated")).await.unwrap();
+    let to_adapter = expect_redirect(&resp, "test-app /authenticated").unwrap();
+    let resp = agent.get(to_adapter.as_str()).await.unwrap();
+    let to_upstream = expect_redirect(&resp, "adapter /oauth2/authorize").unwrap();
+    assert!(to_upstream.as_str().starts_with(&chain.upstream_issuer));
+    let callback = chain.login_at_upstream(&agent, &to_upstream).await.unwrap();
+    assert_eq!(without_query(&callback), chain.upstream_callback());
+
+    chain.restart_adapter().await.unwrap();
+
+    let resp = agent.get(callback.as_str()).await.unwrap();
+    let to_app = expect_redirect(&resp, "adapter callback after restart").unwrap();
+    assert_eq!(without_query(&to_app), chain.app.redirect_uri);
+    assert!(
+        param(&to_app, "code").is_some(),
+        "a code after the restart: {to_app}"
+    );
+    let resp = agent.get(to_app.as_str()).await.unwrap();
+    let page = expect_redirect(&resp, "test-app callback").unwrap();
+    assert_eq!(page.path(), "/authenticated");
+    let me: Value = agent
+        .get(&chain.app_path("/api/me"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["access_token_claims"]["sub"], "testuser");
+    assert_eq!(
+        me["access_token_claims"]["test_auth_server_sub"],
+        "testuser"
+    );
+}
+
+/// E6, OIDC Core §5.3.2: with `fetch_userinfo`, the upstream's userinfo is
+/// fetched and merged (a claim only userinfo has reaches the token through a
+/// mapping); a userinfo `sub` that differs from the ID token's fails the login.
+#[tokio::test]
+async fn e6_upstream_userinfo_is_fetched_and_its_sub_checked() {
+    let fake = FakeUpstream::start(ADAPTER_CLIENT_ID, Tamper::None)
+        .await
+        .unwrap();
+    let chain = TestChain::builder()
+        .upstream(Upstream::External {
+            issuer: fake.issuer.clone(),
+            client_id: ADAPTER_CLIENT_ID.into(),
+            client_secret: "fake-upstream-secret".into(),
+        })
+        .test_app(false)
+        .tweak_adapter(|c| {
+            c.upstreams[0].fetch_userinfo = true;
+            c.claims
+                .mappings
+                .insert("department".into(), "department".into());
+        })
+        .start()
+        .await
+        .unwrap();
+    let agent = Agent::new().unwrap();
+    let req = AuthRequest::new(&chain.app);
+    let resp = login_through_fake(&fake, &chain, &agent, &req).await;
+    let to_app = expect_redirect(&resp, "adapter callback").unwrap();
+    let code = param(&to_app, "code").expect("a code");
+    assert_eq!(fake.userinfo_calls(), 1, "userinfo was fetched");
+    let grant = CodeGrant {
+        request: req,
+        code,
+        redirect: to_app,
+    };
+    let tokens = chain
+        .redeem(&agent, &grant, &chain.app.basic())
+        .await
+        .unwrap();
+    assert_eq!(tokens.status, 200, "{}", tokens.text);
+    let access = tokens.str("access_token").unwrap();
+    let (_, claims) = rp::decode_unverified(access).unwrap();
+    assert_eq!(claims["department"], "fake-dept", "{claims}");
+    assert_eq!(claims["sub"], "fakeuser");
+
+    // A userinfo answer about someone else is refused (E6).
+    fake.set_userinfo_sub(Some("someone-else"));
+    let agent = Agent::new().unwrap();
+    let req = AuthRequest::new(&chain.app);
+    let resp = login_through_fake(&fake, &chain, &agent, &req).await;
+    let error = assert_no_code(resp, &req, &chain, "userinfo sub mismatch").await;
+    assert_eq!(error, "access_denied");
 }
