@@ -336,16 +336,15 @@ async fn current_session(
     Ok(session.filter(|s| st.connector(&s.identity.connector_id).is_some()))
 }
 
-/// The transaction cookie's value, created when missing.
+/// The transaction cookie's value, created when missing. The cookie is
+/// (re)set either way so that it outlives the login being started.
 fn transaction(st: &AppState, jar: CookieJar) -> (CookieJar, String) {
     let name = &st.config.session.transaction_cookie_name;
-    if let Some(c) = jar.get(name) {
-        if c.value().len() >= 43 {
-            let v = c.value().to_string();
-            return (jar, v);
-        }
-    }
-    let value = random_token();
+    let value = jar
+        .get(name)
+        .map(|c| c.value().to_string())
+        .filter(|v| v.len() >= 43)
+        .unwrap_or_else(random_token);
     let cookie = web::cookie(
         name,
         value.clone(),
