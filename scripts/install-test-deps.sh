@@ -42,9 +42,21 @@ fi
 "$CHROMIUM_BIN" --version 2>/dev/null || true
 "$CHROMEDRIVER_BIN" --version 2>/dev/null || true
 
-# PostgreSQL: only checked, never installed or started here.
+# PostgreSQL: checked; started when a stopped local cluster exists (as on
+# this project's machines), never installed here.
 PGHOST_CHECK="${PGHOST_CHECK:-127.0.0.1}"
 PGPORT_CHECK="${PGPORT_CHECK:-5432}"
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h "$PGHOST_CHECK" -p "$PGPORT_CHECK" \
+    && command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    for version in $(ls /etc/postgresql); do
+        echo "install-test-deps: starting PostgreSQL cluster $version/main"
+        as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    done
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        pg_isready -q -h "$PGHOST_CHECK" -p "$PGPORT_CHECK" && break
+        sleep 1
+    done
+fi
 if command -v pg_isready >/dev/null 2>&1; then
     if pg_isready -q -h "$PGHOST_CHECK" -p "$PGPORT_CHECK"; then
         echo "install-test-deps: PostgreSQL answers at $PGHOST_CHECK:$PGPORT_CHECK"

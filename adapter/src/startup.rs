@@ -159,6 +159,26 @@ fn validate_issuer(issuer: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Lifetimes within the checklist's bounds: codes ≤ 60 s (A15), login
+/// transactions ≤ 10 min (D8), access tokens ≤ 15 min (C7).
+fn validate_lifetimes(t: &crate::config::TokenConfig) -> anyhow::Result<()> {
+    for (key, value, max) in [
+        ("tokens.code_ttl_seconds", t.code_ttl_seconds, 60),
+        ("tokens.login_ttl_seconds", t.login_ttl_seconds, 600),
+        (
+            "tokens.access_token_ttl_seconds",
+            t.access_token_ttl_seconds,
+            900,
+        ),
+        ("tokens.id_token_ttl_seconds", t.id_token_ttl_seconds, 3600),
+    ] {
+        if !(1..=max).contains(&value) {
+            bail!("{key} = {value}: must be between 1 and {max}");
+        }
+    }
+    Ok(())
+}
+
 fn resolve_secret(
     inline: &Option<String>,
     env: &Option<String>,
@@ -177,6 +197,7 @@ fn resolve_secret(
 /// Validates the configuration and assembles the shared state.
 pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<AppState> {
     validate_issuer(&config.server.issuer)?;
+    validate_lifetimes(&config.tokens)?;
     let issuer = config.server.issuer.clone();
 
     let mut clients = HashMap::new();

@@ -631,6 +631,14 @@ async fn bad_config_is_refused_with_the_key() {
         .to_string();
     assert!(err.contains("clients[app].redirect_uris"), "{err}");
     let mut c = test_config(&db);
+    c.tokens.code_ttl_seconds = 600;
+    let err = Application::build_with_listener(c, listener().await)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("tokens.code_ttl_seconds"), "{err}");
+    let mut c = test_config(&db);
     c.claims.customizer = CustomizerKind::Mapped;
     c.claims.mappings.insert("sub".into(), "email".into());
     let err = Application::build_with_listener(c, listener().await)
@@ -676,4 +684,90 @@ async fn code_replay_revokes_the_issued_access_token_b6() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// The session cookie is `Secure` when the issuer is https (and the
+/// transaction cookie too); the browser-facing flow is otherwise unchanged.
+#[tokio::test]
+async fn cookies_are_secure_behind_an_https_issuer_d1() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/x.db", dir.path().display());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut c = test_config(&db);
+    // What a TLS-terminating proxy in front of the adapter looks like.
+    c.server.issuer = "https://login.example.org".into();
+    let app = Application::build_with_listener(c, listener).await.unwrap();
+    tokio::spawn(app.run_until(std::future::pending()));
+    let browser = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+    let mut url = Url::parse(&format!("http://127.0.0.1:{port}/oauth2/authorize")).unwrap();
+    let challenge = adapter::secret::pkce_s256(VERIFIER);
+    url.query_pairs_mut().extend_pairs([
+        ("client_id", "app"),
+        ("redirect_uri", REDIRECT),
+        ("response_type", "code"),
+        ("scope", "openid"),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ]);
+    let r = browser.get(url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    let tx = r
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("AUTH_ADAPTER_TX="))
+        .expect("transaction cookie");
+    assert!(tx.contains("Secure") && tx.contains("HttpOnly"), "{tx}");
+}
+
+/// The binary refuses an unknown key naming the file and the key, and
+/// `config check` prints the effective configuration without secrets.
+#[test]
+fn binary_config_check_redacts_and_names_bad_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("adapter.toml");
+    std::fs::write(
+        &good,
+        "[[clients]]\nid = \"c\"\nsecret = \"very-secret-value\"\nredirect_uris = [\"http://127.0.0.1/cb\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_adapter"))
+        .args(["--config", good.to_str().unwrap(), "config", "check"])
+        .env("AUTH_ADAPTER__SERVER__ISSUER", "https://login.example.org")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(!stdout.contains("very-secret-value"), "{stdout}");
+    assert!(stdout.contains("<redacted>"), "{stdout}");
+    assert!(
+        stdout.contains("https://login.example.org"),
+        "env overrides the file: {stdout}"
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[server]\nissuer = \"http://127.0.0.1:9000\"\nlisten_port = 1\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_adapter"))
+        .args(["--config", bad.to_str().unwrap(), "config", "check"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("listen_port") && stderr.contains("bad.toml"),
+        "{stderr}"
+    );
 }

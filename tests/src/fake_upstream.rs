@@ -47,6 +47,9 @@ pub enum Tamper {
     WrongNonce,
     /// `exp` ten minutes in the past (beyond any clock-skew leeway).
     Expired,
+    /// Signed with the second key under its own `kid`, which the JWKS lists
+    /// only after [`FakeUpstream::publish_second_key`] (key rotation, E5).
+    SecondKey,
 }
 
 /// What the fake upstream saw in one authorization request.
@@ -81,6 +84,10 @@ struct Inner {
     key: EncodingKey,
     other_key: EncodingKey,
     jwks: Value,
+    second_kid: String,
+    second_jwk: Value,
+    second_published: Mutex<bool>,
+    jwks_fetches: Mutex<u32>,
     tamper: Mutex<Tamper>,
     wrong_state: Mutex<Option<String>>,
     codes: Mutex<HashMap<String, PendingCode>>,
@@ -155,6 +162,10 @@ impl FakeUpstream {
         let jwks = json!({ "keys": [{
             "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": good.n, "e": good.e,
         }]});
+        let second_kid = format!("fake-second-{}", random_string(6));
+        let second_jwk = json!({
+            "kty": "RSA", "use": "sig", "alg": "RS256", "kid": second_kid, "n": other.n, "e": other.e,
+        });
         let inner = Arc::new(Inner {
             issuer: issuer.clone(),
             client_id: client_id.to_string(),
@@ -162,6 +173,10 @@ impl FakeUpstream {
             key: good.encoding,
             other_key: other.encoding,
             jwks,
+            second_kid,
+            second_jwk,
+            second_published: Mutex::new(false),
+            jwks_fetches: Mutex::new(0),
             tamper: Mutex::new(tamper),
             wrong_state: Mutex::new(None),
             codes: Mutex::new(HashMap::new()),
@@ -200,6 +215,22 @@ impl FakeUpstream {
         if let Ok(mut t) = self.inner.tamper.lock() {
             *t = tamper;
         }
+    }
+
+    /// Adds the second key to the JWKS (the upstream rotated its keys).
+    pub fn publish_second_key(&self) {
+        if let Ok(mut p) = self.inner.second_published.lock() {
+            *p = true;
+        }
+    }
+
+    /// How many times the JWKS was fetched.
+    pub fn jwks_fetches(&self) -> u32 {
+        self.inner
+            .jwks_fetches
+            .lock()
+            .map(|n| *n)
+            .unwrap_or_default()
     }
 
     /// Makes `/userinfo` answer with this `sub` instead of the ID token's.
@@ -292,7 +323,16 @@ async fn discovery(State(s): State<Arc<Inner>>) -> Json<Value> {
 }
 
 async fn jwks_handler(State(s): State<Arc<Inner>>) -> Json<Value> {
-    Json(s.jwks.clone())
+    if let Ok(mut n) = s.jwks_fetches.lock() {
+        *n += 1;
+    }
+    let mut jwks = s.jwks.clone();
+    if s.second_published.lock().map(|p| *p).unwrap_or(false) {
+        if let Some(keys) = jwks["keys"].as_array_mut() {
+            keys.push(s.second_jwk.clone());
+        }
+    }
+    Json(jwks)
 }
 
 fn bad_request(msg: &str) -> Response {
@@ -410,9 +450,14 @@ async fn token(
         claims["nonce"] = json!(nonce);
     }
     let mut key = &s.key;
+    let mut kid = s.kid.clone();
     match tamper {
         Tamper::None => {}
         Tamper::BadSignature => key = &s.other_key,
+        Tamper::SecondKey => {
+            key = &s.other_key;
+            kid = s.second_kid.clone();
+        }
         Tamper::WrongIssuer => claims["iss"] = json!(format!("{}/someone-else", s.issuer)),
         Tamper::WrongAudience => claims["aud"] = json!("some-other-client"),
         Tamper::WrongNonce => claims["nonce"] = json!(random_string(16)),
@@ -423,7 +468,7 @@ async fn token(
         }
     }
     let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some(s.kid.clone());
+    header.kid = Some(kid);
     header.typ = Some("JWT".into());
     let id_token = match jsonwebtoken::encode(&header, &claims, key) {
         Ok(t) => t,

@@ -1473,3 +1473,90 @@ async fn e6_upstream_userinfo_is_fetched_and_its_sub_checked() {
     let error = assert_no_code(resp, &req, &chain, "userinfo sub mismatch").await;
     assert_eq!(error, "access_denied");
 }
+
+/// E5, OIDC Core §10.1.1: an ID token signed with a key the cached JWKS does
+/// not have makes the adapter fetch the JWKS once more; a rotated key that is
+/// now published is accepted, an unpublished one fails, and a second unknown
+/// `kid` soon after does not trigger another fetch (throttled).
+#[tokio::test]
+async fn e5_unknown_kid_triggers_one_throttled_jwks_refetch() {
+    let (fake, chain) = fake_chain(Tamper::None).await;
+    let agent = Agent::new().unwrap();
+    let req = AuthRequest::new(&chain.app);
+    let resp = login_through_fake(&fake, &chain, &agent, &req).await;
+    let to_app = expect_redirect(&resp, "first login").unwrap();
+    assert!(
+        param(&to_app, "code").is_some(),
+        "positive control: {to_app}"
+    );
+    let fetched = fake.jwks_fetches();
+
+    // The upstream rotates: new tokens carry the second key's kid, which
+    // the JWKS now lists. One refetch and the login succeeds.
+    fake.set_tamper(Tamper::SecondKey);
+    fake.publish_second_key();
+    let agent = Agent::new().unwrap();
+    let req = AuthRequest::new(&chain.app);
+    let resp = login_through_fake(&fake, &chain, &agent, &req).await;
+    let to_app = expect_redirect(&resp, "login after rotation").unwrap();
+    assert!(
+        param(&to_app, "code").is_some(),
+        "rotated key accepted: {to_app}"
+    );
+    assert_eq!(fake.jwks_fetches(), fetched + 1, "exactly one refetch");
+}
+
+/// E5 negative: a `kid` the upstream never publishes fails after one refetch,
+/// and an immediate second attempt does not refetch again.
+#[tokio::test]
+async fn e5_unpublished_kid_fails_and_refetch_is_throttled() {
+    let (fake, chain) = fake_chain(Tamper::SecondKey).await;
+    let before = fake.jwks_fetches();
+    for attempt in 0..2 {
+        let agent = Agent::new().unwrap();
+        let req = AuthRequest::new(&chain.app);
+        let resp = login_through_fake(&fake, &chain, &agent, &req).await;
+        let error = assert_no_code(resp, &req, &chain, "unpublished kid").await;
+        assert_eq!(error, "access_denied", "attempt {attempt}");
+    }
+    // Discovery (1) + one forced refetch (1); the second failure is throttled.
+    assert!(
+        fake.jwks_fetches() - before <= 2,
+        "fetches: {}",
+        fake.jwks_fetches() - before
+    );
+    assert!(fake.jwks_fetches() > before, "the JWKS was fetched");
+}
+
+/// RFC 9207 §2.4: a callback whose `iss` is not the upstream's is refused
+/// (mix-up defence), even with a valid state and code.
+#[tokio::test]
+async fn e2_callback_with_another_iss_is_refused() {
+    let chain = TestChain::builder().test_app(false).start().await.unwrap();
+    let agent = Agent::new().unwrap();
+    let req = AuthRequest::new(&chain.app);
+    let resp = agent.get(&chain.authorize_url(&req)).await.unwrap();
+    let to_upstream = expect_redirect(&resp, "adapter -> upstream").unwrap();
+    let callback = chain.login_at_upstream(&agent, &to_upstream).await.unwrap();
+    assert_eq!(
+        param(&callback, "iss").as_deref(),
+        Some(chain.upstream_issuer.as_str()),
+        "the upstream sends iss (RFC 9207)"
+    );
+    let mut forged = callback.clone();
+    let pairs: Vec<(String, String)> = callback
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "iss" {
+                "http://127.0.0.1:1".to_string()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    forged.query_pairs_mut().clear().extend_pairs(pairs);
+    let resp = agent.get(forged.as_str()).await.unwrap();
+    let error = assert_no_code(resp, &req, &chain, "callback with a foreign iss").await;
+    assert_eq!(error, "access_denied");
+}

@@ -107,6 +107,8 @@ pub struct OidcConnector {
     fetch_userinfo: bool,
     http: reqwest::Client,
     cache: RwLock<Option<Cached>>,
+    /// Held while a discovery runs.
+    discovering: Mutex<()>,
     last_forced: Mutex<Option<Instant>>,
 }
 
@@ -136,15 +138,29 @@ impl OidcConnector {
             fetch_userinfo: config.fetch_userinfo,
             http: http_client().map_err(|e| ConnectorError::Config(e.to_string()))?,
             cache: RwLock::new(None),
+            discovering: Mutex::new(()),
             last_forced: Mutex::new(None),
         })
     }
 
+    async fn cached(&self) -> Option<CoreProviderMetadata> {
+        self.cache
+            .read()
+            .await
+            .as_ref()
+            .filter(|c| c.fetched.elapsed() < DISCOVERY_TTL)
+            .map(|c| c.metadata.clone())
+    }
+
     async fn metadata(&self) -> Result<CoreProviderMetadata, ConnectorError> {
-        if let Some(c) = self.cache.read().await.as_ref() {
-            if c.fetched.elapsed() < DISCOVERY_TTL {
-                return Ok(c.metadata.clone());
-            }
+        if let Some(m) = self.cached().await {
+            return Ok(m);
+        }
+        // Single flight: concurrent logins (and the warm-up) wait for one
+        // discovery instead of each fetching.
+        let _flight = self.discovering.lock().await;
+        if let Some(m) = self.cached().await {
+            return Ok(m);
         }
         self.discover().await
     }
