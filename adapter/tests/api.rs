@@ -281,27 +281,7 @@ async fn sso_and_prompt_login_with_new_session_id_a10_d2() {
             .await
             .unwrap();
         let form_url = location(&r);
-        let html = app
-            .browser
-            .get(format!("{}{form_url}", app.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let r = app
-            .browser
-            .post(format!("{}/login/local", app.base))
-            .form(&[
-                ("req", hidden(&html, "req")),
-                ("csrf_token", hidden(&html, "csrf_token")),
-                ("username", "alice".into()),
-                ("password", "correct horse".into()),
-            ])
-            .send()
-            .await
-            .unwrap();
+        let r = app.submit_login(&form_url).await;
         let c = cookie_value(&r).expect("session cookie set at login");
         assert!(c.contains("HttpOnly"), "{c}");
         assert!(c.contains("SameSite=Lax"), "{c}");
@@ -583,27 +563,7 @@ async fn pending_login_survives_a_restart_g5() {
     let (_, tx, handle) = start(test_config(&app.db_url), app.clock.clone(), port).await;
     app.shutdown = Some(tx);
     app.handle = Some(handle);
-    let html = app
-        .browser
-        .get(format!("{}{form_url}", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let r = app
-        .browser
-        .post(format!("{}/login/local", app.base))
-        .form(&[
-            ("req", hidden(&html, "req")),
-            ("csrf_token", hidden(&html, "csrf_token")),
-            ("username", "alice".into()),
-            ("password", "correct horse".into()),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let r = app.submit_login(&form_url).await;
     let code = query(&location(&r))["code"].as_str().unwrap().to_string();
     assert_eq!(app.redeem(&code).await.status(), StatusCode::OK);
     app.stop().await;

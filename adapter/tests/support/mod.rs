@@ -207,6 +207,15 @@ impl TestApp {
             return form_url;
         }
         assert!(form_url.starts_with("/login/local?req="), "{form_url}");
+        let r = self.submit_login(&form_url).await;
+        // A14: 303 after a credential POST, never 307.
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        location(&r)
+    }
+
+    /// Browser: opens the login form at `form_url` (a path) and submits
+    /// alice's credentials. Returns the POST's response.
+    pub async fn submit_login(&self, form_url: &str) -> reqwest::Response {
         let r = self
             .browser
             .get(format!("{}{form_url}", self.base))
@@ -215,8 +224,7 @@ impl TestApp {
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         let html = r.text().await.unwrap();
-        let r = self
-            .browser
+        self.browser
             .post(format!("{}/login/local", self.base))
             .form(&[
                 ("req", hidden(&html, "req")),
@@ -226,10 +234,7 @@ impl TestApp {
             ])
             .send()
             .await
-            .unwrap();
-        // A14: 303 after a credential POST, never 307.
-        assert_eq!(r.status(), StatusCode::SEE_OTHER);
-        location(&r)
+            .unwrap()
     }
 
     pub async fn code(&self) -> String {
