@@ -731,3 +731,107 @@ fn binary_config_check_redacts_and_names_bad_keys() {
         "{stderr}"
     );
 }
+
+/// D3: the session's lifetime is enforced with the injected clock: after
+/// `session.ttl_seconds` a new authorization request needs a login again.
+#[tokio::test]
+async fn session_expires_after_its_lifetime_d3() {
+    let app = spawn_app().await;
+    assert!(query(&app.login(&[]).await).contains_key("code"));
+    let r = app
+        .browser
+        .get(app.authorize_url(&[]))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        location(&r).starts_with(REDIRECT),
+        "SSO while the session lives"
+    );
+    app.clock.advance(8 * 3600 + 1);
+    let r = app
+        .browser
+        .get(app.authorize_url(&[]))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        location(&r).starts_with("/login/local"),
+        "expired session: login again"
+    );
+}
+
+/// With several connectors the adapter shows a chooser; each choice starts
+/// that connector's login, and an unreachable upstream answers
+/// `temporarily_unavailable` to the client with its state (E8).
+#[tokio::test]
+async fn chooser_lists_connectors_and_starts_the_chosen_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/x.db", dir.path().display());
+    let mut config = test_config(&db);
+    // An upstream on a port where nothing listens.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    config.upstreams = vec![adapter::config::UpstreamConfig {
+        id: "corp-sso".into(),
+        name: Some("Corporate SSO".into()),
+        issuer: format!("http://127.0.0.1:{closed_port}"),
+        client_id: "adapter".into(),
+        client_secret: Some("x".into()),
+        client_secret_env: None,
+        scopes: vec!["openid".into()],
+        fetch_userinfo: false,
+    }];
+    let clock = std::sync::Arc::new(ManualClock::new());
+    let (port, _stop, _handle) = start(config, clock, 0).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let app = TestApp::connect(&base);
+    let r = app
+        .browser
+        .get(app.authorize_url(&[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("Corporate SSO") && html.contains("id=\"connector-local\""),
+        "{html}"
+    );
+    let link = |id: &str| {
+        let marker = format!("id=\"connector-{id}\" href=\"");
+        let start = html.find(&marker).unwrap() + marker.len();
+        html[start..]
+            .split('"')
+            .next()
+            .unwrap()
+            .replace("&amp;", "&")
+    };
+    let r = app
+        .browser
+        .get(format!("{base}{}", link("local")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert!(location(&r).starts_with("/login/local?req="));
+    let r = app
+        .browser
+        .get(format!("{base}{}", link("corp-sso")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    let q = query(&location(&r));
+    assert_eq!(q["error"], "temporarily_unavailable");
+    assert_eq!(q["state"], "st-123");
+    // An unknown connector id is a page, not a redirect.
+    let r = app
+        .browser
+        .get(format!("{base}/login/start/nope?req=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}

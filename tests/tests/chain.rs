@@ -1560,3 +1560,40 @@ async fn e2_callback_with_another_iss_is_refused() {
     let error = assert_no_code(resp, &req, &chain, "callback with a foreign iss").await;
     assert_eq!(error, "access_denied");
 }
+
+/// E3: the upstream answers `error=access_denied` (the user refused): the
+/// RP gets `access_denied` with its own state and the adapter's `iss`.
+#[tokio::test]
+async fn e3_upstream_access_denied_reaches_the_rp() {
+    let chain = TestChain::builder().test_app(false).start().await.unwrap();
+    let agent = Agent::new().unwrap();
+    let req = AuthRequest::new(&chain.app);
+    let resp = agent.get(&chain.authorize_url(&req)).await.unwrap();
+    let to_upstream = expect_redirect(&resp, "adapter -> upstream").unwrap();
+    let up_state = param(&to_upstream, "state").unwrap();
+    let mut denied = Url::parse(&chain.upstream_callback()).unwrap();
+    denied.query_pairs_mut().extend_pairs([
+        ("error", "access_denied"),
+        ("error_description", "<script>user said no</script>"),
+        ("state", up_state.as_str()),
+        ("iss", chain.upstream_issuer.as_str()),
+    ]);
+    let resp = agent.get(denied.as_str()).await.unwrap();
+    let to_app = expect_redirect(&resp, "adapter after upstream denial").unwrap();
+    assert_eq!(without_query(&to_app), chain.app.redirect_uri);
+    assert_eq!(param(&to_app, "error").as_deref(), Some("access_denied"));
+    assert_eq!(param(&to_app, "state").as_deref(), Some(req.state.as_str()));
+    assert_eq!(
+        param(&to_app, "iss").as_deref(),
+        Some(chain.adapter_issuer.as_str())
+    );
+    assert!(param(&to_app, "code").is_none());
+    let description = param(&to_app, "error_description").unwrap_or_default();
+    assert!(
+        !description.contains("<script>"),
+        "upstream text is not relayed: {description}"
+    );
+    // The state was consumed: the same denial cannot be replayed.
+    let resp = agent.get(denied.as_str()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}

@@ -168,6 +168,27 @@ pub fn jwt_parts(token: &str) -> (Value, Value) {
 }
 
 impl TestApp {
+    /// Clients for a provider started elsewhere (no shutdown handle).
+    pub fn connect(base: &str) -> TestApp {
+        let client = || {
+            reqwest::Client::builder()
+                .redirect(Policy::none())
+                .cookie_store(true)
+                .build()
+                .unwrap()
+        };
+        TestApp {
+            base: base.to_string(),
+            clock: Arc::new(ManualClock::new()),
+            browser: client(),
+            rp: client(),
+            _dir: tempfile::tempdir().unwrap(),
+            db_url: String::new(),
+            shutdown: None,
+            handle: None,
+        }
+    }
+
     pub fn authorize_url(&self, extra: &[(&str, &str)]) -> String {
         let mut url = Url::parse(&format!("{}/oauth2/authorize", self.base)).unwrap();
         let challenge = pkce_s256(VERIFIER);
