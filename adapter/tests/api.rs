@@ -290,6 +290,21 @@ async fn sso_and_prompt_login_with_new_session_id_a10_d2() {
         sessions.push(c.split(';').next().unwrap().to_string());
     }
     assert_ne!(sessions[0], sessions[1], "session id changes at login");
+    // D2: the replaced session id no longer works, the new one does.
+    let with_cookie = |cookie: String| {
+        let url = app.authorize_url(&[]);
+        async move {
+            let bare = reqwest::Client::builder()
+                .redirect(Policy::none())
+                .build()
+                .unwrap();
+            location(&bare.get(url).header("cookie", cookie).send().await.unwrap())
+        }
+    };
+    assert!(with_cookie(sessions[0].clone())
+        .await
+        .starts_with("/login/local"));
+    assert!(with_cookie(sessions[1].clone()).await.starts_with(REDIRECT));
 }
 
 #[tokio::test]
