@@ -10,8 +10,11 @@ CREATE TABLE IF NOT EXISTS artifacts (
 );
 CREATE INDEX IF NOT EXISTS artifacts_expires_at ON artifacts (expires_at);
 
+-- `generation` is unique: replicas starting together race to insert
+-- generation 0 and exactly one key wins, so all of them sign alike.
 CREATE TABLE IF NOT EXISTS signing_keys (
     kid         TEXT   NOT NULL PRIMARY KEY,
+    generation  BIGINT NOT NULL UNIQUE,
     alg         TEXT   NOT NULL,
     private_pem TEXT   NOT NULL,
     created_at  BIGINT NOT NULL

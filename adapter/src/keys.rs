@@ -2,7 +2,7 @@
 //! own JWTs.
 //!
 //! Keys live in the [`Store`] so that every replica signs with, and
-//! publishes, the same keys. The newest key signs; all stored keys stay in
+//! publishes, the same keys. The key of the highest generation signs; all stored keys stay in
 //! the JWKS. Private keys are generated with aws-lc-rs (RS256: RSA-2048,
 //! ES256: P-256), stored as PKCS#8 PEM and never logged.
 
@@ -127,8 +127,8 @@ fn load(record: &KeyRecord) -> Result<LoadedKey, KeyError> {
 
 impl KeyManager {
     /// Loads the stored keys, generating and storing one when there is none.
-    /// Replicas racing at first start may each insert a key; all of them are
-    /// then published and the newest signs, so they converge.
+    /// Replicas racing at first start all try to insert generation 0; the
+    /// store keeps exactly one, and every replica then loads that one.
     pub async fn load_or_create(store: &dyn Store, alg: &str, now: i64) -> Result<Self, KeyError> {
         parse_alg(alg)?;
         let mut records = store.list_keys().await?;
@@ -139,6 +139,7 @@ impl KeyManager {
                 .map_err(|_| KeyError::Generate)??;
             let tmp = KeyRecord {
                 kid: String::new(),
+                generation: 0,
                 alg: alg.to_string(),
                 private_pem,
                 created_at: now,
@@ -149,8 +150,9 @@ impl KeyManager {
                 ..tmp.clone()
             })?;
             let kid = loaded.public_jwk.thumbprint(ThumbprintHash::SHA256)?;
-            store.insert_key(&KeyRecord { kid, ..tmp }).await?;
-            tracing::info!(alg, "generated a new signing key");
+            if store.insert_key(&KeyRecord { kid, ..tmp }).await? {
+                tracing::info!(alg, "generated a new signing key");
+            }
             records = store.list_keys().await?;
         }
         Self::from_records(&records)
@@ -268,12 +270,29 @@ mod tests {
         );
     }
 
+    /// Replicas starting together on one database end up with one key.
+    #[tokio::test]
+    async fn racing_first_starts_agree_on_one_key() {
+        let (_d, s) = store().await;
+        let (a, b, c) = tokio::join!(
+            KeyManager::load_or_create(&s, "RS256", 1),
+            KeyManager::load_or_create(&s, "RS256", 1),
+            KeyManager::load_or_create(&s, "RS256", 1),
+        );
+        assert_eq!(s.list_keys().await.unwrap().len(), 1);
+        let jwks = |k: KeyManager| serde_json::to_value(k.jwks()).unwrap();
+        let first = jwks(a.unwrap());
+        assert_eq!(first, jwks(b.unwrap()));
+        assert_eq!(first, jwks(c.unwrap()));
+    }
+
     #[tokio::test]
     async fn jwks_has_only_public_members() {
         let (_d, s) = store().await;
         for alg in ["RS256", "ES256"] {
             let records = vec![KeyRecord {
                 kid: format!("k-{alg}"),
+                generation: if alg == "RS256" { 0 } else { 1 },
                 alg: alg.into(),
                 private_pem: generate_pem(alg).unwrap(),
                 created_at: 1,
@@ -295,6 +314,7 @@ mod tests {
     fn sign_verify_and_negative_checks() {
         let rec = KeyRecord {
             kid: "k".into(),
+            generation: 0,
             alg: "RS256".into(),
             private_pem: generate_pem("RS256").unwrap(),
             created_at: 1,

@@ -83,6 +83,8 @@ pub enum Taken {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
     pub kid: String,
+    /// Unique: at most one key per generation (0 is the first key).
+    pub generation: i64,
     pub alg: String,
     pub private_pem: String,
     pub created_at: i64,
@@ -93,6 +95,7 @@ impl std::fmt::Debug for KeyRecord {
         // The private key never reaches a log line.
         f.debug_struct("KeyRecord")
             .field("kid", &self.kid)
+            .field("generation", &self.generation)
             .field("alg", &self.alg)
             .field("created_at", &self.created_at)
             .finish_non_exhaustive()
@@ -127,11 +130,11 @@ pub trait Store: Send + Sync + 'static {
     /// Removes artifacts that expired before `before`. Returns how many.
     async fn delete_expired(&self, before: i64) -> Result<u64, StoreError>;
 
-    /// All signing keys, oldest first.
+    /// All signing keys, by generation.
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
 
-    /// Adds a signing key; a duplicate kid is ignored.
-    async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    /// Adds a signing key unless its kid or generation exists. True if added.
+    async fn insert_key(&self, key: &KeyRecord) -> Result<bool, StoreError>;
 }
 
 /// Typed helpers over the raw string payloads.
@@ -354,8 +357,8 @@ impl Store for SqlStore {
 
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT kid, alg, private_pem, created_at FROM signing_keys \
-             ORDER BY created_at, kid",
+            "SELECT kid, generation, alg, private_pem, created_at FROM signing_keys \
+             ORDER BY generation",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -363,6 +366,7 @@ impl Store for SqlStore {
             .map(|r| {
                 Ok(KeyRecord {
                     kid: r.try_get("kid")?,
+                    generation: r.try_get("generation")?,
                     alg: r.try_get("alg")?,
                     private_pem: r.try_get("private_pem")?,
                     created_at: r.try_get("created_at")?,
@@ -371,18 +375,20 @@ impl Store for SqlStore {
             .collect()
     }
 
-    async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO signing_keys (kid, alg, private_pem, created_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (kid) DO NOTHING",
+    async fn insert_key(&self, key: &KeyRecord) -> Result<bool, StoreError> {
+        // No conflict target: a clash on kid or on generation is ignored.
+        let r = sqlx::query(
+            "INSERT INTO signing_keys (kid, generation, alg, private_pem, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
         .bind(&key.kid)
+        .bind(key.generation)
         .bind(&key.alg)
         .bind(&key.private_pem)
         .bind(key.created_at)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(r.rows_affected() == 1)
     }
 }
 
@@ -483,24 +489,33 @@ pub(crate) mod conformance {
     async fn keys_roundtrip(s: &dyn Store) {
         let k1 = KeyRecord {
             kid: "k1".into(),
+            generation: 1,
             alg: "RS256".into(),
             private_pem: "pem1".into(),
             created_at: 5,
         };
         let k0 = KeyRecord {
             kid: "k0".into(),
+            generation: 0,
             alg: "ES256".into(),
             private_pem: "pem0".into(),
-            created_at: 1,
+            created_at: 9,
         };
-        s.insert_key(&k1).await.unwrap();
-        s.insert_key(&k0).await.unwrap();
-        s.insert_key(&KeyRecord {
+        assert!(s.insert_key(&k1).await.unwrap());
+        assert!(s.insert_key(&k0).await.unwrap());
+        // Same kid: ignored.
+        let same_kid = KeyRecord {
             private_pem: "other".into(),
+            generation: 7,
             ..k1.clone()
-        })
-        .await
-        .unwrap();
+        };
+        assert!(!s.insert_key(&same_kid).await.unwrap());
+        // Same generation (a replica lost the race): ignored.
+        let same_generation = KeyRecord {
+            kid: "k-late".into(),
+            ..k0.clone()
+        };
+        assert!(!s.insert_key(&same_generation).await.unwrap());
         assert_eq!(s.list_keys().await.unwrap(), vec![k0, k1]);
     }
 }
