@@ -1597,3 +1597,92 @@ async fn e3_upstream_access_denied_reaches_the_rp() {
     let resp = agent.get(denied.as_str()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 }
+
+/// G3: two adapter replicas on one PostgreSQL database serve one login
+/// together: authorize on replica 1, the upstream callback on replica 2, the
+/// token on replica 1, userinfo on replica 2. Both publish the same key, and
+/// a code redeemed on one replica is spent on the other.
+#[tokio::test]
+async fn g3_two_replicas_on_postgres_share_every_step() {
+    let schema = e2e::chain::PgSchema::create().await.unwrap();
+    let url = schema.url.clone();
+    let mut chain = TestChain::builder()
+        .test_app(false)
+        .tweak_adapter(move |c| c.database.url = url)
+        .start()
+        .await
+        .unwrap();
+    let replica = chain.spawn_adapter_replica().await.unwrap();
+    let agent = Agent::new().unwrap();
+
+    let jwks = |base: String| {
+        let http = agent.http.clone();
+        async move {
+            http.get(format!("{base}/oauth2/jwks"))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        jwks(chain.adapter_issuer.clone()).await,
+        jwks(replica.clone()).await,
+        "replicas publish the same keys"
+    );
+
+    let req = AuthRequest::new(&chain.app);
+    let resp = agent.get(&chain.authorize_url(&req)).await.unwrap();
+    let to_upstream = expect_redirect(&resp, "replica 1 /oauth2/authorize").unwrap();
+    let callback = chain.login_at_upstream(&agent, &to_upstream).await.unwrap();
+    // The load balancer sends the callback to the other replica.
+    let on_replica = callback
+        .as_str()
+        .replacen(&chain.adapter_issuer, &replica, 1);
+    assert_ne!(on_replica, callback.as_str());
+    let resp = agent.get(&on_replica).await.unwrap();
+    let to_app = expect_redirect(&resp, "replica 2 callback").unwrap();
+    let code = param(&to_app, "code").expect("replica 2 issued a code");
+    let grant = CodeGrant {
+        request: req,
+        code,
+        redirect: to_app,
+    };
+    let tokens = chain
+        .redeem(&agent, &grant, &chain.app.basic())
+        .await
+        .unwrap();
+    assert_eq!(tokens.status, 200, "replica 1 redeems: {}", tokens.text);
+    let access = tokens.str("access_token").unwrap().to_string();
+
+    let info = agent
+        .http
+        .get(format!("{replica}/userinfo"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(info.status(), 200, "replica 2 accepts replica 1's token");
+    let info: Value = info.json().await.unwrap();
+    assert_eq!(info["sub"], "testuser");
+
+    // Single use across replicas: replaying the code on replica 2 fails.
+    let replay = rp::token_request(
+        &agent.http,
+        &format!("{replica}/oauth2/token"),
+        &chain.app.basic(),
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", grant.code.as_str()),
+            ("redirect_uri", chain.app.redirect_uri.as_str()),
+            ("code_verifier", grant.request.verifier()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(replay.error(), Some("invalid_grant"));
+    drop(chain);
+    schema.drop_schema().await.unwrap();
+}
