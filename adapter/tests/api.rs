@@ -850,3 +850,107 @@ async fn chooser_lists_connectors_and_starts_the_chosen_one() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
+
+/// F7: malformed input gets a 4xx answer, never a 5xx or a panic.
+#[tokio::test]
+async fn malformed_input_never_causes_a_server_error_f7() {
+    let app = spawn_app().await;
+    let b = &app.base;
+    let long = "x".repeat(5000);
+    let gets = [
+        format!("{b}/oauth2/authorize"),
+        format!("{b}/oauth2/authorize?%zz=%%&client_id=%ff%fe"),
+        format!("{b}/oauth2/authorize?client_id=app&redirect_uri={REDIRECT}&response_type=code&scope=openid&state={long}"),
+        format!("{b}/oauth2/authorize?client_id=app&client_id=app&redirect_uri={REDIRECT}"),
+        format!("{b}/login/local"),
+        format!("{b}/login/local?req="),
+        format!("{b}/login/local?req=%00%01"),
+        format!("{b}/login/oauth2/code/local?state=x"),
+        format!("{b}/login/oauth2/code/unknown?state=x&code=y"),
+        format!("{b}/login/oauth2/code/x"),
+        format!("{b}/login/start/local"),
+        format!("{b}/userinfo?access_token=abc"),
+        format!("{b}/nothing/here"),
+    ];
+    for url in &gets {
+        let r = app.browser.get(url).send().await.unwrap();
+        assert!(
+            r.status().is_client_error() || r.status().is_redirection(),
+            "GET {url}: {}",
+            r.status()
+        );
+    }
+    let posts: Vec<(String, &str, Vec<u8>)> = vec![
+        (
+            format!("{b}/oauth2/token"),
+            "application/x-www-form-urlencoded",
+            b"grant_type=authorization_code&code=%ff%fe".to_vec(),
+        ),
+        (
+            format!("{b}/oauth2/token"),
+            "application/x-www-form-urlencoded",
+            vec![0xff, 0xfe, 0x00],
+        ),
+        (format!("{b}/oauth2/token"), "text/plain", b"hello".to_vec()),
+        (
+            format!("{b}/oauth2/token"),
+            "application/x-www-form-urlencoded",
+            vec![b'a'; 100 * 1024],
+        ),
+        (
+            format!("{b}/login/local"),
+            "application/x-www-form-urlencoded",
+            b"req=1".to_vec(),
+        ),
+        (
+            format!("{b}/login/local"),
+            "application/json",
+            b"{}".to_vec(),
+        ),
+        (
+            format!("{b}/login/nope"),
+            "application/x-www-form-urlencoded",
+            b"a=b".to_vec(),
+        ),
+        (
+            format!("{b}/userinfo"),
+            "application/x-www-form-urlencoded",
+            b"access_token=a.b.c".to_vec(),
+        ),
+        (
+            format!("{b}/oauth2/authorize"),
+            "application/x-www-form-urlencoded",
+            vec![0xff; 64],
+        ),
+    ];
+    for (url, content_type, body) in posts {
+        let r = app
+            .rp
+            .post(&url)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_client_error() || r.status().is_redirection(),
+            "POST {url} ({content_type}): {}",
+            r.status()
+        );
+    }
+    // Wrong methods.
+    let r = app
+        .rp
+        .get(format!("{b}/oauth2/token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let r = app
+        .rp
+        .delete(format!("{b}/oauth2/authorize"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
