@@ -50,6 +50,8 @@ pub enum Tamper {
     /// Signed with the second key under its own `kid`, which the JWKS lists
     /// only after [`FakeUpstream::publish_second_key`] (key rotation, E5).
     SecondKey,
+    /// The token endpoint answers 503 (an overloaded upstream).
+    TokenEndpointDown,
 }
 
 /// What the fake upstream saw in one authorization request.
@@ -457,6 +459,9 @@ async fn token(
         Tamper::SecondKey => {
             key = &s.other_key;
             kid = s.second_kid.clone();
+        }
+        Tamper::TokenEndpointDown => {
+            return (StatusCode::SERVICE_UNAVAILABLE, "overloaded").into_response();
         }
         Tamper::WrongIssuer => claims["iss"] = json!(format!("{}/someone-else", s.issuer)),
         Tamper::WrongAudience => claims["aud"] = json!("some-other-client"),

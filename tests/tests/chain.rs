@@ -1686,3 +1686,15 @@ async fn g3_two_replicas_on_postgres_share_every_step() {
     drop(chain);
     schema.drop_schema().await.unwrap();
 }
+
+/// E8: an upstream whose token endpoint answers 5xx makes the login fail
+/// with `temporarily_unavailable` (not `access_denied`): retrying is right.
+#[tokio::test]
+async fn e8_upstream_token_endpoint_5xx_is_temporarily_unavailable() {
+    let (fake, chain) = fake_chain(Tamper::TokenEndpointDown).await;
+    let agent = Agent::new().unwrap();
+    let req = AuthRequest::new(&chain.app);
+    let resp = login_through_fake(&fake, &chain, &agent, &req).await;
+    let error = assert_no_code(resp, &req, &chain, "token endpoint 503").await;
+    assert_eq!(error, "temporarily_unavailable");
+}

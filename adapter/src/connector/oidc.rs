@@ -42,6 +42,9 @@ pub enum HttpError {
     Http(#[from] reqwest::Error),
     #[error("response larger than {MAX_RESPONSE_BYTES} bytes")]
     TooLarge,
+    /// A 5xx answer: the upstream is in trouble, not the request (E8).
+    #[error("upstream answered {0}")]
+    ServerError(reqwest::StatusCode),
 }
 
 /// The outbound client: no redirects (SSRF), connect and total timeouts.
@@ -65,6 +68,9 @@ pub async fn bridge(
         .body(body)
         .send()
         .await?;
+    if response.status().is_server_error() {
+        return Err(HttpError::ServerError(response.status()));
+    }
     read_capped(response).await
 }
 
