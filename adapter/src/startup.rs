@@ -262,7 +262,9 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         customizer,
         clock,
         cookie_secure,
-        config,
+        // Secrets were hashed or handed to their connectors above; the
+        // configuration kept for the lifetime of the process has none.
+        config: config.redacted(),
     })))
 }
 
