@@ -128,12 +128,15 @@ impl Default for TokenConfig {
 pub struct UiConfig {
     /// Product name shown on pages (the test IdP calls itself "Test Auth Server").
     pub title: String,
+    /// A line shown under the login form (the test IdP names its demo account).
+    pub login_hint: Option<String>,
 }
 
 impl Default for UiConfig {
     fn default() -> Self {
         UiConfig {
             title: "Auth Adapter".into(),
+            login_hint: None,
         }
     }
 }

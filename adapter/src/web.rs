@@ -29,6 +29,7 @@ pub struct LoginPage {
     pub client_name: Option<String>,
     pub username: String,
     pub error: Option<String>,
+    pub hint: Option<String>,
 }
 
 #[derive(Template, WebTemplate)]

@@ -37,6 +37,7 @@ pub fn default_config() -> Config {
         },
         ui: UiConfig {
             title: "Test Auth Server".into(),
+            login_hint: Some("Demo account: testuser / password".into()),
         },
         claims: adapter::config::ClaimsConfig {
             customizer: CustomizerKind::Passthrough,

@@ -709,6 +709,7 @@ fn login_page(
         client_name: st.clients.get(&ar.client_id).map(|c| c.name.clone()),
         username: String::new(),
         error: None,
+        hint: st.config.ui.login_hint.clone(),
     }
 }
 
