@@ -551,6 +551,26 @@ mod tests {
         assert!(b.get(Kind::Session, "keep", 0).await.unwrap().is_some());
     }
 
+    /// G4: a database migrated by a newer binary (a migration this binary
+    /// does not know) is refused at start-up instead of being misused.
+    #[tokio::test]
+    async fn refuses_a_schema_newer_than_the_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/store.db", dir.path().display());
+        let store = SqlStore::connect(&url, 1).await.unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations \
+             (version, description, success, checksum, execution_time) \
+             VALUES (99990101000000, 'from the future', 1, x'00', 0)",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        store.pool().close().await;
+        let err = SqlStore::connect(&url, 1).await.unwrap_err();
+        assert!(matches!(err, StoreError::Migrate(_)), "{err}");
+    }
+
     /// The same suite on the project's PostgreSQL server (127.0.0.1:5432,
     /// database `test`), in a schema of its own.
     #[tokio::test]

@@ -190,6 +190,13 @@ async fn authorize_page_errors_never_redirect_a1_a2() {
             r.headers().get(LOCATION).is_none(),
             "{k}={v}: must not redirect"
         );
+        for (header, value) in [
+            ("referrer-policy", "no-referrer"),
+            ("x-content-type-options", "nosniff"),
+            ("cache-control", "no-store"),
+        ] {
+            assert_eq!(r.headers()[header], value, "A16: {header}");
+        }
         assert!(r.headers()["content-security-policy"]
             .to_str()
             .unwrap()
