@@ -67,14 +67,17 @@ fn parse_alg(alg: &str) -> Result<Algorithm, KeyError> {
     }
 }
 
+/// PEM label of PKCS#8 (RFC 7468 §10).
+const PKCS8_LABEL: &str = "PRIVATE KEY";
+
 fn pem(der: &[u8]) -> String {
     let b64 = STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN PRIVATE KEY-----\n");
+    let mut out = format!("-----BEGIN {PKCS8_LABEL}-----\n");
     for chunk in b64.as_bytes().chunks(64) {
         out.push_str(&String::from_utf8_lossy(chunk));
         out.push('\n');
     }
-    out.push_str("-----END PRIVATE KEY-----\n");
+    out.push_str(&format!("-----END {PKCS8_LABEL}-----\n"));
     out
 }
 

@@ -15,16 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context};
-use aws_lc_rs::encoding::AsDer as _;
-use aws_lc_rs::rsa::{KeyPair, KeySize};
-use aws_lc_rs::signature::KeyPair as _;
 use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use base64::Engine as _;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -117,21 +113,19 @@ struct GeneratedKey {
 }
 
 fn generate_rsa() -> anyhow::Result<GeneratedKey> {
-    let pair = KeyPair::generate(KeySize::Rsa2048).map_err(|e| anyhow!("RSA keygen: {e}"))?;
-    let pkcs8 = pair.as_der().map_err(|e| anyhow!("RSA to PKCS#8: {e}"))?;
-    // jsonwebtoken's RSA DER loader wants PKCS#1; its PEM loader unwraps PKCS#8.
-    let b64 = STANDARD.encode(pkcs8.as_ref());
-    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(chunk)?);
-        pem.push('\n');
-    }
-    pem.push_str("-----END PRIVATE KEY-----\n");
+    // Key generation is not what this fake tests: reuse the adapter's
+    // (aws-lc-rs RSA-2048, PKCS#8 PEM), made fresh at run time.
+    let pem = adapter::keys::generate_pem("RS256").map_err(|e| anyhow!("RSA keygen: {e}"))?;
     let encoding = EncodingKey::from_rsa_pem(pem.as_bytes()).context("loading generated key")?;
-    let public = pair.public_key();
-    let n = URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero());
-    let e = URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero());
-    Ok(GeneratedKey { encoding, n, e })
+    let jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256).context("public key")?;
+    let AlgorithmParameters::RSA(rsa) = jwk.algorithm else {
+        return Err(anyhow!("generated key is not RSA"));
+    };
+    Ok(GeneratedKey {
+        encoding,
+        n: rsa.n,
+        e: rsa.e,
+    })
 }
 
 fn now() -> i64 {

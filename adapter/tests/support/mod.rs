@@ -112,22 +112,13 @@ pub async fn spawn_app() -> TestApp {
     let db_url = format!("sqlite://{}/adapter.db", dir.path().display());
     let clock = Arc::new(ManualClock::new());
     let (port, tx, handle) = start(test_config(&db_url), clock.clone(), 0).await;
-    let client = || {
-        reqwest::Client::builder()
-            .redirect(Policy::none())
-            .cookie_store(true)
-            .build()
-            .unwrap()
-    };
     TestApp {
-        base: format!("http://127.0.0.1:{port}"),
         clock,
-        browser: client(),
-        rp: client(),
         _dir: dir,
         db_url,
         shutdown: Some(tx),
         handle: Some(handle),
+        ..TestApp::connect(&format!("http://127.0.0.1:{port}"))
     }
 }
 
