@@ -269,6 +269,22 @@ pub struct LocalUserConfig {
     pub groups: Vec<String>,
 }
 
+/// A secret given inline or through `<key>_env` (the name of an environment
+/// variable). Errors name the key.
+pub fn resolve_secret(
+    inline: &Option<String>,
+    env: &Option<String>,
+    key: &str,
+) -> Result<Option<String>, String> {
+    match (inline, env) {
+        (Some(s), _) => Ok(Some(s.clone())),
+        (None, Some(var)) => std::env::var(var)
+            .map(Some)
+            .map_err(|_| format!("{key}_env: environment variable {var} is not set")),
+        (None, None) => Ok(None),
+    }
+}
+
 /// Loads `defaults <- file <- environment`. Errors name the file and key.
 pub fn load(file: Option<&Path>, env_prefix: &str) -> Result<Config, Box<figment::Error>> {
     load_from(Config::default(), file, env_prefix)

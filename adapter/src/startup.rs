@@ -97,7 +97,7 @@ impl Application {
             }
         }
         let gc = tokio::spawn(collect_garbage(state.store.clone(), state.clock.clone()));
-        tracing::info!(issuer = %state.issuer, port = self.port, "listening");
+        tracing::info!(issuer = %state.issuer(), port = self.port, "listening");
         let result = axum::serve(self.listener, app(state))
             .with_graceful_shutdown(shutdown)
             .await;
@@ -179,26 +179,10 @@ fn validate_lifetimes(t: &crate::config::TokenConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn resolve_secret(
-    inline: &Option<String>,
-    env: &Option<String>,
-    key: &str,
-) -> anyhow::Result<Option<String>> {
-    Ok(match (inline, env) {
-        (Some(s), _) => Some(s.clone()),
-        (None, Some(var)) => Some(
-            std::env::var(var)
-                .with_context(|| format!("{key}_env: environment variable {var} is not set"))?,
-        ),
-        (None, None) => None,
-    })
-}
-
 /// Validates the configuration and assembles the shared state.
 pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<AppState> {
     validate_issuer(&config.server.issuer)?;
     validate_lifetimes(&config.tokens)?;
-    let issuer = config.server.issuer.clone();
 
     let mut clients = HashMap::new();
     for c in &config.clients {
@@ -219,11 +203,12 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         if connectors.iter().any(|c: &Connector| c.id == up.id) || up.id == LOCAL_CONNECTOR_ID {
             bail!("upstreams[{}].id appears twice or is reserved", up.id);
         }
-        let secret = resolve_secret(
+        let secret = crate::config::resolve_secret(
             &up.client_secret,
             &up.client_secret_env,
             &format!("upstreams[{}].client_secret", up.id),
-        )?;
+        )
+        .map_err(anyhow::Error::msg)?;
         let oidc = OidcConnector::new(up, secret).map_err(|e| anyhow::anyhow!("{e}"))?;
         connectors.push(Connector {
             id: up.id.clone(),
@@ -252,9 +237,8 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
     let cookie_secure = config
         .session
         .secure
-        .unwrap_or(issuer.starts_with("https://"));
+        .unwrap_or(config.server.issuer.starts_with("https://"));
     Ok(AppState(Arc::new(Inner {
-        issuer,
         store: Arc::new(store),
         keys,
         clients,

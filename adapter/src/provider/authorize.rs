@@ -276,7 +276,7 @@ fn redirect_error(
     if let Some(s) = state {
         params.push(("state", s));
     }
-    params.push(("iss", st.issuer.as_str()));
+    params.push(("iss", st.issuer()));
     match client_redirect(redirect_uri, &params) {
         Some(location) => found(&location),
         None => st.error_page(
@@ -395,7 +395,7 @@ async fn issue_code(
     if let Some(s) = &ar.state {
         params.push(("state", s));
     }
-    params.push(("iss", st.issuer.as_str()));
+    params.push(("iss", st.issuer()));
     match client_redirect(&ar.redirect_uri, &params) {
         Some(location) if after_post => see_other(&location),
         Some(location) => found(&location),
@@ -454,7 +454,7 @@ async fn start_login(
         }
         ConnectorKind::Callback(c) => {
             let login_state = random_token();
-            let callback_url = format!("{}{}", st.issuer, callback_path(&connector.id));
+            let callback_url = format!("{}{}", st.issuer(), callback_path(&connector.id));
             let begun = match c.begin(&callback_url, &login_state).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -679,7 +679,7 @@ pub async fn upstream_callback(
             "Unknown identity provider.",
         );
     };
-    let callback_url = format!("{}{}", st.issuer, callback_path(&connector_id));
+    let callback_url = format!("{}{}", st.issuer(), callback_path(&connector_id));
     match connector
         .complete(&callback_url, &params, &ls.connector_state)
         .await
@@ -758,7 +758,7 @@ fn cross_site(st: &AppState, headers: &HeaderMap) -> bool {
         return !matches!(site, "same-origin" | "none");
     }
     match headers.get("origin").and_then(|v| v.to_str().ok()) {
-        Some(origin) => url::Url::parse(&st.issuer)
+        Some(origin) => url::Url::parse(st.issuer())
             .map(|u| u.origin().ascii_serialization() != origin)
             .unwrap_or(true),
         None => false,

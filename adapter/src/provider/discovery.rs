@@ -12,7 +12,7 @@ use super::AppState;
 const CACHE: HeaderValue = HeaderValue::from_static("public, max-age=300");
 
 pub async fn openid_configuration(State(st): State<AppState>) -> impl IntoResponse {
-    let i = &st.issuer;
+    let i = st.issuer();
     let body = json!({
         "issuer": i,
         "authorization_endpoint": format!("{i}/oauth2/authorize"),

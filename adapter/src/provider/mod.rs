@@ -50,16 +50,7 @@ impl Client {
     /// Resolves the secret (inline or `secret_env`) and hashes it.
     pub fn from_config(c: &ClientConfig) -> Result<Self, String> {
         let key = |k: &str| format!("clients[{}].{k}", c.id);
-        let secret = match (&c.secret, &c.secret_env) {
-            (Some(s), _) => Some(s.clone()),
-            (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
-                format!(
-                    "{}: environment variable {var} is not set",
-                    key("secret_env")
-                )
-            })?),
-            (None, None) => None,
-        };
+        let secret = crate::config::resolve_secret(&c.secret, &c.secret_env, &key("secret"))?;
         match (c.public, &secret) {
             (false, None) => {
                 return Err(format!(
@@ -158,8 +149,6 @@ pub struct AppState(pub Arc<Inner>);
 
 pub struct Inner {
     pub config: Config,
-    /// Exactly the configured issuer (no trailing slash).
-    pub issuer: String,
     pub store: Arc<dyn Store>,
     pub keys: KeyManager,
     pub clients: HashMap<String, Client>,
@@ -179,6 +168,11 @@ impl std::ops::Deref for AppState {
 impl AppState {
     pub fn now(&self) -> i64 {
         self.clock.now()
+    }
+
+    /// Exactly the configured issuer (validated: no trailing slash).
+    pub fn issuer(&self) -> &str {
+        &self.config.server.issuer
     }
 
     pub fn title(&self) -> &str {

@@ -22,18 +22,12 @@ use crate::error::{ErrorCode, OAuthError};
 use crate::secret::{at_hash, ct_eq, hash, is_valid_pkce_verifier, pkce_s256, random_token};
 use crate::store::{Kind, TakenJson};
 
-/// A token-endpoint error; `basic` tells whether HTTP Basic was attempted.
-struct TokenError {
-    error: OAuthError,
-    basic: bool,
-}
+/// A token-endpoint error, rendered as RFC 6749 §5.2 JSON.
+struct TokenError(OAuthError);
 
 impl From<OAuthError> for TokenError {
     fn from(error: OAuthError) -> Self {
-        TokenError {
-            error,
-            basic: false,
-        }
+        TokenError(error)
     }
 }
 
@@ -47,18 +41,15 @@ fn no_store() -> [(header::HeaderName, HeaderValue); 2] {
 
 impl IntoResponse for TokenError {
     fn into_response(self) -> Response {
+        let TokenError(error) = self;
         let body = Json(json!({
-            "error": self.error.code.as_str(),
-            "error_description": self.error.description,
+            "error": error.code.as_str(),
+            "error_description": error.description,
         }));
         // RFC 6749 §5.2: invalid_client is 401 with a challenge.
-        match self.error.code {
+        match error.code {
             ErrorCode::InvalidClient => {
-                let challenge = if self.basic {
-                    "Basic realm=\"token\", charset=\"UTF-8\""
-                } else {
-                    "Basic realm=\"token\""
-                };
+                let challenge = "Basic realm=\"token\", charset=\"UTF-8\"";
                 (
                     StatusCode::UNAUTHORIZED,
                     no_store(),
@@ -124,18 +115,9 @@ fn authenticate<'a>(
     params: &Params,
 ) -> Result<&'a Client, TokenError> {
     let param = |k: &str| params.get(k);
-    let basic = basic_credentials(headers);
-    let invalid = |msg: &str, basic: bool| TokenError {
-        error: OAuthError::invalid_client(msg),
-        basic,
-    };
-    let (client_id, secret, used_basic) = match basic {
-        Some(Err(e)) => {
-            return Err(TokenError {
-                error: e,
-                basic: true,
-            })
-        }
+    let invalid = |msg: &str| TokenError(OAuthError::invalid_client(msg));
+    let (client_id, secret) = match basic_credentials(headers) {
+        Some(Err(e)) => return Err(TokenError(e)),
         Some(Ok((id, secret))) => {
             if param("client_secret").is_some() {
                 return Err(
@@ -148,26 +130,22 @@ fn authenticate<'a>(
                 )
                 .into());
             }
-            (id, Some(secret), true)
+            (id, Some(secret))
         }
         None => match param("client_id") {
-            Some(id) => (
-                id.to_string(),
-                param("client_secret").map(String::from),
-                false,
-            ),
-            None => return Err(invalid("client authentication is required", false)),
+            Some(id) => (id.to_string(), param("client_secret").map(String::from)),
+            None => return Err(invalid("client authentication is required")),
         },
     };
     let client = st
         .clients
         .get(&client_id)
-        .ok_or_else(|| invalid("client authentication failed", used_basic))?;
+        .ok_or_else(|| invalid("client authentication failed"))?;
     match (&client.secret_hash, secret) {
         (Some(expected), Some(given)) if ct_eq(expected, &hash(&given)) => Ok(client),
         (None, None) => Ok(client),
         (None, Some(s)) if s.is_empty() => Ok(client),
-        _ => Err(invalid("client authentication failed", used_basic)),
+        _ => Err(invalid("client authentication failed")),
     }
 }
 
@@ -337,7 +315,7 @@ fn mint(
     let access_expires = now + tokens.access_token_ttl_seconds;
     let mut access: Map<String, Value> = claims_for(TokenKind::AccessToken);
     for (k, v) in [
-        ("iss", json!(st.issuer)),
+        ("iss", json!(st.issuer())),
         ("sub", json!(sub)),
         ("aud", json!(client.id)),
         ("client_id", json!(client.id)),
@@ -353,7 +331,7 @@ fn mint(
 
     let mut id: Map<String, Value> = claims_for(TokenKind::IdToken);
     for (k, v) in [
-        ("iss", json!(st.issuer)),
+        ("iss", json!(st.issuer())),
         ("sub", json!(sub)),
         ("aud", json!(client.id)),
         ("iat", json!(now)),

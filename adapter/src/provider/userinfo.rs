@@ -83,7 +83,7 @@ pub async fn userinfo(
         (Some(t), None) | (None, Some(t)) => t,
         (None, None) => return challenge(StatusCode::UNAUTHORIZED, None),
     };
-    let verified = st.keys.verify(&token, "at+jwt", &st.issuer, st.now());
+    let verified = st.keys.verify(&token, "at+jwt", st.issuer(), st.now());
     // A token issued from a replayed code is revoked (RFC 6749 §4.1.2).
     let revoked = match verified
         .as_ref()
