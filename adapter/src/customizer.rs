@@ -43,6 +43,10 @@ pub struct Identity {
     pub subject: String,
     /// All claims the connector knows (upstream ID token + userinfo).
     pub claims: Map<String, Value>,
+    /// When the user authenticated at the upstream (its ID token's
+    /// `auth_time`), if it said; the engine uses "now" otherwise.
+    #[serde(default)]
+    pub auth_time: Option<i64>,
 }
 
 /// Which token a set of claims is for.
@@ -209,6 +213,7 @@ mod tests {
             connector_id: "test-auth-server".into(),
             subject: "testuser".into(),
             claims: claims.as_object().unwrap().clone(),
+            auth_time: None,
         }
     }
 

@@ -4,8 +4,11 @@
 //! Layout:
 //! - [`config`]: configuration (defaults, TOML file, environment).
 //! - [`startup`]: [`Application`] (bind, build, run) and the router.
-//! - [`provider`]: the OpenID Provider engine: authorize, token, userinfo,
-//!   discovery/JWKS, and the records a flow persists.
+//! - [`flow`]: the login-flow engine: a persisted login and one state
+//!   machine over its steps (no HTTP types).
+//! - [`provider`]: the OpenID Provider's web layer: authorize, login pages,
+//!   upstream callbacks, token, userinfo, discovery/JWKS.
+//! - [`paths`]: every route path, defined once.
 //! - [`connector`]: identity sources: the OIDC upstream (federation) and
 //!   local accounts (passwords).
 //! - [`customizer`]: maps an identity to the claims of issued tokens.
@@ -21,7 +24,9 @@ pub mod config;
 pub mod connector;
 pub mod customizer;
 pub mod error;
+pub mod flow;
 pub mod keys;
+pub mod paths;
 pub mod provider;
 pub mod secret;
 pub mod startup;

@@ -25,16 +25,19 @@ use crate::config::Config;
 use crate::connector::local::{LocalConnector, LOCAL_CONNECTOR_ID};
 use crate::connector::oidc::OidcConnector;
 use crate::connector::{valid_id, Connector, ConnectorKind};
+use crate::flow::{Flows, Lifetimes};
 use crate::keys::KeyManager;
-use crate::provider::{authorize, discovery, token, userinfo, AppState, Client, Inner};
+use crate::provider::{
+    authorize, callback, discovery, login, token, userinfo, AppState, Client, CookieSettings, Inner,
+};
 use crate::store::{SqlStore, Store};
-use crate::{customizer, telemetry, web};
+use crate::{customizer, paths, telemetry, web};
 
 /// Largest accepted request body.
 const BODY_LIMIT: usize = 64 * 1024;
 /// Longest a request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often expired artifacts are deleted (G7).
+/// How often expired records are deleted.
 const GC_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A bound, ready-to-run provider.
@@ -90,7 +93,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let state = self.state.clone();
-        for c in &state.connectors {
+        for c in state.flows.connectors() {
             if let ConnectorKind::Callback(cb) = &c.kind {
                 let cb = cb.clone();
                 tokio::spawn(async move { cb.warm_up().await });
@@ -143,7 +146,7 @@ async fn collect_garbage(store: Arc<dyn Store>, clock: SharedClock) {
 }
 
 /// The issuer must be an absolute http(s) URL without trailing slash, query
-/// or fragment (OIDC Discovery §3, checklist C9).
+/// or fragment (OIDC Discovery §3).
 fn validate_issuer(issuer: &str) -> anyhow::Result<()> {
     let url = url::Url::parse(issuer)
         .with_context(|| format!("server.issuer = {issuer:?} is not a URL"))?;
@@ -159,8 +162,9 @@ fn validate_issuer(issuer: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Lifetimes within the checklist's bounds: codes ≤ 60 s (A15), login
-/// transactions ≤ 10 min (D8), access tokens ≤ 15 min (C7).
+/// Lifetimes within safe bounds: codes ≤ 60 s (RFC 6749 §4.1.2 recommends
+/// at most 10 min; RFC 9700 keeps them short), login transactions ≤ 10 min,
+/// access tokens ≤ 15 min (RFC 9700 §2.2.1 favours short-lived ones).
 fn validate_lifetimes(t: &crate::config::TokenConfig) -> anyhow::Result<()> {
     for (key, value, max) in [
         ("tokens.code_ttl_seconds", t.code_ttl_seconds, 60),
@@ -238,17 +242,39 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         .session
         .secure
         .unwrap_or(config.server.issuer.starts_with("https://"));
+    let store: Arc<dyn Store> = Arc::new(store);
+    let clients = Arc::new(clients);
+    let flows = Flows::new(
+        store.clone(),
+        clients.clone(),
+        connectors,
+        clock.clone(),
+        config.server.issuer.clone(),
+        Lifetimes {
+            login: config.tokens.login_ttl_seconds,
+            code: config.tokens.code_ttl_seconds,
+            session: config.session.ttl_seconds,
+        },
+    );
+    // Secrets were hashed or handed to their connectors above; the state
+    // kept for the lifetime of the process holds none, and handlers see
+    // only what they need.
     Ok(AppState(Arc::new(Inner {
-        store: Arc::new(store),
+        issuer: config.server.issuer.clone(),
+        ui: config.ui.clone(),
+        cookies: CookieSettings {
+            session: config.session.cookie_name.clone(),
+            transaction: config.session.transaction_cookie_name.clone(),
+            secure: cookie_secure,
+            transaction_ttl: config.tokens.login_ttl_seconds,
+        },
+        tokens: config.tokens.clone(),
+        store,
         keys,
         clients,
-        connectors,
+        flows,
         customizer,
         clock,
-        cookie_secure,
-        // Secrets were hashed or handed to their connectors above; the
-        // configuration kept for the lifetime of the process has none.
-        config: config.redacted(),
     })))
 }
 
@@ -260,8 +286,8 @@ async fn ready(axum::extract::State(st): axum::extract::State<AppState>) -> impl
     }
 }
 
-async fn not_found(axum::extract::State(st): axum::extract::State<AppState>) -> impl IntoResponse {
-    st.error_page(
+async fn not_found() -> web::PageError {
+    web::PageError::new(
         StatusCode::NOT_FOUND,
         "Not found",
         "There is nothing at this address.",
@@ -271,34 +297,36 @@ async fn not_found(axum::extract::State(st): axum::extract::State<AppState>) -> 
 /// The provider's routes and middleware.
 pub fn app(state: AppState) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
+    let title: Arc<str> = Arc::from(state.title());
     Router::new()
         .route(
-            "/.well-known/openid-configuration",
+            paths::OPENID_CONFIGURATION,
             get(discovery::openid_configuration),
         )
-        .route("/oauth2/jwks", get(discovery::jwks))
+        .route(paths::JWKS, get(discovery::jwks))
         .route(
-            "/oauth2/authorize",
+            paths::AUTHORIZE,
             get(authorize::authorize_get).post(authorize::authorize_post),
         )
-        .route("/oauth2/token", post(token::token))
+        .route(paths::TOKEN, post(token::token))
         .route(
-            "/userinfo",
+            paths::USERINFO,
             get(userinfo::userinfo).post(userinfo::userinfo),
         )
+        .route(paths::UPSTREAM_CALLBACK, get(callback::upstream_callback))
+        .route(paths::LOGIN_START, get(login::login_start))
         .route(
-            "/login/oauth2/code/{connector}",
-            get(authorize::upstream_callback),
+            paths::LOGIN_FORM,
+            get(login::login_form).post(login::login_submit),
         )
-        .route("/login/start/{connector}", get(authorize::login_start))
-        .route(
-            "/login/{connector}",
-            get(authorize::login_form).post(authorize::login_submit),
-        )
-        .route("/healthz/live", get(|| async { "ok" }))
-        .route("/healthz/ready", get(ready))
-        .route("/assets/style.css", get(web::style))
+        .route(paths::HEALTH_LIVE, get(|| async { "ok" }))
+        .route(paths::HEALTH_READY, get(ready))
+        .route(paths::STYLE, get(web::style))
         .fallback(not_found)
+        .layer(axum::middleware::map_response_with_state(
+            title,
+            web::render_error_pages,
+        ))
         .layer(web::security_headers())
         .layer(
             ServiceBuilder::new()

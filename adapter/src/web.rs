@@ -1,14 +1,181 @@
-//! HTML pages and response helpers shared by the handlers: askama
-//! templates, error pages, redirects, cookies and security headers.
+//! The web layer's shared parts: the one error type of handlers
+//! ([`WebError`]), askama pages, redirects, cookies, form decoding and
+//! security headers.
+
+use std::borrow::Cow;
 
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 use axum_extra::extract::cookie::{Cookie, SameSite};
+use serde_json::json;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-/// Style sheet of every page (no third-party assets, checklist A16).
+use crate::error::{ErrorCode, OAuthError};
+use crate::store::StoreError;
+
+/// An error page: status, heading and a message safe to show the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageError {
+    pub status: StatusCode,
+    pub heading: &'static str,
+    pub message: Cow<'static, str>,
+}
+
+impl PageError {
+    pub fn new(
+        status: StatusCode,
+        heading: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        PageError {
+            status,
+            heading,
+            message: message.into(),
+        }
+    }
+
+    /// 400 with a heading and message.
+    pub fn bad_request(heading: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, heading, message)
+    }
+}
+
+/// Every way a handler can fail, each rendered as its spec wants:
+/// an HTML page where no redirect is safe (RFC 6749 §4.1.2.1), RFC 6749
+/// §5.2 JSON at the token endpoint, an RFC 6750 §3 challenge for bearer
+/// resources.
+#[derive(Debug)]
+pub enum WebError {
+    Page(PageError),
+    /// Storage failed: logged here, a generic 503 page for the user.
+    Storage(StoreError),
+    /// A token-endpoint error (RFC 6749 §5.2).
+    Token(OAuthError),
+    /// A protected-resource error (RFC 6750 §3.1); `None` when the request
+    /// carried no token at all (no error code then).
+    Bearer(StatusCode, Option<OAuthError>),
+}
+
+impl From<PageError> for WebError {
+    fn from(e: PageError) -> Self {
+        WebError::Page(e)
+    }
+}
+
+/// At the token endpoint an OAuth error is RFC 6749 §5.2 JSON.
+impl From<OAuthError> for WebError {
+    fn from(e: OAuthError) -> Self {
+        WebError::Token(e)
+    }
+}
+
+impl From<StoreError> for WebError {
+    fn from(e: StoreError) -> Self {
+        WebError::Storage(e)
+    }
+}
+
+/// RFC 6749 §5.1: token responses are never cached.
+pub fn no_store() -> [(header::HeaderName, HeaderValue); 2] {
+    [
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (header::PRAGMA, HeaderValue::from_static("no-cache")),
+    ]
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        match self {
+            WebError::Page(page) => page.into_response(),
+            WebError::Storage(e) => {
+                tracing::error!(error = %e, "storage failure");
+                PageError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Temporarily unavailable",
+                    "The service cannot reach its storage. Please try again shortly.",
+                )
+                .into_response()
+            }
+            WebError::Token(error) => {
+                let body = Json(json!({
+                    "error": error.code.as_str(),
+                    "error_description": error.description,
+                }));
+                let status = match error.code {
+                    // RFC 6749 §5.2: invalid_client is 401 with a challenge.
+                    ErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
+                    ErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                let mut response = (status, no_store(), body).into_response();
+                if status == StatusCode::UNAUTHORIZED {
+                    response.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Basic realm=\"token\", charset=\"UTF-8\""),
+                    );
+                }
+                response
+            }
+            WebError::Bearer(status, error) => {
+                let challenge = match &error {
+                    Some(e) => format!(
+                        "Bearer error=\"{}\", error_description=\"{}\"",
+                        e.code,
+                        e.description.replace(['"', '\\'], "")
+                    ),
+                    None => "Bearer".to_string(),
+                };
+                let value =
+                    HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer"));
+                let mut response = match error {
+                    Some(e) => (
+                        status,
+                        Json(json!({"error": e.code.as_str(), "error_description": e.description})),
+                    )
+                        .into_response(),
+                    None => status.into_response(),
+                };
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, value);
+                response
+            }
+        }
+    }
+}
+
+/// A page error travels to [`render_error_pages`] as a response extension,
+/// which renders it with the provider's title.
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let mut response = self.status.into_response();
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+/// Middleware: renders every [`PageError`] response as the HTML error page
+/// in this provider's look.
+pub async fn render_error_pages(
+    axum::extract::State(title): axum::extract::State<std::sync::Arc<str>>,
+    mut response: Response,
+) -> Response {
+    match response.extensions_mut().remove::<PageError>() {
+        Some(page) => error_page(&title, page.status, page.heading, &page.message),
+        None => response,
+    }
+}
+
+/// Decodes `application/x-www-form-urlencoded` pairs (query or body).
+pub fn form_pairs(raw: &[u8]) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(raw).into_owned().collect()
+}
+
+/// Style sheet of every page (no third-party assets).
 pub const STYLE_CSS: &str = include_str!("../assets/style.css");
 
 #[derive(Template, WebTemplate)]
@@ -23,7 +190,8 @@ pub struct ErrorPage {
 #[template(path = "adapter/login.html")]
 pub struct LoginPage {
     pub title: String,
-    pub connector_id: String,
+    /// The form's action (a path of [`crate::paths`]).
+    pub action: String,
     pub req: String,
     pub csrf_token: String,
     pub client_name: Option<String>,
@@ -36,9 +204,8 @@ pub struct LoginPage {
 #[template(path = "adapter/choose.html")]
 pub struct ChoosePage {
     pub title: String,
-    pub req: String,
-    /// (id, display name)
-    pub connectors: Vec<(String, String)>,
+    /// (id, display name, link)
+    pub connectors: Vec<(String, String, String)>,
 }
 
 /// An HTML error page. Used where no redirect to the client is safe
@@ -93,7 +260,7 @@ pub fn removal(name: &str) -> Cookie<'static> {
 }
 
 /// Security headers on every response unless a handler set its own
-/// (checklist A16).
+/// (OWASP ASVS 5.0 V3.4: CSP with frame-ancestors, no referrer, nosniff).
 pub fn security_headers() -> (
     SetResponseHeaderLayer<HeaderValue>,
     SetResponseHeaderLayer<HeaderValue>,

@@ -128,6 +128,7 @@ impl PasswordConnector for LocalConnector {
                 connector_id: LOCAL_CONNECTOR_ID.into(),
                 subject: username.to_string(),
                 claims: a.claims.clone(),
+                auth_time: None,
             }),
             _ => None,
         })

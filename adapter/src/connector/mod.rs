@@ -46,12 +46,45 @@ pub struct BeginResponse {
     pub connector_state: String,
 }
 
+/// What a login asks of the upstream (OIDC Core §3.1.2.1).
+#[derive(Debug, Clone, Copy)]
+pub struct BeginRequest<'a> {
+    /// This connector's own callback (RFC 9700 §4.4.2).
+    pub callback_url: &'a str,
+    /// The value the upstream must echo back.
+    pub state: &'a str,
+    /// "login" or "none", forwarded as `prompt`.
+    pub prompt: Option<&'a str>,
+    pub max_age: Option<i64>,
+    pub login_hint: Option<&'a str>,
+}
+
+impl ConnectorError {
+    /// How a connector failure reaches the relying party. Details stay in
+    /// the log, never in the browser.
+    pub fn oauth_error(&self) -> crate::error::OAuthError {
+        use crate::error::OAuthError;
+        match self {
+            ConnectorError::Unavailable(_) => OAuthError::temporarily_unavailable(
+                "the identity provider is unreachable; try again later",
+            ),
+            ConnectorError::Denied(_) => {
+                OAuthError::access_denied("the identity provider denied the login")
+            }
+            ConnectorError::Invalid(_) => {
+                OAuthError::access_denied("the identity provider's response failed validation")
+            }
+            ConnectorError::Config(_) | ConnectorError::NotSupported => {
+                OAuthError::server_error("the identity provider is misconfigured")
+            }
+        }
+    }
+}
+
 #[async_trait]
 pub trait CallbackConnector: Send + Sync + 'static {
-    /// Starts a login. `state` is the value the upstream must echo back;
-    /// `callback_url` is this connector's own callback (RFC 9700 §4.4).
-    async fn begin(&self, callback_url: &str, state: &str)
-        -> Result<BeginResponse, ConnectorError>;
+    /// Starts a login: where to send the browser, and the state to keep.
+    async fn begin(&self, req: &BeginRequest<'_>) -> Result<BeginResponse, ConnectorError>;
 
     /// Finishes a login from the callback's query parameters.
     async fn complete(

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::{Mutex, RwLock};
 
-use super::{BeginResponse, CallbackConnector, ConnectorError, Identity};
+use super::{BeginRequest, BeginResponse, CallbackConnector, ConnectorError, Identity};
 use crate::config::UpstreamConfig;
 
 /// Cap on any upstream response body.
@@ -281,15 +281,11 @@ fn verified_payload(jwt: &str) -> Result<Map<String, Value>, ConnectorError> {
 
 #[async_trait]
 impl CallbackConnector for OidcConnector {
-    async fn begin(
-        &self,
-        callback_url: &str,
-        state: &str,
-    ) -> Result<BeginResponse, ConnectorError> {
+    async fn begin(&self, req: &BeginRequest<'_>) -> Result<BeginResponse, ConnectorError> {
         let metadata = self.metadata().await?;
-        let client = self.client(metadata, callback_url)?;
+        let client = self.client(metadata, req.callback_url)?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-        let state = state.to_string();
+        let state = req.state.to_string();
         let mut request = client.authorize_url(
             CoreAuthenticationFlow::AuthorizationCode,
             move || CsrfToken::new(state),
@@ -400,10 +396,12 @@ impl CallbackConnector for OidcConnector {
                 claims.entry(k).or_insert(v);
             }
         }
+        let auth_time = claims.get("auth_time").and_then(Value::as_i64);
         Ok(Identity {
             connector_id: self.id.clone(),
             subject,
             claims,
+            auth_time,
         })
     }
 

@@ -7,6 +7,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::AppState;
+use crate::paths;
 
 /// Caches may keep metadata and keys this long (checklist C5: modest).
 const CACHE: HeaderValue = HeaderValue::from_static("public, max-age=300");
@@ -15,10 +16,10 @@ pub async fn openid_configuration(State(st): State<AppState>) -> impl IntoRespon
     let i = st.issuer();
     let body = json!({
         "issuer": i,
-        "authorization_endpoint": format!("{i}/oauth2/authorize"),
-        "token_endpoint": format!("{i}/oauth2/token"),
-        "userinfo_endpoint": format!("{i}/userinfo"),
-        "jwks_uri": format!("{i}/oauth2/jwks"),
+        "authorization_endpoint": format!("{i}{}", paths::AUTHORIZE),
+        "token_endpoint": format!("{i}{}", paths::TOKEN),
+        "userinfo_endpoint": format!("{i}{}", paths::USERINFO),
+        "jwks_uri": format!("{i}{}", paths::JWKS),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "grant_types_supported": ["authorization_code"],

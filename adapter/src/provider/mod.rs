@@ -1,36 +1,34 @@
-//! The OpenID Provider engine: shared state, registered clients, the records
-//! a flow persists, and the routes of the provider.
+//! The OpenID Provider's web layer: shared state, registered clients and
+//! the routes. Handlers extract, call one domain function (the login-flow
+//! engine in [`crate::flow`], or the grant logic of [`token`]), and render.
 //!
-//! - `/oauth2/authorize`, the connector login steps and the upstream
-//!   callbacks are in [`authorize`];
-//! - `/oauth2/token` is in [`token`], `/userinfo` in [`userinfo`];
-//! - `/.well-known/openid-configuration` and `/oauth2/jwks` are in [`discovery`].
+//! - [`request`]: the validated authorization request;
+//! - [`authorize`]: `/oauth2/authorize`; [`login`]: the chooser and the
+//!   password form; [`callback`]: the upstream callbacks;
+//! - [`browser`]: cookies, CSRF and rendering of the engine's `Next`;
+//! - [`redirect`]: responses through the client's redirect URI;
+//! - [`token`]: `/oauth2/token`; [`userinfo`]: `/userinfo`;
+//! - [`discovery`]: discovery metadata and the JWKS.
 
 pub mod authorize;
+pub mod browser;
+pub mod callback;
 pub mod discovery;
+pub mod login;
+pub mod redirect;
+pub mod request;
 pub mod token;
 pub mod userinfo;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::http::StatusCode;
-use axum::response::Response;
-use serde::{Deserialize, Serialize};
-
 use crate::clock::SharedClock;
-use crate::config::{ClientConfig, Config};
-use crate::connector::Connector;
-use crate::customizer::{Identity, TokenCustomizer};
+use crate::config::{ClientConfig, TokenConfig, UiConfig};
+use crate::customizer::TokenCustomizer;
+use crate::flow::Flows;
 use crate::keys::KeyManager;
-use crate::store::{Store, StoreError};
-use crate::web;
-
-/// Path of the upstream callback of connector `id` (own path per upstream,
-/// RFC 9700 §4.4).
-pub fn callback_path(id: &str) -> String {
-    format!("/login/oauth2/code/{id}")
-}
+use crate::store::Store;
 
 /// A registered client, secret hashed.
 #[derive(Debug, Clone)]
@@ -85,7 +83,7 @@ impl Client {
     }
 }
 
-/// Absolute, no fragment, and `http:` only on loopback (checklist A3).
+/// Absolute, no fragment, and `http:` only on loopback (RFC 8252 §7.3, RFC 9700 §2.6).
 pub fn validate_redirect_uri(uri: &str) -> Result<(), &'static str> {
     let url = url::Url::parse(uri).map_err(|_| "not an absolute URL")?;
     if url.fragment().is_some() {
@@ -103,59 +101,37 @@ pub fn validate_redirect_uri(uri: &str) -> Result<(), &'static str> {
     }
 }
 
-/// A downstream authorization request waiting for a login (persisted).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AuthRequest {
-    pub client_id: String,
-    pub redirect_uri: String,
-    pub scopes: Vec<String>,
-    pub state: Option<String>,
-    pub nonce: Option<String>,
-    pub code_challenge: Option<String>,
-    /// Hash of the transaction cookie of the browser that started it (D8).
-    pub browser_binding: String,
-}
-
-/// An upstream login in progress (persisted, single-use).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LoginState {
-    pub auth_request_id: String,
-    pub connector_id: String,
-    pub connector_state: String,
-}
-
-/// What an authorization code stands for (persisted under its hash).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CodeRecord {
-    pub client_id: String,
-    pub redirect_uri: String,
-    pub scopes: Vec<String>,
-    pub nonce: Option<String>,
-    pub code_challenge: Option<String>,
-    pub identity: Identity,
-    pub auth_time: i64,
-}
-
-/// A logged-in browser (persisted under the hash of the cookie value).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SessionRecord {
-    pub identity: Identity,
-    pub auth_time: i64,
+/// The cookies of the provider.
+#[derive(Debug, Clone)]
+pub struct CookieSettings {
+    /// The browser session cookie.
+    pub session: String,
+    /// The cookie that binds logins in progress to the browser.
+    pub transaction: String,
+    /// `Secure` attribute.
+    pub secure: bool,
+    /// Lifetime of the transaction cookie, seconds.
+    pub transaction_ttl: i64,
 }
 
 /// Everything handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState(pub Arc<Inner>);
 
+/// What handlers need, and nothing of the configuration besides.
 pub struct Inner {
-    pub config: Config,
+    /// Exactly the configured issuer (validated: no trailing slash, no path).
+    pub issuer: String,
+    pub ui: UiConfig,
+    pub cookies: CookieSettings,
+    /// Token lifetimes.
+    pub tokens: TokenConfig,
     pub store: Arc<dyn Store>,
     pub keys: KeyManager,
-    pub clients: HashMap<String, Client>,
-    pub connectors: Vec<Connector>,
+    pub clients: Arc<HashMap<String, Client>>,
+    pub flows: Flows,
     pub customizer: Box<dyn TokenCustomizer>,
     pub clock: SharedClock,
-    pub cookie_secure: bool,
 }
 
 impl std::ops::Deref for AppState {
@@ -170,32 +146,12 @@ impl AppState {
         self.clock.now()
     }
 
-    /// Exactly the configured issuer (validated: no trailing slash).
     pub fn issuer(&self) -> &str {
-        &self.config.server.issuer
+        &self.issuer
     }
 
     pub fn title(&self) -> &str {
-        &self.config.ui.title
-    }
-
-    pub fn connector(&self, id: &str) -> Option<&Connector> {
-        self.connectors.iter().find(|c| c.id == id)
-    }
-
-    /// An HTML error page in this provider's look.
-    pub fn error_page(&self, status: StatusCode, heading: &str, message: &str) -> Response {
-        web::error_page(self.title(), status, heading, message)
-    }
-
-    /// The page shown when storage fails: logged, never detailed to the user.
-    pub fn storage_failure(&self, e: &StoreError) -> Response {
-        tracing::error!(error = %e, "storage failure");
-        self.error_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Temporarily unavailable",
-            "The service cannot reach its storage. Please try again shortly.",
-        )
+        &self.ui.title
     }
 }
 

@@ -3,74 +3,29 @@
 //! Client authentication (`client_secret_basic`, `client_secret_post`, or
 //! `none` for public clients), then the authorization-code grant: the code
 //! is consumed atomically before anything else is checked, so a code can
-//! never be redeemed twice (B5), and every binding of the code is checked
-//! against the request (client B7, redirect URI B8, PKCE B9).
+//! never be redeemed twice (RFC 6749 §4.1.2), and every binding of the code is
+//! checked against the request (client and redirect URI: §4.1.3; PKCE:
+//! RFC 7636 §4.6).
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
-use super::authorize::form_pairs;
-use super::{AppState, Client, CodeRecord};
-use crate::customizer::{ClaimsContext, TokenKind};
+use super::{AppState, Client};
+use crate::customizer::{ClaimsContext, Identity, TokenKind};
 use crate::error::{ErrorCode, OAuthError};
+use crate::flow::CodeRecord;
 use crate::secret::{at_hash, ct_eq, hash, is_valid_pkce_verifier, pkce_s256, random_token};
-use crate::store::{Kind, TakenJson};
+use crate::store::{codec, Redeemed};
+use crate::web::{form_pairs, no_store, WebError};
 
 /// A token-endpoint error, rendered as RFC 6749 §5.2 JSON.
-struct TokenError(OAuthError);
-
-impl From<OAuthError> for TokenError {
-    fn from(error: OAuthError) -> Self {
-        TokenError(error)
-    }
-}
-
-fn no_store() -> [(header::HeaderName, HeaderValue); 2] {
-    // RFC 6749 §5.1.
-    [
-        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        (header::PRAGMA, HeaderValue::from_static("no-cache")),
-    ]
-}
-
-impl IntoResponse for TokenError {
-    fn into_response(self) -> Response {
-        let TokenError(error) = self;
-        let body = Json(json!({
-            "error": error.code.as_str(),
-            "error_description": error.description,
-        }));
-        // RFC 6749 §5.2: invalid_client is 401 with a challenge.
-        match error.code {
-            ErrorCode::InvalidClient => {
-                let challenge = "Basic realm=\"token\", charset=\"UTF-8\"";
-                (
-                    StatusCode::UNAUTHORIZED,
-                    no_store(),
-                    [(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static(challenge),
-                    )],
-                    body,
-                )
-                    .into_response()
-            }
-            ErrorCode::ServerError => {
-                (StatusCode::INTERNAL_SERVER_ERROR, no_store(), body).into_response()
-            }
-            ErrorCode::TemporarilyUnavailable => {
-                (StatusCode::SERVICE_UNAVAILABLE, no_store(), body).into_response()
-            }
-            _ => (StatusCode::BAD_REQUEST, no_store(), body).into_response(),
-        }
-    }
-}
+type TokenError = WebError;
 
 /// RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic encoding.
 fn form_decode(s: &str) -> String {
@@ -108,16 +63,16 @@ impl Params {
     }
 }
 
-/// Authenticates the client (checklist B2, B3).
+/// Authenticates the client (RFC 6749 §2.3.1, §3.2.1).
 fn authenticate<'a>(
     st: &'a AppState,
     headers: &HeaderMap,
     params: &Params,
 ) -> Result<&'a Client, TokenError> {
     let param = |k: &str| params.get(k);
-    let invalid = |msg: &str| TokenError(OAuthError::invalid_client(msg));
+    let invalid = |msg: &str| WebError::Token(OAuthError::invalid_client(msg));
     let (client_id, secret) = match basic_credentials(headers) {
-        Some(Err(e)) => return Err(TokenError(e)),
+        Some(Err(e)) => return Err(WebError::Token(e)),
         Some(Ok((id, secret))) => {
             if param("client_secret").is_some() {
                 return Err(
@@ -157,7 +112,7 @@ pub async fn token(State(st): State<AppState>, headers: HeaderMap, body: Bytes) 
 }
 
 async fn handle(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Value, TokenError> {
-    // B1: form encoding only.
+    // RFC 6749 §3.2: form encoding only.
     let is_form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -203,35 +158,46 @@ async fn authorization_code(
         .into());
     }
     let now = st.now();
-    let record: CodeRecord = match st.store.take_json(Kind::Code, &hash(code), now).await {
-        Ok(TakenJson::Fresh(r)) => r,
-        Ok(TakenJson::AlreadyUsed) => {
-            tracing::warn!(client = %client.id, "authorization code replayed; revoking what it issued");
-            revoke_code_grant(st, &hash(code), now).await;
-            return Err(OAuthError::invalid_grant("the code was already used").into());
+    // The jti of the access token this code will issue is recorded by the
+    // statement that redeems the code: a replay, even one racing this
+    // request, finds it and revokes the token (RFC 6749 §4.1.2).
+    let jti = random_token();
+    let record: CodeRecord = match st.store.redeem_code(&hash(code), &jti, now).await {
+        Ok(Redeemed::Fresh { data, expires_at }) if expires_at > now => {
+            codec::decode(&data).map_err(|e| storage_failure(&e))?
         }
-        Ok(TakenJson::Expired) => {
+        Ok(Redeemed::Fresh { .. }) => {
             return Err(OAuthError::invalid_grant("the code has expired").into())
         }
-        Ok(TakenJson::Missing) => return Err(OAuthError::invalid_grant("unknown code").into()),
-        Err(e) => {
-            tracing::error!(error = %e, "storage failure at the token endpoint");
-            return Err(OAuthError::server_error("storage failure").into());
+        Ok(Redeemed::Replayed { grant_id }) => {
+            tracing::warn!(client = %client.id, "authorization code replayed; revoking what it issued");
+            if let Some(jti) = grant_id {
+                let until =
+                    now + st.tokens.access_token_ttl_seconds + crate::keys::LEEWAY_SECONDS as i64;
+                st.store
+                    .revoke_token(&jti, until)
+                    .await
+                    .map_err(|e| storage_failure(&e))?;
+            }
+            return Err(OAuthError::invalid_grant("the code was already used").into());
         }
+        Ok(Redeemed::Missing) => return Err(OAuthError::invalid_grant("unknown code").into()),
+        Err(e) => return Err(storage_failure(&e)),
     };
-    // B7: the code belongs to the client that asked for it.
-    if record.client_id != client.id {
+    let request = &record.request;
+    // RFC 6749 §4.1.3: the code belongs to the client that asked for it…
+    if request.client_id != client.id {
         return Err(OAuthError::invalid_grant("the code was issued to another client").into());
     }
-    // B8, RFC 6749 §4.1.3: same redirect_uri as in the authorization request.
-    if param("redirect_uri") != Some(record.redirect_uri.as_str()) {
+    // …and comes with the redirect_uri of the authorization request.
+    if param("redirect_uri") != Some(request.redirect_uri.as_str()) {
         return Err(OAuthError::invalid_grant(
             "redirect_uri does not match the authorization request",
         )
         .into());
     }
-    // B9, RFC 7636 §4.6; RFC 9700 §4.8 (no downgrade either way).
-    match (&record.code_challenge, verifier) {
+    // RFC 7636 §4.6; RFC 9700 §4.8.2 (no downgrade either way).
+    match (&request.code_challenge, verifier) {
         (Some(challenge), Some(v)) => {
             if !ct_eq(challenge, &pkce_s256(v)) {
                 return Err(OAuthError::invalid_grant("PKCE verification failed").into());
@@ -247,82 +213,65 @@ async fn authorization_code(
         }
         (None, None) => {}
     }
-    let (response, grant) = mint(st, client, &record, now).map_err(|e| {
-        tracing::error!(error = %e, "signing failed");
-        TokenError::from(OAuthError::server_error("could not sign tokens"))
-    })?;
-    // Remember what this code issued, so that a replay can revoke it (B6).
-    if let Err(e) = st
-        .store
-        .put_json(Kind::CodeGrant, &hash(code), &grant, grant.expires_at)
-        .await
-    {
-        tracing::error!(error = %e, "storage failure at the token endpoint");
-        return Err(OAuthError::server_error("storage failure").into());
-    }
-    Ok(response)
-}
-
-/// The access token a code issued: its `jti` and expiry.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct IssuedGrant {
-    jti: String,
-    expires_at: i64,
-}
-
-/// RFC 6749 §4.1.2: a replayed code revokes the tokens issued from it.
-async fn revoke_code_grant(st: &AppState, code_hash: &str, now: i64) {
-    let grant: Option<IssuedGrant> = match st.store.get_json(Kind::CodeGrant, code_hash, now).await
-    {
-        Ok(g) => g,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot look up the grant of a replayed code");
-            return;
-        }
+    let grant = Grant {
+        client,
+        identity: &record.identity,
+        scopes: &request.scopes,
+        nonce: request.nonce.as_deref(),
+        auth_time: record.auth_time,
+        sid: &record.sid,
+        jti: &jti,
     };
-    if let Some(g) = grant {
-        if let Err(e) = st
-            .store
-            .put(Kind::RevokedToken, &g.jti, "{}", g.expires_at)
-            .await
-        {
-            tracing::error!(error = %e, "cannot revoke the grant of a replayed code");
-        }
-    }
+    mint(st, &grant, now).map_err(|e| {
+        tracing::error!(error = %e, "signing failed");
+        WebError::Token(OAuthError::server_error("could not sign tokens"))
+    })
+}
+
+fn storage_failure(e: &crate::store::StoreError) -> WebError {
+    tracing::error!(error = %e, "storage failure at the token endpoint");
+    WebError::Token(OAuthError::server_error("storage failure"))
+}
+
+/// What tokens are issued for, whatever the grant.
+pub struct Grant<'a> {
+    pub client: &'a Client,
+    pub identity: &'a Identity,
+    pub scopes: &'a [String],
+    pub nonce: Option<&'a str>,
+    pub auth_time: i64,
+    /// The session the grant belongs to (`sid` claim).
+    pub sid: &'a str,
+    /// The access token's `jti`.
+    pub jti: &'a str,
 }
 
 /// Signs the access token (RFC 9068) and the ID token (OIDC Core §2).
-fn mint(
-    st: &AppState,
-    client: &Client,
-    r: &CodeRecord,
-    now: i64,
-) -> Result<(Value, IssuedGrant), crate::keys::KeyError> {
-    let sub = st.customizer.subject(&r.identity);
-    let scope = r.scopes.join(" ");
+fn mint(st: &AppState, g: &Grant<'_>, now: i64) -> Result<Value, crate::keys::KeyError> {
+    let sub = st.customizer.subject(g.identity);
+    let scope = g.scopes.join(" ");
     let claims_for = |kind| {
         st.customizer.claims(&ClaimsContext {
-            identity: &r.identity,
-            client_id: &client.id,
-            scopes: &r.scopes,
+            identity: g.identity,
+            client_id: &g.client.id,
+            scopes: g.scopes,
             kind,
         })
     };
-    let tokens = &st.config.tokens;
+    let tokens = &st.tokens;
 
     // Protocol claims are inserted last: a customizer cannot override them.
-    let jti = random_token();
-    let access_expires = now + tokens.access_token_ttl_seconds;
     let mut access: Map<String, Value> = claims_for(TokenKind::AccessToken);
     for (k, v) in [
         ("iss", json!(st.issuer())),
         ("sub", json!(sub)),
-        ("aud", json!(client.id)),
-        ("client_id", json!(client.id)),
+        ("aud", json!(g.client.id)),
+        ("client_id", json!(g.client.id)),
         ("iat", json!(now)),
-        ("exp", json!(access_expires)),
-        ("auth_time", json!(r.auth_time)),
-        ("jti", json!(jti)),
+        ("exp", json!(now + tokens.access_token_ttl_seconds)),
+        ("auth_time", json!(g.auth_time)),
+        ("jti", json!(g.jti)),
+        ("sid", json!(g.sid)),
         ("scope", json!(scope)),
     ] {
         access.insert(k.into(), v);
@@ -333,33 +282,26 @@ fn mint(
     for (k, v) in [
         ("iss", json!(st.issuer())),
         ("sub", json!(sub)),
-        ("aud", json!(client.id)),
+        ("aud", json!(g.client.id)),
         ("iat", json!(now)),
         ("exp", json!(now + tokens.id_token_ttl_seconds)),
-        ("auth_time", json!(r.auth_time)),
+        ("auth_time", json!(g.auth_time)),
         ("at_hash", json!(at_hash(&access_token))),
+        ("sid", json!(g.sid)),
     ] {
         id.insert(k.into(), v);
     }
-    if let Some(nonce) = &r.nonce {
+    if let Some(nonce) = g.nonce {
         id.insert("nonce".into(), json!(nonce));
     }
     let id_token = st.keys.sign("JWT", &id)?;
-    let response = json!({
+    Ok(json!({
         "access_token": access_token,
         "token_type": "Bearer",
         "expires_in": tokens.access_token_ttl_seconds,
         "id_token": id_token,
         "scope": scope,
-    });
-    Ok((
-        response,
-        IssuedGrant {
-            jti,
-            // Keep the marker past the token's expiry plus verification leeway.
-            expires_at: access_expires + crate::keys::LEEWAY_SECONDS as i64,
-        },
-    ))
+    }))
 }
 
 #[cfg(test)]

@@ -2,18 +2,18 @@
 //!
 //! Accepts the access token in the `Authorization: Bearer` header (GET or
 //! POST) or as the `access_token` form field (POST), never both. Only our
-//! own `at+jwt` access tokens are accepted: an ID token is refused (C7).
+//! own `at+jwt` access tokens are accepted: an ID token is refused (RFC 9068 §4).
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::authorize::form_pairs;
 use super::AppState;
-use crate::store::Kind;
+use crate::error::{ErrorCode, OAuthError};
+use crate::web::{form_pairs, WebError};
 
 /// Claims of the access token that describe the token, not the user.
 const TOKEN_CLAIMS: &[&str] = &[
@@ -26,27 +26,14 @@ const TOKEN_CLAIMS: &[&str] = &[
     "client_id",
     "scope",
     "auth_time",
+    "sid",
 ];
 
-fn challenge(status: StatusCode, error: Option<(&str, &str)>) -> Response {
-    let value = match error {
-        // RFC 6750 §3.1.
-        Some((code, description)) => {
-            format!("Bearer error=\"{code}\", error_description=\"{description}\"")
-        }
-        None => "Bearer".to_string(),
-    };
-    let header_value = HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("Bearer"));
-    let body = match error {
-        Some((code, description)) => json!({"error": code, "error_description": description}),
-        None => json!({"error": "invalid_request", "error_description": "no access token"}),
-    };
-    (
-        status,
-        [(header::WWW_AUTHENTICATE, header_value)],
-        Json(body),
+fn invalid_token(description: &str) -> WebError {
+    WebError::Bearer(
+        StatusCode::UNAUTHORIZED,
+        Some(OAuthError::new(ErrorCode::InvalidToken, description)),
     )
-        .into_response()
 }
 
 pub async fn userinfo(
@@ -54,7 +41,7 @@ pub async fn userinfo(
     method: Method,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
+) -> Result<Response, WebError> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -74,50 +61,40 @@ pub async fn userinfo(
         None
     };
     let token = match (bearer, form_token) {
+        // RFC 6750 §2: one method per request.
         (Some(_), Some(_)) => {
-            return challenge(
+            return Err(WebError::Bearer(
                 StatusCode::BAD_REQUEST,
-                Some(("invalid_request", "send the token once")),
-            )
+                Some(OAuthError::invalid_request("send the token once")),
+            ))
         }
         (Some(t), None) | (None, Some(t)) => t,
-        (None, None) => return challenge(StatusCode::UNAUTHORIZED, None),
+        // RFC 6750 §3.1: no error code when the request had no token.
+        (None, None) => return Err(WebError::Bearer(StatusCode::UNAUTHORIZED, None)),
     };
-    let verified = st.keys.verify(&token, "at+jwt", st.issuer(), st.now());
-    // A token issued from a replayed code is revoked (RFC 6749 §4.1.2).
-    let revoked = match verified
-        .as_ref()
-        .ok()
-        .and_then(|c| c.get("jti"))
-        .and_then(Value::as_str)
-    {
-        Some(jti) => match st.store.get(Kind::RevokedToken, jti, st.now()).await {
-            Ok(found) => found.is_some(),
-            Err(e) => {
-                tracing::error!(error = %e, "userinfo: storage failure");
-                return challenge(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Some(("temporarily_unavailable", "try again later")),
-                );
-            }
-        },
-        None => false,
-    };
-    match verified {
-        Ok(_) if revoked => challenge(
-            StatusCode::UNAUTHORIZED,
-            Some(("invalid_token", "the access token was revoked")),
-        ),
-        Ok(mut claims) => {
-            claims.retain(|k, _| !TOKEN_CLAIMS.contains(&k.as_str()));
-            (StatusCode::OK, Json(Value::Object(claims))).into_response()
-        }
-        Err(e) => {
+    let mut claims = st
+        .keys
+        .verify(&token, "at+jwt", st.issuer(), st.now())
+        .map_err(|e| {
             tracing::info!(error = %e, "userinfo: token rejected");
-            challenge(
-                StatusCode::UNAUTHORIZED,
-                Some(("invalid_token", "the access token is invalid or expired")),
-            )
-        }
+            invalid_token("the access token is invalid or expired")
+        })?;
+    // A token issued from a replayed code, or otherwise revoked, is dead
+    // (RFC 6749 §4.1.2).
+    let jti = claims
+        .get("jti")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let revoked = st.store.is_revoked(jti, st.now()).await.map_err(|e| {
+        tracing::error!(error = %e, "userinfo: storage failure");
+        WebError::Bearer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(OAuthError::temporarily_unavailable("try again later")),
+        )
+    })?;
+    if revoked {
+        return Err(invalid_token("the access token was revoked"));
     }
+    claims.retain(|k, _| !TOKEN_CLAIMS.contains(&k.as_str()));
+    Ok((StatusCode::OK, Json(Value::Object(claims))).into_response())
 }

@@ -1,0 +1,698 @@
+//! The login-flow engine: one persisted [`Login`] per authorization request
+//! that needs a login, and one `match` over (step, event) that decides what
+//! happens next (in the style of kanidm's `AuthSessionState` and Dex's auth
+//! flow). No HTTP types here: handlers extract, call [`Flows`], and render
+//! the [`Next`] they get back.
+//!
+//! ```text
+//!  authorize ──SSO (fresh session)──────────────────────────────► CodeIssued
+//!      │ no session / prompt=login / older than max_age
+//!      ▼
+//!  ChoosingConnector ──Chose──► AwaitingUpstream ──UpstreamCallback──► LoggedIn
+//!      │                    └─► AwaitingCredentials ──Credentials────► LoggedIn
+//!      └─ (one connector: Chose is implied)
+//! ```
+//!
+//! Every step is saved with compare-and-swap on the login's version, so two
+//! requests racing on one login get one winner on any backend; the final
+//! step also marks the login finished (single-use). The login is bound to
+//! the browser that started it (the hash of its transaction cookie), checked
+//! once, when a step loads it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::SharedClock;
+use crate::connector::{BeginRequest, Connector, ConnectorKind, Identity};
+use crate::error::{ErrorCode, OAuthError};
+use crate::paths;
+use crate::provider::redirect::{code_redirect, error_redirect};
+use crate::provider::request::{AuthorizeRequest, Prompt};
+use crate::provider::Client;
+use crate::secret::{ct_eq, hash, random_token};
+use crate::store::{codec, LoginRow, Lookup, SessionRow, Store, StoreError};
+
+/// A login in progress (persisted under the hash of its id).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Login {
+    /// The validated authorization request this login answers.
+    pub request: AuthorizeRequest,
+    /// Hash of the transaction cookie of the browser that started it.
+    pub browser_binding: String,
+    pub step: LoginStep,
+}
+
+/// Where a login stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum LoginStep {
+    /// Several connectors: the user picks one.
+    ChoosingConnector,
+    /// The browser went to an upstream; the callback carries a state whose
+    /// hash the store indexes. `connector_state` is the connector's own
+    /// (nonce, PKCE verifier), opaque here.
+    AwaitingUpstream {
+        connector_id: String,
+        connector_state: String,
+    },
+    /// Our own form asks for credentials.
+    AwaitingCredentials { connector_id: String },
+}
+
+/// What the browser did.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// Picked a connector (on the chooser page, or implied when there is one).
+    Chose { connector_id: &'a str },
+    /// Came back from the upstream on `connector_id`'s callback.
+    UpstreamCallback {
+        connector_id: &'a str,
+        params: &'a HashMap<String, String>,
+    },
+    /// Submitted the password form of `connector_id`.
+    Credentials {
+        connector_id: &'a str,
+        username: &'a str,
+        password: &'a str,
+    },
+}
+
+/// The browser as the engine sees it: its cookies' values.
+#[derive(Debug, Clone, Copy)]
+pub struct Browser<'a> {
+    /// The transaction cookie that binds logins to this browser.
+    pub transaction: &'a str,
+    /// The session cookie, if the browser sent one.
+    pub session: Option<&'a str>,
+}
+
+/// The login form to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormView {
+    pub login_id: String,
+    pub connector_id: String,
+    pub client_name: Option<String>,
+    pub username: String,
+    /// Set after a failed attempt.
+    pub error: Option<String>,
+}
+
+/// What the web layer does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Send the browser to the upstream's authorization endpoint.
+    RedirectUpstream(String),
+    /// Send the browser to one of our own pages (the login form).
+    Redirect(String),
+    /// Show the connector chooser: (id, name, link).
+    ShowChooser(Vec<(String, String, String)>),
+    /// Show the login form.
+    ShowForm(FormView),
+    /// A code for the client from an existing session (RFC 6749 §4.1.2).
+    CodeIssued(String),
+    /// A login finished: set the new session cookie, then the code.
+    LoggedIn {
+        session_cookie: String,
+        redirect: String,
+    },
+    /// An error for the client at its (validated) redirect URI (§4.1.2.1).
+    ErrorToClient(String),
+}
+
+/// Why a step cannot go on. Each becomes an error page: none of these can
+/// be redirected to a client safely or usefully.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    #[error("the login is unknown, expired or finished")]
+    UnknownLogin,
+    #[error("the upstream response was already used")]
+    AlreadyUsed,
+    #[error("the callback has no state")]
+    MissingState,
+    #[error("the state matches no login in progress")]
+    UnknownState,
+    #[error("the login was started in another browser")]
+    OtherBrowser,
+    #[error("the response came back on another upstream's callback")]
+    MixUp,
+    #[error("unknown connector")]
+    UnknownConnector,
+    #[error("the login is not at this step")]
+    WrongStep,
+    #[error("another request continued this login first")]
+    Conflict,
+    #[error("no connector is configured")]
+    NoConnectors,
+    #[error("the connector failed: {0}")]
+    ConnectorFailed(String),
+    #[error("the redirect URI cannot carry the response")]
+    BadRedirect,
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+}
+
+/// Lifetimes the engine enforces, seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    pub login: i64,
+    pub code: i64,
+    pub session: i64,
+}
+
+/// What a session holds besides its indexed columns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SessionData {
+    identity: Identity,
+}
+
+/// A valid browser session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub sid: String,
+    pub identity: Identity,
+    pub auth_time: i64,
+    pub expires_at: i64,
+}
+
+/// What an authorization code stands for (persisted under its hash).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CodeRecord {
+    pub request: AuthorizeRequest,
+    pub identity: Identity,
+    pub auth_time: i64,
+    /// The session the code was issued from (`sid` claim).
+    pub sid: String,
+}
+
+/// A login loaded for a step.
+struct Loaded {
+    /// The raw id, when the request named it (not on upstream callbacks).
+    id: Option<String>,
+    row: LoginRow,
+    login: Login,
+}
+
+/// OIDC Core §3.1.2.1: a session may answer when it is younger than
+/// `max_age`. `auth_time` has one-second resolution, so an age equal to
+/// `max_age` may really be older: it is not fresh (and `max_age=0` always
+/// re-authenticates, OIDC Core errata set 2).
+pub fn fresh_enough(max_age: Option<i64>, auth_time: i64, now: i64) -> bool {
+    max_age.is_none_or(|m| now.saturating_sub(auth_time) < m)
+}
+
+/// The engine. One per provider; cheap to share.
+pub struct Flows {
+    store: Arc<dyn Store>,
+    clients: Arc<HashMap<String, Client>>,
+    connectors: Vec<Connector>,
+    clock: SharedClock,
+    issuer: String,
+    ttl: Lifetimes,
+}
+
+impl Flows {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clients: Arc<HashMap<String, Client>>,
+        connectors: Vec<Connector>,
+        clock: SharedClock,
+        issuer: String,
+        ttl: Lifetimes,
+    ) -> Self {
+        Flows {
+            store,
+            clients,
+            connectors,
+            clock,
+            issuer,
+            ttl,
+        }
+    }
+
+    pub fn connectors(&self) -> &[Connector] {
+        &self.connectors
+    }
+
+    pub fn connector(&self, id: &str) -> Option<&Connector> {
+        self.connectors.iter().find(|c| c.id == id)
+    }
+
+    /// The valid session behind a session cookie, if any. A session whose
+    /// connector was removed from the configuration no longer counts.
+    pub async fn session(&self, cookie: Option<&str>) -> Result<Option<Session>, StoreError> {
+        let Some(cookie) = cookie else {
+            return Ok(None);
+        };
+        let Some(row) = self.store.session(&hash(cookie), self.clock.now()).await? else {
+            return Ok(None);
+        };
+        if self.connector(&row.connector_id).is_none() {
+            return Ok(None);
+        }
+        let data: SessionData = codec::decode(&row.data)?;
+        Ok(Some(Session {
+            sid: row.sid,
+            identity: data.identity,
+            auth_time: row.auth_time,
+            expires_at: row.expires_at,
+        }))
+    }
+
+    /// An authorization request arrives: answer from the session, refuse
+    /// (`prompt=none`), or start a login.
+    pub async fn authorize(
+        &self,
+        request: AuthorizeRequest,
+        browser: Browser<'_>,
+    ) -> Result<Next, FlowError> {
+        let now = self.clock.now();
+        // OIDC Core §3.1.2.1: single sign-on unless the client asks for a
+        // fresh login or the session is older than max_age.
+        if let Some(s) = self.session(browser.session).await? {
+            if request.prompt != Prompt::Login && fresh_enough(request.max_age, s.auth_time, now) {
+                let redirect = self
+                    .issue_code(&request, &s.identity, s.auth_time, &s.sid, s.expires_at)
+                    .await?;
+                return Ok(Next::CodeIssued(redirect));
+            }
+        }
+        if request.prompt == Prompt::None {
+            // OIDC Core §3.1.2.6: no UI may be shown.
+            let error = OAuthError::new(ErrorCode::LoginRequired, "the user is not logged in");
+            return self.error_to_client(&request, &error);
+        }
+        let id = random_token();
+        let login = Login {
+            request,
+            browser_binding: hash(browser.transaction),
+            step: LoginStep::ChoosingConnector,
+        };
+        let id_hash = hash(&id);
+        let expires_at = now + self.ttl.login;
+        let data = codec::encode(&login)?;
+        self.store.insert_login(&id_hash, &data, expires_at).await?;
+        let loaded = Loaded {
+            id: Some(id.clone()),
+            row: LoginRow {
+                id_hash,
+                version: 0,
+                data,
+                expires_at,
+            },
+            login,
+        };
+        match self.connectors.as_slice() {
+            [] => Err(FlowError::NoConnectors),
+            [only] => {
+                let connector_id = only.id.clone();
+                self.advance(
+                    loaded,
+                    browser,
+                    Event::Chose {
+                        connector_id: &connector_id,
+                    },
+                )
+                .await
+            }
+            many => Ok(Next::ShowChooser(
+                many.iter()
+                    .map(|c| (c.id.clone(), c.name.clone(), paths::login_start(&c.id, &id)))
+                    .collect(),
+            )),
+        }
+    }
+
+    /// A step of the login `login_id` (chooser link, form post).
+    pub async fn step(
+        &self,
+        login_id: &str,
+        browser: Browser<'_>,
+        event: Event<'_>,
+    ) -> Result<Next, FlowError> {
+        let lookup = self.store.login(&hash(login_id), self.clock.now()).await?;
+        let loaded = self.loaded(Some(login_id), lookup, browser)?;
+        self.advance(loaded, browser, event).await
+    }
+
+    /// The upstream sent the browser back to `connector_id`'s callback.
+    pub async fn callback(
+        &self,
+        connector_id: &str,
+        params: &HashMap<String, String>,
+        browser: Browser<'_>,
+    ) -> Result<Next, FlowError> {
+        let state = params.get("state").ok_or(FlowError::MissingState)?;
+        let lookup = match self
+            .store
+            .login_by_state(&hash(state), self.clock.now())
+            .await?
+        {
+            Lookup::Finished => return Err(FlowError::AlreadyUsed),
+            Lookup::Missing => return Err(FlowError::UnknownState),
+            other => other,
+        };
+        let loaded = self.loaded(None, lookup, browser)?;
+        self.advance(
+            loaded,
+            browser,
+            Event::UpstreamCallback {
+                connector_id,
+                params,
+            },
+        )
+        .await
+    }
+
+    /// The login form of `connector_id` for the login `login_id`.
+    pub async fn form(
+        &self,
+        login_id: &str,
+        connector_id: &str,
+        browser: Browser<'_>,
+    ) -> Result<FormView, FlowError> {
+        let lookup = self.store.login(&hash(login_id), self.clock.now()).await?;
+        let loaded = self.loaded(Some(login_id), lookup, browser)?;
+        match &loaded.login.step {
+            LoginStep::AwaitingCredentials { connector_id: c } if c == connector_id => {
+                Ok(self.form_view(login_id, &loaded.login, connector_id, "", None))
+            }
+            _ => Err(FlowError::WrongStep),
+        }
+    }
+
+    fn loaded(
+        &self,
+        id: Option<&str>,
+        lookup: Lookup<LoginRow>,
+        browser: Browser<'_>,
+    ) -> Result<Loaded, FlowError> {
+        let row = match lookup {
+            Lookup::Found(row) => row,
+            _ => return Err(FlowError::UnknownLogin),
+        };
+        let login: Login = codec::decode(&row.data)?;
+        // RFC 9700 §4.7.1: the login must finish in the browser that began it.
+        if !ct_eq(&hash(browser.transaction), &login.browser_binding) {
+            return Err(FlowError::OtherBrowser);
+        }
+        Ok(Loaded {
+            id: id.map(String::from),
+            row,
+            login,
+        })
+    }
+
+    /// The one transition function.
+    async fn advance(
+        &self,
+        cur: Loaded,
+        browser: Browser<'_>,
+        event: Event<'_>,
+    ) -> Result<Next, FlowError> {
+        match (&cur.login.step, event) {
+            // From any step: the user picked (or went back and re-picked) a
+            // connector. A pending upstream state is replaced, so its
+            // callback no longer matches.
+            (_, Event::Chose { connector_id }) => {
+                let connector = self
+                    .connector(connector_id)
+                    .ok_or(FlowError::UnknownConnector)?
+                    .clone();
+                self.begin(cur, &connector).await
+            }
+            (
+                LoginStep::AwaitingUpstream {
+                    connector_id: expected,
+                    connector_state,
+                },
+                Event::UpstreamCallback {
+                    connector_id,
+                    params,
+                },
+            ) => {
+                // RFC 9700 §4.4.2 (mix-up): the answer must come back on the
+                // callback of the upstream the login went to.
+                if expected != connector_id {
+                    return Err(FlowError::MixUp);
+                }
+                let Some(ConnectorKind::Callback(connector)) =
+                    self.connector(connector_id).map(|c| &c.kind)
+                else {
+                    return Err(FlowError::UnknownConnector);
+                };
+                // Exactly one callback goes on: the login is finished before
+                // the upstream code is redeemed.
+                self.save(&cur, &cur.login, None, true).await?;
+                let callback_url =
+                    format!("{}{}", self.issuer, paths::upstream_callback(connector_id));
+                match connector
+                    .complete(&callback_url, params, connector_state)
+                    .await
+                {
+                    Ok(identity) => self.logged_in(&cur.login.request, identity, browser).await,
+                    Err(e) => {
+                        tracing::warn!(connector = %connector_id, error = %e, "upstream login failed");
+                        self.error_to_client(&cur.login.request, &e.oauth_error())
+                    }
+                }
+            }
+            (
+                LoginStep::AwaitingCredentials {
+                    connector_id: expected,
+                },
+                Event::Credentials {
+                    connector_id,
+                    username,
+                    password,
+                },
+            ) => {
+                if expected != connector_id {
+                    return Err(FlowError::WrongStep);
+                }
+                let Some(ConnectorKind::Password(connector)) =
+                    self.connector(connector_id).map(|c| &c.kind)
+                else {
+                    return Err(FlowError::UnknownConnector);
+                };
+                match connector.login(username, password).await {
+                    Ok(Some(identity)) => {
+                        // A double submit: the second finds the login finished.
+                        self.save(&cur, &cur.login, None, true).await?;
+                        self.logged_in(&cur.login.request, identity, browser).await
+                    }
+                    Ok(None) => {
+                        tracing::info!(connector = %connector_id, "login failed: bad credentials");
+                        let id = cur.id.as_deref().ok_or(FlowError::WrongStep)?;
+                        Ok(Next::ShowForm(self.form_view(
+                            id,
+                            &cur.login,
+                            connector_id,
+                            username,
+                            Some("Invalid username or password."),
+                        )))
+                    }
+                    Err(e) => Err(FlowError::ConnectorFailed(e.to_string())),
+                }
+            }
+            _ => Err(FlowError::WrongStep),
+        }
+    }
+
+    /// Starts `connector` for a login.
+    async fn begin(&self, cur: Loaded, connector: &Connector) -> Result<Next, FlowError> {
+        let mut login = cur.login.clone();
+        match &connector.kind {
+            ConnectorKind::Password(_) => {
+                let id = cur.id.as_deref().ok_or(FlowError::WrongStep)?;
+                login.step = LoginStep::AwaitingCredentials {
+                    connector_id: connector.id.clone(),
+                };
+                self.save(&cur, &login, None, false).await?;
+                Ok(Next::Redirect(format!(
+                    "{}?req={id}",
+                    paths::login_form(&connector.id)
+                )))
+            }
+            ConnectorKind::Callback(upstream) => {
+                let state = random_token();
+                let callback_url =
+                    format!("{}{}", self.issuer, paths::upstream_callback(&connector.id));
+                let r = &login.request;
+                // OIDC Core §3.1.2.1: what the client asked of the login
+                // goes on to the upstream, which does the authenticating.
+                let begin = BeginRequest {
+                    callback_url: &callback_url,
+                    state: &state,
+                    prompt: (r.prompt == Prompt::Login).then_some("login"),
+                    max_age: r.max_age,
+                    login_hint: r.login_hint.as_deref(),
+                };
+                match upstream.begin(&begin).await {
+                    Ok(begun) => {
+                        login.step = LoginStep::AwaitingUpstream {
+                            connector_id: connector.id.clone(),
+                            connector_state: begun.connector_state,
+                        };
+                        self.save(&cur, &login, Some(&hash(&state)), false).await?;
+                        Ok(Next::RedirectUpstream(begun.redirect_url))
+                    }
+                    Err(e) => {
+                        tracing::warn!(connector = %connector.id, error = %e, "upstream login could not start");
+                        self.save(&cur, &login, None, true).await?;
+                        self.error_to_client(&login.request, &e.oauth_error())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Compare-and-swap of the login loaded in `cur`.
+    async fn save(
+        &self,
+        cur: &Loaded,
+        login: &Login,
+        state_hash: Option<&str>,
+        finish: bool,
+    ) -> Result<(), FlowError> {
+        let saved = self
+            .store
+            .update_login(
+                &cur.row.id_hash,
+                cur.row.version,
+                &codec::encode(login)?,
+                state_hash,
+                finish,
+                self.clock.now(),
+            )
+            .await?;
+        if saved {
+            Ok(())
+        } else if finish {
+            Err(FlowError::AlreadyUsed)
+        } else {
+            Err(FlowError::Conflict)
+        }
+    }
+
+    /// A login succeeded: a new session (new id, OWASP ASVS 5.0 V7.2.4),
+    /// then a code for the client.
+    async fn logged_in(
+        &self,
+        request: &AuthorizeRequest,
+        identity: Identity,
+        browser: Browser<'_>,
+    ) -> Result<Next, FlowError> {
+        let now = self.clock.now();
+        if let Some(old) = browser.session {
+            self.store.delete_session(&hash(old)).await?;
+        }
+        // OIDC Core §2: auth_time is when the user authenticated, which is
+        // the upstream's moment when it tells (never in our future).
+        let auth_time = identity.auth_time.map_or(now, |t| t.min(now));
+        let cookie = random_token();
+        let row = SessionRow {
+            id_hash: hash(&cookie),
+            sid: random_token(),
+            connector_id: identity.connector_id.clone(),
+            subject: identity.subject.clone(),
+            auth_time,
+            data: codec::encode(&SessionData {
+                identity: identity.clone(),
+            })?,
+            created_at: now,
+            expires_at: now.saturating_add(self.ttl.session),
+        };
+        self.store.insert_session(&row).await?;
+        tracing::info!(connector = %identity.connector_id, client = %request.client_id, "login succeeded");
+        let redirect = self
+            .issue_code(request, &identity, auth_time, &row.sid, row.expires_at)
+            .await?;
+        Ok(Next::LoggedIn {
+            session_cookie: cookie,
+            redirect,
+        })
+    }
+
+    /// Stores a code for `request` and returns the client redirect.
+    async fn issue_code(
+        &self,
+        request: &AuthorizeRequest,
+        identity: &Identity,
+        auth_time: i64,
+        sid: &str,
+        session_expires_at: i64,
+    ) -> Result<String, FlowError> {
+        let now = self.clock.now();
+        let code = random_token();
+        let record = CodeRecord {
+            request: request.clone(),
+            identity: identity.clone(),
+            auth_time,
+            sid: sid.to_string(),
+        };
+        self.store
+            .insert_code(&hash(&code), &codec::encode(&record)?, now + self.ttl.code)
+            .await?;
+        self.store
+            .add_session_client(sid, &request.client_id, now, session_expires_at)
+            .await?;
+        code_redirect(
+            &request.redirect_uri,
+            &code,
+            request.state.as_deref(),
+            &self.issuer,
+        )
+        .ok_or(FlowError::BadRedirect)
+    }
+
+    fn error_to_client(
+        &self,
+        request: &AuthorizeRequest,
+        error: &OAuthError,
+    ) -> Result<Next, FlowError> {
+        error_redirect(
+            &request.redirect_uri,
+            request.state.as_deref(),
+            error,
+            &self.issuer,
+        )
+        .map(Next::ErrorToClient)
+        .ok_or(FlowError::BadRedirect)
+    }
+
+    fn form_view(
+        &self,
+        login_id: &str,
+        login: &Login,
+        connector_id: &str,
+        username: &str,
+        error: Option<&str>,
+    ) -> FormView {
+        FormView {
+            login_id: login_id.to_string(),
+            connector_id: connector_id.to_string(),
+            client_name: self
+                .clients
+                .get(&login.request.client_id)
+                .map(|c| c.name.clone()),
+            username: username.to_string(),
+            error: error.map(String::from),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_freshness_at_one_second_resolution() {
+        assert!(fresh_enough(None, 0, 1_000_000));
+        // max_age=0 always re-authenticates, even within the login's second.
+        assert!(!fresh_enough(Some(0), 100, 100));
+        assert!(fresh_enough(Some(60), 100, 159));
+        assert!(!fresh_enough(Some(60), 100, 160));
+    }
+}

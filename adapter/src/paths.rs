@@ -1,0 +1,47 @@
+//! Every route path of the provider, defined once: the router, discovery,
+//! the callback URLs sent upstream and the links on pages all use these.
+
+/// OIDC Discovery §4.
+pub const OPENID_CONFIGURATION: &str = "/.well-known/openid-configuration";
+/// RFC 8414 §3.
+pub const OAUTH_AUTHORIZATION_SERVER: &str = "/.well-known/oauth-authorization-server";
+pub const JWKS: &str = "/oauth2/jwks";
+pub const AUTHORIZE: &str = "/oauth2/authorize";
+pub const TOKEN: &str = "/oauth2/token";
+pub const USERINFO: &str = "/userinfo";
+/// Route of the upstream callbacks: one path per upstream (RFC 9700 §4.4.2).
+pub const UPSTREAM_CALLBACK: &str = "/login/oauth2/code/{connector}";
+/// Route of the connector chooser's links.
+pub const LOGIN_START: &str = "/login/start/{connector}";
+/// Route of a password connector's login form.
+pub const LOGIN_FORM: &str = "/login/{connector}";
+pub const HEALTH_LIVE: &str = "/healthz/live";
+pub const HEALTH_READY: &str = "/healthz/ready";
+pub const STYLE: &str = "/assets/style.css";
+
+/// Path of the upstream callback of connector `id`.
+pub fn upstream_callback(id: &str) -> String {
+    UPSTREAM_CALLBACK.replace("{connector}", id)
+}
+
+/// Path that starts connector `id` for the login `login_id` (chooser page).
+pub fn login_start(id: &str, login_id: &str) -> String {
+    format!("{}?req={login_id}", LOGIN_START.replace("{connector}", id))
+}
+
+/// Path of the login form of connector `id` (its action, without query).
+pub fn login_form(id: &str) -> String {
+    LOGIN_FORM.replace("{connector}", id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_fill_their_route_parameters() {
+        assert_eq!(upstream_callback("up-1"), "/login/oauth2/code/up-1");
+        assert_eq!(login_start("local", "r"), "/login/start/local?req=r");
+        assert_eq!(login_form("local"), "/login/local");
+    }
+}

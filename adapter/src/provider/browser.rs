@@ -1,0 +1,194 @@
+//! The browser side of a login: the session and transaction cookies, the
+//! form's CSRF defences, and rendering the engine's [`Next`] and
+//! [`FlowError`] as HTTP responses.
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum_extra::extract::cookie::CookieJar;
+
+use super::AppState;
+use crate::flow::{Browser, FlowError, FormView, Next};
+use crate::paths;
+use crate::secret::{hash, random_token};
+use crate::web::{self, found, see_other, ChoosePage, LoginPage, PageError, WebError};
+
+/// The cookie values a request carries.
+#[derive(Debug, Clone, Default)]
+pub struct Cookies {
+    pub transaction: String,
+    pub session: Option<String>,
+}
+
+impl Cookies {
+    pub fn browser(&self) -> Browser<'_> {
+        Browser {
+            transaction: &self.transaction,
+            session: self.session.as_deref(),
+        }
+    }
+}
+
+/// Reads the cookies without setting any.
+pub fn cookies(st: &AppState, jar: &CookieJar) -> Cookies {
+    Cookies {
+        transaction: jar
+            .get(&st.cookies.transaction)
+            .map(|c| c.value().to_string())
+            .unwrap_or_default(),
+        session: jar.get(&st.cookies.session).map(|c| c.value().to_string()),
+    }
+}
+
+/// The transaction cookie's value, created when missing; the cookie is
+/// (re)set either way so that it outlives the login being started.
+pub fn with_transaction(st: &AppState, jar: CookieJar) -> (CookieJar, Cookies) {
+    let mut values = cookies(st, &jar);
+    if values.transaction.len() < 43 {
+        values.transaction = random_token();
+    }
+    let cookie = web::cookie(
+        &st.cookies.transaction,
+        values.transaction.clone(),
+        st.cookies.secure,
+        Some(st.cookies.transaction_ttl),
+    );
+    (jar.add(cookie), values)
+}
+
+/// The synchronizer token of the login form: derived from the HttpOnly
+/// transaction cookie, so a cross-site page can neither read nor forge it
+/// (OWASP ASVS 5.0 V3.5).
+pub fn csrf_token(transaction: &str) -> String {
+    hash(&format!("csrf:{transaction}"))
+}
+
+/// Refuses cross-site form posts: Fetch Metadata first, then `Origin`
+/// (OWASP ASVS 5.0 V3.5.3).
+pub fn cross_site(st: &AppState, headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return !matches!(site, "same-origin" | "none");
+    }
+    match headers.get("origin").and_then(|v| v.to_str().ok()) {
+        Some(origin) => url::Url::parse(st.issuer())
+            .map(|u| u.origin().ascii_serialization() != origin)
+            .unwrap_or(true),
+        None => false,
+    }
+}
+
+/// How each flow error looks to the user.
+impl From<FlowError> for WebError {
+    fn from(e: FlowError) -> Self {
+        let bad = |heading, message| WebError::Page(PageError::bad_request(heading, message));
+        match e {
+            FlowError::UnknownLogin => bad(
+                "Login expired",
+                "This login is unknown, expired or already finished.",
+            ),
+            FlowError::AlreadyUsed => {
+                bad("Invalid callback", "This login response was already used.")
+            }
+            FlowError::MissingState => bad("Invalid callback", "The callback has no state."),
+            FlowError::UnknownState => bad(
+                "Invalid callback",
+                "The state does not match any login in progress.",
+            ),
+            FlowError::OtherBrowser => bad(
+                "Login not found",
+                "This login was started in another browser.",
+            ),
+            FlowError::MixUp => bad(
+                "Invalid callback",
+                "The response came from another identity provider.",
+            ),
+            FlowError::WrongStep => bad(
+                "Login not found",
+                "This login is not waiting for this step. Start again from the application.",
+            ),
+            FlowError::Conflict => bad(
+                "Login already continued",
+                "This login was continued in another tab or request.",
+            ),
+            FlowError::BadRedirect => bad("Invalid request", "Bad redirect URI."),
+            FlowError::UnknownConnector => WebError::Page(PageError::new(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "Unknown login method.",
+            )),
+            FlowError::NoConnectors => WebError::Page(PageError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "No login method",
+                "No identity provider is configured.",
+            )),
+            FlowError::ConnectorFailed(detail) => {
+                tracing::error!(error = %detail, "password connector failed");
+                WebError::Page(PageError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Temporarily unavailable",
+                    "Please try again shortly.",
+                ))
+            }
+            FlowError::Storage(e) => WebError::Storage(e),
+        }
+    }
+}
+
+/// The login page for a form view.
+pub fn login_page(st: &AppState, view: FormView, transaction: &str) -> LoginPage {
+    LoginPage {
+        title: st.title().to_string(),
+        action: paths::login_form(&view.connector_id),
+        req: view.login_id,
+        csrf_token: csrf_token(transaction),
+        client_name: view.client_name,
+        username: view.username,
+        error: view.error,
+        hint: st.ui.login_hint.clone(),
+    }
+}
+
+/// Renders what the engine decided. `after_post` answers a form post with
+/// 303 (never 307: RFC 9700 §4.12); GETs get 302.
+pub fn render(
+    st: &AppState,
+    jar: CookieJar,
+    cookies: &Cookies,
+    next: Next,
+    after_post: bool,
+) -> Response {
+    let go = |location: &str| {
+        if after_post {
+            see_other(location)
+        } else {
+            found(location)
+        }
+    };
+    match next {
+        Next::RedirectUpstream(url) | Next::Redirect(url) => (jar, found(&url)).into_response(),
+        Next::CodeIssued(url) | Next::ErrorToClient(url) => (jar, go(&url)).into_response(),
+        Next::LoggedIn {
+            session_cookie,
+            redirect,
+        } => {
+            let cookie = web::cookie(&st.cookies.session, session_cookie, st.cookies.secure, None);
+            (jar.add(cookie), go(&redirect)).into_response()
+        }
+        Next::ShowChooser(connectors) => (
+            jar,
+            ChoosePage {
+                title: st.title().to_string(),
+                connectors,
+            },
+        )
+            .into_response(),
+        Next::ShowForm(view) => {
+            let status = if view.error.is_some() {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::OK
+            };
+            let page = login_page(st, view, &cookies.transaction);
+            (status, jar, page).into_response()
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The conformance suite every [`Store`] implementation must pass. Run by
+//! the tests of [`super::sql`] on SQLite and on PostgreSQL.
+
+use std::sync::Arc;
+
+use super::*;
+
+pub async fn run_all(store: Arc<dyn Store>) {
+    logins_are_versioned_and_single_use(&*store).await;
+    concurrent_login_updates_have_one_winner(store.clone()).await;
+    login_by_callback_state(&*store).await;
+    codes_are_single_use_and_record_the_grant(&*store).await;
+    concurrent_redemptions_have_one_winner(store.clone()).await;
+    inserts_never_resurrect(&*store).await;
+    sessions_by_cookie_sid_and_user(&*store).await;
+    revoked_tokens(&*store).await;
+    refresh_rotation_and_families(&*store).await;
+    concurrent_refresh_has_one_winner(store.clone()).await;
+    accounts_by_username_and_email(&*store).await;
+    gc_removes_expired(&*store).await;
+    keys_roundtrip(&*store).await;
+    store.ping().await.unwrap();
+}
+
+fn found(l: Lookup<LoginRow>) -> LoginRow {
+    match l {
+        Lookup::Found(r) => r,
+        other => panic!("expected a login, got {other:?}"),
+    }
+}
+
+async fn logins_are_versioned_and_single_use(s: &dyn Store) {
+    s.insert_login("l1", "d0", 100).await.unwrap();
+    let row = found(s.login("l1", 10).await.unwrap());
+    assert_eq!((row.version, row.data.as_str()), (0, "d0"));
+    // A stale version loses; the current one wins and bumps the version.
+    assert!(!s.update_login("l1", 5, "x", None, false, 10).await.unwrap());
+    assert!(s
+        .update_login("l1", 0, "d1", None, false, 10)
+        .await
+        .unwrap());
+    let row = found(s.login("l1", 11).await.unwrap());
+    assert_eq!((row.version, row.data.as_str()), (1, "d1"));
+    assert!(!s
+        .update_login("l1", 0, "d2", None, false, 11)
+        .await
+        .unwrap());
+    // Finishing makes it single-use.
+    assert!(s
+        .update_login("l1", 1, "done", None, true, 12)
+        .await
+        .unwrap());
+    assert_eq!(s.login("l1", 13).await.unwrap(), Lookup::Finished);
+    assert!(!s
+        .update_login("l1", 2, "again", None, false, 13)
+        .await
+        .unwrap());
+    // Expiry: reported, and an expired login cannot be updated.
+    s.insert_login("l2", "d", 100).await.unwrap();
+    assert_eq!(s.login("l2", 100).await.unwrap(), Lookup::Expired);
+    assert!(!s
+        .update_login("l2", 0, "late", None, false, 100)
+        .await
+        .unwrap());
+    assert_eq!(s.login("nope", 1).await.unwrap(), Lookup::Missing);
+    // The id is unique.
+    assert!(s.insert_login("l2", "dup", 100).await.is_err());
+}
+
+async fn concurrent_login_updates_have_one_winner(s: Arc<dyn Store>) {
+    s.insert_login("race", "d", 1000).await.unwrap();
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            s.update_login("race", 0, &format!("w{i}"), None, i % 2 == 0, 1)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for h in handles {
+        wins += usize::from(h.await.unwrap());
+    }
+    assert_eq!(wins, 1, "exactly one concurrent step wins");
+}
+
+async fn login_by_callback_state(s: &dyn Store) {
+    s.insert_login("l3", "d", 100).await.unwrap();
+    assert_eq!(s.login_by_state("st3", 1).await.unwrap(), Lookup::Missing);
+    assert!(s
+        .update_login("l3", 0, "await", Some("st3"), false, 1)
+        .await
+        .unwrap());
+    let row = found(s.login_by_state("st3", 2).await.unwrap());
+    assert_eq!((row.id_hash.as_str(), row.version), ("l3", 1));
+    assert!(s
+        .update_login("l3", 1, "done", Some("st3"), true, 3)
+        .await
+        .unwrap());
+    assert_eq!(s.login_by_state("st3", 4).await.unwrap(), Lookup::Finished);
+    assert_eq!(
+        s.login_by_state("st3", 200).await.unwrap(),
+        Lookup::Finished
+    );
+}
+
+async fn codes_are_single_use_and_record_the_grant(s: &dyn Store) {
+    s.insert_code("c1", "payload", 100).await.unwrap();
+    assert_eq!(
+        s.redeem_code("c1", "jti-1", 10).await.unwrap(),
+        Redeemed::Fresh {
+            data: "payload".into(),
+            expires_at: 100
+        }
+    );
+    assert_eq!(
+        s.redeem_code("c1", "jti-2", 11).await.unwrap(),
+        Redeemed::Replayed {
+            grant_id: Some("jti-1".into())
+        }
+    );
+    assert_eq!(
+        s.redeem_code("nope", "j", 11).await.unwrap(),
+        Redeemed::Missing
+    );
+}
+
+async fn concurrent_redemptions_have_one_winner(s: Arc<dyn Store>) {
+    s.insert_code("race", "x", 1000).await.unwrap();
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            (i, s.redeem_code("race", &format!("g{i}"), 1).await.unwrap())
+        }));
+    }
+    let mut winner = None;
+    let mut replays = Vec::new();
+    for h in handles {
+        match h.await.unwrap() {
+            (i, Redeemed::Fresh { .. }) => {
+                assert!(winner.replace(format!("g{i}")).is_none(), "two winners")
+            }
+            (_, Redeemed::Replayed { grant_id }) => replays.push(grant_id),
+            (_, Redeemed::Missing) => panic!("code vanished"),
+        }
+    }
+    let winner = winner.expect("one redemption wins");
+    // Every loser already sees the winner's grant: nothing to wait for.
+    assert!(replays
+        .iter()
+        .all(|g| g.as_deref() == Some(winner.as_str())));
+}
+
+async fn inserts_never_resurrect(s: &dyn Store) {
+    s.insert_code("c9", "x", 100).await.unwrap();
+    s.redeem_code("c9", "g", 1).await.unwrap();
+    assert!(s.insert_code("c9", "y", 100).await.is_err());
+    assert!(matches!(
+        s.redeem_code("c9", "h", 2).await.unwrap(),
+        Redeemed::Replayed { .. }
+    ));
+}
+
+fn session(id: &str, sid: &str, subject: &str, created_at: i64) -> SessionRow {
+    SessionRow {
+        id_hash: id.into(),
+        sid: sid.into(),
+        connector_id: "up".into(),
+        subject: subject.into(),
+        auth_time: created_at,
+        data: "{}".into(),
+        created_at,
+        expires_at: 1000,
+    }
+}
+
+async fn sessions_by_cookie_sid_and_user(s: &dyn Store) {
+    let a = session("h-a", "sid-a", "alice", 1);
+    let b = session("h-b", "sid-b", "alice", 2);
+    let c = session("h-c", "sid-c", "bob", 3);
+    for x in [&a, &b, &c] {
+        s.insert_session(x).await.unwrap();
+    }
+    assert_eq!(s.session("h-a", 10).await.unwrap(), Some(a.clone()));
+    assert_eq!(s.session("h-a", 1000).await.unwrap(), None, "expired");
+    assert_eq!(
+        s.session_by_sid("sid-b", 10).await.unwrap(),
+        Some(b.clone())
+    );
+    assert_eq!(
+        s.sessions_of_user("up", "alice", 10).await.unwrap(),
+        vec![a.clone(), b.clone()]
+    );
+    assert!(s
+        .sessions_of_user("other", "alice", 10)
+        .await
+        .unwrap()
+        .is_empty());
+    s.add_session_client("sid-a", "app2", 5, 1000)
+        .await
+        .unwrap();
+    s.add_session_client("sid-a", "app1", 6, 1000)
+        .await
+        .unwrap();
+    s.add_session_client("sid-a", "app2", 7, 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.session_clients("sid-a").await.unwrap(),
+        vec!["app2".to_string(), "app1".to_string()]
+    );
+    assert_eq!(s.delete_session("h-a").await.unwrap(), Some("sid-a".into()));
+    assert_eq!(s.session("h-a", 10).await.unwrap(), None);
+    assert!(s.session_clients("sid-a").await.unwrap().is_empty());
+    assert_eq!(s.delete_session("h-a").await.unwrap(), None);
+    // sid is unique.
+    assert!(s
+        .insert_session(&session("h-d", "sid-b", "carol", 4))
+        .await
+        .is_err());
+}
+
+async fn revoked_tokens(s: &dyn Store) {
+    assert!(!s.is_revoked("j1", 1).await.unwrap());
+    s.revoke_token("j1", 100).await.unwrap();
+    s.revoke_token("j1", 100).await.unwrap();
+    assert!(s.is_revoked("j1", 99).await.unwrap());
+    assert!(!s.is_revoked("j1", 100).await.unwrap(), "marker expired");
+}
+
+fn refresh(hash: &str, family: &str, sid: Option<&str>) -> RefreshRow {
+    RefreshRow {
+        token_hash: hash.into(),
+        family_id: family.into(),
+        client_id: "app".into(),
+        sid: sid.map(String::from),
+        data: "{}".into(),
+        issued_at: 1,
+        expires_at: 1000,
+    }
+}
+
+async fn refresh_rotation_and_families(s: &dyn Store) {
+    let r1 = refresh("r1", "f1", Some("sid-x"));
+    s.insert_refresh(&r1).await.unwrap();
+    assert_eq!(
+        s.use_refresh("r1", 2).await.unwrap(),
+        RefreshUse::Fresh(r1.clone())
+    );
+    assert_eq!(
+        s.use_refresh("r1", 3).await.unwrap(),
+        RefreshUse::Reused {
+            family_id: "f1".into()
+        }
+    );
+    s.insert_refresh(&refresh("r2", "f1", Some("sid-x")))
+        .await
+        .unwrap();
+    s.insert_refresh(&refresh("r3", "f2", Some("sid-y")))
+        .await
+        .unwrap();
+    assert_eq!(s.revoke_family("f1", 4).await.unwrap(), 2);
+    assert_eq!(s.use_refresh("r2", 5).await.unwrap(), RefreshUse::Revoked);
+    assert_eq!(s.revoke_refresh_of_session("sid-y", 6).await.unwrap(), 1);
+    assert_eq!(s.use_refresh("r3", 7).await.unwrap(), RefreshUse::Revoked);
+    assert_eq!(s.use_refresh("nope", 7).await.unwrap(), RefreshUse::Missing);
+}
+
+async fn concurrent_refresh_has_one_winner(s: Arc<dyn Store>) {
+    s.insert_refresh(&refresh("race", "f9", None))
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            s.use_refresh("race", 2).await.unwrap()
+        }));
+    }
+    let mut fresh = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            RefreshUse::Fresh(_) => fresh += 1,
+            RefreshUse::Reused { family_id } => assert_eq!(family_id, "f9"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(fresh, 1, "exactly one concurrent refresh wins");
+}
+
+async fn accounts_by_username_and_email(s: &dyn Store) {
+    let alice = AccountRow {
+        id: "a1".into(),
+        username: "alice".into(),
+        email: Some("alice@example.org".into()),
+        version: 0,
+        data: "{}".into(),
+        created_at: 1,
+    };
+    assert!(s.insert_account(&alice).await.unwrap());
+    let taken_name = AccountRow {
+        id: "a2".into(),
+        email: None,
+        ..alice.clone()
+    };
+    assert!(!s.insert_account(&taken_name).await.unwrap());
+    let taken_mail = AccountRow {
+        id: "a3".into(),
+        username: "alice2".into(),
+        ..alice.clone()
+    };
+    assert!(!s.insert_account(&taken_mail).await.unwrap());
+    assert_eq!(
+        s.account_by_username("alice").await.unwrap(),
+        Some(alice.clone())
+    );
+    assert_eq!(
+        s.account_by_email("alice@example.org").await.unwrap(),
+        Some(alice.clone())
+    );
+    assert_eq!(s.account_by_username("bob").await.unwrap(), None);
+    let renamed = AccountRow {
+        data: "{\"n\":1}".into(),
+        ..alice.clone()
+    };
+    assert!(s.update_account(&renamed).await.unwrap());
+    // The stored version moved on: a second writer of version 0 loses.
+    assert!(!s.update_account(&renamed).await.unwrap());
+    let now = s.account_by_username("alice").await.unwrap().unwrap();
+    assert_eq!((now.version, now.data.as_str()), (1, "{\"n\":1}"));
+}
+
+async fn gc_removes_expired(s: &dyn Store) {
+    s.insert_login("old", "x", 10).await.unwrap();
+    s.insert_login("new", "x", 10_000).await.unwrap();
+    s.insert_code("old-code", "x", 10).await.unwrap();
+    assert!(s.delete_expired(20).await.unwrap() >= 2);
+    assert_eq!(s.login("old", 5).await.unwrap(), Lookup::Missing);
+    assert_eq!(
+        s.redeem_code("old-code", "g", 5).await.unwrap(),
+        Redeemed::Missing
+    );
+    assert!(matches!(
+        s.login("new", 20).await.unwrap(),
+        Lookup::Found(_)
+    ));
+}
+
+async fn keys_roundtrip(s: &dyn Store) {
+    let k1 = KeyRecord {
+        kid: "k1".into(),
+        generation: 1,
+        alg: "RS256".into(),
+        private_pem: "pem1".into(),
+        created_at: 5,
+    };
+    let k0 = KeyRecord {
+        kid: "k0".into(),
+        generation: 0,
+        alg: "ES256".into(),
+        private_pem: "pem0".into(),
+        created_at: 9,
+    };
+    assert!(s.insert_key(&k1).await.unwrap());
+    assert!(s.insert_key(&k0).await.unwrap());
+    // Same kid: ignored.
+    let same_kid = KeyRecord {
+        private_pem: "other".into(),
+        generation: 7,
+        ..k1.clone()
+    };
+    assert!(!s.insert_key(&same_kid).await.unwrap());
+    // Same generation (a replica lost the race): ignored.
+    let same_generation = KeyRecord {
+        kid: "k-late".into(),
+        ..k0.clone()
+    };
+    assert!(!s.insert_key(&same_generation).await.unwrap());
+    assert_eq!(s.list_keys().await.unwrap(), vec![k0, k1]);
+}

@@ -1,0 +1,298 @@
+//! Persistence: the [`Store`] trait, its records, and the SQL implementation.
+//!
+//! Everything a flow needs between two HTTP requests lives here, so a login
+//! survives a restart and (with PostgreSQL) can finish on another replica:
+//! logins in progress, authorization codes, browser sessions and the clients
+//! each session logged in to, revoked access tokens, refresh-token families,
+//! local accounts and signing keys.
+//!
+//! Rules every implementation keeps (the [`conformance`] suite checks them on
+//! SQLite and PostgreSQL alike):
+//! - single-use records (codes, logins, refresh tokens) are consumed by one
+//!   conditional `UPDATE … WHERE <unused> … RETURNING`, so two concurrent
+//!   consumers get exactly one winner (RFC 6749 §4.1.2, RFC 9700 §4.14);
+//! - an insert never overwrites: a consumed record can never be resurrected;
+//! - records that change (logins, accounts) carry a `version` and are updated
+//!   with compare-and-swap on it;
+//! - ids of secrets (codes, session ids, login ids, states, refresh tokens)
+//!   are SHA-256 hashes made by the callers ([`crate::secret::hash`]);
+//! - payloads are versioned JSON ([`codec`]), so two releases can share the
+//!   database during a rolling upgrade.
+//!
+//! Layout: [`sql`] holds [`SqlStore`] (SQLite, the embedded default, and
+//! PostgreSQL, through sqlx's `Any` driver with portable SQL).
+
+pub mod codec;
+mod sql;
+
+#[cfg(test)]
+pub(crate) mod conformance;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use sql::SqlStore;
+
+/// Failure of the storage backend. Never carries secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("stored record has payload version {0}, newer than this release reads")]
+    NewerPayload(u32),
+    #[error("invalid database url: {0}")]
+    Url(String),
+}
+
+/// How a lookup of a single-use record came out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup<T> {
+    Found(T),
+    /// Exists, but was finished or consumed before (a replay).
+    Finished,
+    /// Exists, unfinished, past its expiry.
+    Expired,
+    /// Never existed, or garbage-collected.
+    Missing,
+}
+
+/// A login in progress as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginRow {
+    pub id_hash: String,
+    /// Compare-and-swap counter: every update increments it.
+    pub version: i64,
+    /// The encoded login (see [`codec`]).
+    pub data: String,
+    pub expires_at: i64,
+}
+
+/// Outcome of redeeming an authorization code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redeemed {
+    /// Redeemed now, by this caller; `grant_id` was recorded with it.
+    Fresh {
+        data: String,
+        expires_at: i64,
+    },
+    /// Redeemed before: the grant that redemption recorded.
+    Replayed {
+        grant_id: Option<String>,
+    },
+    Missing,
+}
+
+/// A browser session as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    /// Hash of the cookie value.
+    pub id_hash: String,
+    /// The session id published in tokens (`sid`, OIDC Front/Back-Channel
+    /// Logout); random, unrelated to the cookie.
+    pub sid: String,
+    pub connector_id: String,
+    pub subject: String,
+    pub auth_time: i64,
+    pub data: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// A refresh token as stored (hash only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshRow {
+    pub token_hash: String,
+    /// All tokens rotated from one grant share the family id.
+    pub family_id: String,
+    pub client_id: String,
+    pub sid: Option<String>,
+    pub data: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+}
+
+/// Outcome of using a refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshUse {
+    /// Used now, by this caller; it is no longer valid.
+    Fresh(RefreshRow),
+    /// Used before: a rotated token came back (RFC 9700 §4.14.2).
+    Reused {
+        family_id: String,
+    },
+    Revoked,
+    Missing,
+}
+
+/// A local account as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRow {
+    pub id: String,
+    pub username: String,
+    pub email: Option<String>,
+    pub version: i64,
+    pub data: String,
+    pub created_at: i64,
+}
+
+/// A signing key as stored. `private_pem` holds the key as the key manager
+/// encodes it (never logged).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub kid: String,
+    /// Unique: at most one key per generation (0 is the first key).
+    pub generation: i64,
+    pub alg: String,
+    pub private_pem: String,
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The private key never reaches a log line.
+        f.debug_struct("KeyRecord")
+            .field("kid", &self.kid)
+            .field("generation", &self.generation)
+            .field("alg", &self.alg)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The storage seam. See the module documentation for the rules.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap liveness query for `/healthz/ready`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    // ---- logins in progress ------------------------------------------------
+
+    /// Inserts a new login (version 0). Fails if the id exists.
+    async fn insert_login(
+        &self,
+        id_hash: &str,
+        data: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The login with this id.
+    async fn login(&self, id_hash: &str, now: i64) -> Result<Lookup<LoginRow>, StoreError>;
+
+    /// The login waiting for the upstream callback carrying this state.
+    async fn login_by_state(
+        &self,
+        state_hash: &str,
+        now: i64,
+    ) -> Result<Lookup<LoginRow>, StoreError>;
+
+    /// Compare-and-swap: replaces the payload (and the callback state) of an
+    /// unfinished, unexpired login still at `version`; `finish` makes it
+    /// single-use. False when another request got there first.
+    async fn update_login(
+        &self,
+        id_hash: &str,
+        version: i64,
+        data: &str,
+        state_hash: Option<&str>,
+        finish: bool,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+
+    // ---- authorization codes -----------------------------------------------
+
+    async fn insert_code(
+        &self,
+        code_hash: &str,
+        data: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Redeems a code exactly once, recording `grant_id` in the same
+    /// statement. Expiry is left to the caller.
+    async fn redeem_code(
+        &self,
+        code_hash: &str,
+        grant_id: &str,
+        now: i64,
+    ) -> Result<Redeemed, StoreError>;
+
+    // ---- sessions ------------------------------------------------------------
+
+    async fn insert_session(&self, session: &SessionRow) -> Result<(), StoreError>;
+
+    /// The unexpired session with this cookie hash.
+    async fn session(&self, id_hash: &str, now: i64) -> Result<Option<SessionRow>, StoreError>;
+
+    async fn session_by_sid(&self, sid: &str, now: i64) -> Result<Option<SessionRow>, StoreError>;
+
+    /// Unexpired sessions of one user of one connector, oldest first.
+    async fn sessions_of_user(
+        &self,
+        connector_id: &str,
+        subject: &str,
+        now: i64,
+    ) -> Result<Vec<SessionRow>, StoreError>;
+
+    /// Deletes a session and its client index; returns its `sid` if it existed.
+    async fn delete_session(&self, id_hash: &str) -> Result<Option<String>, StoreError>;
+
+    /// Records that `client_id` got tokens from session `sid` (idempotent).
+    async fn add_session_client(
+        &self,
+        sid: &str,
+        client_id: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The clients session `sid` logged in to, in first-login order.
+    async fn session_clients(&self, sid: &str) -> Result<Vec<String>, StoreError>;
+
+    // ---- revoked access tokens ---------------------------------------------
+
+    /// Marks an access token revoked until `expires_at` (idempotent).
+    async fn revoke_token(&self, jti: &str, expires_at: i64) -> Result<(), StoreError>;
+
+    async fn is_revoked(&self, jti: &str, now: i64) -> Result<bool, StoreError>;
+
+    // ---- refresh tokens ------------------------------------------------------
+
+    async fn insert_refresh(&self, row: &RefreshRow) -> Result<(), StoreError>;
+
+    /// Uses a refresh token exactly once (rotation).
+    async fn use_refresh(&self, token_hash: &str, now: i64) -> Result<RefreshUse, StoreError>;
+
+    /// Revokes every token of a family; returns how many were still usable.
+    async fn revoke_family(&self, family_id: &str, now: i64) -> Result<u64, StoreError>;
+
+    /// Revokes every refresh token bound to session `sid`.
+    async fn revoke_refresh_of_session(&self, sid: &str, now: i64) -> Result<u64, StoreError>;
+
+    // ---- accounts ------------------------------------------------------------
+
+    /// Inserts an account; false when the id, username or e-mail is taken.
+    async fn insert_account(&self, account: &AccountRow) -> Result<bool, StoreError>;
+
+    async fn account_by_username(&self, username: &str) -> Result<Option<AccountRow>, StoreError>;
+
+    async fn account_by_email(&self, email: &str) -> Result<Option<AccountRow>, StoreError>;
+
+    /// Compare-and-swap on `account.version`; the stored version becomes
+    /// `account.version + 1`. False when it changed meanwhile.
+    async fn update_account(&self, account: &AccountRow) -> Result<bool, StoreError>;
+
+    // ---- housekeeping and keys -----------------------------------------------
+
+    /// Deletes records whose expiry is before `before`; returns how many.
+    async fn delete_expired(&self, before: i64) -> Result<u64, StoreError>;
+
+    /// All signing keys, oldest generation first.
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Inserts a key unless its kid or generation exists. True if inserted.
+    async fn insert_key(&self, key: &KeyRecord) -> Result<bool, StoreError>;
+}

@@ -1,0 +1,691 @@
+//! [`SqlStore`]: the [`Store`] on SQLite (embedded default, WAL mode) and
+//! PostgreSQL, through sqlx's `Any` driver. The SQL is portable: `$n`
+//! placeholders (sqlx-sqlite maps them by number), `RETURNING` (SQLite ≥
+//! 3.35, bundled), `ON CONFLICT DO NOTHING`, BIGINT unix seconds, TEXT ids
+//! and payloads.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+
+use super::{
+    AccountRow, KeyRecord, LoginRow, Lookup, Redeemed, RefreshRow, RefreshUse, SessionRow, Store,
+    StoreError,
+};
+
+/// SQL implementation for SQLite and PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+impl SqlStore {
+    /// Connects and runs the embedded migrations. A `sqlite://` URL creates
+    /// the file (and its folder) when missing.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let url = prepare_url(url)?;
+        let options = AnyConnectOptions::from_str(&url)?;
+        let is_sqlite = url.starts_with("sqlite:");
+        let pool = AnyPoolOptions::new()
+            .max_connections(if is_sqlite {
+                1.max(max_connections)
+            } else {
+                max_connections
+            })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    if conn.backend_name() == "SQLite" {
+                        // WAL (concurrent readers with one writer), NORMAL sync (durable in WAL mode
+                        // except on power loss), FKs on, wait instead of
+                        // failing on a locked database.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(SqlStore { pool })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+/// Adds `mode=rwc` to SQLite URLs and creates the parent folder.
+fn prepare_url(url: &str) -> Result<String, StoreError> {
+    let Some(path) = url.strip_prefix("sqlite://") else {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(url.to_string());
+        }
+        return Err(StoreError::Url(
+            "expected sqlite://<path> or postgres://...".into(),
+        ));
+    };
+    let file = path.split('?').next().unwrap_or(path);
+    if let Some(parent) = std::path::Path::new(file).parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Url(format!("cannot create {}: {e}", parent.display())))?;
+        }
+    }
+    if url.contains("mode=") {
+        Ok(url.to_string())
+    } else if url.contains('?') {
+        Ok(format!("{url}&mode=rwc"))
+    } else {
+        Ok(format!("{url}?mode=rwc"))
+    }
+}
+
+const SESSION_COLUMNS: &str =
+    "id_hash, sid, connector_id, subject, auth_time, data, created_at, expires_at";
+const REFRESH_COLUMNS: &str = "token_hash, family_id, client_id, sid, data, issued_at, expires_at";
+const ACCOUNT_COLUMNS: &str = "id, username, email, version, data, created_at";
+
+fn session_row(r: &AnyRow) -> Result<SessionRow, StoreError> {
+    Ok(SessionRow {
+        id_hash: r.try_get("id_hash")?,
+        sid: r.try_get("sid")?,
+        connector_id: r.try_get("connector_id")?,
+        subject: r.try_get("subject")?,
+        auth_time: r.try_get("auth_time")?,
+        data: r.try_get("data")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+    })
+}
+
+fn refresh_row(r: &AnyRow) -> Result<RefreshRow, StoreError> {
+    Ok(RefreshRow {
+        token_hash: r.try_get("token_hash")?,
+        family_id: r.try_get("family_id")?,
+        client_id: r.try_get("client_id")?,
+        sid: r.try_get("sid")?,
+        data: r.try_get("data")?,
+        issued_at: r.try_get("issued_at")?,
+        expires_at: r.try_get("expires_at")?,
+    })
+}
+
+fn account_row(r: &AnyRow) -> Result<AccountRow, StoreError> {
+    Ok(AccountRow {
+        id: r.try_get("id")?,
+        username: r.try_get("username")?,
+        email: r.try_get("email")?,
+        version: r.try_get("version")?,
+        data: r.try_get("data")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+impl SqlStore {
+    /// Classifies a login row read by `column = key`.
+    async fn login_where(
+        &self,
+        column: &str,
+        key: &str,
+        now: i64,
+    ) -> Result<Lookup<LoginRow>, StoreError> {
+        let sql = format!(
+            "SELECT id_hash, version, data, expires_at, finished_at FROM logins WHERE {column} = $1"
+        );
+        let Some(r) = sqlx::query(&sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(Lookup::Missing);
+        };
+        let finished: Option<i64> = r.try_get("finished_at")?;
+        let row = LoginRow {
+            id_hash: r.try_get("id_hash")?,
+            version: r.try_get("version")?,
+            data: r.try_get("data")?,
+            expires_at: r.try_get("expires_at")?,
+        };
+        Ok(if finished.is_some() {
+            Lookup::Finished
+        } else if row.expires_at <= now {
+            Lookup::Expired
+        } else {
+            Lookup::Found(row)
+        })
+    }
+
+    async fn session_where(
+        &self,
+        column: &str,
+        key: &str,
+        now: i64,
+    ) -> Result<Option<SessionRow>, StoreError> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE {column} = $1 AND expires_at > $2"
+        );
+        sqlx::query(&sql)
+            .bind(key)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(session_row)
+            .transpose()
+    }
+
+    async fn account_where(
+        &self,
+        column: &str,
+        key: &str,
+    ) -> Result<Option<AccountRow>, StoreError> {
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {column} = $1");
+        sqlx::query(&sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(account_row)
+            .transpose()
+    }
+}
+
+/// True when an insert failed on a unique or primary key.
+fn is_conflict(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert_login(
+        &self,
+        id_hash: &str,
+        data: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO logins (id_hash, state_hash, version, data, expires_at, finished_at) \
+             VALUES ($1, NULL, 0, $2, $3, NULL)",
+        )
+        .bind(id_hash)
+        .bind(data)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn login(&self, id_hash: &str, now: i64) -> Result<Lookup<LoginRow>, StoreError> {
+        self.login_where("id_hash", id_hash, now).await
+    }
+
+    async fn login_by_state(
+        &self,
+        state_hash: &str,
+        now: i64,
+    ) -> Result<Lookup<LoginRow>, StoreError> {
+        self.login_where("state_hash", state_hash, now).await
+    }
+
+    async fn update_login(
+        &self,
+        id_hash: &str,
+        version: i64,
+        data: &str,
+        state_hash: Option<&str>,
+        finish: bool,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        // One statement: the database picks the single winner of a race.
+        let r = sqlx::query(
+            "UPDATE logins SET version = version + 1, data = $3, state_hash = $4, \
+             finished_at = $5 \
+             WHERE id_hash = $1 AND version = $2 AND finished_at IS NULL AND expires_at > $6",
+        )
+        .bind(id_hash)
+        .bind(version)
+        .bind(data)
+        .bind(state_hash)
+        .bind(finish.then_some(now))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn insert_code(
+        &self,
+        code_hash: &str,
+        data: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO codes (code_hash, data, expires_at, redeemed_at, grant_id) \
+             VALUES ($1, $2, $3, NULL, NULL)",
+        )
+        .bind(code_hash)
+        .bind(data)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn redeem_code(
+        &self,
+        code_hash: &str,
+        grant_id: &str,
+        now: i64,
+    ) -> Result<Redeemed, StoreError> {
+        let row = sqlx::query(
+            "UPDATE codes SET redeemed_at = $3, grant_id = $2 \
+             WHERE code_hash = $1 AND redeemed_at IS NULL RETURNING data, expires_at",
+        )
+        .bind(code_hash)
+        .bind(grant_id)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(r) = row {
+            return Ok(Redeemed::Fresh {
+                data: r.try_get("data")?,
+                expires_at: r.try_get("expires_at")?,
+            });
+        }
+        // The grant id was written by the statement that redeemed the code,
+        // so a replay sees it as soon as the code is consumed.
+        let used = sqlx::query("SELECT grant_id FROM codes WHERE code_hash = $1")
+            .bind(code_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match used {
+            Some(r) => Redeemed::Replayed {
+                grant_id: r.try_get("grant_id")?,
+            },
+            None => Redeemed::Missing,
+        })
+    }
+
+    async fn insert_session(&self, s: &SessionRow) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind(&s.id_hash)
+        .bind(&s.sid)
+        .bind(&s.connector_id)
+        .bind(&s.subject)
+        .bind(s.auth_time)
+        .bind(&s.data)
+        .bind(s.created_at)
+        .bind(s.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn session(&self, id_hash: &str, now: i64) -> Result<Option<SessionRow>, StoreError> {
+        self.session_where("id_hash", id_hash, now).await
+    }
+
+    async fn session_by_sid(&self, sid: &str, now: i64) -> Result<Option<SessionRow>, StoreError> {
+        self.session_where("sid", sid, now).await
+    }
+
+    async fn sessions_of_user(
+        &self,
+        connector_id: &str,
+        subject: &str,
+        now: i64,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions \
+             WHERE connector_id = $1 AND subject = $2 AND expires_at > $3 \
+             ORDER BY created_at, sid"
+        ))
+        .bind(connector_id)
+        .bind(subject)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(session_row).collect()
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("DELETE FROM sessions WHERE id_hash = $1 RETURNING sid")
+            .bind(id_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        let sid: String = r.try_get("sid")?;
+        sqlx::query("DELETE FROM session_clients WHERE sid = $1")
+            .bind(&sid)
+            .execute(&self.pool)
+            .await?;
+        Ok(Some(sid))
+    }
+
+    async fn add_session_client(
+        &self,
+        sid: &str,
+        client_id: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO session_clients (sid, client_id, first_at, expires_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(sid)
+        .bind(client_id)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn session_clients(&self, sid: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT client_id FROM session_clients WHERE sid = $1 ORDER BY first_at, client_id",
+        )
+        .bind(sid)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("client_id")?)).collect()
+    }
+
+    async fn revoke_token(&self, jti: &str, expires_at: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(jti)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn is_revoked(&self, jti: &str, now: i64) -> Result<bool, StoreError> {
+        let row =
+            sqlx::query("SELECT 1 AS one FROM revoked_tokens WHERE jti = $1 AND expires_at > $2")
+                .bind(jti)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.is_some())
+    }
+
+    async fn insert_refresh(&self, t: &RefreshRow) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO refresh_tokens ({REFRESH_COLUMNS}, used_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL)"
+        ))
+        .bind(&t.token_hash)
+        .bind(&t.family_id)
+        .bind(&t.client_id)
+        .bind(t.sid.as_deref())
+        .bind(&t.data)
+        .bind(t.issued_at)
+        .bind(t.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn use_refresh(&self, token_hash: &str, now: i64) -> Result<RefreshUse, StoreError> {
+        let row = sqlx::query(&format!(
+            "UPDATE refresh_tokens SET used_at = $2 \
+             WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL \
+             RETURNING {REFRESH_COLUMNS}"
+        ))
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(r) = row {
+            return Ok(RefreshUse::Fresh(refresh_row(&r)?));
+        }
+        let row = sqlx::query(
+            "SELECT family_id, used_at, revoked_at FROM refresh_tokens WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else {
+            return Ok(RefreshUse::Missing);
+        };
+        let revoked: Option<i64> = r.try_get("revoked_at")?;
+        Ok(if revoked.is_some() {
+            RefreshUse::Revoked
+        } else {
+            RefreshUse::Reused {
+                family_id: r.try_get("family_id")?,
+            }
+        })
+    }
+
+    async fn revoke_family(&self, family_id: &str, now: i64) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $2 \
+             WHERE family_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(family_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn revoke_refresh_of_session(&self, sid: &str, now: i64) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $2 WHERE sid = $1 AND revoked_at IS NULL",
+        )
+        .bind(sid)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn insert_account(&self, a: &AccountRow) -> Result<bool, StoreError> {
+        let r = sqlx::query(&format!(
+            "INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
+        ))
+        .bind(&a.id)
+        .bind(&a.username)
+        .bind(a.email.as_deref())
+        .bind(a.version)
+        .bind(&a.data)
+        .bind(a.created_at)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if is_conflict(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn account_by_username(&self, username: &str) -> Result<Option<AccountRow>, StoreError> {
+        self.account_where("username", username).await
+    }
+
+    async fn account_by_email(&self, email: &str) -> Result<Option<AccountRow>, StoreError> {
+        self.account_where("email", email).await
+    }
+
+    async fn update_account(&self, a: &AccountRow) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE accounts SET username = $3, email = $4, data = $5, version = version + 1 \
+             WHERE id = $1 AND version = $2",
+        )
+        .bind(&a.id)
+        .bind(a.version)
+        .bind(&a.username)
+        .bind(a.email.as_deref())
+        .bind(&a.data)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(r) => Ok(r.rows_affected() == 1),
+            Err(e) if is_conflict(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete_expired(&self, before: i64) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for table in [
+            "logins",
+            "codes",
+            "sessions",
+            "session_clients",
+            "revoked_tokens",
+            "refresh_tokens",
+        ] {
+            let sql = format!("DELETE FROM {table} WHERE expires_at < $1");
+            removed += sqlx::query(&sql)
+                .bind(before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(removed)
+    }
+
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kid, generation, alg, private_pem, created_at FROM signing_keys \
+             ORDER BY generation",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(KeyRecord {
+                    kid: r.try_get("kid")?,
+                    generation: r.try_get("generation")?,
+                    alg: r.try_get("alg")?,
+                    private_pem: r.try_get("private_pem")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_key(&self, key: &KeyRecord) -> Result<bool, StoreError> {
+        // No conflict target: a clash on kid or on generation is ignored.
+        let r = sqlx::query(
+            "INSERT INTO signing_keys (kid, generation, alg, private_pem, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(&key.kid)
+        .bind(key.generation)
+        .bind(&key.alg)
+        .bind(&key.private_pem)
+        .bind(key.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn sqlite_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/nested/store.db", dir.path().display());
+        let store = SqlStore::connect(&url, 4).await.unwrap();
+        let mode: String = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert_eq!(mode.to_lowercase(), "wal");
+        crate::store::conformance::run_all(Arc::new(store)).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_migrations_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/store.db", dir.path().display());
+        let a = SqlStore::connect(&url, 1).await.unwrap();
+        a.insert_code("keep", "x", i64::MAX).await.unwrap();
+        drop(a);
+        let b = SqlStore::connect(&url, 1).await.unwrap();
+        assert!(matches!(
+            b.redeem_code("keep", "g", 0).await.unwrap(),
+            Redeemed::Fresh { .. }
+        ));
+    }
+
+    /// A database migrated by a newer binary (a migration this binary
+    /// does not know) is refused at start-up instead of being misused.
+    #[tokio::test]
+    async fn refuses_a_schema_newer_than_the_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/store.db", dir.path().display());
+        let store = SqlStore::connect(&url, 1).await.unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations \
+             (version, description, success, checksum, execution_time) \
+             VALUES (99990101000000, 'from the future', 1, x'00', 0)",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        store.pool().close().await;
+        let err = SqlStore::connect(&url, 1).await.unwrap_err();
+        assert!(matches!(err, StoreError::Migrate(_)), "{err}");
+    }
+
+    /// The same suite on the project's PostgreSQL server (127.0.0.1:5432,
+    /// database `test`), in a schema of its own.
+    #[tokio::test]
+    async fn postgres_conformance() {
+        let base = std::env::var("AUTH_ADAPTER_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!(
+            "store_test_{}",
+            crate::secret::random_token()[..12].to_lowercase()
+        )
+        .replace('-', "_");
+        sqlx::any::install_default_drivers();
+        let admin = AnyPool::connect(&base)
+            .await
+            .expect("PostgreSQL must run at 127.0.0.1:5432 (see scripts/install-test-deps.sh)");
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let url = format!("{base}?options=-c%20search_path%3D{schema}");
+        let store = SqlStore::connect(&url, 4).await.unwrap();
+        crate::store::conformance::run_all(Arc::new(store.clone())).await;
+        store.pool().close().await;
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+}
