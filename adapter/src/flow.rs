@@ -127,7 +127,7 @@ pub enum Next {
 pub enum FlowError {
     #[error("the login is unknown, expired or finished")]
     UnknownLogin,
-    #[error("the upstream response was already used")]
+    #[error("the login was already finished")]
     AlreadyUsed,
     #[error("the callback has no state")]
     MissingState,
@@ -390,7 +390,8 @@ impl Flows {
     ) -> Result<Loaded, FlowError> {
         let row = match lookup {
             Lookup::Found(row) => row,
-            _ => return Err(FlowError::UnknownLogin),
+            Lookup::Finished => return Err(FlowError::AlreadyUsed),
+            Lookup::Expired | Lookup::Missing => return Err(FlowError::UnknownLogin),
         };
         let login: Login = codec::decode(&row.data)?;
         // RFC 9700 §4.7.1: the login must finish in the browser that began it.
@@ -685,7 +686,17 @@ impl Flows {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use serde_json::json;
+
     use super::*;
+    use crate::clock::{Clock, ManualClock, SystemClock};
+    use crate::config::LocalUserConfig;
+    use crate::connector::local::LocalConnector;
+    use crate::connector::{BeginResponse, CallbackConnector, ConnectorError};
+    use crate::store::{Redeemed, SqlStore};
 
     #[test]
     fn max_age_freshness_at_one_second_resolution() {
@@ -694,5 +705,555 @@ mod tests {
         assert!(!fresh_enough(Some(0), 100, 100));
         assert!(fresh_enough(Some(60), 100, 159));
         assert!(!fresh_enough(Some(60), 100, 160));
+    }
+
+    /// What a begin asked of the upstream.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Begun {
+        prompt: Option<String>,
+        max_age: Option<i64>,
+        login_hint: Option<String>,
+        callback_url: String,
+    }
+
+    /// An upstream that answers from a script.
+    #[derive(Default)]
+    struct ScriptedUpstream {
+        begun: Mutex<Vec<Begun>>,
+        auth_time: Option<i64>,
+    }
+
+    #[async_trait]
+    impl CallbackConnector for ScriptedUpstream {
+        async fn begin(&self, req: &BeginRequest<'_>) -> Result<BeginResponse, ConnectorError> {
+            self.begun.lock().unwrap().push(Begun {
+                prompt: req.prompt.map(String::from),
+                max_age: req.max_age,
+                login_hint: req.login_hint.map(String::from),
+                callback_url: req.callback_url.to_string(),
+            });
+            Ok(BeginResponse {
+                redirect_url: format!("https://up.example/authorize?state={}", req.state),
+                connector_state: "opaque".into(),
+            })
+        }
+
+        async fn complete(
+            &self,
+            _callback_url: &str,
+            params: &HashMap<String, String>,
+            connector_state: &str,
+        ) -> Result<Identity, ConnectorError> {
+            assert_eq!(connector_state, "opaque");
+            if params.get("error").is_some() {
+                return Err(ConnectorError::Denied("denied".into()));
+            }
+            Ok(Identity {
+                connector_id: "up".into(),
+                subject: "u-1".into(),
+                claims: json!({"sub": "u-1"}).as_object().unwrap().clone(),
+                auth_time: self.auth_time,
+            })
+        }
+    }
+
+    struct Fixture {
+        flows: Arc<Flows>,
+        store: Arc<dyn Store>,
+        clock: Arc<ManualClock>,
+        upstream: Arc<ScriptedUpstream>,
+        _dir: Option<tempfile::TempDir>,
+    }
+
+    const TX: &str = "transaction-cookie-value-of-the-browser-000000";
+
+    fn browser() -> Browser<'static> {
+        Browser {
+            transaction: TX,
+            session: None,
+        }
+    }
+
+    fn client() -> Client {
+        Client {
+            id: "app".into(),
+            name: "App".into(),
+            secret_hash: None,
+            redirect_uris: vec!["https://app.example/cb".into()],
+            allowed_scopes: vec!["openid".into()],
+            public: true,
+            require_pkce: true,
+        }
+    }
+
+    fn request() -> AuthorizeRequest {
+        AuthorizeRequest {
+            client_id: "app".into(),
+            redirect_uri: "https://app.example/cb".into(),
+            scopes: vec!["openid".into()],
+            state: Some("rp-state".into()),
+            nonce: Some("n".into()),
+            code_challenge: None,
+            prompt: Prompt::Default,
+            max_age: None,
+            login_hint: None,
+        }
+    }
+
+    async fn fixture_on(
+        store: Arc<dyn Store>,
+        dir: Option<tempfile::TempDir>,
+        with_local: bool,
+        auth_time: Option<i64>,
+    ) -> Fixture {
+        let clock = Arc::new(ManualClock::new());
+        let upstream = Arc::new(ScriptedUpstream {
+            auth_time,
+            ..Default::default()
+        });
+        let mut connectors = vec![Connector {
+            id: "up".into(),
+            name: "Upstream".into(),
+            kind: ConnectorKind::Callback(upstream.clone()),
+        }];
+        if with_local {
+            let local = LocalConnector::new(&[LocalUserConfig {
+                username: "alice".into(),
+                password_hash: None,
+                password: Some("pw".into()),
+                name: None,
+                email: None,
+                groups: vec![],
+            }])
+            .await
+            .unwrap();
+            connectors.push(Connector {
+                id: "local".into(),
+                name: "Local".into(),
+                kind: ConnectorKind::Password(Arc::new(local)),
+            });
+        }
+        let flows = Flows::new(
+            store.clone(),
+            Arc::new(HashMap::from([("app".to_string(), client())])),
+            connectors,
+            clock.clone(),
+            "https://adapter.example".into(),
+            Lifetimes {
+                login: 600,
+                code: 60,
+                session: 3600,
+            },
+        );
+        Fixture {
+            flows: Arc::new(flows),
+            store,
+            clock,
+            upstream,
+            _dir: dir,
+        }
+    }
+
+    async fn fixture(with_local: bool, auth_time: Option<i64>) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/flow.db", dir.path().display());
+        let store: Arc<dyn Store> = Arc::new(SqlStore::connect(&url, 4).await.unwrap());
+        fixture_on(store, Some(dir), with_local, auth_time).await
+    }
+
+    fn param(url: &str, name: &str) -> Option<String> {
+        url::Url::parse(url)
+            .unwrap()
+            .query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+
+    fn callback(state: &str) -> HashMap<String, String> {
+        HashMap::from([
+            ("state".to_string(), state.to_string()),
+            ("code".to_string(), "up-code".to_string()),
+        ])
+    }
+
+    /// Starts a login at the single upstream; returns the upstream state.
+    async fn start_upstream(f: &Fixture, req: AuthorizeRequest) -> String {
+        match f.flows.authorize(req, browser()).await.unwrap() {
+            Next::RedirectUpstream(url) => param(&url, "state").unwrap(),
+            other => panic!("expected the upstream redirect, got {other:?}"),
+        }
+    }
+
+    async fn code_record(f: &Fixture, redirect: &str) -> CodeRecord {
+        let code = param(redirect, "code").expect("a code");
+        match f
+            .store
+            .redeem_code(&hash(&code), "g", f.clock.now())
+            .await
+            .unwrap()
+        {
+            Redeemed::Fresh { data, .. } => codec::decode(&data).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn what_the_client_asked_reaches_the_upstream() {
+        let f = fixture(false, None).await;
+        let mut req = request();
+        req.prompt = Prompt::Login;
+        req.max_age = Some(30);
+        req.login_hint = Some("alice@example.org".into());
+        start_upstream(&f, req).await;
+        assert_eq!(
+            f.upstream.begun.lock().unwrap().clone(),
+            vec![Begun {
+                prompt: Some("login".into()),
+                max_age: Some(30),
+                login_hint: Some("alice@example.org".into()),
+                callback_url: "https://adapter.example/login/oauth2/code/up".into(),
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_upstream_auth_time_is_the_login_time() {
+        let upstream_login = SystemClock.now() - 500;
+        let f = fixture(false, Some(upstream_login)).await;
+        let state = start_upstream(&f, request()).await;
+        let next = f
+            .flows
+            .callback("up", &callback(&state), browser())
+            .await
+            .unwrap();
+        let Next::LoggedIn { redirect, .. } = next else {
+            panic!("{next:?}")
+        };
+        assert_eq!(param(&redirect, "state").as_deref(), Some("rp-state"));
+        assert_eq!(
+            param(&redirect, "iss").as_deref(),
+            Some("https://adapter.example")
+        );
+        let record = code_record(&f, &redirect).await;
+        assert_eq!(record.auth_time, upstream_login);
+        assert_eq!(record.request, request());
+    }
+
+    #[tokio::test]
+    async fn without_an_upstream_auth_time_the_login_is_now() {
+        let f = fixture(false, None).await;
+        let state = start_upstream(&f, request()).await;
+        f.clock.advance(7);
+        let Next::LoggedIn { redirect, .. } = f
+            .flows
+            .callback("up", &callback(&state), browser())
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(code_record(&f, &redirect).await.auth_time, f.clock.now());
+    }
+
+    /// Two callbacks with one state (a replay racing the original): one
+    /// login, the others see it used.
+    async fn racing_callbacks_have_one_winner(f: Fixture) {
+        for _ in 0..5 {
+            let state = start_upstream(&f, request()).await;
+            let mut handles = Vec::new();
+            for _ in 0..4 {
+                let flows = f.flows.clone();
+                let state = state.clone();
+                handles.push(tokio::spawn(async move {
+                    flows.callback("up", &callback(&state), browser()).await
+                }));
+            }
+            let mut wins = 0;
+            for h in handles {
+                match h.await.unwrap() {
+                    Ok(Next::LoggedIn { .. }) => wins += 1,
+                    Err(FlowError::AlreadyUsed) => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert_eq!(wins, 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn racing_callbacks_have_one_winner_on_sqlite() {
+        racing_callbacks_have_one_winner(fixture(false, None).await).await;
+    }
+
+    #[tokio::test]
+    async fn racing_callbacks_have_one_winner_on_postgres() {
+        let pg = crate::store::conformance::TestPostgres::new().await;
+        let store: Arc<dyn Store> = Arc::new(pg.store.clone());
+        racing_callbacks_have_one_winner(fixture_on(store, None, false, None).await).await;
+        pg.drop_schema().await;
+    }
+
+    #[tokio::test]
+    async fn racing_credential_posts_have_one_winner() {
+        let f = fixture(true, None).await;
+        let Next::ShowChooser(choices) = f.flows.authorize(request(), browser()).await.unwrap()
+        else {
+            panic!("two connectors: a chooser")
+        };
+        let link = &choices.iter().find(|c| c.0 == "local").unwrap().2;
+        let login_id = link.split("req=").nth(1).unwrap().to_string();
+        let next = f
+            .flows
+            .step(
+                &login_id,
+                browser(),
+                Event::Chose {
+                    connector_id: "local",
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(next, Next::Redirect(format!("/login/local?req={login_id}")));
+        let mut handles = Vec::new();
+        for _ in 0..4 {
+            let flows = f.flows.clone();
+            let id = login_id.clone();
+            handles.push(tokio::spawn(async move {
+                let event = Event::Credentials {
+                    connector_id: "local",
+                    username: "alice",
+                    password: "pw",
+                };
+                flows.step(&id, browser(), event).await
+            }));
+        }
+        let mut wins = 0;
+        for h in handles {
+            match h.await.unwrap() {
+                Ok(Next::LoggedIn { .. }) => wins += 1,
+                Err(FlowError::AlreadyUsed) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(wins, 1, "one double-submitted form logs in once");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_keeps_the_login_and_shows_the_form_again() {
+        let f = fixture(true, None).await;
+        let Next::ShowChooser(choices) = f.flows.authorize(request(), browser()).await.unwrap()
+        else {
+            panic!()
+        };
+        let login_id = choices[1].2.split("req=").nth(1).unwrap().to_string();
+        f.flows
+            .step(
+                &login_id,
+                browser(),
+                Event::Chose {
+                    connector_id: "local",
+                },
+            )
+            .await
+            .unwrap();
+        let bad = Event::Credentials {
+            connector_id: "local",
+            username: "alice",
+            password: "nope",
+        };
+        let Next::ShowForm(view) = f.flows.step(&login_id, browser(), bad).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(view.error.as_deref(), Some("Invalid username or password."));
+        assert_eq!(view.username, "alice");
+        let good = Event::Credentials {
+            connector_id: "local",
+            username: "alice",
+            password: "pw",
+        };
+        assert!(matches!(
+            f.flows.step(&login_id, browser(), good).await.unwrap(),
+            Next::LoggedIn { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn events_out_of_step_are_refused() {
+        let f = fixture(true, None).await;
+        let Next::ShowChooser(choices) = f.flows.authorize(request(), browser()).await.unwrap()
+        else {
+            panic!()
+        };
+        let login_id = choices[0].2.split("req=").nth(1).unwrap().to_string();
+        // Credentials before any connector was chosen.
+        let creds = Event::Credentials {
+            connector_id: "local",
+            username: "alice",
+            password: "pw",
+        };
+        assert!(matches!(
+            f.flows.step(&login_id, browser(), creds).await,
+            Err(FlowError::WrongStep)
+        ));
+        // Another browser cannot continue it.
+        let other = Browser {
+            transaction: "another-browser-transaction-cookie-0000000000",
+            session: None,
+        };
+        assert!(matches!(
+            f.flows
+                .step(&login_id, other, Event::Chose { connector_id: "up" })
+                .await,
+            Err(FlowError::OtherBrowser)
+        ));
+        let Next::RedirectUpstream(url) = f
+            .flows
+            .step(&login_id, browser(), Event::Chose { connector_id: "up" })
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        let state = param(&url, "state").unwrap();
+        // The answer must come back on the callback of that upstream.
+        assert!(matches!(
+            f.flows
+                .callback("local", &callback(&state), browser())
+                .await,
+            Err(FlowError::MixUp)
+        ));
+        // Credentials while waiting for the upstream.
+        assert!(matches!(
+            f.flows.step(&login_id, browser(), creds).await,
+            Err(FlowError::WrongStep)
+        ));
+        assert!(matches!(
+            f.flows.callback("up", &HashMap::new(), browser()).await,
+            Err(FlowError::MissingState)
+        ));
+        assert!(matches!(
+            f.flows.callback("up", &callback("forged"), browser()).await,
+            Err(FlowError::UnknownState)
+        ));
+        f.clock.advance(600);
+        assert!(matches!(
+            f.flows.callback("up", &callback(&state), browser()).await,
+            Err(FlowError::UnknownLogin)
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_upstream_refusal_goes_to_the_client_with_its_state() {
+        let f = fixture(false, None).await;
+        let state = start_upstream(&f, request()).await;
+        let mut params = callback(&state);
+        params.insert("error".into(), "access_denied".into());
+        let Next::ErrorToClient(url) = f.flows.callback("up", &params, browser()).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(param(&url, "error").as_deref(), Some("access_denied"));
+        assert_eq!(param(&url, "state").as_deref(), Some("rp-state"));
+        // The login is over: the same callback again is a replay.
+        assert!(matches!(
+            f.flows.callback("up", &params, browser()).await,
+            Err(FlowError::AlreadyUsed)
+        ));
+    }
+
+    /// Logs in once and returns the session cookie.
+    async fn session_cookie(f: &Fixture) -> String {
+        let state = start_upstream(f, request()).await;
+        match f
+            .flows
+            .callback("up", &callback(&state), browser())
+            .await
+            .unwrap()
+        {
+            Next::LoggedIn { session_cookie, .. } => session_cookie,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn single_sign_on_respects_prompt_and_max_age() {
+        let f = fixture(false, None).await;
+        let cookie = session_cookie(&f).await;
+        let with_session = Browser {
+            transaction: TX,
+            session: Some(&cookie),
+        };
+        let sso = |req| f.flows.authorize(req, with_session);
+        assert!(matches!(sso(request()).await.unwrap(), Next::CodeIssued(_)));
+        // max_age=0 re-authenticates even within the login's second.
+        let mut req = request();
+        req.max_age = Some(0);
+        assert!(matches!(sso(req).await.unwrap(), Next::RedirectUpstream(_)));
+        let mut req = request();
+        req.prompt = Prompt::Login;
+        assert!(matches!(sso(req).await.unwrap(), Next::RedirectUpstream(_)));
+        f.clock.advance(60);
+        let mut req = request();
+        req.max_age = Some(61);
+        assert!(matches!(sso(req).await.unwrap(), Next::CodeIssued(_)));
+        let mut req = request();
+        req.max_age = Some(60);
+        assert!(matches!(sso(req).await.unwrap(), Next::RedirectUpstream(_)));
+        // prompt=none with a session too old for max_age: no UI, an error.
+        let mut req = request();
+        req.max_age = Some(10);
+        req.prompt = Prompt::None;
+        let Next::ErrorToClient(url) = sso(req).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(param(&url, "error").as_deref(), Some("login_required"));
+    }
+
+    #[tokio::test]
+    async fn prompt_none_without_a_session_is_login_required() {
+        let f = fixture(false, None).await;
+        let mut req = request();
+        req.prompt = Prompt::None;
+        let Next::ErrorToClient(url) = f.flows.authorize(req, browser()).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(param(&url, "error").as_deref(), Some("login_required"));
+        assert_eq!(param(&url, "state").as_deref(), Some("rp-state"));
+        assert!(
+            f.upstream.begun.lock().unwrap().is_empty(),
+            "no UI, no upstream"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_login_replaces_the_old_session() {
+        let f = fixture(false, None).await;
+        let old = session_cookie(&f).await;
+        let state = start_upstream(&f, request()).await;
+        let with_old = Browser {
+            transaction: TX,
+            session: Some(&old),
+        };
+        let Next::LoggedIn { session_cookie, .. } = f
+            .flows
+            .callback("up", &callback(&state), with_old)
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_ne!(session_cookie, old);
+        assert!(f.flows.session(Some(&old)).await.unwrap().is_none());
+        let new = f
+            .flows
+            .session(Some(&session_cookie))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(new.identity.subject, "u-1");
+        assert_eq!(
+            f.store.session_clients(&new.sid).await.unwrap(),
+            vec!["app".to_string()]
+        );
     }
 }

@@ -12,6 +12,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use url::Url;
 
+mod races;
 mod support;
 use support::*;
 

@@ -94,8 +94,9 @@ async fn login_by_callback_state(s: &dyn Store) {
         .unwrap());
     let row = found(s.login_by_state("st3", 2).await.unwrap());
     assert_eq!((row.id_hash.as_str(), row.version), ("l3", 1));
+    // Finishing without a new state keeps the old one findable.
     assert!(s
-        .update_login("l3", 1, "done", Some("st3"), true, 3)
+        .update_login("l3", 1, "done", None, true, 3)
         .await
         .unwrap());
     assert_eq!(s.login_by_state("st3", 4).await.unwrap(), Lookup::Finished);
@@ -379,4 +380,47 @@ async fn keys_roundtrip(s: &dyn Store) {
     };
     assert!(!s.insert_key(&same_generation).await.unwrap());
     assert_eq!(s.list_keys().await.unwrap(), vec![k0, k1]);
+}
+
+/// A [`SqlStore`] in a schema of its own on the project's PostgreSQL server
+/// (127.0.0.1:5432, database `test`; `AUTH_ADAPTER_TEST_POSTGRES` overrides).
+pub struct TestPostgres {
+    pub store: SqlStore,
+    admin: sqlx::AnyPool,
+    schema: String,
+}
+
+impl TestPostgres {
+    pub async fn new() -> Self {
+        let base = std::env::var("AUTH_ADAPTER_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!(
+            "store_test_{}",
+            crate::secret::random_token()[..12].to_lowercase()
+        )
+        .replace('-', "_");
+        sqlx::any::install_default_drivers();
+        let admin = sqlx::AnyPool::connect(&base)
+            .await
+            .expect("PostgreSQL must run at 127.0.0.1:5432 (see scripts/install-test-deps.sh)");
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let url = format!("{base}?options=-c%20search_path%3D{schema}");
+        let store = SqlStore::connect(&url, 8).await.unwrap();
+        TestPostgres {
+            store,
+            admin,
+            schema,
+        }
+    }
+
+    pub async fn drop_schema(self) {
+        self.store.pool().close().await;
+        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .execute(&self.admin)
+            .await
+            .unwrap();
+    }
 }

@@ -189,9 +189,11 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<Lookup<LoginRow>, StoreError>;
 
-    /// Compare-and-swap: replaces the payload (and the callback state) of an
-    /// unfinished, unexpired login still at `version`; `finish` makes it
-    /// single-use. False when another request got there first.
+    /// Compare-and-swap: replaces the payload of an unfinished, unexpired
+    /// login still at `version`, and its callback state when `state_hash` is
+    /// given (`None` keeps it, so a finished login still answers a replayed
+    /// callback); `finish` makes it single-use. False when another request
+    /// got there first.
     async fn update_login(
         &self,
         id_hash: &str,

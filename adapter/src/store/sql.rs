@@ -254,7 +254,8 @@ impl Store for SqlStore {
     ) -> Result<bool, StoreError> {
         // One statement: the database picks the single winner of a race.
         let r = sqlx::query(
-            "UPDATE logins SET version = version + 1, data = $3, state_hash = $4, \
+            "UPDATE logins SET version = version + 1, data = $3, \
+             state_hash = COALESCE($4, state_hash), \
              finished_at = $5 \
              WHERE id_hash = $1 AND version = $2 AND finished_at IS NULL AND expires_at > $6",
         )
@@ -664,28 +665,8 @@ mod tests {
     /// database `test`), in a schema of its own.
     #[tokio::test]
     async fn postgres_conformance() {
-        let base = std::env::var("AUTH_ADAPTER_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let schema = format!(
-            "store_test_{}",
-            crate::secret::random_token()[..12].to_lowercase()
-        )
-        .replace('-', "_");
-        sqlx::any::install_default_drivers();
-        let admin = AnyPool::connect(&base)
-            .await
-            .expect("PostgreSQL must run at 127.0.0.1:5432 (see scripts/install-test-deps.sh)");
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        let url = format!("{base}?options=-c%20search_path%3D{schema}");
-        let store = SqlStore::connect(&url, 4).await.unwrap();
-        crate::store::conformance::run_all(Arc::new(store.clone())).await;
-        store.pool().close().await;
-        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&admin)
-            .await
-            .unwrap();
+        let pg = crate::store::conformance::TestPostgres::new().await;
+        crate::store::conformance::run_all(Arc::new(pg.store.clone())).await;
+        pg.drop_schema().await;
     }
 }
