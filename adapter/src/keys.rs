@@ -835,6 +835,28 @@ mod tests {
     }
 
     #[test]
+    fn keys_section_is_read_from_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        std::fs::write(
+            &path,
+            "[keys]\nencryption_key_file = \"/run/secrets/k\"\n[tokens]\nsigning_alg = \"EdDSA\"\n",
+        )
+        .unwrap();
+        let c = crate::config::load(Some(&path), "AUTH_ADAPTER_KEYS_TEST_UNUSED__").unwrap();
+        assert_eq!(
+            c.keys.encryption_key_file,
+            Some(PathBuf::from("/run/secrets/k"))
+        );
+        assert_eq!(c.keys.encryption_key_env, None);
+        std::fs::write(&path, "[keys]\nencryption_key = \"x\"\n").unwrap();
+        let err = crate::config::load(Some(&path), "AUTH_ADAPTER_KEYS_TEST_UNUSED__")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("found `encryption_key`"), "{err}");
+    }
+
+    #[test]
     fn key_file_sits_beside_the_sqlite_file() {
         assert_eq!(
             sqlite_key_file("sqlite://data/sub/adapter.db?mode=rwc"),
