@@ -13,6 +13,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::keys::KeysConfig;
+
 /// Default prefix of environment overrides: `AUTH_ADAPTER__SERVER__LISTEN=...`.
 pub const ENV_PREFIX: &str = "AUTH_ADAPTER__";
 
@@ -32,6 +34,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Local accounts. When non-empty, a password connector with id `local` is offered.
     pub local_users: Vec<LocalUserConfig>,
+    /// Encryption at rest of the private signing keys.
+    pub keys: KeysConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -235,9 +235,15 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
     let store = SqlStore::connect(&config.database.url, config.database.max_connections)
         .await
         .with_context(|| "database.url: cannot open the database".to_string())?;
-    let keys = KeyManager::load_or_create(&store, &config.tokens.signing_alg, clock.now())
-        .await
-        .context("signing keys")?;
+    let keys = KeyManager::load_or_create(
+        &store,
+        &config.tokens.signing_alg,
+        &config.keys,
+        &config.database.url,
+        clock.now(),
+    )
+    .await
+    .context("signing keys")?;
     let cookie_secure = config
         .session
         .secure

@@ -1606,9 +1606,17 @@ async fn e3_upstream_access_denied_reaches_the_rp() {
 async fn g3_two_replicas_on_postgres_share_every_step() {
     let schema = e2e::chain::PgSchema::create().await.unwrap();
     let url = schema.url.clone();
+    // Replicas on PostgreSQL share the key that encrypts signing keys at rest.
+    std::env::set_var(
+        "AUTH_ADAPTER_E2E_KEYS_KEY",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [42u8; 32]),
+    );
     let mut chain = TestChain::builder()
         .test_app(false)
-        .tweak_adapter(move |c| c.database.url = url)
+        .tweak_adapter(move |c| {
+            c.database.url = url;
+            c.keys.encryption_key_env = Some("AUTH_ADAPTER_E2E_KEYS_KEY".into());
+        })
         .start()
         .await
         .unwrap();
