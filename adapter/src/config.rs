@@ -107,12 +107,16 @@ impl Default for SessionConfig {
 pub struct TokenConfig {
     pub access_token_ttl_seconds: i64,
     pub id_token_ttl_seconds: i64,
-    /// Authorization code lifetime; at most 60 s (checklist A15).
+    /// Authorization code lifetime; at most 60 s (RFC 6749 §4.1.2: short-lived).
     pub code_ttl_seconds: i64,
-    /// Lifetime of a pending login (downstream request + upstream state); at most 600 s (D8).
+    /// Lifetime of a pending login (downstream request + upstream state); at most 600 s.
     pub login_ttl_seconds: i64,
-    /// Signing algorithm of new keys: `RS256` (default) or `ES256`.
+    /// Signing algorithm of new keys: `RS256` (default), `ES256` or `EdDSA`.
     pub signing_alg: String,
+    /// A refresh token unused this long expires (RFC 9700 §4.14.2).
+    pub refresh_token_idle_ttl_seconds: i64,
+    /// No refresh token of a grant outlives this, however often rotated.
+    pub refresh_token_absolute_ttl_seconds: i64,
 }
 
 impl Default for TokenConfig {
@@ -123,6 +127,8 @@ impl Default for TokenConfig {
             code_ttl_seconds: 60,
             login_ttl_seconds: 600,
             signing_alg: "RS256".into(),
+            refresh_token_idle_ttl_seconds: 24 * 3600,
+            refresh_token_absolute_ttl_seconds: 30 * 24 * 3600,
         }
     }
 }
@@ -218,6 +224,26 @@ pub struct ClientConfig {
     /// Confidential clients may opt out of PKCE (legacy apps); public ones never.
     #[serde(default = "default_true")]
     pub require_pkce: bool,
+    /// Grants this client may use (RFC 6749 §5.2 `unauthorized_client`
+    /// otherwise): `authorization_code`, `refresh_token`, and for
+    /// confidential clients `client_credentials`. `password` and `implicit`
+    /// are never offered (RFC 9700 §2.1.2, §2.4).
+    #[serde(default = "default_grant_types")]
+    pub grant_types: Vec<String>,
+    /// OpenID Back-Channel Logout 1.0 §2.2: where logout tokens are posted.
+    #[serde(default)]
+    pub backchannel_logout_uri: Option<String>,
+    /// OpenID Connect Dynamic Client Registration §2: the algorithm of this
+    /// client's ID tokens (`RS256`, `ES256` or `EdDSA`); the provider's
+    /// default key algorithm when unset.
+    #[serde(default)]
+    pub id_token_signed_response_alg: Option<String>,
+}
+
+fn default_grant_types() -> Vec<String> {
+    ["authorization_code", "refresh_token"]
+        .map(String::from)
+        .to_vec()
 }
 
 fn default_client_scopes() -> Vec<String> {

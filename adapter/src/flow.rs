@@ -783,6 +783,10 @@ mod tests {
             allowed_scopes: vec!["openid".into()],
             public: true,
             require_pkce: true,
+            grant_types: vec![crate::provider::GrantType::AuthorizationCode],
+            post_logout_redirect_uris: vec![],
+            backchannel_logout_uri: None,
+            id_token_alg: None,
         }
     }
 

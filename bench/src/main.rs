@@ -71,6 +71,9 @@ async fn start_chain() -> anyhow::Result<Chain> {
         allowed_scopes: vec!["openid".into(), "profile".into(), "email".into()],
         public: false,
         require_pkce: true,
+        grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+        backchannel_logout_uri: None,
+        id_token_signed_response_alg: None,
     }];
     broker.upstreams = vec![UpstreamConfig {
         id: "test-auth-server".into(),

@@ -54,6 +54,9 @@ pub fn default_config() -> Config {
             allowed_scopes: vec!["openid".into(), "profile".into(), "email".into()],
             public: false,
             require_pkce: true,
+            grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+            backchannel_logout_uri: None,
+            id_token_signed_response_alg: None,
         }],
         local_users: vec![LocalUserConfig {
             username: "testuser".into(),

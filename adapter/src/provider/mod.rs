@@ -42,6 +42,45 @@ pub struct Client {
     pub public: bool,
     /// Always true for public clients.
     pub require_pkce: bool,
+    pub grant_types: Vec<GrantType>,
+    /// Exact post-logout redirect URIs (OpenID RP-Initiated Logout 1.0 §3).
+    pub post_logout_redirect_uris: Vec<String>,
+    pub backchannel_logout_uri: Option<String>,
+    /// Algorithm of this client's ID tokens, if not the default.
+    pub id_token_alg: Option<String>,
+}
+
+/// The grants a client can be allowed (RFC 6749 §4, §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantType {
+    AuthorizationCode,
+    RefreshToken,
+    ClientCredentials,
+}
+
+impl GrantType {
+    pub fn parse(s: &str) -> Option<GrantType> {
+        match s {
+            "authorization_code" => Some(GrantType::AuthorizationCode),
+            "refresh_token" => Some(GrantType::RefreshToken),
+            "client_credentials" => Some(GrantType::ClientCredentials),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantType::AuthorizationCode => "authorization_code",
+            GrantType::RefreshToken => "refresh_token",
+            GrantType::ClientCredentials => "client_credentials",
+        }
+    }
+}
+
+impl Client {
+    pub fn allows(&self, grant: GrantType) -> bool {
+        self.grant_types.contains(&grant)
+    }
 }
 
 impl Client {
@@ -71,6 +110,38 @@ impl Client {
             validate_redirect_uri(uri)
                 .map_err(|e| format!("{}: {uri}: {e}", key("redirect_uris")))?;
         }
+        let mut grant_types = Vec::new();
+        for g in &c.grant_types {
+            let grant = GrantType::parse(g).ok_or_else(|| {
+                format!(
+                    "{}: {g:?} is not offered (use authorization_code, refresh_token, client_credentials)",
+                    key("grant_types")
+                )
+            })?;
+            if grant == GrantType::ClientCredentials && c.public {
+                return Err(format!(
+                    "{}: a public client cannot use client_credentials",
+                    key("grant_types")
+                ));
+            }
+            grant_types.push(grant);
+        }
+        for uri in &c.post_logout_redirect_uris {
+            validate_redirect_uri(uri)
+                .map_err(|e| format!("{}: {uri}: {e}", key("post_logout_redirect_uris")))?;
+        }
+        if let Some(uri) = &c.backchannel_logout_uri {
+            validate_redirect_uri(uri)
+                .map_err(|e| format!("{}: {uri}: {e}", key("backchannel_logout_uri")))?;
+        }
+        if let Some(alg) = &c.id_token_signed_response_alg {
+            if !matches!(alg.as_str(), "RS256" | "ES256" | "EdDSA") {
+                return Err(format!(
+                    "{}: {alg:?} (use RS256, ES256 or EdDSA)",
+                    key("id_token_signed_response_alg")
+                ));
+            }
+        }
         Ok(Client {
             id: c.id.clone(),
             name: c.name.clone().unwrap_or_else(|| c.id.clone()),
@@ -79,6 +150,10 @@ impl Client {
             allowed_scopes: c.allowed_scopes.clone(),
             public: c.public,
             require_pkce: c.require_pkce || c.public,
+            grant_types,
+            post_logout_redirect_uris: c.post_logout_redirect_uris.clone(),
+            backchannel_logout_uri: c.backchannel_logout_uri.clone(),
+            id_token_alg: c.id_token_signed_response_alg.clone(),
         })
     }
 }
@@ -182,6 +257,9 @@ mod tests {
             allowed_scopes: vec!["openid".into()],
             public: false,
             require_pkce: false,
+            grant_types: vec!["authorization_code".into()],
+            backchannel_logout_uri: None,
+            id_token_signed_response_alg: None,
         };
         assert!(Client::from_config(&c)
             .unwrap_err()

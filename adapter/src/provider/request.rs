@@ -254,6 +254,10 @@ mod tests {
             allowed_scopes: vec!["openid".into(), "profile".into()],
             public: false,
             require_pkce,
+            grant_types: vec![crate::provider::GrantType::AuthorizationCode],
+            post_logout_redirect_uris: vec![],
+            backchannel_logout_uri: None,
+            id_token_alg: None,
         };
         HashMap::from([("app".to_string(), c)])
     }

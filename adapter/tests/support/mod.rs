@@ -47,6 +47,9 @@ pub fn test_config(db_url: &str) -> Config {
             allowed_scopes: vec!["openid".into(), "profile".into(), "email".into()],
             public: false,
             require_pkce: true,
+            grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+            backchannel_logout_uri: None,
+            id_token_signed_response_alg: None,
         },
         ClientConfig {
             id: "other".into(),
@@ -58,6 +61,9 @@ pub fn test_config(db_url: &str) -> Config {
             allowed_scopes: vec!["openid".into()],
             public: false,
             require_pkce: true,
+            grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+            backchannel_logout_uri: None,
+            id_token_signed_response_alg: None,
         },
     ];
     c.local_users = vec![LocalUserConfig {
