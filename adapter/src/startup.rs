@@ -209,7 +209,7 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
             &format!("upstreams[{}].client_secret", up.id),
         )
         .map_err(anyhow::Error::msg)?;
-        let oidc = OidcConnector::new(up, secret).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let oidc = OidcConnector::new(up, secret, clock.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
         connectors.push(Connector {
             id: up.id.clone(),
             name: up.name.clone().unwrap_or_else(|| up.id.clone()),
@@ -227,7 +227,7 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         });
     }
 
-    let customizer = customizer::from_config(&config.claims).map_err(anyhow::Error::msg)?;
+    let customizer = customizer::from_config(&config).map_err(anyhow::Error::msg)?;
     let store = SqlStore::connect(&config.database.url, config.database.max_connections)
         .await
         .with_context(|| "database.url: cannot open the database".to_string())?;
@@ -276,6 +276,7 @@ pub fn app(state: AppState) -> Router {
             "/.well-known/openid-configuration",
             get(discovery::openid_configuration),
         )
+        .route("/.well-known/oauth-authorization-server", get(discovery::oauth_authorization_server))
         .route("/oauth2/jwks", get(discovery::jwks))
         .route(
             "/oauth2/authorize",

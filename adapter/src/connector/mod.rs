@@ -21,7 +21,7 @@ pub use crate::customizer::Identity;
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
     /// The upstream cannot be reached or answered with a server error:
-    /// `temporarily_unavailable` for the relying party (checklist E8).
+    /// `temporarily_unavailable` for the relying party (RFC 6749 §4.1.2.1).
     #[error("upstream unavailable: {0}")]
     Unavailable(String),
     /// The user or the upstream refused (`access_denied`).
@@ -37,6 +37,39 @@ pub enum ConnectorError {
     NotSupported,
 }
 
+/// What a login asks of the upstream (OIDC Core §3.1.2.1).
+#[derive(Debug, Clone, Copy)]
+pub struct BeginRequest<'a> {
+    pub callback_url: &'a str,
+    pub state: &'a str,
+    /// "login" or "none", forwarded as `prompt`.
+    pub prompt: Option<&'a str>,
+    pub max_age: Option<i64>,
+    pub login_hint: Option<&'a str>,
+}
+
+impl ConnectorError {
+    /// How this failure reaches the relying party (RFC 6749 §4.1.2.1). The
+    /// description is generic: details stay in the log, never in the browser.
+    pub fn oauth_error(&self) -> crate::error::OAuthError {
+        use crate::error::OAuthError;
+        match self {
+            ConnectorError::Unavailable(_) => OAuthError::temporarily_unavailable(
+                "the identity provider is unreachable; try again later",
+            ),
+            ConnectorError::Denied(_) => {
+                OAuthError::access_denied("the identity provider denied the login")
+            }
+            ConnectorError::Invalid(_) => {
+                OAuthError::access_denied("the identity provider's response failed validation")
+            }
+            ConnectorError::Config(_) | ConnectorError::NotSupported => {
+                OAuthError::server_error("the identity provider is misconfigured")
+            }
+        }
+    }
+}
+
 /// What `begin` hands back: where to send the browser, and the state to
 /// keep server-side until the callback.
 #[derive(Debug, Clone)]
@@ -48,10 +81,9 @@ pub struct BeginResponse {
 
 #[async_trait]
 pub trait CallbackConnector: Send + Sync + 'static {
-    /// Starts a login. `state` is the value the upstream must echo back;
-    /// `callback_url` is this connector's own callback (RFC 9700 §4.4).
-    async fn begin(&self, callback_url: &str, state: &str)
-        -> Result<BeginResponse, ConnectorError>;
+    /// Starts a login. `req.state` is the value the upstream must echo back;
+    /// `req.callback_url` is this connector's own callback (RFC 9700 §4.4).
+    async fn begin(&self, req: &BeginRequest<'_>) -> Result<BeginResponse, ConnectorError>;
 
     /// Finishes a login from the callback's query parameters.
     async fn complete(
@@ -72,7 +104,8 @@ pub trait CallbackConnector: Send + Sync + 'static {
 
 #[async_trait]
 pub trait PasswordConnector: Send + Sync + 'static {
-    /// `Ok(None)` for unknown user or wrong password alike (F4).
+    /// `Ok(None)` for unknown user or wrong password alike, so a caller
+    /// cannot tell which (no account enumeration).
     async fn login(
         &self,
         username: &str,

@@ -3,11 +3,14 @@
 //!
 //! Discovery is lazy and cached (an upstream that is down at start-up does
 //! not stop the adapter; the next login retries). Every login uses a fresh
-//! `state`, `nonce` and PKCE S256 (checklist E2); the ID token is validated
-//! per OIDC Core §3.1.3.7 by `openidconnect` (signature, `iss`, `aud`,
-//! `azp`, `exp`, `nonce`), plus `at_hash` here (E4). An unknown `kid`
-//! triggers one throttled re-discovery (E5). The outbound HTTP client follows
-//! no redirects, has timeouts and caps response sizes (E7).
+//! `state`, `nonce` and PKCE S256 (RFC 9700 §2.1.1, RFC 7636 §4); the ID
+//! token is validated per OIDC Core §3.1.3.7 by `openidconnect` (signature
+//! with an explicit algorithm allow-list, `iss`, `aud`, `azp`, `exp`,
+//! `nonce`), plus `at_hash` (§3.1.3.8) and, when `max_age` was asked for,
+//! `auth_time` (§3.1.3.7 item 13) here. The callback's `iss` is checked per
+//! RFC 9207 §2.4. An unknown `kid` triggers one throttled re-discovery (OIDC
+//! Core §10.1.1: signing keys rotate). The outbound HTTP client follows no
+//! redirects, has timeouts and caps response sizes (RFC 9700 §4.11 on SSRF).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,24 +18,32 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
+use openidconnect::core::{
+    CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient,
+    CoreClientAuthMethod, CoreGrantType, CoreIdToken, CoreJsonWebKey,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm,
+    CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
+};
 use openidconnect::{
-    AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken, IssuerUrl,
-    Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
+    AccessToken, AccessTokenHash, AdditionalProviderMetadata, AuthorizationCode,
+    ClaimsVerificationError, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce,
+    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
     RequestTokenError, Scope, SignatureVerificationError, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::{Mutex, RwLock};
 
-use super::{BeginResponse, CallbackConnector, ConnectorError, Identity};
+use super::{BeginRequest, BeginResponse, CallbackConnector, ConnectorError, Identity};
+use crate::clock::SharedClock;
 use crate::config::UpstreamConfig;
 
 /// Cap on any upstream response body.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// How long discovered metadata (and its JWKS) is trusted.
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
-/// At most one forced re-discovery per this interval (E5).
+/// At most one forced re-discovery per this interval (a forged `kid` must
+/// not make us hammer the upstream).
 const REFRESH_THROTTLE: Duration = Duration::from_secs(30);
 
 /// Errors of the reqwest bridge used by `openidconnect`.
@@ -42,7 +53,8 @@ pub enum HttpError {
     Http(#[from] reqwest::Error),
     #[error("response larger than {MAX_RESPONSE_BYTES} bytes")]
     TooLarge,
-    /// A 5xx answer: the upstream is in trouble, not the request (E8).
+    /// A 5xx answer: the upstream is in trouble, not the request
+    /// (`temporarily_unavailable`, RFC 6749 §4.1.2.1).
     #[error("upstream answered {0}")]
     ServerError(reqwest::StatusCode),
 }
@@ -56,7 +68,8 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
         .build()
 }
 
-/// Runs an `openidconnect` request on reqwest 0.13 (crates.md trap T3).
+/// Runs an `openidconnect` request on reqwest 0.13 (`openidconnect` 4.1
+/// ships a bridge for reqwest 0.12 only).
 pub async fn bridge(
     client: reqwest::Client,
     request: openidconnect::HttpRequest,
@@ -92,8 +105,134 @@ async fn read_capped(
     Ok(out)
 }
 
+/// Leeway on `auth_time` against `max_age` (clock skew between us and the
+/// upstream).
+const AUTH_TIME_LEEWAY: i64 = 30;
+
+/// The algorithms the adapter ever accepts on an upstream ID token: public
+/// key signatures only, never `none` (OIDC Core §10.1: ID tokens MUST be
+/// signed) nor HMAC (a shared secret lets whoever holds it forge tokens).
+pub const ACCEPTED_ALGS: [CoreJwsSigningAlgorithm; 4] = [
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+    CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+    CoreJwsSigningAlgorithm::EdDsa,
+];
+
+/// The algorithms accepted on this upstream's ID tokens: those it
+/// advertises (`id_token_signing_alg_values_supported`, OIDC Discovery §3)
+/// that are also in [`ACCEPTED_ALGS`].
+pub fn allowed_algs(advertised: &[CoreJwsSigningAlgorithm]) -> Vec<CoreJwsSigningAlgorithm> {
+    ACCEPTED_ALGS
+        .iter()
+        .filter(|a| advertised.contains(a))
+        .cloned()
+        .collect()
+}
+
+/// Discovery fields `openidconnect` does not model.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtraProviderMetadata {
+    /// RFC 9207 §3: the upstream puts `iss` in every authorization response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_response_iss_parameter_supported: Option<bool>,
+}
+
+impl AdditionalProviderMetadata for ExtraProviderMetadata {}
+
+/// An upstream's discovery document.
+pub type UpstreamMetadata = ProviderMetadata<
+    ExtraProviderMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+type UpstreamClient = CoreClient<
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
+
+/// RFC 9207 §2.4: an `iss` in the callback must be the upstream's; when the
+/// upstream advertises `authorization_response_iss_parameter_supported`, a
+/// callback without `iss` is refused too (it may come from another server,
+/// the mix-up attack of RFC 9700 §4.4).
+pub fn check_callback_iss(
+    params: &HashMap<String, String>,
+    issuer: &str,
+    iss_advertised: bool,
+) -> Result<(), ConnectorError> {
+    match params.get("iss") {
+        Some(iss) if iss == issuer => Ok(()),
+        Some(_) => Err(ConnectorError::Invalid(
+            "iss in the callback is not the upstream's".into(),
+        )),
+        None if iss_advertised => Err(ConnectorError::Invalid(
+            "the upstream advertises RFC 9207 but the callback has no iss".into(),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// OIDC Core §3.1.3.8 (and §3.3.2.11): `at_hash`, when the ID token has
+/// one, is the left half of the hash of the access token, with the hash of
+/// the ID token's `alg` (SHA-256 for RS256, PS256, ES256; SHA-512 for
+/// EdDSA over Ed25519). `openidconnect` picks the hash from `alg` and `key`.
+pub fn check_at_hash(
+    at_hash: Option<&AccessTokenHash>,
+    access_token: &AccessToken,
+    alg: &CoreJwsSigningAlgorithm,
+    key: &CoreJsonWebKey,
+) -> Result<(), ConnectorError> {
+    let Some(at_hash) = at_hash else {
+        return Ok(());
+    };
+    let expected = AccessTokenHash::from_token(access_token, alg, key)
+        .map_err(|e| ConnectorError::Invalid(format!("id token at_hash: {e}")))?;
+    if crate::secret::ct_eq(at_hash.as_str(), expected.as_str()) {
+        Ok(())
+    } else {
+        Err(ConnectorError::Invalid("id token at_hash mismatch".into()))
+    }
+}
+
+/// OIDC Core §3.1.2.1 and §3.1.3.7 item 13: when `max_age` was sent, the ID
+/// token must carry `auth_time`, and the user must have authenticated at
+/// most `max_age` seconds (plus [`AUTH_TIME_LEEWAY`]) before the request.
+pub fn check_auth_time(
+    auth_time: Option<i64>,
+    max_age: Option<i64>,
+    requested_at: i64,
+) -> Result<(), ConnectorError> {
+    let Some(max_age) = max_age else {
+        return Ok(());
+    };
+    let auth_time = auth_time.ok_or_else(|| {
+        ConnectorError::Invalid("max_age was sent but the id token has no auth_time".into())
+    })?;
+    if auth_time < requested_at - max_age - AUTH_TIME_LEEWAY {
+        return Err(ConnectorError::Invalid(format!(
+            "the upstream authenticated the user {}s before the request; max_age was {max_age}",
+            requested_at - auth_time
+        )));
+    }
+    Ok(())
+}
+
 struct Cached {
-    metadata: CoreProviderMetadata,
+    metadata: UpstreamMetadata,
     fetched: Instant,
 }
 
@@ -102,6 +241,25 @@ struct Cached {
 struct PendingLogin {
     nonce: String,
     pkce_verifier: String,
+    /// The `max_age` sent upstream, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_age: Option<i64>,
+    /// When `begin` ran (the injected clock).
+    #[serde(default)]
+    requested_at: i64,
+}
+
+/// What an ID token proved.
+struct Verified {
+    subject: String,
+    auth_time: Option<i64>,
+}
+
+/// Why an ID token was not accepted.
+enum Rejected {
+    /// No JWKS key matched: the upstream may have rotated its keys.
+    NoMatchingKey,
+    Other(ConnectorError),
 }
 
 pub struct OidcConnector {
@@ -111,6 +269,7 @@ pub struct OidcConnector {
     client_secret: Option<String>,
     scopes: Vec<String>,
     fetch_userinfo: bool,
+    clock: SharedClock,
     http: reqwest::Client,
     cache: RwLock<Option<Cached>>,
     /// Held while a discovery runs.
@@ -132,6 +291,7 @@ impl OidcConnector {
     pub fn new(
         config: &UpstreamConfig,
         client_secret: Option<String>,
+        clock: SharedClock,
     ) -> Result<Self, ConnectorError> {
         IssuerUrl::new(config.issuer.clone())
             .map_err(|e| ConnectorError::Config(format!("upstreams[{}].issuer: {e}", config.id)))?;
@@ -142,6 +302,7 @@ impl OidcConnector {
             client_secret,
             scopes: config.scopes.clone(),
             fetch_userinfo: config.fetch_userinfo,
+            clock,
             http: http_client().map_err(|e| ConnectorError::Config(e.to_string()))?,
             cache: RwLock::new(None),
             discovering: Mutex::new(()),
@@ -149,7 +310,7 @@ impl OidcConnector {
         })
     }
 
-    async fn cached(&self) -> Option<CoreProviderMetadata> {
+    async fn cached(&self) -> Option<UpstreamMetadata> {
         self.cache
             .read()
             .await
@@ -158,7 +319,7 @@ impl OidcConnector {
             .map(|c| c.metadata.clone())
     }
 
-    async fn metadata(&self) -> Result<CoreProviderMetadata, ConnectorError> {
+    async fn metadata(&self) -> Result<UpstreamMetadata, ConnectorError> {
         if let Some(m) = self.cached().await {
             return Ok(m);
         }
@@ -172,12 +333,12 @@ impl OidcConnector {
     }
 
     /// Fetches metadata and JWKS. `openidconnect` checks that the metadata's
-    /// `issuer` equals the configured one (OIDC Discovery §4.3, E1).
-    async fn discover(&self) -> Result<CoreProviderMetadata, ConnectorError> {
+    /// `issuer` equals the configured one (OIDC Discovery §4.3).
+    async fn discover(&self) -> Result<UpstreamMetadata, ConnectorError> {
         let issuer = IssuerUrl::new(self.issuer.clone())
             .map_err(|e| ConnectorError::Config(e.to_string()))?;
         let http = |r| bridge(self.http.clone(), r);
-        let metadata = CoreProviderMetadata::discover_async(issuer, &http)
+        let metadata = UpstreamMetadata::discover_async(issuer, &http)
             .await
             .map_err(|e| match e {
                 openidconnect::DiscoveryError::Validation(v) => {
@@ -206,19 +367,9 @@ impl OidcConnector {
 
     fn client(
         &self,
-        metadata: CoreProviderMetadata,
+        metadata: UpstreamMetadata,
         callback_url: &str,
-    ) -> Result<
-        CoreClient<
-            openidconnect::EndpointSet,
-            openidconnect::EndpointNotSet,
-            openidconnect::EndpointNotSet,
-            openidconnect::EndpointNotSet,
-            openidconnect::EndpointMaybeSet,
-            openidconnect::EndpointMaybeSet,
-        >,
-        ConnectorError,
-    > {
+    ) -> Result<UpstreamClient, ConnectorError> {
         let redirect = RedirectUrl::new(callback_url.to_string())
             .map_err(|e| ConnectorError::Config(format!("callback url: {e}")))?;
         Ok(CoreClient::from_provider_metadata(
@@ -229,9 +380,54 @@ impl OidcConnector {
         .set_redirect_uri(redirect))
     }
 
+    /// The allow-list for this upstream; refuses an upstream that offers
+    /// none of [`ACCEPTED_ALGS`].
+    fn algs(&self, metadata: &UpstreamMetadata) -> Result<Vec<CoreJwsSigningAlgorithm>, ConnectorError> {
+        let algs = allowed_algs(metadata.id_token_signing_alg_values_supported());
+        if algs.is_empty() {
+            return Err(ConnectorError::Config(format!(
+                "upstream {} signs ID tokens with none of RS256, PS256, ES256, EdDSA",
+                self.id
+            )));
+        }
+        Ok(algs)
+    }
+
+    /// Verifies the ID token (OIDC Core §3.1.3.7) with the algorithm
+    /// allow-list, then its `at_hash`.
+    fn verify(
+        &self,
+        metadata: &UpstreamMetadata,
+        client: &UpstreamClient,
+        id_token: &CoreIdToken,
+        nonce: &Nonce,
+        access_token: &AccessToken,
+    ) -> Result<Verified, Rejected> {
+        let algs = self.algs(metadata).map_err(Rejected::Other)?;
+        let verifier = client.id_token_verifier().set_allowed_algs(algs);
+        let claims = id_token.claims(&verifier, nonce).map_err(|e| match e {
+            ClaimsVerificationError::SignatureVerification(
+                SignatureVerificationError::NoMatchingKey,
+            ) => Rejected::NoMatchingKey,
+            e => Rejected::Other(ConnectorError::Invalid(format!("id token: {e}"))),
+        })?;
+        // The signature verified, so alg and key are the ones it used.
+        let invalid = |e: SignatureVerificationError| {
+            Rejected::Other(ConnectorError::Invalid(format!("id token: {e}")))
+        };
+        let alg = id_token.signing_alg().map_err(invalid)?;
+        let key = id_token.signing_key(&verifier).map_err(invalid)?;
+        check_at_hash(claims.access_token_hash(), access_token, alg, key)
+            .map_err(Rejected::Other)?;
+        Ok(Verified {
+            subject: claims.subject().to_string(),
+            auth_time: claims.auth_time().map(|t| t.timestamp()),
+        })
+    }
+
     async fn userinfo(
         &self,
-        metadata: &CoreProviderMetadata,
+        metadata: &UpstreamMetadata,
         access_token: &str,
         subject: &str,
     ) -> Result<Map<String, Value>, ConnectorError> {
@@ -281,15 +477,14 @@ fn verified_payload(jwt: &str) -> Result<Map<String, Value>, ConnectorError> {
 
 #[async_trait]
 impl CallbackConnector for OidcConnector {
-    async fn begin(
-        &self,
-        callback_url: &str,
-        state: &str,
-    ) -> Result<BeginResponse, ConnectorError> {
+    async fn begin(&self, req: &BeginRequest<'_>) -> Result<BeginResponse, ConnectorError> {
         let metadata = self.metadata().await?;
-        let client = self.client(metadata, callback_url)?;
+        // An upstream we could never verify is refused before the user
+        // types a password there.
+        self.algs(&metadata)?;
+        let client = self.client(metadata, req.callback_url)?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-        let state = state.to_string();
+        let state = req.state.to_string();
         let mut request = client.authorize_url(
             CoreAuthenticationFlow::AuthorizationCode,
             move || CsrfToken::new(state),
@@ -298,10 +493,23 @@ impl CallbackConnector for OidcConnector {
         for scope in self.scopes.iter().filter(|s| s.as_str() != "openid") {
             request = request.add_scope(Scope::new(scope.clone()));
         }
+        // OIDC Core §3.1.2.1: what the relying party asked of us, asked of
+        // the upstream in turn.
+        if let Some(prompt) = req.prompt {
+            request = request.add_extra_param("prompt", prompt.to_string());
+        }
+        if let Some(max_age) = req.max_age {
+            request = request.add_extra_param("max_age", max_age.to_string());
+        }
+        if let Some(hint) = req.login_hint {
+            request = request.add_extra_param("login_hint", hint.to_string());
+        }
         let (url, _state, nonce) = request.set_pkce_challenge(challenge).url();
         let pending = PendingLogin {
             nonce: nonce.secret().clone(),
             pkce_verifier: verifier.secret().clone(),
+            max_age: req.max_age,
+            requested_at: self.clock.now(),
         };
         Ok(BeginResponse {
             redirect_url: url.to_string(),
@@ -316,6 +524,18 @@ impl CallbackConnector for OidcConnector {
         params: &HashMap<String, String>,
         connector_state: &str,
     ) -> Result<Identity, ConnectorError> {
+        let pending: PendingLogin = serde_json::from_str(connector_state)
+            .map_err(|e| ConnectorError::Invalid(format!("login state: {e}")))?;
+        let mut metadata = self.metadata().await?;
+        // RFC 9207 §2.4: error responses carry `iss` too, so check it first.
+        check_callback_iss(
+            params,
+            &self.issuer,
+            metadata
+                .additional_metadata()
+                .authorization_response_iss_parameter_supported
+                == Some(true),
+        )?;
         if let Some(error) = params.get("error") {
             // Only the code travels on; upstream descriptions are not trusted.
             let code: String = error
@@ -327,21 +547,10 @@ impl CallbackConnector for OidcConnector {
                 "upstream returned error={code}"
             )));
         }
-        // RFC 9207 §2.4: when the upstream says who it is, it must be our upstream.
-        if let Some(iss) = params.get("iss") {
-            if iss != &self.issuer {
-                return Err(ConnectorError::Invalid(
-                    "iss in the callback is not the upstream's".into(),
-                ));
-            }
-        }
         let code = params
             .get("code")
             .ok_or_else(|| ConnectorError::Invalid("callback without code".into()))?;
-        let pending: PendingLogin = serde_json::from_str(connector_state)
-            .map_err(|e| ConnectorError::Invalid(format!("login state: {e}")))?;
 
-        let metadata = self.metadata().await?;
         let client = self.client(metadata.clone(), callback_url)?;
         let http = |r| bridge(self.http.clone(), r);
         let token = client
@@ -363,38 +572,39 @@ impl CallbackConnector for OidcConnector {
             .id_token()
             .ok_or_else(|| ConnectorError::Invalid("no id_token in the token response".into()))?;
         let nonce = Nonce::new(pending.nonce);
+        let access_token = token.access_token();
 
-        let subject = match id_token.claims(&client.id_token_verifier(), &nonce) {
-            Ok(claims) => claims.subject().to_string(),
-            Err(ClaimsVerificationError::SignatureVerification(
-                SignatureVerificationError::NoMatchingKey,
-            )) if self.forced_refresh().await => {
-                // The upstream may have rotated its keys (E5): verify once more.
-                let client = self.client(self.metadata().await?, callback_url)?;
-                let verifier = client.id_token_verifier();
-                let subject = id_token
-                    .claims(&verifier, &nonce)
-                    .map_err(|e| ConnectorError::Invalid(format!("id token: {e}")))?
-                    .subject()
-                    .to_string();
-                subject
+        let verified = match self.verify(&metadata, &client, id_token, &nonce, access_token) {
+            Ok(v) => v,
+            // The upstream may have rotated its keys (OIDC Core §10.1.1):
+            // re-discover once, throttled, and verify again.
+            Err(Rejected::NoMatchingKey) if self.forced_refresh().await => {
+                metadata = self.metadata().await?;
+                let client = self.client(metadata.clone(), callback_url)?;
+                match self.verify(&metadata, &client, id_token, &nonce, access_token) {
+                    Ok(v) => v,
+                    Err(Rejected::NoMatchingKey) => {
+                        return Err(ConnectorError::Invalid(
+                            "id token: no key of the upstream matches".into(),
+                        ))
+                    }
+                    Err(Rejected::Other(e)) => return Err(e),
+                }
             }
-            Err(e) => return Err(ConnectorError::Invalid(format!("id token: {e}"))),
+            Err(Rejected::NoMatchingKey) => {
+                return Err(ConnectorError::Invalid(
+                    "id token: no key of the upstream matches".into(),
+                ))
+            }
+            Err(Rejected::Other(e)) => return Err(e),
         };
+        check_auth_time(verified.auth_time, pending.max_age, pending.requested_at)?;
 
         let raw = id_token.to_string();
         let mut claims = verified_payload(&raw)?;
-        // OIDC Core §3.1.3.8: at_hash, when present, binds the access token.
-        // Our allowlist (RS256/ES256/PS256) hashes with SHA-256.
-        if let Some(at_hash) = claims.get("at_hash").and_then(Value::as_str) {
-            let expected = crate::secret::at_hash(token.access_token().secret());
-            if !crate::secret::ct_eq(at_hash, &expected) {
-                return Err(ConnectorError::Invalid("id token at_hash mismatch".into()));
-            }
-        }
         if self.fetch_userinfo {
             let info = self
-                .userinfo(&metadata, token.access_token().secret(), &subject)
+                .userinfo(&metadata, access_token.secret(), &verified.subject)
                 .await?;
             for (k, v) in info {
                 claims.entry(k).or_insert(v);
@@ -402,8 +612,9 @@ impl CallbackConnector for OidcConnector {
         }
         Ok(Identity {
             connector_id: self.id.clone(),
-            subject,
+            subject: verified.subject,
             claims,
+            auth_time: verified.auth_time,
         })
     }
 

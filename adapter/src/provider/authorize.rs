@@ -304,20 +304,7 @@ fn authorize_error(st: &AppState, e: AuthorizeError) -> Response {
 /// log, not to the browser.
 fn connector_error(e: &ConnectorError) -> OAuthError {
     tracing::warn!(error = %e, "upstream login failed");
-    match e {
-        ConnectorError::Unavailable(_) => OAuthError::temporarily_unavailable(
-            "the identity provider is unreachable; try again later",
-        ),
-        ConnectorError::Denied(_) => {
-            OAuthError::access_denied("the identity provider denied the login")
-        }
-        ConnectorError::Invalid(_) => {
-            OAuthError::access_denied("the identity provider's response failed validation")
-        }
-        ConnectorError::Config(_) | ConnectorError::NotSupported => {
-            OAuthError::server_error("the identity provider is misconfigured")
-        }
-    }
+    e.oauth_error()
 }
 
 /// The session of this browser, if any and still valid.
@@ -455,7 +442,14 @@ async fn start_login(
         ConnectorKind::Callback(c) => {
             let login_state = random_token();
             let callback_url = format!("{}{}", st.issuer(), callback_path(&connector.id));
-            let begun = match c.begin(&callback_url, &login_state).await {
+            let begin = crate::connector::BeginRequest {
+                callback_url: &callback_url,
+                state: &login_state,
+                prompt: None,
+                max_age: None,
+                login_hint: None,
+            };
+            let begun = match c.begin(&begin).await {
                 Ok(b) => b,
                 Err(e) => {
                     let _ = st.store.delete(Kind::AuthRequest, ar_id).await;
