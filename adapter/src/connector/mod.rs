@@ -144,3 +144,35 @@ pub fn valid_id(id: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    #[test]
+    fn oauth_error_maps_each_variant() {
+        for (e, code) in [
+            (
+                ConnectorError::Unavailable("detail-42".into()),
+                ErrorCode::TemporarilyUnavailable,
+            ),
+            (ConnectorError::Denied("detail-42".into()), ErrorCode::AccessDenied),
+            (ConnectorError::Invalid("detail-42".into()), ErrorCode::AccessDenied),
+            (ConnectorError::Config("detail-42".into()), ErrorCode::ServerError),
+            (ConnectorError::NotSupported, ErrorCode::ServerError),
+        ] {
+            let got = e.oauth_error();
+            assert_eq!(got.code, code, "{e:?}");
+            // Details stay in the log.
+            assert!(!got.description.contains("detail-42"), "{e:?}: {}", got.description);
+        }
+        assert_eq!(
+            ConnectorError::Unavailable(String::new())
+                .oauth_error()
+                .code
+                .as_str(),
+            "temporarily_unavailable"
+        );
+    }
+}

@@ -624,3 +624,203 @@ impl CallbackConnector for OidcConnector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use sha2::{Digest, Sha256, Sha512};
+
+    const TOKEN: &str = "an-access-token-from-the-upstream";
+
+    fn key(v: Value) -> CoreJsonWebKey {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn rsa() -> CoreJsonWebKey {
+        key(json!({"kty": "RSA", "use": "sig", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw", "e": "AQAB"}))
+    }
+
+    fn ec() -> CoreJsonWebKey {
+        key(json!({"kty": "EC", "use": "sig", "crv": "P-256",
+            "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+            "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}))
+    }
+
+    fn ed25519() -> CoreJsonWebKey {
+        key(json!({"kty": "OKP", "use": "sig", "crv": "Ed25519",
+            "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}))
+    }
+
+    /// `at_hash` computed here with `sha2`, apart from the code under test.
+    fn sha256_half(token: &str) -> AccessTokenHash {
+        AccessTokenHash::new(URL_SAFE_NO_PAD.encode(&Sha256::digest(token.as_bytes())[..16]))
+    }
+
+    fn sha512_half(token: &str) -> AccessTokenHash {
+        AccessTokenHash::new(URL_SAFE_NO_PAD.encode(&Sha512::digest(token.as_bytes())[..32]))
+    }
+
+    fn at(token: &str) -> AccessToken {
+        AccessToken::new(token.into())
+    }
+
+    fn invalid(r: Result<(), ConnectorError>) -> String {
+        match r {
+            Err(ConnectorError::Invalid(m)) => m,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn at_hash_uses_sha256_for_rs256_ps256_es256() {
+        use CoreJwsSigningAlgorithm::*;
+        for (alg, key) in [
+            (RsaSsaPkcs1V15Sha256, rsa()),
+            (RsaSsaPssSha256, rsa()),
+            (EcdsaP256Sha256, ec()),
+        ] {
+            let good = sha256_half(TOKEN);
+            check_at_hash(Some(&good), &at(TOKEN), &alg, &key).unwrap();
+            // Another token, or another hash, is refused.
+            let m = invalid(check_at_hash(Some(&good), &at("other"), &alg, &key));
+            assert_eq!(m, "id token at_hash mismatch", "{alg:?}");
+            let m = invalid(check_at_hash(
+                Some(&sha512_half(TOKEN)),
+                &at(TOKEN),
+                &alg,
+                &key,
+            ));
+            assert_eq!(m, "id token at_hash mismatch", "{alg:?}");
+        }
+    }
+
+    #[test]
+    fn at_hash_uses_sha512_for_eddsa_ed25519() {
+        let alg = CoreJwsSigningAlgorithm::EdDsa;
+        check_at_hash(Some(&sha512_half(TOKEN)), &at(TOKEN), &alg, &ed25519()).unwrap();
+        let m = invalid(check_at_hash(
+            Some(&sha256_half(TOKEN)),
+            &at(TOKEN),
+            &alg,
+            &ed25519(),
+        ));
+        assert_eq!(m, "id token at_hash mismatch");
+    }
+
+    #[test]
+    fn at_hash_absent_is_accepted_and_a_mismatched_key_refused() {
+        let alg = CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256;
+        check_at_hash(None, &at(TOKEN), &alg, &rsa()).unwrap();
+        let m = invalid(check_at_hash(
+            Some(&sha256_half(TOKEN)),
+            &at(TOKEN),
+            &alg,
+            &ec(),
+        ));
+        assert!(m.starts_with("id token at_hash: "), "{m}");
+    }
+
+    fn algs(names: &[&str]) -> Vec<CoreJwsSigningAlgorithm> {
+        names
+            .iter()
+            .map(|n| serde_json::from_value(json!(n)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn allow_list_intersects_the_advertised_algorithms() {
+        assert_eq!(allowed_algs(&algs(&["HS256", "none"])), vec![]);
+        assert_eq!(
+            allowed_algs(&algs(&["none", "HS256", "RS256", "ES384", "RS512"])),
+            algs(&["RS256"])
+        );
+        assert_eq!(
+            allowed_algs(&algs(&["EdDSA", "HS512", "ES256", "PS256", "RS256"])),
+            algs(&["RS256", "PS256", "ES256", "EdDSA"])
+        );
+        assert_eq!(allowed_algs(&algs(&["ES256"])), algs(&["ES256"]));
+    }
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn rfc9207_iss_rule() {
+        let up = "https://up.example";
+        let with = params(&[("code", "c"), ("iss", up)]);
+        let without = params(&[("code", "c")]);
+        let other = params(&[("code", "c"), ("iss", "https://evil.example")]);
+        check_callback_iss(&with, up, true).unwrap();
+        check_callback_iss(&with, up, false).unwrap();
+        check_callback_iss(&without, up, false).unwrap();
+        assert_eq!(
+            invalid(check_callback_iss(&without, up, true)),
+            "the upstream advertises RFC 9207 but the callback has no iss"
+        );
+        for advertised in [true, false] {
+            assert_eq!(
+                invalid(check_callback_iss(&other, up, advertised)),
+                "iss in the callback is not the upstream's"
+            );
+        }
+    }
+
+    #[test]
+    fn auth_time_is_checked_against_max_age() {
+        let t = 1_700_000_000;
+        // No max_age: nothing to check.
+        check_auth_time(None, None, t).unwrap();
+        check_auth_time(Some(t - 100_000), None, t).unwrap();
+        // max_age sent: auth_time required.
+        assert_eq!(
+            invalid(check_auth_time(None, Some(300), t)),
+            "max_age was sent but the id token has no auth_time"
+        );
+        // Within max_age, and within the leeway.
+        check_auth_time(Some(t - 300), Some(300), t).unwrap();
+        check_auth_time(Some(t - 300 - AUTH_TIME_LEEWAY), Some(300), t).unwrap();
+        check_auth_time(Some(t + 5), Some(0), t).unwrap();
+        // Beyond it.
+        let m = invalid(check_auth_time(
+            Some(t - 301 - AUTH_TIME_LEEWAY),
+            Some(300),
+            t,
+        ));
+        assert!(m.contains("max_age was 300"), "{m}");
+    }
+
+    #[test]
+    fn metadata_reads_the_rfc9207_flag() {
+        let doc = |extra: Value| {
+            let mut d = json!({
+                "issuer": "https://up.example",
+                "authorization_endpoint": "https://up.example/authorize",
+                "jwks_uri": "https://up.example/jwks",
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+            });
+            d.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value::<UpstreamMetadata>(d).unwrap()
+        };
+        let m = doc(json!({"authorization_response_iss_parameter_supported": true}));
+        assert_eq!(
+            m.additional_metadata()
+                .authorization_response_iss_parameter_supported,
+            Some(true)
+        );
+        let m = doc(json!({}));
+        assert_eq!(
+            m.additional_metadata()
+                .authorization_response_iss_parameter_supported,
+            None
+        );
+    }
+}
