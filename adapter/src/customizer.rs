@@ -378,8 +378,12 @@ mod tests {
     }
 
     fn mapped() -> MappedCustomizer {
-        MappedCustomizer::new(&ClaimsConfig::default(), SubjectStrategies::default(), vec![])
-            .unwrap()
+        MappedCustomizer::new(
+            &ClaimsConfig::default(),
+            SubjectStrategies::default(),
+            vec![],
+        )
+        .unwrap()
     }
 
     fn scopes(s: &str) -> Vec<String> {
@@ -414,9 +418,8 @@ mod tests {
     fn reserved_claims_cannot_be_mapped() {
         let mut cfg = ClaimsConfig::default();
         cfg.mappings.insert("sub".into(), "email".into());
-        let new = |cfg: &ClaimsConfig| {
-            MappedCustomizer::new(cfg, SubjectStrategies::default(), vec![])
-        };
+        let new =
+            |cfg: &ClaimsConfig| MappedCustomizer::new(cfg, SubjectStrategies::default(), vec![]);
         assert!(new(&cfg).unwrap_err().contains("`sub`"));
         let mut cfg = ClaimsConfig::default();
         cfg.mappings.insert("iss".into(), "name".into());

@@ -209,7 +209,8 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
             &format!("upstreams[{}].client_secret", up.id),
         )
         .map_err(anyhow::Error::msg)?;
-        let oidc = OidcConnector::new(up, secret, clock.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let oidc =
+            OidcConnector::new(up, secret, clock.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
         connectors.push(Connector {
             id: up.id.clone(),
             name: up.name.clone().unwrap_or_else(|| up.id.clone()),
@@ -276,7 +277,10 @@ pub fn app(state: AppState) -> Router {
             "/.well-known/openid-configuration",
             get(discovery::openid_configuration),
         )
-        .route("/.well-known/oauth-authorization-server", get(discovery::oauth_authorization_server))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(discovery::oauth_authorization_server),
+        )
         .route("/oauth2/jwks", get(discovery::jwks))
         .route(
             "/oauth2/authorize",

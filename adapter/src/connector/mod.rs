@@ -157,15 +157,28 @@ mod tests {
                 ConnectorError::Unavailable("detail-42".into()),
                 ErrorCode::TemporarilyUnavailable,
             ),
-            (ConnectorError::Denied("detail-42".into()), ErrorCode::AccessDenied),
-            (ConnectorError::Invalid("detail-42".into()), ErrorCode::AccessDenied),
-            (ConnectorError::Config("detail-42".into()), ErrorCode::ServerError),
+            (
+                ConnectorError::Denied("detail-42".into()),
+                ErrorCode::AccessDenied,
+            ),
+            (
+                ConnectorError::Invalid("detail-42".into()),
+                ErrorCode::AccessDenied,
+            ),
+            (
+                ConnectorError::Config("detail-42".into()),
+                ErrorCode::ServerError,
+            ),
             (ConnectorError::NotSupported, ErrorCode::ServerError),
         ] {
             let got = e.oauth_error();
             assert_eq!(got.code, code, "{e:?}");
             // Details stay in the log.
-            assert!(!got.description.contains("detail-42"), "{e:?}: {}", got.description);
+            assert!(
+                !got.description.contains("detail-42"),
+                "{e:?}: {}",
+                got.description
+            );
         }
         assert_eq!(
             ConnectorError::Unavailable(String::new())

@@ -382,7 +382,10 @@ impl OidcConnector {
 
     /// The allow-list for this upstream; refuses an upstream that offers
     /// none of [`ACCEPTED_ALGS`].
-    fn algs(&self, metadata: &UpstreamMetadata) -> Result<Vec<CoreJwsSigningAlgorithm>, ConnectorError> {
+    fn algs(
+        &self,
+        metadata: &UpstreamMetadata,
+    ) -> Result<Vec<CoreJwsSigningAlgorithm>, ConnectorError> {
         let algs = allowed_algs(metadata.id_token_signing_alg_values_supported());
         if algs.is_empty() {
             return Err(ConnectorError::Config(format!(
@@ -638,7 +641,9 @@ mod tests {
     }
 
     fn rsa() -> CoreJsonWebKey {
-        key(json!({"kty": "RSA", "use": "sig", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw", "e": "AQAB"}))
+        key(
+            json!({"kty": "RSA", "use": "sig", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw", "e": "AQAB"}),
+        )
     }
 
     fn ec() -> CoreJsonWebKey {
