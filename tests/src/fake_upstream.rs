@@ -50,6 +50,9 @@ pub enum Tamper {
     TokenEndpointDown,
     /// A valid ID token without `auth_time` (OIDC Core §3.1.2.1 `max_age`).
     NoAuthTime,
+    /// HS256, keyed with the client secret the adapter sent with HTTP Basic
+    /// (what an upstream advertising HS256 could do; OIDC Core §10.1).
+    Hs256WithClientSecret,
 }
 
 /// What the fake upstream saw in one authorization request.
@@ -485,6 +488,8 @@ async fn token(
     }
     let mut key = &s.key;
     let mut kid = s.kid.clone();
+    let mut alg = Algorithm::RS256;
+    let hmac_key;
     match tamper {
         Tamper::None => {}
         Tamper::BadSignature => key = &s.other_key,
@@ -498,6 +503,20 @@ async fn token(
         Tamper::WrongIssuer => claims["iss"] = json!(format!("{}/someone-else", s.issuer)),
         Tamper::WrongAudience => claims["aud"] = json!("some-other-client"),
         Tamper::WrongNonce => claims["nonce"] = json!(random_string(16)),
+        Tamper::Hs256WithClientSecret => {
+            use base64::Engine;
+            let secret = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Basic "))
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| s.split_once(':').map(|(_, p)| p.to_string()))
+                .unwrap_or_default();
+            hmac_key = EncodingKey::from_secret(secret.as_bytes());
+            key = &hmac_key;
+            alg = Algorithm::HS256;
+        }
         Tamper::NoAuthTime => {
             if let Some(c) = claims.as_object_mut() {
                 c.remove("auth_time");
@@ -509,7 +528,7 @@ async fn token(
             claims["exp"] = json!(now - 600);
         }
     }
-    let mut header = Header::new(Algorithm::RS256);
+    let mut header = Header::new(alg);
     header.kid = Some(kid);
     header.typ = Some("JWT".into());
     let id_token = match jsonwebtoken::encode(&header, &claims, key) {

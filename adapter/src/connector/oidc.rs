@@ -414,14 +414,15 @@ impl OidcConnector {
             ) => Rejected::NoMatchingKey,
             e => Rejected::Other(ConnectorError::Invalid(format!("id token: {e}"))),
         })?;
-        // The signature verified, so alg and key are the ones it used.
-        let invalid = |e: SignatureVerificationError| {
-            Rejected::Other(ConnectorError::Invalid(format!("id token: {e}")))
-        };
-        let alg = id_token.signing_alg().map_err(invalid)?;
-        let key = id_token.signing_key(&verifier).map_err(invalid)?;
-        check_at_hash(claims.access_token_hash(), access_token, alg, key)
-            .map_err(Rejected::Other)?;
+        if let Some(at_hash) = claims.access_token_hash() {
+            // The signature verified, so alg and key are the ones it used.
+            let invalid = |e: SignatureVerificationError| {
+                Rejected::Other(ConnectorError::Invalid(format!("id token: {e}")))
+            };
+            let alg = id_token.signing_alg().map_err(invalid)?;
+            let key = id_token.signing_key(&verifier).map_err(invalid)?;
+            check_at_hash(Some(at_hash), access_token, alg, key).map_err(Rejected::Other)?;
+        }
         Ok(Verified {
             subject: claims.subject().to_string(),
             auth_time: claims.auth_time().map(|t| t.timestamp()),

@@ -195,6 +195,27 @@ async fn upstream_advertising_only_hs256_and_none_is_refused_at_login() {
     );
 }
 
+/// An upstream that advertises HS256 next to RS256 and HMACs its ID token
+/// with the adapter's client secret is refused: HMAC is never on the
+/// allow-list, whatever the upstream advertises.
+#[tokio::test]
+async fn id_token_hmac_with_the_client_secret_is_refused() {
+    let fake = FakeUpstream::start(ADAPTER_CLIENT_ID, Tamper::None)
+        .await
+        .unwrap();
+    fake.set_advertised_algs(&["RS256", "HS256"]);
+    let chain = chain_on(&fake).await;
+    // Positive control: RS256 from the same upstream logs in.
+    let req = AuthRequest::new(&chain.app);
+    let to_rp = login_through(&fake, &chain, &req).await;
+    assert!(param(&to_rp, "code").is_some(), "{to_rp}");
+
+    fake.set_tamper(Tamper::Hs256WithClientSecret);
+    let req = AuthRequest::new(&chain.app);
+    let to_rp = login_through(&fake, &chain, &req).await;
+    assert_error(&to_rp, "access_denied", &req, &chain);
+}
+
 // ------------------------------------- prompt, max_age, auth_time ----
 
 const CALLBACK: &str = "http://127.0.0.1:9/login/oauth2/code/fake";
