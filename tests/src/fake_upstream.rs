@@ -51,7 +51,7 @@ pub enum Tamper {
     /// A valid ID token without `auth_time` (OIDC Core §3.1.2.1 `max_age`).
     NoAuthTime,
     /// HS256, keyed with the client secret the adapter sent with HTTP Basic
-    /// (what an upstream advertising HS256 could do; OIDC Core §10.1).
+    /// (what an upstream advertising HS256 may do, OIDC Core §3.1.3.7 item 8).
     Hs256WithClientSecret,
 }
 

@@ -10,7 +10,8 @@
 //! `auth_time` (§3.1.3.7 item 13) here. The callback's `iss` is checked per
 //! RFC 9207 §2.4. An unknown `kid` triggers one throttled re-discovery (OIDC
 //! Core §10.1.1: signing keys rotate). The outbound HTTP client follows no
-//! redirects, has timeouts and caps response sizes (RFC 9700 §4.11 on SSRF).
+//! redirects (an upstream cannot point it elsewhere), has timeouts and caps
+//! response sizes.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -110,8 +111,9 @@ async fn read_capped(
 const AUTH_TIME_LEEWAY: i64 = 30;
 
 /// The algorithms the adapter ever accepts on an upstream ID token: public
-/// key signatures only, never `none` (OIDC Core §10.1: ID tokens MUST be
-/// signed) nor HMAC (a shared secret lets whoever holds it forge tokens).
+/// key signatures only, never `none` (OIDC Core §2: ID tokens MUST be
+/// signed) nor HMAC (OIDC Core §3.1.3.7 item 8 keys it with the client
+/// secret, which would let whoever holds that secret forge ID tokens).
 pub const ACCEPTED_ALGS: [CoreJwsSigningAlgorithm; 4] = [
     CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
     CoreJwsSigningAlgorithm::RsaSsaPssSha256,

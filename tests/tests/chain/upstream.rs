@@ -1,5 +1,5 @@
 //! The adapter as a relying party of its upstreams, against real servers:
-//! the algorithm allow-list (OIDC Core §3.1.3.7 items 6–7), `prompt` /
+//! the algorithm allow-list (OIDC Core §2, §3.1.3.7 items 7–8), `prompt` /
 //! `max_age` / `auth_time` (OIDC Core §3.1.2.1, §3.1.3.7 item 13), the
 //! callback's `iss` (RFC 9207 §2.4), subject strategies across upstreams
 //! (OIDC Core §2: `sub` is unique only per issuer) and what discovery
