@@ -278,6 +278,14 @@ pub struct UpstreamConfig {
     /// Also fetch the upstream's userinfo and merge it into the identity.
     #[serde(default)]
     pub fetch_userinfo: bool,
+    /// How the adapter's `sub` is made from this upstream's subject.
+    #[serde(default)]
+    pub subject: SubjectStrategy,
+    /// With two or more upstreams, `subject = "upstream"` is refused at
+    /// start-up (two users could get one `sub`) unless this is set: the
+    /// upstreams share one user base on purpose.
+    #[serde(default)]
+    pub allow_shared_subjects: bool,
 }
 
 /// A local account (identity-provider mode).
@@ -360,6 +368,19 @@ impl Config {
         }
         c
     }
+}
+
+/// How the adapter's `sub` is derived from an upstream's subject (OIDC Core
+/// §2: `sub` is unique only within one issuer).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectStrategy {
+    /// `sub` is the upstream's subject as is (one upstream; the demo).
+    #[default]
+    Upstream,
+    /// `sub` is derived from the upstream id and its subject, so two
+    /// upstreams never collide (see `customizer::namespaced_subject`).
+    Namespaced,
 }
 
 #[cfg(test)]

@@ -4,14 +4,20 @@
 //!
 //! The provider adds the protocol claims (`iss`, `sub`, `aud`, `exp`, …)
 //! itself, after the customizer, so a mapping can never overwrite them
-//! (checklist C8).
+//! (OIDC Core §2, §5.1: `sub`, `iss`, `aud` are the provider's alone).
+//!
+//! The `sub` itself follows each upstream's [`SubjectStrategy`]: the
+//! upstream's subject as is, or [`namespaced_subject`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
-use crate::config::{ClaimsConfig, CustomizerKind};
+use crate::config::{ClaimsConfig, Config, CustomizerKind, SubjectStrategy, UpstreamConfig};
 
 /// Claims that only the provider sets.
 pub const RESERVED_CLAIMS: &[&str] = &[
@@ -44,7 +50,8 @@ pub struct Identity {
     /// All claims the connector knows (upstream ID token + userinfo).
     pub claims: Map<String, Value>,
     /// When the user authenticated at the upstream (its ID token's
-    /// `auth_time`), if it said; the engine uses "now" otherwise.
+    /// `auth_time`, OIDC Core §2), if it said. `None`: the provider uses the
+    /// time of this login.
     #[serde(default)]
     pub auth_time: Option<i64>,
 }
@@ -75,6 +82,98 @@ pub trait TokenCustomizer: Send + Sync + 'static {
 
     /// Extra claims of a token (besides the protocol claims).
     fn claims(&self, ctx: &ClaimsContext<'_>) -> Map<String, Value>;
+
+    /// Every claim name [`TokenCustomizer::claims`] can emit, sorted
+    /// (discovery's `claims_supported`, OIDC Discovery §3).
+    fn claim_names(&self) -> Vec<String>;
+}
+
+/// The standard claims of OIDC Core §5.1 a customizer may release, plus
+/// `groups` (released with `profile`, see [`scope_of_claim`]).
+pub const STANDARD_CLAIMS: &[&str] = &[
+    "name",
+    "family_name",
+    "given_name",
+    "middle_name",
+    "nickname",
+    "preferred_username",
+    "profile",
+    "picture",
+    "website",
+    "gender",
+    "birthdate",
+    "zoneinfo",
+    "locale",
+    "updated_at",
+    "groups",
+    "email",
+    "email_verified",
+    "phone_number",
+    "phone_number_verified",
+    "address",
+];
+
+/// The adapter's `sub` for `subject` at the connector `connector_id` under
+/// the namespaced strategy:
+///
+/// `base64url_nopad(SHA-256(be32(len(id)) ‖ id ‖ be32(len(subject)) ‖ subject))`
+///
+/// where `len` is the UTF-8 byte length and `be32` a 4-byte big-endian
+/// integer. The length prefixes make the encoding injective, so
+/// (`a`, `bc`) and (`ab`, `c`) differ; the result is 43 ASCII characters,
+/// within OIDC Core §2's 255, stable, and unique across upstreams.
+pub fn namespaced_subject(connector_id: &str, subject: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [connector_id, subject] {
+        // Ids and subjects are far below 4 GiB; saturate rather than wrap.
+        let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
+        h.update(len.to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    URL_SAFE_NO_PAD.encode(h.finalize())
+}
+
+/// The subject strategy of each connector (absent: the subject as is).
+#[derive(Debug, Clone, Default)]
+pub struct SubjectStrategies(HashMap<String, SubjectStrategy>);
+
+impl SubjectStrategies {
+    /// Refuses the `upstream` strategy with two or more upstreams unless
+    /// `allow_shared_subjects` is set: two upstreams may each have a user
+    /// `alice` who are not the same person (OIDC Core §2: `sub` is unique
+    /// only within its issuer).
+    pub fn from_upstreams(upstreams: &[UpstreamConfig]) -> Result<Self, String> {
+        if upstreams.len() >= 2 {
+            if let Some(up) = upstreams
+                .iter()
+                .find(|u| u.subject == SubjectStrategy::Upstream && !u.allow_shared_subjects)
+            {
+                return Err(format!(
+                    "upstreams[{}].subject = \"upstream\": with {} upstreams two users could \
+                     get the same `sub`; set subject = \"namespaced\", or \
+                     allow_shared_subjects = true if the upstreams share one user base",
+                    up.id,
+                    upstreams.len()
+                ));
+            }
+        }
+        Ok(SubjectStrategies(
+            upstreams
+                .iter()
+                .map(|u| (u.id.clone(), u.subject))
+                .collect(),
+        ))
+    }
+
+    /// The `sub` of issued tokens for `identity`.
+    pub fn subject(&self, identity: &Identity) -> String {
+        match self.0.get(&identity.connector_id) {
+            Some(SubjectStrategy::Namespaced) => {
+                namespaced_subject(&identity.connector_id, &identity.subject)
+            }
+            Some(SubjectStrategy::Upstream) | None => identity.subject.clone(),
+        }
+    }
 }
 
 /// OIDC Core §5.4: the standard claims each scope releases. Claims not listed
@@ -108,11 +207,22 @@ pub struct MappedCustomizer {
     default_authorities: Vec<String>,
     groups_claim: String,
     group_prefix: String,
+    subjects: SubjectStrategies,
+    /// Ids of the configured connectors (each gets an `<id>_sub` claim).
+    connector_ids: Vec<String>,
 }
 
 /// Identity-provider mode: the account's own claims, filtered by scope.
 #[derive(Debug, Clone, Default)]
-pub struct PassthroughCustomizer;
+pub struct PassthroughCustomizer {
+    subjects: SubjectStrategies,
+}
+
+impl PassthroughCustomizer {
+    pub fn new(subjects: SubjectStrategies) -> Self {
+        PassthroughCustomizer { subjects }
+    }
+}
 
 /// The `<upstream id>_sub` claim name: `test-auth-server` → `test_auth_server_sub`.
 pub fn upstream_sub_claim(connector_id: &str) -> String {
@@ -120,8 +230,13 @@ pub fn upstream_sub_claim(connector_id: &str) -> String {
 }
 
 impl MappedCustomizer {
-    /// Refuses mappings onto reserved claims.
-    pub fn new(config: &ClaimsConfig) -> Result<Self, String> {
+    /// Refuses mappings onto reserved claims. `connector_ids` are the ids
+    /// of the configured connectors, for [`TokenCustomizer::claim_names`].
+    pub fn new(
+        config: &ClaimsConfig,
+        subjects: SubjectStrategies,
+        connector_ids: Vec<String>,
+    ) -> Result<Self, String> {
         for target in config.mappings.keys() {
             if RESERVED_CLAIMS.contains(&target.as_str()) || target == "authorities" {
                 return Err(format!(
@@ -134,6 +249,8 @@ impl MappedCustomizer {
             default_authorities: config.default_authorities.clone(),
             groups_claim: config.groups_claim.clone(),
             group_prefix: config.group_authority_prefix.clone(),
+            subjects,
+            connector_ids,
         })
     }
 
@@ -157,6 +274,21 @@ impl MappedCustomizer {
 }
 
 impl TokenCustomizer for MappedCustomizer {
+    fn subject(&self, identity: &Identity) -> String {
+        self.subjects.subject(identity)
+    }
+
+    fn claim_names(&self) -> Vec<String> {
+        let names: BTreeSet<String> = self
+            .mappings
+            .keys()
+            .cloned()
+            .chain(self.connector_ids.iter().map(|id| upstream_sub_claim(id)))
+            .chain(["authorities".to_string()])
+            .collect();
+        names.into_iter().collect()
+    }
+
     fn claims(&self, ctx: &ClaimsContext<'_>) -> Map<String, Value> {
         let id = ctx.identity;
         let mut out = Map::new();
@@ -178,6 +310,16 @@ impl TokenCustomizer for MappedCustomizer {
 }
 
 impl TokenCustomizer for PassthroughCustomizer {
+    fn subject(&self, identity: &Identity) -> String {
+        self.subjects.subject(identity)
+    }
+
+    fn claim_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = STANDARD_CLAIMS.iter().map(|c| c.to_string()).collect();
+        names.sort();
+        names
+    }
+
     fn claims(&self, ctx: &ClaimsContext<'_>) -> Map<String, Value> {
         let claims = ctx
             .identity
@@ -190,11 +332,21 @@ impl TokenCustomizer for PassthroughCustomizer {
     }
 }
 
-/// Builds the customizer the configuration asks for.
-pub fn from_config(config: &ClaimsConfig) -> Result<Box<dyn TokenCustomizer>, String> {
-    Ok(match config.customizer {
-        CustomizerKind::Mapped => Box::new(MappedCustomizer::new(config)?),
-        CustomizerKind::Passthrough => Box::new(PassthroughCustomizer),
+/// Builds the customizer the configuration asks for; refuses an unsafe
+/// subject strategy (see [`SubjectStrategies::from_upstreams`]).
+pub fn from_config(config: &Config) -> Result<Box<dyn TokenCustomizer>, String> {
+    let subjects = SubjectStrategies::from_upstreams(&config.upstreams)?;
+    let mut connector_ids: Vec<String> = config.upstreams.iter().map(|u| u.id.clone()).collect();
+    if !config.local_users.is_empty() {
+        connector_ids.push(crate::connector::local::LOCAL_CONNECTOR_ID.to_string());
+    }
+    Ok(match config.claims.customizer {
+        CustomizerKind::Mapped => Box::new(MappedCustomizer::new(
+            &config.claims,
+            subjects,
+            connector_ids,
+        )?),
+        CustomizerKind::Passthrough => Box::new(PassthroughCustomizer::new(subjects)),
     })
 }
 
@@ -217,13 +369,30 @@ mod tests {
         }
     }
 
+    fn upstream(id: &str, subject: SubjectStrategy, allow_shared: bool) -> UpstreamConfig {
+        serde_json::from_value(json!({
+            "id": id, "issuer": format!("http://{id}.example"), "client_id": "adapter",
+            "subject": subject, "allow_shared_subjects": allow_shared,
+        }))
+        .unwrap()
+    }
+
+    fn mapped() -> MappedCustomizer {
+        MappedCustomizer::new(
+            &ClaimsConfig::default(),
+            SubjectStrategies::default(),
+            vec![],
+        )
+        .unwrap()
+    }
+
     fn scopes(s: &str) -> Vec<String> {
         s.split(' ').map(String::from).collect()
     }
 
     #[test]
     fn mapped_produces_the_seed_claims() {
-        let c = MappedCustomizer::new(&ClaimsConfig::default()).unwrap();
+        let c = mapped();
         let id = identity();
         let s = scopes("openid profile");
         let out = c.claims(&ClaimsContext {
@@ -249,17 +418,19 @@ mod tests {
     fn reserved_claims_cannot_be_mapped() {
         let mut cfg = ClaimsConfig::default();
         cfg.mappings.insert("sub".into(), "email".into());
-        assert!(MappedCustomizer::new(&cfg).unwrap_err().contains("`sub`"));
+        let new =
+            |cfg: &ClaimsConfig| MappedCustomizer::new(cfg, SubjectStrategies::default(), vec![]);
+        assert!(new(&cfg).unwrap_err().contains("`sub`"));
         let mut cfg = ClaimsConfig::default();
         cfg.mappings.insert("iss".into(), "name".into());
-        assert!(MappedCustomizer::new(&cfg).is_err());
+        assert!(new(&cfg).is_err());
     }
 
     #[test]
     fn passthrough_filters_by_scope() {
         let id = identity();
         let s = scopes("openid email");
-        let out = PassthroughCustomizer.claims(&ClaimsContext {
+        let out = PassthroughCustomizer::default().claims(&ClaimsContext {
             identity: &id,
             client_id: "c",
             scopes: &s,
@@ -269,5 +440,104 @@ mod tests {
         assert_eq!(out["email_verified"], true);
         assert!(!out.contains_key("name"));
         assert!(!out.contains_key("sub"));
+    }
+
+    #[test]
+    fn namespaced_subject_is_the_documented_formula() {
+        // Computed here byte by byte, apart from the code under test.
+        let mut input = Vec::new();
+        input.extend_from_slice(&[0, 0, 0, 4]);
+        input.extend_from_slice(b"corp");
+        input.extend_from_slice(&[0, 0, 0, 5]);
+        input.extend_from_slice(b"alice");
+        let expected = URL_SAFE_NO_PAD.encode(Sha256::digest(&input));
+        assert_eq!(namespaced_subject("corp", "alice"), expected);
+        assert_eq!(expected.len(), 43);
+        // The length prefixes keep the split between id and subject.
+        assert_ne!(namespaced_subject("ab", "c"), namespaced_subject("a", "bc"));
+    }
+
+    #[test]
+    fn namespaced_subjects_differ_per_upstream_and_keep_the_raw_sub() {
+        let ups = [
+            upstream("corp", SubjectStrategy::Namespaced, false),
+            upstream("partner", SubjectStrategy::Namespaced, false),
+        ];
+        let subjects = SubjectStrategies::from_upstreams(&ups).unwrap();
+        let c = MappedCustomizer::new(
+            &ClaimsConfig::default(),
+            subjects,
+            vec!["corp".into(), "partner".into()],
+        )
+        .unwrap();
+        let mut a = identity();
+        a.connector_id = "corp".into();
+        let mut b = identity();
+        b.connector_id = "partner".into();
+        assert_eq!(c.subject(&a), namespaced_subject("corp", "testuser"));
+        assert_eq!(c.subject(&b), namespaced_subject("partner", "testuser"));
+        assert_ne!(c.subject(&a), c.subject(&b));
+        let s = scopes("openid");
+        let out = c.claims(&ClaimsContext {
+            identity: &a,
+            client_id: "c",
+            scopes: &s,
+            kind: TokenKind::IdToken,
+        });
+        assert_eq!(out["corp_sub"], "testuser");
+    }
+
+    #[test]
+    fn upstream_strategy_keeps_the_subject() {
+        let ups = [upstream("corp", SubjectStrategy::Upstream, false)];
+        let subjects = SubjectStrategies::from_upstreams(&ups).unwrap();
+        let mut a = identity();
+        a.connector_id = "corp".into();
+        assert_eq!(subjects.subject(&a), "testuser");
+        let c = PassthroughCustomizer::new(subjects);
+        assert_eq!(c.subject(&a), "testuser");
+    }
+
+    #[test]
+    fn shared_subjects_across_upstreams_need_the_flag() {
+        let err = SubjectStrategies::from_upstreams(&[
+            upstream("corp", SubjectStrategy::Namespaced, false),
+            upstream("partner", SubjectStrategy::Upstream, false),
+        ])
+        .unwrap_err();
+        assert!(err.starts_with("upstreams[partner].subject"), "{err}");
+        assert!(SubjectStrategies::from_upstreams(&[
+            upstream("corp", SubjectStrategy::Upstream, true),
+            upstream("partner", SubjectStrategy::Upstream, true),
+        ])
+        .is_ok());
+    }
+
+    #[test]
+    fn claim_names_list_what_the_customizers_emit() {
+        let c = MappedCustomizer::new(
+            &ClaimsConfig::default(),
+            SubjectStrategies::default(),
+            vec!["test-auth-server".into(), "local".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            c.claim_names(),
+            [
+                "authorities",
+                "email",
+                "email_verified",
+                "local_sub",
+                "name",
+                "preferred_username",
+                "test_auth_server_sub",
+            ]
+        );
+        let names = PassthroughCustomizer::default().claim_names();
+        for claim in STANDARD_CLAIMS {
+            assert!(scope_of_claim(claim).is_some(), "{claim}");
+            assert!(names.iter().any(|n| n == claim), "{claim}");
+        }
+        assert_eq!(names.len(), STANDARD_CLAIMS.len());
     }
 }

@@ -213,7 +213,8 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
             &format!("upstreams[{}].client_secret", up.id),
         )
         .map_err(anyhow::Error::msg)?;
-        let oidc = OidcConnector::new(up, secret).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let oidc =
+            OidcConnector::new(up, secret, clock.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
         connectors.push(Connector {
             id: up.id.clone(),
             name: up.name.clone().unwrap_or_else(|| up.id.clone()),
@@ -231,7 +232,7 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         });
     }
 
-    let customizer = customizer::from_config(&config.claims).map_err(anyhow::Error::msg)?;
+    let customizer = customizer::from_config(&config).map_err(anyhow::Error::msg)?;
     let store = SqlStore::connect(&config.database.url, config.database.max_connections)
         .await
         .with_context(|| "database.url: cannot open the database".to_string())?;
@@ -308,6 +309,10 @@ pub fn app(state: AppState) -> Router {
         .route(
             paths::OPENID_CONFIGURATION,
             get(discovery::openid_configuration),
+        )
+        .route(
+            paths::OAUTH_AUTHORIZATION_SERVER,
+            get(discovery::oauth_authorization_server),
         )
         .route(paths::JWKS, get(discovery::jwks))
         .route(

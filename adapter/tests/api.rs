@@ -805,6 +805,8 @@ async fn chooser_lists_connectors_and_starts_the_chosen_one() {
         client_secret_env: None,
         scopes: vec!["openid".into()],
         fetch_userinfo: false,
+        subject: Default::default(),
+        allow_shared_subjects: false,
     }];
     let clock = std::sync::Arc::new(ManualClock::new());
     let (port, _stop, _handle) = start(config, clock, 0).await;

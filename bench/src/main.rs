@@ -84,6 +84,8 @@ async fn start_chain() -> anyhow::Result<Chain> {
         client_secret_env: None,
         scopes: vec!["openid".into(), "profile".into(), "email".into()],
         fetch_userinfo: false,
+        subject: Default::default(),
+        allow_shared_subjects: false,
     }];
     let up_app = adapter::Application::build_with_listener(upstream, up_l).await?;
     let ad_app = adapter::Application::build_with_listener(broker, ad_l).await?;

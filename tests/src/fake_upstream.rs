@@ -48,6 +48,11 @@ pub enum Tamper {
     SecondKey,
     /// The token endpoint answers 503 (an overloaded upstream).
     TokenEndpointDown,
+    /// A valid ID token without `auth_time` (OIDC Core §3.1.2.1 `max_age`).
+    NoAuthTime,
+    /// HS256, keyed with the client secret the adapter sent with HTTP Basic
+    /// (what an upstream advertising HS256 may do, OIDC Core §3.1.3.7 item 8).
+    Hs256WithClientSecret,
 }
 
 /// What the fake upstream saw in one authorization request.
@@ -94,6 +99,10 @@ struct Inner {
     pkce_failures: Mutex<u32>,
     userinfo_sub: Mutex<Option<String>>,
     userinfo_calls: Mutex<u32>,
+    /// `id_token_signing_alg_values_supported` in discovery.
+    advertised_algs: Mutex<Vec<String>>,
+    /// RFC 9207: (advertised in discovery, `iss` sent in the callback).
+    iss_parameter: Mutex<(bool, bool)>,
 }
 
 /// A running fake upstream. Stops when dropped.
@@ -181,6 +190,8 @@ impl FakeUpstream {
             pkce_failures: Mutex::new(0),
             userinfo_sub: Mutex::new(None),
             userinfo_calls: Mutex::new(0),
+            advertised_algs: Mutex::new(vec!["RS256".into()]),
+            iss_parameter: Mutex::new((false, false)),
         });
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -285,6 +296,23 @@ impl FakeUpstream {
         Ok(())
     }
 
+    /// What discovery advertises as `id_token_signing_alg_values_supported`
+    /// (tokens are still signed RS256).
+    pub fn set_advertised_algs(&self, algs: &[&str]) {
+        if let Ok(mut a) = self.inner.advertised_algs.lock() {
+            *a = algs.iter().map(|s| s.to_string()).collect();
+        }
+    }
+
+    /// RFC 9207: whether discovery advertises
+    /// `authorization_response_iss_parameter_supported`, and whether the
+    /// callback carries `iss` (both off by default).
+    pub fn set_iss_parameter(&self, advertised: bool, sent: bool) {
+        if let Ok(mut p) = self.inner.iss_parameter.lock() {
+            *p = (advertised, sent);
+        }
+    }
+
     /// Token requests whose PKCE verifier did not match the challenge.
     pub fn pkce_failures(&self) -> u32 {
         self.inner.pkce_failures.lock().map(|n| *n).unwrap_or(0)
@@ -301,7 +329,13 @@ impl Drop for FakeUpstream {
 
 async fn discovery(State(s): State<Arc<Inner>>) -> Json<Value> {
     let i = &s.issuer;
-    Json(json!({
+    let algs = s
+        .advertised_algs
+        .lock()
+        .map(|a| a.clone())
+        .unwrap_or_default();
+    let (iss_advertised, _) = s.iss_parameter.lock().map(|p| *p).unwrap_or_default();
+    let mut doc = json!({
         "issuer": i,
         "authorization_endpoint": format!("{i}/authorize"),
         "token_endpoint": format!("{i}/token"),
@@ -309,13 +343,17 @@ async fn discovery(State(s): State<Arc<Inner>>) -> Json<Value> {
         "userinfo_endpoint": format!("{i}/userinfo"),
         "response_types_supported": ["code"],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["RS256"],
+        "id_token_signing_alg_values_supported": algs,
         "scopes_supported": ["openid", "profile", "email"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
         "grant_types_supported": ["authorization_code"],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nonce", "name", "preferred_username", "email"],
-    }))
+    });
+    if iss_advertised {
+        doc["authorization_response_iss_parameter_supported"] = json!(true);
+    }
+    Json(doc)
 }
 
 async fn jwks_handler(State(s): State<Arc<Inner>>) -> Json<Value> {
@@ -375,6 +413,9 @@ async fn authorize(
         q.append_pair("code", &code);
         if let Some(state) = state {
             q.append_pair("state", &state);
+        }
+        if s.iss_parameter.lock().is_ok_and(|p| p.1) {
+            q.append_pair("iss", &s.issuer);
         }
     }
     (StatusCode::FOUND, [(header::LOCATION, target.to_string())]).into_response()
@@ -447,6 +488,8 @@ async fn token(
     }
     let mut key = &s.key;
     let mut kid = s.kid.clone();
+    let mut alg = Algorithm::RS256;
+    let hmac_key;
     match tamper {
         Tamper::None => {}
         Tamper::BadSignature => key = &s.other_key,
@@ -460,13 +503,32 @@ async fn token(
         Tamper::WrongIssuer => claims["iss"] = json!(format!("{}/someone-else", s.issuer)),
         Tamper::WrongAudience => claims["aud"] = json!("some-other-client"),
         Tamper::WrongNonce => claims["nonce"] = json!(random_string(16)),
+        Tamper::Hs256WithClientSecret => {
+            use base64::Engine;
+            let secret = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Basic "))
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| s.split_once(':').map(|(_, p)| p.to_string()))
+                .unwrap_or_default();
+            hmac_key = EncodingKey::from_secret(secret.as_bytes());
+            key = &hmac_key;
+            alg = Algorithm::HS256;
+        }
+        Tamper::NoAuthTime => {
+            if let Some(c) = claims.as_object_mut() {
+                c.remove("auth_time");
+            }
+        }
         Tamper::Expired => {
             claims["iat"] = json!(now - 1200);
             claims["auth_time"] = json!(now - 1200);
             claims["exp"] = json!(now - 600);
         }
     }
-    let mut header = Header::new(Algorithm::RS256);
+    let mut header = Header::new(alg);
     header.kid = Some(kid);
     header.typ = Some("JWT".into());
     let id_token = match jsonwebtoken::encode(&header, &claims, key) {

@@ -10,6 +10,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "chain/upstream.rs"]
+mod upstream;
+
 use e2e::browser::Browser;
 use e2e::chain::{
     AuthRequest, CodeGrant, TestChain, Upstream, ADAPTER_CLIENT_ID, ADAPTER_COOKIE, APP_COOKIE,

@@ -21,7 +21,7 @@ pub use crate::customizer::Identity;
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
     /// The upstream cannot be reached or answered with a server error:
-    /// `temporarily_unavailable` for the relying party (checklist E8).
+    /// `temporarily_unavailable` for the relying party (RFC 6749 §4.1.2.1).
     #[error("upstream unavailable: {0}")]
     Unavailable(String),
     /// The user or the upstream refused (`access_denied`).
@@ -37,21 +37,10 @@ pub enum ConnectorError {
     NotSupported,
 }
 
-/// What `begin` hands back: where to send the browser, and the state to
-/// keep server-side until the callback.
-#[derive(Debug, Clone)]
-pub struct BeginResponse {
-    pub redirect_url: String,
-    /// Opaque to the provider; persisted with the login state.
-    pub connector_state: String,
-}
-
 /// What a login asks of the upstream (OIDC Core §3.1.2.1).
 #[derive(Debug, Clone, Copy)]
 pub struct BeginRequest<'a> {
-    /// This connector's own callback (RFC 9700 §4.4.2).
     pub callback_url: &'a str,
-    /// The value the upstream must echo back.
     pub state: &'a str,
     /// "login" or "none", forwarded as `prompt`.
     pub prompt: Option<&'a str>,
@@ -60,8 +49,8 @@ pub struct BeginRequest<'a> {
 }
 
 impl ConnectorError {
-    /// How a connector failure reaches the relying party. Details stay in
-    /// the log, never in the browser.
+    /// How this failure reaches the relying party (RFC 6749 §4.1.2.1). The
+    /// description is generic: details stay in the log, never in the browser.
     pub fn oauth_error(&self) -> crate::error::OAuthError {
         use crate::error::OAuthError;
         match self {
@@ -81,9 +70,19 @@ impl ConnectorError {
     }
 }
 
+/// What `begin` hands back: where to send the browser, and the state to
+/// keep server-side until the callback.
+#[derive(Debug, Clone)]
+pub struct BeginResponse {
+    pub redirect_url: String,
+    /// Opaque to the provider; persisted with the login state.
+    pub connector_state: String,
+}
+
 #[async_trait]
 pub trait CallbackConnector: Send + Sync + 'static {
-    /// Starts a login: where to send the browser, and the state to keep.
+    /// Starts a login. `req.state` is the value the upstream must echo back;
+    /// `req.callback_url` is this connector's own callback (RFC 9700 §4.4).
     async fn begin(&self, req: &BeginRequest<'_>) -> Result<BeginResponse, ConnectorError>;
 
     /// Finishes a login from the callback's query parameters.
@@ -105,7 +104,8 @@ pub trait CallbackConnector: Send + Sync + 'static {
 
 #[async_trait]
 pub trait PasswordConnector: Send + Sync + 'static {
-    /// `Ok(None)` for unknown user or wrong password alike (F4).
+    /// `Ok(None)` for unknown user or wrong password alike, so a caller
+    /// cannot tell which (no account enumeration).
     async fn login(
         &self,
         username: &str,
@@ -143,4 +143,49 @@ pub fn valid_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    #[test]
+    fn oauth_error_maps_each_variant() {
+        for (e, code) in [
+            (
+                ConnectorError::Unavailable("detail-42".into()),
+                ErrorCode::TemporarilyUnavailable,
+            ),
+            (
+                ConnectorError::Denied("detail-42".into()),
+                ErrorCode::AccessDenied,
+            ),
+            (
+                ConnectorError::Invalid("detail-42".into()),
+                ErrorCode::AccessDenied,
+            ),
+            (
+                ConnectorError::Config("detail-42".into()),
+                ErrorCode::ServerError,
+            ),
+            (ConnectorError::NotSupported, ErrorCode::ServerError),
+        ] {
+            let got = e.oauth_error();
+            assert_eq!(got.code, code, "{e:?}");
+            // Details stay in the log.
+            assert!(
+                !got.description.contains("detail-42"),
+                "{e:?}: {}",
+                got.description
+            );
+        }
+        assert_eq!(
+            ConnectorError::Unavailable(String::new())
+                .oauth_error()
+                .code
+                .as_str(),
+            "temporarily_unavailable"
+        );
+    }
 }

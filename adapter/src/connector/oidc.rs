@@ -3,11 +3,15 @@
 //!
 //! Discovery is lazy and cached (an upstream that is down at start-up does
 //! not stop the adapter; the next login retries). Every login uses a fresh
-//! `state`, `nonce` and PKCE S256 (checklist E2); the ID token is validated
-//! per OIDC Core §3.1.3.7 by `openidconnect` (signature, `iss`, `aud`,
-//! `azp`, `exp`, `nonce`), plus `at_hash` here (E4). An unknown `kid`
-//! triggers one throttled re-discovery (E5). The outbound HTTP client follows
-//! no redirects, has timeouts and caps response sizes (E7).
+//! `state`, `nonce` and PKCE S256 (RFC 9700 §2.1.1, RFC 7636 §4); the ID
+//! token is validated per OIDC Core §3.1.3.7 by `openidconnect` (signature
+//! with an explicit algorithm allow-list, `iss`, `aud`, `azp`, `exp`,
+//! `nonce`), plus `at_hash` (§3.1.3.8) and, when `max_age` was asked for,
+//! `auth_time` (§3.1.3.7 item 13) here. The callback's `iss` is checked per
+//! RFC 9207 §2.4. An unknown `kid` triggers one throttled re-discovery (OIDC
+//! Core §10.1.1: signing keys rotate). The outbound HTTP client follows no
+//! redirects (an upstream cannot point it elsewhere), has timeouts and caps
+//! response sizes.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,10 +19,16 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
+use openidconnect::core::{
+    CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient,
+    CoreClientAuthMethod, CoreGrantType, CoreIdToken, CoreJsonWebKey,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm,
+    CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
+};
 use openidconnect::{
-    AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken, IssuerUrl,
-    Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
+    AccessToken, AccessTokenHash, AdditionalProviderMetadata, AuthorizationCode,
+    ClaimsVerificationError, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce,
+    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
     RequestTokenError, Scope, SignatureVerificationError, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
@@ -26,13 +36,15 @@ use serde_json::{Map, Value};
 use tokio::sync::{Mutex, RwLock};
 
 use super::{BeginRequest, BeginResponse, CallbackConnector, ConnectorError, Identity};
+use crate::clock::SharedClock;
 use crate::config::UpstreamConfig;
 
 /// Cap on any upstream response body.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// How long discovered metadata (and its JWKS) is trusted.
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
-/// At most one forced re-discovery per this interval (E5).
+/// At most one forced re-discovery per this interval (a forged `kid` must
+/// not make us hammer the upstream).
 const REFRESH_THROTTLE: Duration = Duration::from_secs(30);
 
 /// Errors of the reqwest bridge used by `openidconnect`.
@@ -42,7 +54,8 @@ pub enum HttpError {
     Http(#[from] reqwest::Error),
     #[error("response larger than {MAX_RESPONSE_BYTES} bytes")]
     TooLarge,
-    /// A 5xx answer: the upstream is in trouble, not the request (E8).
+    /// A 5xx answer: the upstream is in trouble, not the request
+    /// (`temporarily_unavailable`, RFC 6749 §4.1.2.1).
     #[error("upstream answered {0}")]
     ServerError(reqwest::StatusCode),
 }
@@ -56,7 +69,8 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
         .build()
 }
 
-/// Runs an `openidconnect` request on reqwest 0.13 (crates.md trap T3).
+/// Runs an `openidconnect` request on reqwest 0.13 (`openidconnect` 4.1
+/// ships a bridge for reqwest 0.12 only).
 pub async fn bridge(
     client: reqwest::Client,
     request: openidconnect::HttpRequest,
@@ -92,8 +106,135 @@ async fn read_capped(
     Ok(out)
 }
 
+/// Leeway on `auth_time` against `max_age` (clock skew between us and the
+/// upstream).
+const AUTH_TIME_LEEWAY: i64 = 30;
+
+/// The algorithms the adapter ever accepts on an upstream ID token: public
+/// key signatures only, never `none` (OIDC Core §2: ID tokens MUST be
+/// signed) nor HMAC (OIDC Core §3.1.3.7 item 8 keys it with the client
+/// secret, which would let whoever holds that secret forge ID tokens).
+pub const ACCEPTED_ALGS: [CoreJwsSigningAlgorithm; 4] = [
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+    CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+    CoreJwsSigningAlgorithm::EdDsa,
+];
+
+/// The algorithms accepted on this upstream's ID tokens: those it
+/// advertises (`id_token_signing_alg_values_supported`, OIDC Discovery §3)
+/// that are also in [`ACCEPTED_ALGS`].
+pub fn allowed_algs(advertised: &[CoreJwsSigningAlgorithm]) -> Vec<CoreJwsSigningAlgorithm> {
+    ACCEPTED_ALGS
+        .iter()
+        .filter(|a| advertised.contains(a))
+        .cloned()
+        .collect()
+}
+
+/// Discovery fields `openidconnect` does not model.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtraProviderMetadata {
+    /// RFC 9207 §3: the upstream puts `iss` in every authorization response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_response_iss_parameter_supported: Option<bool>,
+}
+
+impl AdditionalProviderMetadata for ExtraProviderMetadata {}
+
+/// An upstream's discovery document.
+pub type UpstreamMetadata = ProviderMetadata<
+    ExtraProviderMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+type UpstreamClient = CoreClient<
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
+
+/// RFC 9207 §2.4: an `iss` in the callback must be the upstream's; when the
+/// upstream advertises `authorization_response_iss_parameter_supported`, a
+/// callback without `iss` is refused too (it may come from another server,
+/// the mix-up attack of RFC 9700 §4.4).
+pub fn check_callback_iss(
+    params: &HashMap<String, String>,
+    issuer: &str,
+    iss_advertised: bool,
+) -> Result<(), ConnectorError> {
+    match params.get("iss") {
+        Some(iss) if iss == issuer => Ok(()),
+        Some(_) => Err(ConnectorError::Invalid(
+            "iss in the callback is not the upstream's".into(),
+        )),
+        None if iss_advertised => Err(ConnectorError::Invalid(
+            "the upstream advertises RFC 9207 but the callback has no iss".into(),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// OIDC Core §3.1.3.8 (and §3.3.2.11): `at_hash`, when the ID token has
+/// one, is the left half of the hash of the access token, with the hash of
+/// the ID token's `alg` (SHA-256 for RS256, PS256, ES256; SHA-512 for
+/// EdDSA over Ed25519). `openidconnect` picks the hash from `alg` and `key`.
+pub fn check_at_hash(
+    at_hash: Option<&AccessTokenHash>,
+    access_token: &AccessToken,
+    alg: &CoreJwsSigningAlgorithm,
+    key: &CoreJsonWebKey,
+) -> Result<(), ConnectorError> {
+    let Some(at_hash) = at_hash else {
+        return Ok(());
+    };
+    let expected = AccessTokenHash::from_token(access_token, alg, key)
+        .map_err(|e| ConnectorError::Invalid(format!("id token at_hash: {e}")))?;
+    if crate::secret::ct_eq(at_hash.as_str(), expected.as_str()) {
+        Ok(())
+    } else {
+        Err(ConnectorError::Invalid("id token at_hash mismatch".into()))
+    }
+}
+
+/// OIDC Core §3.1.2.1 and §3.1.3.7 item 13: when `max_age` was sent, the ID
+/// token must carry `auth_time`, and the user must have authenticated at
+/// most `max_age` seconds (plus [`AUTH_TIME_LEEWAY`]) before the request.
+pub fn check_auth_time(
+    auth_time: Option<i64>,
+    max_age: Option<i64>,
+    requested_at: i64,
+) -> Result<(), ConnectorError> {
+    let Some(max_age) = max_age else {
+        return Ok(());
+    };
+    let auth_time = auth_time.ok_or_else(|| {
+        ConnectorError::Invalid("max_age was sent but the id token has no auth_time".into())
+    })?;
+    if auth_time < requested_at - max_age - AUTH_TIME_LEEWAY {
+        return Err(ConnectorError::Invalid(format!(
+            "the upstream authenticated the user {}s before the request; max_age was {max_age}",
+            requested_at - auth_time
+        )));
+    }
+    Ok(())
+}
+
 struct Cached {
-    metadata: CoreProviderMetadata,
+    metadata: UpstreamMetadata,
     fetched: Instant,
 }
 
@@ -102,6 +243,25 @@ struct Cached {
 struct PendingLogin {
     nonce: String,
     pkce_verifier: String,
+    /// The `max_age` sent upstream, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_age: Option<i64>,
+    /// When `begin` ran (the injected clock).
+    #[serde(default)]
+    requested_at: i64,
+}
+
+/// What an ID token proved.
+struct Verified {
+    subject: String,
+    auth_time: Option<i64>,
+}
+
+/// Why an ID token was not accepted.
+enum Rejected {
+    /// No JWKS key matched: the upstream may have rotated its keys.
+    NoMatchingKey,
+    Other(ConnectorError),
 }
 
 pub struct OidcConnector {
@@ -111,6 +271,7 @@ pub struct OidcConnector {
     client_secret: Option<String>,
     scopes: Vec<String>,
     fetch_userinfo: bool,
+    clock: SharedClock,
     http: reqwest::Client,
     cache: RwLock<Option<Cached>>,
     /// Held while a discovery runs.
@@ -132,6 +293,7 @@ impl OidcConnector {
     pub fn new(
         config: &UpstreamConfig,
         client_secret: Option<String>,
+        clock: SharedClock,
     ) -> Result<Self, ConnectorError> {
         IssuerUrl::new(config.issuer.clone())
             .map_err(|e| ConnectorError::Config(format!("upstreams[{}].issuer: {e}", config.id)))?;
@@ -142,6 +304,7 @@ impl OidcConnector {
             client_secret,
             scopes: config.scopes.clone(),
             fetch_userinfo: config.fetch_userinfo,
+            clock,
             http: http_client().map_err(|e| ConnectorError::Config(e.to_string()))?,
             cache: RwLock::new(None),
             discovering: Mutex::new(()),
@@ -149,7 +312,7 @@ impl OidcConnector {
         })
     }
 
-    async fn cached(&self) -> Option<CoreProviderMetadata> {
+    async fn cached(&self) -> Option<UpstreamMetadata> {
         self.cache
             .read()
             .await
@@ -158,7 +321,7 @@ impl OidcConnector {
             .map(|c| c.metadata.clone())
     }
 
-    async fn metadata(&self) -> Result<CoreProviderMetadata, ConnectorError> {
+    async fn metadata(&self) -> Result<UpstreamMetadata, ConnectorError> {
         if let Some(m) = self.cached().await {
             return Ok(m);
         }
@@ -172,12 +335,12 @@ impl OidcConnector {
     }
 
     /// Fetches metadata and JWKS. `openidconnect` checks that the metadata's
-    /// `issuer` equals the configured one (OIDC Discovery §4.3, E1).
-    async fn discover(&self) -> Result<CoreProviderMetadata, ConnectorError> {
+    /// `issuer` equals the configured one (OIDC Discovery §4.3).
+    async fn discover(&self) -> Result<UpstreamMetadata, ConnectorError> {
         let issuer = IssuerUrl::new(self.issuer.clone())
             .map_err(|e| ConnectorError::Config(e.to_string()))?;
         let http = |r| bridge(self.http.clone(), r);
-        let metadata = CoreProviderMetadata::discover_async(issuer, &http)
+        let metadata = UpstreamMetadata::discover_async(issuer, &http)
             .await
             .map_err(|e| match e {
                 openidconnect::DiscoveryError::Validation(v) => {
@@ -206,19 +369,9 @@ impl OidcConnector {
 
     fn client(
         &self,
-        metadata: CoreProviderMetadata,
+        metadata: UpstreamMetadata,
         callback_url: &str,
-    ) -> Result<
-        CoreClient<
-            openidconnect::EndpointSet,
-            openidconnect::EndpointNotSet,
-            openidconnect::EndpointNotSet,
-            openidconnect::EndpointNotSet,
-            openidconnect::EndpointMaybeSet,
-            openidconnect::EndpointMaybeSet,
-        >,
-        ConnectorError,
-    > {
+    ) -> Result<UpstreamClient, ConnectorError> {
         let redirect = RedirectUrl::new(callback_url.to_string())
             .map_err(|e| ConnectorError::Config(format!("callback url: {e}")))?;
         Ok(CoreClient::from_provider_metadata(
@@ -229,9 +382,58 @@ impl OidcConnector {
         .set_redirect_uri(redirect))
     }
 
+    /// The allow-list for this upstream; refuses an upstream that offers
+    /// none of [`ACCEPTED_ALGS`].
+    fn algs(
+        &self,
+        metadata: &UpstreamMetadata,
+    ) -> Result<Vec<CoreJwsSigningAlgorithm>, ConnectorError> {
+        let algs = allowed_algs(metadata.id_token_signing_alg_values_supported());
+        if algs.is_empty() {
+            return Err(ConnectorError::Config(format!(
+                "upstream {} signs ID tokens with none of RS256, PS256, ES256, EdDSA",
+                self.id
+            )));
+        }
+        Ok(algs)
+    }
+
+    /// Verifies the ID token (OIDC Core §3.1.3.7) with the algorithm
+    /// allow-list, then its `at_hash`.
+    fn verify(
+        &self,
+        metadata: &UpstreamMetadata,
+        client: &UpstreamClient,
+        id_token: &CoreIdToken,
+        nonce: &Nonce,
+        access_token: &AccessToken,
+    ) -> Result<Verified, Rejected> {
+        let algs = self.algs(metadata).map_err(Rejected::Other)?;
+        let verifier = client.id_token_verifier().set_allowed_algs(algs);
+        let claims = id_token.claims(&verifier, nonce).map_err(|e| match e {
+            ClaimsVerificationError::SignatureVerification(
+                SignatureVerificationError::NoMatchingKey,
+            ) => Rejected::NoMatchingKey,
+            e => Rejected::Other(ConnectorError::Invalid(format!("id token: {e}"))),
+        })?;
+        if let Some(at_hash) = claims.access_token_hash() {
+            // The signature verified, so alg and key are the ones it used.
+            let invalid = |e: SignatureVerificationError| {
+                Rejected::Other(ConnectorError::Invalid(format!("id token: {e}")))
+            };
+            let alg = id_token.signing_alg().map_err(invalid)?;
+            let key = id_token.signing_key(&verifier).map_err(invalid)?;
+            check_at_hash(Some(at_hash), access_token, alg, key).map_err(Rejected::Other)?;
+        }
+        Ok(Verified {
+            subject: claims.subject().to_string(),
+            auth_time: claims.auth_time().map(|t| t.timestamp()),
+        })
+    }
+
     async fn userinfo(
         &self,
-        metadata: &CoreProviderMetadata,
+        metadata: &UpstreamMetadata,
         access_token: &str,
         subject: &str,
     ) -> Result<Map<String, Value>, ConnectorError> {
@@ -283,6 +485,9 @@ fn verified_payload(jwt: &str) -> Result<Map<String, Value>, ConnectorError> {
 impl CallbackConnector for OidcConnector {
     async fn begin(&self, req: &BeginRequest<'_>) -> Result<BeginResponse, ConnectorError> {
         let metadata = self.metadata().await?;
+        // An upstream we could never verify is refused before the user
+        // types a password there.
+        self.algs(&metadata)?;
         let client = self.client(metadata, req.callback_url)?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let state = req.state.to_string();
@@ -294,10 +499,23 @@ impl CallbackConnector for OidcConnector {
         for scope in self.scopes.iter().filter(|s| s.as_str() != "openid") {
             request = request.add_scope(Scope::new(scope.clone()));
         }
+        // OIDC Core §3.1.2.1: what the relying party asked of us, asked of
+        // the upstream in turn.
+        if let Some(prompt) = req.prompt {
+            request = request.add_extra_param("prompt", prompt.to_string());
+        }
+        if let Some(max_age) = req.max_age {
+            request = request.add_extra_param("max_age", max_age.to_string());
+        }
+        if let Some(hint) = req.login_hint {
+            request = request.add_extra_param("login_hint", hint.to_string());
+        }
         let (url, _state, nonce) = request.set_pkce_challenge(challenge).url();
         let pending = PendingLogin {
             nonce: nonce.secret().clone(),
             pkce_verifier: verifier.secret().clone(),
+            max_age: req.max_age,
+            requested_at: self.clock.now(),
         };
         Ok(BeginResponse {
             redirect_url: url.to_string(),
@@ -312,6 +530,18 @@ impl CallbackConnector for OidcConnector {
         params: &HashMap<String, String>,
         connector_state: &str,
     ) -> Result<Identity, ConnectorError> {
+        let pending: PendingLogin = serde_json::from_str(connector_state)
+            .map_err(|e| ConnectorError::Invalid(format!("login state: {e}")))?;
+        let mut metadata = self.metadata().await?;
+        // RFC 9207 §2.4: error responses carry `iss` too, so check it first.
+        check_callback_iss(
+            params,
+            &self.issuer,
+            metadata
+                .additional_metadata()
+                .authorization_response_iss_parameter_supported
+                == Some(true),
+        )?;
         if let Some(error) = params.get("error") {
             // Only the code travels on; upstream descriptions are not trusted.
             let code: String = error
@@ -323,21 +553,10 @@ impl CallbackConnector for OidcConnector {
                 "upstream returned error={code}"
             )));
         }
-        // RFC 9207 §2.4: when the upstream says who it is, it must be our upstream.
-        if let Some(iss) = params.get("iss") {
-            if iss != &self.issuer {
-                return Err(ConnectorError::Invalid(
-                    "iss in the callback is not the upstream's".into(),
-                ));
-            }
-        }
         let code = params
             .get("code")
             .ok_or_else(|| ConnectorError::Invalid("callback without code".into()))?;
-        let pending: PendingLogin = serde_json::from_str(connector_state)
-            .map_err(|e| ConnectorError::Invalid(format!("login state: {e}")))?;
 
-        let metadata = self.metadata().await?;
         let client = self.client(metadata.clone(), callback_url)?;
         let http = |r| bridge(self.http.clone(), r);
         let token = client
@@ -359,49 +578,49 @@ impl CallbackConnector for OidcConnector {
             .id_token()
             .ok_or_else(|| ConnectorError::Invalid("no id_token in the token response".into()))?;
         let nonce = Nonce::new(pending.nonce);
+        let access_token = token.access_token();
 
-        let subject = match id_token.claims(&client.id_token_verifier(), &nonce) {
-            Ok(claims) => claims.subject().to_string(),
-            Err(ClaimsVerificationError::SignatureVerification(
-                SignatureVerificationError::NoMatchingKey,
-            )) if self.forced_refresh().await => {
-                // The upstream may have rotated its keys (E5): verify once more.
-                let client = self.client(self.metadata().await?, callback_url)?;
-                let verifier = client.id_token_verifier();
-                let subject = id_token
-                    .claims(&verifier, &nonce)
-                    .map_err(|e| ConnectorError::Invalid(format!("id token: {e}")))?
-                    .subject()
-                    .to_string();
-                subject
+        let verified = match self.verify(&metadata, &client, id_token, &nonce, access_token) {
+            Ok(v) => v,
+            // The upstream may have rotated its keys (OIDC Core §10.1.1):
+            // re-discover once, throttled, and verify again.
+            Err(Rejected::NoMatchingKey) if self.forced_refresh().await => {
+                metadata = self.metadata().await?;
+                let client = self.client(metadata.clone(), callback_url)?;
+                match self.verify(&metadata, &client, id_token, &nonce, access_token) {
+                    Ok(v) => v,
+                    Err(Rejected::NoMatchingKey) => {
+                        return Err(ConnectorError::Invalid(
+                            "id token: no key of the upstream matches".into(),
+                        ))
+                    }
+                    Err(Rejected::Other(e)) => return Err(e),
+                }
             }
-            Err(e) => return Err(ConnectorError::Invalid(format!("id token: {e}"))),
+            Err(Rejected::NoMatchingKey) => {
+                return Err(ConnectorError::Invalid(
+                    "id token: no key of the upstream matches".into(),
+                ))
+            }
+            Err(Rejected::Other(e)) => return Err(e),
         };
+        check_auth_time(verified.auth_time, pending.max_age, pending.requested_at)?;
 
         let raw = id_token.to_string();
         let mut claims = verified_payload(&raw)?;
-        // OIDC Core §3.1.3.8: at_hash, when present, binds the access token.
-        // Our allowlist (RS256/ES256/PS256) hashes with SHA-256.
-        if let Some(at_hash) = claims.get("at_hash").and_then(Value::as_str) {
-            let expected = crate::secret::at_hash(token.access_token().secret());
-            if !crate::secret::ct_eq(at_hash, &expected) {
-                return Err(ConnectorError::Invalid("id token at_hash mismatch".into()));
-            }
-        }
         if self.fetch_userinfo {
             let info = self
-                .userinfo(&metadata, token.access_token().secret(), &subject)
+                .userinfo(&metadata, access_token.secret(), &verified.subject)
                 .await?;
             for (k, v) in info {
                 claims.entry(k).or_insert(v);
             }
         }
-        let auth_time = claims.get("auth_time").and_then(Value::as_i64);
         Ok(Identity {
             connector_id: self.id.clone(),
-            subject,
+            subject: verified.subject,
             claims,
-            auth_time,
+            auth_time: verified.auth_time,
         })
     }
 
@@ -409,5 +628,207 @@ impl CallbackConnector for OidcConnector {
         if let Err(e) = self.metadata().await {
             tracing::warn!(upstream = %self.id, error = %e, "upstream discovery failed; will retry at the next login");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use sha2::{Digest, Sha256, Sha512};
+
+    const TOKEN: &str = "an-access-token-from-the-upstream";
+
+    fn key(v: Value) -> CoreJsonWebKey {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn rsa() -> CoreJsonWebKey {
+        key(
+            json!({"kty": "RSA", "use": "sig", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw", "e": "AQAB"}),
+        )
+    }
+
+    fn ec() -> CoreJsonWebKey {
+        key(json!({"kty": "EC", "use": "sig", "crv": "P-256",
+            "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+            "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}))
+    }
+
+    fn ed25519() -> CoreJsonWebKey {
+        key(json!({"kty": "OKP", "use": "sig", "crv": "Ed25519",
+            "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}))
+    }
+
+    /// `at_hash` computed here with `sha2`, apart from the code under test.
+    fn sha256_half(token: &str) -> AccessTokenHash {
+        AccessTokenHash::new(URL_SAFE_NO_PAD.encode(&Sha256::digest(token.as_bytes())[..16]))
+    }
+
+    fn sha512_half(token: &str) -> AccessTokenHash {
+        AccessTokenHash::new(URL_SAFE_NO_PAD.encode(&Sha512::digest(token.as_bytes())[..32]))
+    }
+
+    fn at(token: &str) -> AccessToken {
+        AccessToken::new(token.into())
+    }
+
+    fn invalid(r: Result<(), ConnectorError>) -> String {
+        match r {
+            Err(ConnectorError::Invalid(m)) => m,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn at_hash_uses_sha256_for_rs256_ps256_es256() {
+        use CoreJwsSigningAlgorithm::*;
+        for (alg, key) in [
+            (RsaSsaPkcs1V15Sha256, rsa()),
+            (RsaSsaPssSha256, rsa()),
+            (EcdsaP256Sha256, ec()),
+        ] {
+            let good = sha256_half(TOKEN);
+            check_at_hash(Some(&good), &at(TOKEN), &alg, &key).unwrap();
+            // Another token, or another hash, is refused.
+            let m = invalid(check_at_hash(Some(&good), &at("other"), &alg, &key));
+            assert_eq!(m, "id token at_hash mismatch", "{alg:?}");
+            let m = invalid(check_at_hash(
+                Some(&sha512_half(TOKEN)),
+                &at(TOKEN),
+                &alg,
+                &key,
+            ));
+            assert_eq!(m, "id token at_hash mismatch", "{alg:?}");
+        }
+    }
+
+    #[test]
+    fn at_hash_uses_sha512_for_eddsa_ed25519() {
+        let alg = CoreJwsSigningAlgorithm::EdDsa;
+        check_at_hash(Some(&sha512_half(TOKEN)), &at(TOKEN), &alg, &ed25519()).unwrap();
+        let m = invalid(check_at_hash(
+            Some(&sha256_half(TOKEN)),
+            &at(TOKEN),
+            &alg,
+            &ed25519(),
+        ));
+        assert_eq!(m, "id token at_hash mismatch");
+    }
+
+    #[test]
+    fn at_hash_absent_is_accepted_and_a_mismatched_key_refused() {
+        let alg = CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256;
+        check_at_hash(None, &at(TOKEN), &alg, &rsa()).unwrap();
+        let m = invalid(check_at_hash(
+            Some(&sha256_half(TOKEN)),
+            &at(TOKEN),
+            &alg,
+            &ec(),
+        ));
+        assert!(m.starts_with("id token at_hash: "), "{m}");
+    }
+
+    fn algs(names: &[&str]) -> Vec<CoreJwsSigningAlgorithm> {
+        names
+            .iter()
+            .map(|n| serde_json::from_value(json!(n)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn allow_list_intersects_the_advertised_algorithms() {
+        assert_eq!(allowed_algs(&algs(&["HS256", "none"])), vec![]);
+        assert_eq!(
+            allowed_algs(&algs(&["none", "HS256", "RS256", "ES384", "RS512"])),
+            algs(&["RS256"])
+        );
+        assert_eq!(
+            allowed_algs(&algs(&["EdDSA", "HS512", "ES256", "PS256", "RS256"])),
+            algs(&["RS256", "PS256", "ES256", "EdDSA"])
+        );
+        assert_eq!(allowed_algs(&algs(&["ES256"])), algs(&["ES256"]));
+    }
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn rfc9207_iss_rule() {
+        let up = "https://up.example";
+        let with = params(&[("code", "c"), ("iss", up)]);
+        let without = params(&[("code", "c")]);
+        let other = params(&[("code", "c"), ("iss", "https://evil.example")]);
+        check_callback_iss(&with, up, true).unwrap();
+        check_callback_iss(&with, up, false).unwrap();
+        check_callback_iss(&without, up, false).unwrap();
+        assert_eq!(
+            invalid(check_callback_iss(&without, up, true)),
+            "the upstream advertises RFC 9207 but the callback has no iss"
+        );
+        for advertised in [true, false] {
+            assert_eq!(
+                invalid(check_callback_iss(&other, up, advertised)),
+                "iss in the callback is not the upstream's"
+            );
+        }
+    }
+
+    #[test]
+    fn auth_time_is_checked_against_max_age() {
+        let t = 1_700_000_000;
+        // No max_age: nothing to check.
+        check_auth_time(None, None, t).unwrap();
+        check_auth_time(Some(t - 100_000), None, t).unwrap();
+        // max_age sent: auth_time required.
+        assert_eq!(
+            invalid(check_auth_time(None, Some(300), t)),
+            "max_age was sent but the id token has no auth_time"
+        );
+        // Within max_age, and within the leeway.
+        check_auth_time(Some(t - 300), Some(300), t).unwrap();
+        check_auth_time(Some(t - 300 - AUTH_TIME_LEEWAY), Some(300), t).unwrap();
+        check_auth_time(Some(t + 5), Some(0), t).unwrap();
+        // Beyond it.
+        let m = invalid(check_auth_time(
+            Some(t - 301 - AUTH_TIME_LEEWAY),
+            Some(300),
+            t,
+        ));
+        assert!(m.contains("max_age was 300"), "{m}");
+    }
+
+    #[test]
+    fn metadata_reads_the_rfc9207_flag() {
+        let doc = |extra: Value| {
+            let mut d = json!({
+                "issuer": "https://up.example",
+                "authorization_endpoint": "https://up.example/authorize",
+                "jwks_uri": "https://up.example/jwks",
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+            });
+            d.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value::<UpstreamMetadata>(d).unwrap()
+        };
+        let m = doc(json!({"authorization_response_iss_parameter_supported": true}));
+        assert_eq!(
+            m.additional_metadata()
+                .authorization_response_iss_parameter_supported,
+            Some(true)
+        );
+        let m = doc(json!({}));
+        assert_eq!(
+            m.additional_metadata()
+                .authorization_response_iss_parameter_supported,
+            None
+        );
     }
 }

@@ -1,20 +1,66 @@
-//! Discovery (OIDC Discovery §3) and the JWKS.
+//! Discovery (OIDC Discovery §3, RFC 8414 §2) and the JWKS.
+//!
+//! The metadata tells the truth about this deployment: `scopes_supported`
+//! is what the configured clients can actually be granted, and
+//! `claims_supported` what the provider and its customizer can emit.
+
+use std::collections::BTreeSet;
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
 use axum::Json;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::AppState;
 use crate::paths;
 
-/// Caches may keep metadata and keys this long (checklist C5: modest).
+/// Caches may keep metadata and keys this long: short, so a key rotation
+/// (RFC 7517 §5, OIDC Core §10.1.1) reaches relying parties quickly.
 const CACHE: HeaderValue = HeaderValue::from_static("public, max-age=300");
 
-pub async fn openid_configuration(State(st): State<AppState>) -> impl IntoResponse {
+/// Claims the provider itself puts in ID tokens and userinfo (OIDC Core §2,
+/// §5.3.2), whatever the customizer does.
+const PROTOCOL_CLAIMS: &[&str] = &[
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "iat",
+    "auth_time",
+    "nonce",
+    "at_hash",
+    "sid",
+];
+
+/// `scopes_supported`: the union of the clients' `allowed_scopes`, plus
+/// `openid` (OIDC Discovery §3: "MUST support the openid scope").
+fn scopes_supported(st: &AppState) -> Vec<String> {
+    let scopes: BTreeSet<String> = st
+        .clients
+        .values()
+        .flat_map(|c| c.allowed_scopes.iter().cloned())
+        .chain(["openid".to_string()])
+        .collect();
+    scopes.into_iter().collect()
+}
+
+/// `claims_supported`: the protocol claims plus every claim the customizer
+/// can emit.
+fn claims_supported(st: &AppState) -> Vec<String> {
+    let claims: BTreeSet<String> = PROTOCOL_CLAIMS
+        .iter()
+        .map(|c| c.to_string())
+        .chain(st.customizer.claim_names())
+        .collect();
+    claims.into_iter().collect()
+}
+
+/// The metadata document, shared by both well-known locations: OIDC
+/// Discovery metadata is a superset of RFC 8414's.
+fn metadata(st: &AppState) -> Value {
     let i = st.issuer();
-    let body = json!({
+    json!({
         "issuer": i,
         "authorization_endpoint": format!("{i}{}", paths::AUTHORIZE),
         "token_endpoint": format!("{i}{}", paths::TOKEN),
@@ -25,19 +71,25 @@ pub async fn openid_configuration(State(st): State<AppState>) -> impl IntoRespon
         "grant_types_supported": ["authorization_code"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": st.keys.algorithms(),
-        "scopes_supported": ["openid", "profile", "email"],
+        "scopes_supported": scopes_supported(st),
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "claims_supported": [
-            "iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "at_hash",
-            "name", "preferred_username", "email", "email_verified", "authorities"
-        ],
+        "claims_supported": claims_supported(st),
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": true,
         "request_parameter_supported": false,
         "request_uri_parameter_supported": false,
         "claims_parameter_supported": false,
-    });
-    ([(header::CACHE_CONTROL, CACHE)], Json(body))
+    })
+}
+
+/// `/.well-known/openid-configuration` (OIDC Discovery §4).
+pub async fn openid_configuration(State(st): State<AppState>) -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, CACHE)], Json(metadata(&st)))
+}
+
+/// `/.well-known/oauth-authorization-server` (RFC 8414 §3).
+pub async fn oauth_authorization_server(State(st): State<AppState>) -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, CACHE)], Json(metadata(&st)))
 }
 
 pub async fn jwks(State(st): State<AppState>) -> impl IntoResponse {

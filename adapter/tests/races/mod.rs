@@ -51,7 +51,18 @@ impl PgSchema {
 /// request wins, and the winner's access token is dead afterwards.
 async fn replay_racing_the_redemption_revokes_the_winner(db_url: &str) {
     let clock = Arc::new(ManualClock::new());
-    let (port, stop, handle) = start(test_config(db_url), clock, 0).await;
+    let mut config = test_config(db_url);
+    // Signing keys at rest are encrypted with a key from the environment
+    // when the database is shared (PostgreSQL).
+    std::env::set_var(
+        "AUTH_ADAPTER_TEST_RACES_KEYS_KEY",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            adapter::secret::random_token().as_bytes()[..32].to_vec(),
+        ),
+    );
+    config.keys.encryption_key_env = Some("AUTH_ADAPTER_TEST_RACES_KEYS_KEY".into());
+    let (port, stop, handle) = start(config, clock, 0).await;
     let app = TestApp::connect(&format!("http://127.0.0.1:{port}"));
     for round in 0..25 {
         let code = app.code().await;
