@@ -23,7 +23,7 @@ pub fn default_config() -> Config {
     Config {
         server: ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
-            issuer: "http://127.0.0.1:9001".into(),
+            issuer: Some("http://127.0.0.1:9001".into()),
             ..ServerConfig::default()
         },
         database: DatabaseConfig {
