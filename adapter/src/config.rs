@@ -433,7 +433,7 @@ pub fn resolve_secret(
     key: &str,
 ) -> Result<Option<Secret>, String> {
     match (inline, env) {
-        (Some(_), Some(_)) => Err(both_set(key)),
+        (Some(_), Some(_)) => Err(format!("{key}: {}", both_set(key))),
         (Some(s), None) => Ok(Some(s.clone())),
         (None, Some(var)) => std::env::var(var)
             .map(|v| Some(Secret::from(v)))
@@ -442,8 +442,9 @@ pub fn resolve_secret(
     }
 }
 
+/// The message of a secret given both inline and through `<key>_env`.
 fn both_set(key: &str) -> String {
-    format!("{key} and {key}_env are both set: keep one (prefer {key}_env)")
+    format!("both {key} and {key}_env are set: keep one (prefer {key}_env)")
 }
 
 /// `url` with its password (userinfo or a `password` query parameter)
@@ -551,9 +552,9 @@ impl ConfigError {
 /// or more US-ASCII characters other than controls and separators.
 fn is_cookie_token(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| {
-            (0x21..0x7f).contains(&b) && !b"()<>@,;:\\\"/[]?={} \t".contains(&b)
-        })
+        && name
+            .bytes()
+            .all(|b| (0x21..0x7f).contains(&b) && !b"()<>@,;:\\\"/[]?={} \t".contains(&b))
 }
 
 impl Config {
@@ -648,7 +649,10 @@ impl Config {
         }
         for (key, name) in [
             ("session.cookie_name", &s.cookie_name),
-            ("session.transaction_cookie_name", &s.transaction_cookie_name),
+            (
+                "session.transaction_cookie_name",
+                &s.transaction_cookie_name,
+            ),
         ] {
             if !is_cookie_token(name) {
                 return Err(ConfigError::new(
@@ -812,5 +816,327 @@ mod tests {
         assert_eq!(c.clients[0].allowed_scopes, default_client_scopes());
         assert!(c.clients[0].require_pkce);
         assert_eq!(c.database.url, "sqlite://data/adapter.db");
+    }
+
+    fn client(id: &str) -> ClientConfig {
+        ClientConfig {
+            id: id.into(),
+            name: None,
+            secret: Some("client-secret-value".into()),
+            secret_env: None,
+            redirect_uris: vec!["https://app.example.org/cb".into()],
+            post_logout_redirect_uris: vec![],
+            allowed_scopes: default_client_scopes(),
+            public: false,
+            require_pkce: true,
+        }
+    }
+
+    fn upstream(id: &str) -> UpstreamConfig {
+        UpstreamConfig {
+            id: id.into(),
+            name: None,
+            issuer: "https://idp.example.org".into(),
+            client_id: "adapter".into(),
+            client_secret: Some("upstream-secret-value".into()),
+            client_secret_env: None,
+            scopes: default_upstream_scopes(),
+            fetch_userinfo: false,
+        }
+    }
+
+    /// The error of `c.validate()`, checked to name `key` first.
+    fn error_of(c: &Config, key: &str) -> String {
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.key, key, "{err}");
+        let text = err.to_string();
+        assert!(text.starts_with(&format!("{key}: ")), "{text}");
+        text
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        assert_eq!(Config::default().server.issuer(), DEFAULT_ISSUER);
+    }
+
+    #[test]
+    fn unset_issuer_with_another_listen_is_refused() {
+        let mut c = Config::default();
+        c.server.listen = "0.0.0.0:8000".parse().unwrap();
+        let err = error_of(&c, "server.issuer");
+        assert!(err.contains("0.0.0.0:8000"), "{err}");
+        c.server.issuer = Some("https://login.example.org".into());
+        c.validate().unwrap();
+        assert_eq!(c.server.issuer(), "https://login.example.org");
+    }
+
+    #[test]
+    fn issuer_with_a_path_is_refused() {
+        let mut c = Config::default();
+        c.server.issuer = Some("http://h/auth".into());
+        let err = error_of(&c, "server.issuer");
+        assert!(err.contains("path"), "{err}");
+        c.server.issuer = Some("http://h".into());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn malformed_issuers_are_refused() {
+        for bad in [
+            "not a url",
+            "ftp://h",
+            "http://h/",
+            "http://h?x=1",
+            "http://h#f",
+            "http://u:p@h",
+        ] {
+            let mut c = Config::default();
+            c.server.issuer = Some(bad.into());
+            let err = error_of(&c, "server.issuer");
+            assert!(!err.contains("u:p@"), "credentials echoed: {err}");
+        }
+    }
+
+    #[test]
+    fn session_ttl_must_be_positive_and_at_most_30_days() {
+        for bad in [0, -1, MAX_SESSION_TTL_SECONDS + 1] {
+            let mut c = Config::default();
+            c.session.ttl_seconds = bad;
+            error_of(&c, "session.ttl_seconds");
+        }
+        let mut c = Config::default();
+        c.session.ttl_seconds = MAX_SESSION_TTL_SECONDS;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn cookie_names_must_differ() {
+        let mut c = Config::default();
+        c.session.transaction_cookie_name = c.session.cookie_name.clone();
+        error_of(&c, "session.transaction_cookie_name");
+    }
+
+    #[test]
+    fn cookie_names_must_be_rfc6265_tokens() {
+        for bad in ["", "A B", "A;B", "A=B", "Ä", "A\"B", "A\tB"] {
+            let mut c = Config::default();
+            c.session.cookie_name = bad.into();
+            error_of(&c, "session.cookie_name");
+            let mut c = Config::default();
+            c.session.transaction_cookie_name = bad.into();
+            error_of(&c, "session.transaction_cookie_name");
+        }
+        let mut c = Config::default();
+        c.session.cookie_name = "__Host-sid!#$%&'*+-.^_`|~".into();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_log_format_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        std::fs::write(&path, "[server]\nlog_format = \"xml\"\n").unwrap();
+        let err = load(Some(&path), "AUTH_ADAPTER_TEST_UNUSED__")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.log_format"), "{err}");
+        assert!(err.contains("xml"), "{err}");
+        std::fs::write(&path, "[server]\nlog_format = \"json\"\n").unwrap();
+        let c = load(Some(&path), "AUTH_ADAPTER_TEST_UNUSED__").unwrap();
+        assert_eq!(c.server.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn empty_client_id_is_refused() {
+        let mut c = Config::default();
+        c.clients = vec![client("a"), client(" ")];
+        error_of(&c, "clients[1].id");
+    }
+
+    #[test]
+    fn duplicate_client_ids_are_refused() {
+        let mut c = Config::default();
+        c.clients = vec![client("a"), client("b"), client("a")];
+        let err = error_of(&c, "clients[a].id");
+        assert!(err.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn upstream_ids_must_be_valid_unique_and_not_local() {
+        let mut c = Config::default();
+        c.upstreams = vec![upstream("Corp SSO")];
+        error_of(&c, "upstreams[Corp SSO].id");
+        c.upstreams = vec![upstream("local")];
+        error_of(&c, "upstreams[local].id");
+        c.upstreams = vec![upstream("corp"), upstream("corp")];
+        error_of(&c, "upstreams[corp].id");
+        c.upstreams = vec![upstream("corp"), upstream("other")];
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn insecure_cookies_with_an_https_issuer_are_refused() {
+        let mut c = Config::default();
+        c.server.issuer = Some("https://login.example.org".into());
+        c.session.secure = Some(false);
+        error_of(&c, "session.secure");
+        c.session.secure = None;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn zero_database_connections_are_refused() {
+        let mut c = Config::default();
+        c.database.max_connections = 0;
+        error_of(&c, "database.max_connections");
+    }
+
+    #[test]
+    fn token_lifetimes_are_bounded() {
+        let mut c = Config::default();
+        c.tokens.code_ttl_seconds = 61;
+        error_of(&c, "tokens.code_ttl_seconds");
+        let mut c = Config::default();
+        c.tokens.access_token_ttl_seconds = 0;
+        error_of(&c, "tokens.access_token_ttl_seconds");
+    }
+
+    #[test]
+    fn inline_secret_and_env_together_are_refused() {
+        let mut c = Config::default();
+        let mut both = client("a");
+        both.secret_env = Some("PATH".into());
+        c.clients = vec![both.clone()];
+        let err = error_of(&c, "clients[a].secret");
+        assert!(err.contains("clients[a].secret_env"), "{err}");
+        assert_eq!(
+            resolve_secret(&both.secret, &both.secret_env, "clients[a].secret").unwrap_err(),
+            err
+        );
+
+        let mut c = Config::default();
+        let mut up = upstream("corp");
+        up.client_secret_env = Some("PATH".into());
+        c.upstreams = vec![up];
+        error_of(&c, "upstreams[corp].client_secret");
+    }
+
+    #[test]
+    fn resolve_secret_reads_inline_or_env() {
+        let inline = Some(Secret::from("inline"));
+        let got = resolve_secret(&inline, &None, "k").unwrap().unwrap();
+        assert_eq!(got.expose(), "inline");
+        // PATH is always set; it stands in for a secret here.
+        let got = resolve_secret(&None, &Some("PATH".into()), "k")
+            .unwrap()
+            .unwrap();
+        assert_eq!(Some(got.expose().to_owned()), std::env::var("PATH").ok());
+        let err =
+            resolve_secret(&None, &Some("AUTH_ADAPTER_TEST_SURELY_UNSET".into()), "k").unwrap_err();
+        assert!(err.starts_with("k_env: "), "{err}");
+        assert!(resolve_secret(&None, &None, "k").unwrap().is_none());
+    }
+
+    fn config_with_secrets() -> Config {
+        let mut c = Config::default();
+        c.database.url = "postgres://adapter:db-password-value@db.example.org:5432/auth".into();
+        c.clients = vec![client("a")];
+        c.upstreams = vec![upstream("corp")];
+        c.local_users = vec![LocalUserConfig {
+            username: "alice".into(),
+            password_hash: None,
+            password: Some("user-password-value".into()),
+            name: None,
+            email: None,
+            groups: vec![],
+        }];
+        c
+    }
+
+    const SECRET_VALUES: [&str; 4] = [
+        "client-secret-value",
+        "upstream-secret-value",
+        "user-password-value",
+        "db-password-value",
+    ];
+
+    #[test]
+    fn debug_prints_no_secret() {
+        let c = config_with_secrets();
+        let debug = format!("{c:?} {:#?}", c);
+        for secret in SECRET_VALUES {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(
+            debug.contains("adapter:<redacted>@db.example.org:5432"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn serialized_and_redacted_configs_print_no_secret() {
+        let c = config_with_secrets();
+        // Plain serialization already hides the `Secret`s (not the URL).
+        let plain = serde_json::to_string(&c).unwrap();
+        for secret in &SECRET_VALUES[..3] {
+            assert!(!plain.contains(secret), "{secret} in {plain}");
+        }
+        let printed = serde_json::to_string(&c.redacted()).unwrap();
+        for secret in SECRET_VALUES {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(printed.contains("\"secret\":\"<redacted>\""), "{printed}");
+        assert!(
+            printed.contains("postgres://adapter:<redacted>@db.example.org:5432/auth"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains(DEFAULT_ISSUER),
+            "effective issuer: {printed}"
+        );
+    }
+
+    #[test]
+    fn redact_url_hides_only_the_password() {
+        assert_eq!(
+            redact_url("postgres://user:pw@host:5432/db?sslmode=require"),
+            "postgres://user:<redacted>@host:5432/db?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgresql://user@host/db?password=pw&sslmode=disable"),
+            "postgresql://user@host/db?password=<redacted>&sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p%40ss@h/db"),
+            "postgres://u:<redacted>@h/db"
+        );
+        assert_eq!(
+            redact_url("sqlite://data/adapter.db"),
+            "sqlite://data/adapter.db"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1:1/test"),
+            "postgres://postgres@127.0.0.1:1/test"
+        );
+    }
+
+    #[test]
+    fn defaults_keep_their_real_secrets_through_loading() {
+        let defaults = config_with_secrets();
+        let c = load_from(defaults.clone(), None, "AUTH_ADAPTER_TEST_UNUSED__").unwrap();
+        assert_eq!(
+            c.clients[0].secret.as_ref().unwrap().expose(),
+            "client-secret-value"
+        );
+        assert_eq!(
+            c.upstreams[0].client_secret.as_ref().unwrap().expose(),
+            "upstream-secret-value"
+        );
+        assert_eq!(c, defaults);
+        // Exposure ends with the load.
+        assert!(!serde_json::to_string(&c)
+            .unwrap()
+            .contains("client-secret-value"));
     }
 }
