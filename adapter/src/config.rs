@@ -413,7 +413,7 @@ impl<'de> Deserialize<'de> for Secret {
 
 /// Serializes `value` into a figment value with the real secrets: the
 /// defaults of a binary may carry demo credentials that must survive loading.
-fn to_figment_value<T: Serialize>(value: &T) -> Result<figment::value::Value, figment::Error> {
+fn to_figment_value<T: Serialize>(value: &T) -> Result<figment::value::Value, Box<figment::Error>> {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
@@ -422,7 +422,7 @@ fn to_figment_value<T: Serialize>(value: &T) -> Result<figment::value::Value, fi
     }
     EXPOSE_SECRETS.with(|e| e.set(true));
     let _reset = Reset;
-    figment::value::Value::serialize(value)
+    figment::value::Value::serialize(value).map_err(Box::new)
 }
 
 /// A secret given inline or through `<key>_env` (the name of an environment
@@ -518,7 +518,7 @@ pub fn load_from<T>(
 where
     T: Serialize + for<'de> Deserialize<'de>,
 {
-    let defaults = to_figment_value(&defaults).map_err(Box::new)?;
+    let defaults = to_figment_value(&defaults)?;
     let mut figment = Figment::from(Serialized::defaults(defaults));
     if let Some(path) = file {
         figment = figment.merge(Toml::file_exact(path));
@@ -949,23 +949,29 @@ mod tests {
 
     #[test]
     fn empty_client_id_is_refused() {
-        let mut c = Config::default();
-        c.clients = vec![client("a"), client(" ")];
+        let c = Config {
+            clients: vec![client("a"), client(" ")],
+            ..Config::default()
+        };
         error_of(&c, "clients[1].id");
     }
 
     #[test]
     fn duplicate_client_ids_are_refused() {
-        let mut c = Config::default();
-        c.clients = vec![client("a"), client("b"), client("a")];
+        let c = Config {
+            clients: vec![client("a"), client("b"), client("a")],
+            ..Config::default()
+        };
         let err = error_of(&c, "clients[a].id");
         assert!(err.contains("twice"), "{err}");
     }
 
     #[test]
     fn upstream_ids_must_be_valid_unique_and_not_local() {
-        let mut c = Config::default();
-        c.upstreams = vec![upstream("Corp SSO")];
+        let mut c = Config {
+            upstreams: vec![upstream("Corp SSO")],
+            ..Config::default()
+        };
         error_of(&c, "upstreams[Corp SSO].id");
         c.upstreams = vec![upstream("local")];
         error_of(&c, "upstreams[local].id");
