@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
-use crate::startup::Application;
-use crate::store::SqlStore;
+use crate::startup::{connect_store, Application};
 
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -34,7 +33,8 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigAction {
-    /// Print the effective configuration with secrets redacted.
+    /// Validate, then print the effective configuration with secrets
+    /// (and a password in `database.url`) redacted.
     Check,
 }
 
@@ -43,7 +43,11 @@ pub async fn run(defaults: Config, env_prefix: &str) -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = config::load_from(defaults, cli.config.as_deref(), env_prefix)
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-    crate::telemetry::init(&config.server.log_format);
+    // The same checks as `serve`, before anything is printed or opened.
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    crate::telemetry::init(config.server.log_format.as_str());
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let app = Application::build(config).await?;
@@ -55,7 +59,7 @@ pub async fn run(defaults: Config, env_prefix: &str) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&config.redacted())?);
         }
         Command::Migrate => {
-            SqlStore::connect(&config.database.url, 1).await?;
+            connect_store(&config.database.url, 1).await?;
             println!("schema is up to date");
         }
     }

@@ -2,23 +2,48 @@
 //!
 //! Every struct denies unknown fields, so a typo in the file or in an
 //! `AUTH_ADAPTER__SECTION__KEY` variable stops start-up with a message that
-//! names the key and where it came from. Secrets can be given inline (demo
-//! only), or indirectly with `*_env` (the name of an environment variable).
+//! names the key and where it came from. Values serde cannot check are
+//! checked by [`Config::validate`], which both `serve` and `config check` run.
+//!
+//! Secrets can be given inline (demo only), or indirectly with `*_env` (the
+//! name of an environment variable), never both. Inline secrets are held in
+//! [`Secret`], whose `Debug` and `Serialize` print `<redacted>`.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
-use serde::{Deserialize, Serialize};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::keys::KeysConfig;
 
 /// Default prefix of environment overrides: `AUTH_ADAPTER__SERVER__LISTEN=...`.
 pub const ENV_PREFIX: &str = "AUTH_ADAPTER__";
 
+/// Default `server.listen`.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 9000));
+
+/// The issuer when `server.issuer` is not set; allowed only with [`DEFAULT_LISTEN`].
+pub const DEFAULT_ISSUER: &str = "http://127.0.0.1:9000";
+
+/// Longest accepted `session.ttl_seconds`: 30 days. A browser session that
+/// outlives a month is a forgotten one; re-authentication is cheap.
+pub const MAX_SESSION_TTL_SECONDS: i64 = 30 * 24 * 3600;
+
+/// What [`Secret`]s serialize to, and what `config check` prints for them.
+pub const REDACTED: &str = "<redacted>";
+
 /// The whole configuration of one provider instance.
+///
+/// `Serialize` exists for figment's defaults layer; secrets serialize as
+/// `<redacted>` (see [`Secret`]), and [`Config::redacted`] also hides a
+/// password in `database.url`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -44,28 +69,71 @@ pub struct ServerConfig {
     /// Address to bind. Port 0 picks a free port (tests).
     pub listen: SocketAddr,
     /// The issuer identifier, byte-equal to `iss` in every token and to
-    /// `issuer` in discovery (OIDC Discovery §3). No trailing slash.
-    pub issuer: String,
+    /// `issuer` in discovery (OIDC Discovery §3): an http(s) URL of a host
+    /// root, no path, no trailing slash. Unset means [`DEFAULT_ISSUER`], which
+    /// is allowed only while `listen` is [`DEFAULT_LISTEN`]; read it with
+    /// [`ServerConfig::issuer`].
+    pub issuer: Option<String>,
     /// Log format: `text` or `json`.
-    pub log_format: String,
+    pub log_format: LogFormat,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
-            issuer: "http://127.0.0.1:9000".into(),
-            log_format: "text".into(),
+            listen: DEFAULT_LISTEN,
+            issuer: None,
+            log_format: LogFormat::Text,
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+impl ServerConfig {
+    /// The effective issuer: `issuer`, or [`DEFAULT_ISSUER`] when unset
+    /// ([`Config::validate`] refuses an unset issuer with another `listen`).
+    pub fn issuer(&self) -> &str {
+        self.issuer.as_deref().unwrap_or(DEFAULT_ISSUER)
+    }
+}
+
+/// Output format of the logs.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// `text` or `json`, as in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// `sqlite://path/to/file.db` (default, embedded) or `postgres://...`.
+    /// A password in it is printed as `<redacted>` (see [`redact_url`]).
     pub url: String,
+    /// Size of the connection pool; at least 1.
     pub max_connections: u32,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
 }
 
 impl Default for DatabaseConfig {
@@ -80,12 +148,14 @@ impl Default for DatabaseConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
-    /// Name of the browser session cookie. Distinct per service: browsers
-    /// share cookies between ports of one host.
+    /// Name of the browser session cookie, an RFC 6265 §4.1.1 token.
+    /// Distinct per service: browsers share cookies between ports of one host.
     pub cookie_name: String,
-    /// Name of the cookie that binds a login transaction to the browser.
+    /// Name of the cookie that binds a login transaction to the browser; an
+    /// RFC 6265 §4.1.1 token other than `cookie_name`.
     pub transaction_cookie_name: String,
-    /// Absolute session lifetime in seconds.
+    /// Absolute session lifetime in seconds: from 1 to
+    /// [`MAX_SESSION_TTL_SECONDS`] (30 days).
     pub ttl_seconds: i64,
     /// `Secure` cookie attribute. Unset: secure exactly when the issuer is https.
     pub secure: Option<bool>,
@@ -107,7 +177,7 @@ impl Default for SessionConfig {
 pub struct TokenConfig {
     pub access_token_ttl_seconds: i64,
     pub id_token_ttl_seconds: i64,
-    /// Authorization code lifetime; at most 60 s (RFC 6749 §4.1.2: short-lived).
+    /// Authorization code lifetime; at most 60 s (RFC 6749 §4.1.2 allows 10 min).
     pub code_ttl_seconds: i64,
     /// Lifetime of a pending login (downstream request + upstream state); at most 600 s.
     pub login_ttl_seconds: i64,
@@ -208,11 +278,12 @@ pub struct ClientConfig {
     pub name: Option<String>,
     /// Client secret inline (demo only; prefer `secret_env`). Hashed at load.
     #[serde(default)]
-    pub secret: Option<String>,
-    /// Name of an environment variable holding the client secret.
+    pub secret: Option<Secret>,
+    /// Name of an environment variable holding the client secret (not
+    /// together with `secret`).
     #[serde(default)]
     pub secret_env: Option<String>,
-    /// Exact redirect URIs (no wildcards, checklist A1).
+    /// Exact redirect URIs (no wildcards, RFC 9700 §2.1).
     pub redirect_uris: Vec<String>,
     #[serde(default)]
     pub post_logout_redirect_uris: Vec<String>,
@@ -269,8 +340,11 @@ pub struct UpstreamConfig {
     pub name: Option<String>,
     pub issuer: String,
     pub client_id: String,
+    /// Client secret inline (demo only; prefer `client_secret_env`).
     #[serde(default)]
-    pub client_secret: Option<String>,
+    pub client_secret: Option<Secret>,
+    /// Name of an environment variable holding the client secret (not
+    /// together with `client_secret`).
     #[serde(default)]
     pub client_secret_env: Option<String>,
     #[serde(default = "default_upstream_scopes")]
@@ -298,7 +372,7 @@ pub struct LocalUserConfig {
     pub password_hash: Option<String>,
     /// Plain demo password, hashed with argon2id at start-up and then dropped.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
@@ -307,23 +381,168 @@ pub struct LocalUserConfig {
     pub groups: Vec<String>,
 }
 
+thread_local! {
+    /// Set while [`load_from`] turns the defaults into figment values, the
+    /// only serialization that must carry the real secrets.
+    static EXPOSE_SECRETS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A secret from the configuration (client secret, upstream client secret,
+/// demo password). `Debug` and `Serialize` write `<redacted>`, so neither a
+/// derived `Debug` of a configuration nor `config check` can print it; the
+/// value is read only through [`Secret::expose`] and is zeroized on drop.
+#[derive(Clone)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(SecretString::from(value.into()))
+    }
+
+    /// The secret itself: hash it or hand it to the code that sends it.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    fn redacted() -> Self {
+        Secret::new(REDACTED)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret::new(value)
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret::new(value)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        crate::secret::ct_eq(self.expose(), other.expose())
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if EXPOSE_SECRETS.with(Cell::get) {
+            serializer.serialize_str(self.expose())
+        } else {
+            serializer.serialize_str(REDACTED)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret::from)
+    }
+}
+
+/// Serializes `value` into a figment value with the real secrets: the
+/// defaults of a binary may carry demo credentials that must survive loading.
+fn to_figment_value<T: Serialize>(value: &T) -> Result<figment::value::Value, Box<figment::Error>> {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            EXPOSE_SECRETS.with(|e| e.set(false));
+        }
+    }
+    EXPOSE_SECRETS.with(|e| e.set(true));
+    let _reset = Reset;
+    figment::value::Value::serialize(value).map_err(Box::new)
+}
+
 /// A secret given inline or through `<key>_env` (the name of an environment
-/// variable). Errors name the key.
+/// variable), not both. Errors name the key.
 pub fn resolve_secret(
-    inline: &Option<String>,
+    inline: &Option<Secret>,
     env: &Option<String>,
     key: &str,
-) -> Result<Option<String>, String> {
+) -> Result<Option<Secret>, String> {
     match (inline, env) {
-        (Some(s), _) => Ok(Some(s.clone())),
+        (Some(_), Some(_)) => Err(format!("{key}: {}", both_set(key))),
+        (Some(s), None) => Ok(Some(s.clone())),
         (None, Some(var)) => std::env::var(var)
-            .map(Some)
+            .map(|v| Some(Secret::from(v)))
             .map_err(|_| format!("{key}_env: environment variable {var} is not set")),
         (None, None) => Ok(None),
     }
 }
 
+/// The message of a secret given both inline and through `<key>_env`.
+fn both_set(key: &str) -> String {
+    format!("both {key} and {key}_env are set: keep one (prefer {key}_env)")
+}
+
+/// `url` with its password (userinfo or a `password` query parameter)
+/// replaced by `<redacted>`, fit for printing and error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let start = scheme_end + 3;
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    let authority = &url[start..end];
+    let mut out = url[..start].to_owned();
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            match userinfo.find(':') {
+                Some(colon) => {
+                    out.push_str(&userinfo[..colon]);
+                    out.push(':');
+                    out.push_str(REDACTED);
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
+    }
+    let rest = &url[end..];
+    match rest.split_once('?') {
+        Some((path, query)) => {
+            let (query, fragment) = match query.split_once('#') {
+                Some((q, f)) => (q, Some(f)),
+                None => (query, None),
+            };
+            out.push_str(path);
+            out.push('?');
+            let params: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if k.to_ascii_lowercase().contains("password") => {
+                        format!("{k}={REDACTED}")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            out.push_str(&params.join("&"));
+            if let Some(f) = fragment {
+                out.push('#');
+                out.push_str(f);
+            }
+        }
+        None => out.push_str(rest),
+    }
+    out
+}
+
 /// Loads `defaults <- file <- environment`. Errors name the file and key.
+/// Values are not validated: call [`Config::validate`].
 pub fn load(file: Option<&Path>, env_prefix: &str) -> Result<Config, Box<figment::Error>> {
     load_from(Config::default(), file, env_prefix)
 }
@@ -337,6 +556,7 @@ pub fn load_from<T>(
 where
     T: Serialize + for<'de> Deserialize<'de>,
 {
+    let defaults = to_figment_value(&defaults)?;
     let mut figment = Figment::from(Serialized::defaults(defaults));
     if let Some(path) = file {
         figment = figment.merge(Toml::file_exact(path));
@@ -347,23 +567,257 @@ where
         .map_err(Box::new)
 }
 
+/// A configuration value that cannot work; the message starts with its key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// The offending key, e.g. `session.ttl_seconds` or `clients[app].secret`.
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// RFC 6265 §4.1.1: `cookie-name = token`, and RFC 2616 §2.2: a token is one
+/// or more US-ASCII characters other than controls and separators.
+fn is_cookie_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| (0x21..0x7f).contains(&b) && !b"()<>@,;:\\\"/[]?={} \t".contains(&b))
+}
+
 impl Config {
-    /// A copy safe to print: every inline secret replaced.
+    /// Checks what serde cannot: every rule here stops start-up (`serve`)
+    /// and `config check` with one line naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_server()?;
+        self.validate_database()?;
+        self.validate_session()?;
+        self.validate_lifetimes()?;
+        self.validate_clients()?;
+        self.validate_upstreams()?;
+        Ok(())
+    }
+
+    /// The issuer must be an absolute http(s) URL of a host root, without
+    /// query or fragment (OIDC Discovery §3); it is set whenever `listen`
+    /// is not the default.
+    fn validate_server(&self) -> Result<(), ConfigError> {
+        let key = "server.issuer";
+        let Some(issuer) = &self.server.issuer else {
+            if self.server.listen != DEFAULT_LISTEN {
+                return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "not set, while server.listen = {} is not the default {DEFAULT_LISTEN}; \
+                         set the URL clients use to reach this service",
+                        self.server.listen
+                    ),
+                ));
+            }
+            return Ok(());
+        };
+        let url = url::Url::parse(issuer)
+            .map_err(|e| ConfigError::new(key, format!("{issuer:?} is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(ConfigError::new(
+                key,
+                format!("{issuer:?}: must be an http(s) URL with a host"),
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(ConfigError::new(
+                key,
+                format!("{issuer:?}: must not have a query or fragment"),
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(ConfigError::new(
+                key,
+                format!("{:?}: must not contain credentials", redact_url(issuer)),
+            ));
+        }
+        if issuer.ends_with('/') {
+            return Err(ConfigError::new(
+                key,
+                format!("{issuer:?}: remove the trailing slash"),
+            ));
+        }
+        if url.path() != "/" {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "{issuer:?}: a path is not supported; pages and redirects are \
+                     root-relative, so serve this service at the root of its own host"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_database(&self) -> Result<(), ConfigError> {
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::new(
+                "database.max_connections",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_session(&self) -> Result<(), ConfigError> {
+        let s = &self.session;
+        if !(1..=MAX_SESSION_TTL_SECONDS).contains(&s.ttl_seconds) {
+            return Err(ConfigError::new(
+                "session.ttl_seconds",
+                format!(
+                    "{} must be between 1 and {MAX_SESSION_TTL_SECONDS} (30 days)",
+                    s.ttl_seconds
+                ),
+            ));
+        }
+        for (key, name) in [
+            ("session.cookie_name", &s.cookie_name),
+            (
+                "session.transaction_cookie_name",
+                &s.transaction_cookie_name,
+            ),
+        ] {
+            if !is_cookie_token(name) {
+                return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "{name:?} is not a cookie name: use ASCII letters, digits and \
+                         !#$%&'*+-.^_`|~ (RFC 6265 §4.1.1)"
+                    ),
+                ));
+            }
+        }
+        if s.cookie_name == s.transaction_cookie_name {
+            return Err(ConfigError::new(
+                "session.transaction_cookie_name",
+                format!(
+                    "{:?} is also session.cookie_name; the two cookies need different names",
+                    s.transaction_cookie_name
+                ),
+            ));
+        }
+        if s.secure == Some(false) && self.server.issuer().starts_with("https://") {
+            return Err(ConfigError::new(
+                "session.secure",
+                "false with an https issuer would let browsers send the session cookie \
+                 over plain http; remove the key (secure follows the issuer) or set true",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Lifetimes within their bounds: codes at most 60 s (RFC 6749 §4.1.2
+    /// allows up to 10 minutes; shorter narrows replay), login transactions
+    /// at most 10 min, access tokens at most 15 min, ID tokens at most 1 h.
+    fn validate_lifetimes(&self) -> Result<(), ConfigError> {
+        let t = &self.tokens;
+        for (key, value, max) in [
+            ("tokens.code_ttl_seconds", t.code_ttl_seconds, 60),
+            ("tokens.login_ttl_seconds", t.login_ttl_seconds, 600),
+            (
+                "tokens.access_token_ttl_seconds",
+                t.access_token_ttl_seconds,
+                900,
+            ),
+            ("tokens.id_token_ttl_seconds", t.id_token_ttl_seconds, 3600),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{value} must be between 1 and {max}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_clients(&self) -> Result<(), ConfigError> {
+        for (i, c) in self.clients.iter().enumerate() {
+            if c.id.trim().is_empty() {
+                return Err(ConfigError::new(
+                    format!("clients[{i}].id"),
+                    "must not be empty",
+                ));
+            }
+            if self.clients[..i].iter().any(|other| other.id == c.id) {
+                return Err(ConfigError::new(
+                    format!("clients[{}].id", c.id),
+                    "appears twice; client ids must be unique",
+                ));
+            }
+            if c.secret.is_some() && c.secret_env.is_some() {
+                let key = format!("clients[{}].secret", c.id);
+                return Err(ConfigError::new(key.clone(), both_set(&key)));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_upstreams(&self) -> Result<(), ConfigError> {
+        use crate::connector::local::LOCAL_CONNECTOR_ID;
+        for (i, up) in self.upstreams.iter().enumerate() {
+            let key = format!("upstreams[{}].id", up.id);
+            if !crate::connector::valid_id(&up.id) {
+                return Err(ConfigError::new(
+                    key,
+                    "use 1 to 64 lowercase letters, digits, '-' or '_'",
+                ));
+            }
+            if up.id == LOCAL_CONNECTOR_ID {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{LOCAL_CONNECTOR_ID:?} is reserved for local accounts"),
+                ));
+            }
+            if self.upstreams[..i].iter().any(|other| other.id == up.id) {
+                return Err(ConfigError::new(
+                    key,
+                    "appears twice; upstream ids must be unique",
+                ));
+            }
+            if up.client_secret.is_some() && up.client_secret_env.is_some() {
+                let key = format!("upstreams[{}].client_secret", up.id);
+                return Err(ConfigError::new(key.clone(), both_set(&key)));
+            }
+        }
+        Ok(())
+    }
+
+    /// A copy safe to print and to keep: every inline secret replaced by
+    /// `<redacted>`, a password in `database.url` too, and the effective
+    /// issuer filled in.
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
+        c.server.issuer = Some(self.server.issuer().to_owned());
+        c.database.url = redact_url(&self.database.url);
         for client in &mut c.clients {
             if client.secret.is_some() {
-                client.secret = Some("<redacted>".into());
+                client.secret = Some(Secret::redacted());
             }
         }
         for up in &mut c.upstreams {
             if up.client_secret.is_some() {
-                up.client_secret = Some("<redacted>".into());
+                up.client_secret = Some(Secret::redacted());
             }
         }
         for u in &mut c.local_users {
             if u.password.is_some() {
-                u.password = Some("<redacted>".into());
+                u.password = Some(Secret::redacted());
             }
         }
         c
@@ -409,9 +863,342 @@ mod tests {
         )
         .unwrap();
         let c = load(Some(&path), "AUTH_ADAPTER_TEST_UNUSED__").unwrap();
-        assert_eq!(c.server.issuer, "http://x");
+        assert_eq!(c.server.issuer.as_deref(), Some("http://x"));
         assert_eq!(c.clients[0].allowed_scopes, default_client_scopes());
         assert!(c.clients[0].require_pkce);
         assert_eq!(c.database.url, "sqlite://data/adapter.db");
+    }
+
+    fn client(id: &str) -> ClientConfig {
+        ClientConfig {
+            id: id.into(),
+            name: None,
+            secret: Some("client-secret-value".into()),
+            secret_env: None,
+            redirect_uris: vec!["https://app.example.org/cb".into()],
+            post_logout_redirect_uris: vec![],
+            allowed_scopes: default_client_scopes(),
+            public: false,
+            require_pkce: true,
+            grant_types: default_grant_types(),
+            backchannel_logout_uri: None,
+            id_token_signed_response_alg: None,
+        }
+    }
+
+    fn upstream(id: &str) -> UpstreamConfig {
+        UpstreamConfig {
+            id: id.into(),
+            name: None,
+            issuer: "https://idp.example.org".into(),
+            client_id: "adapter".into(),
+            client_secret: Some("upstream-secret-value".into()),
+            client_secret_env: None,
+            scopes: default_upstream_scopes(),
+            fetch_userinfo: false,
+            subject: SubjectStrategy::default(),
+            allow_shared_subjects: false,
+        }
+    }
+
+    /// The error of `c.validate()`, checked to name `key` first.
+    fn error_of(c: &Config, key: &str) -> String {
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.key, key, "{err}");
+        let text = err.to_string();
+        assert!(text.starts_with(&format!("{key}: ")), "{text}");
+        text
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        assert_eq!(Config::default().server.issuer(), DEFAULT_ISSUER);
+    }
+
+    #[test]
+    fn unset_issuer_with_another_listen_is_refused() {
+        let mut c = Config::default();
+        c.server.listen = "0.0.0.0:8000".parse().unwrap();
+        let err = error_of(&c, "server.issuer");
+        assert!(err.contains("0.0.0.0:8000"), "{err}");
+        c.server.issuer = Some("https://login.example.org".into());
+        c.validate().unwrap();
+        assert_eq!(c.server.issuer(), "https://login.example.org");
+    }
+
+    #[test]
+    fn issuer_with_a_path_is_refused() {
+        let mut c = Config::default();
+        c.server.issuer = Some("http://h/auth".into());
+        let err = error_of(&c, "server.issuer");
+        assert!(err.contains("path"), "{err}");
+        c.server.issuer = Some("http://h".into());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn malformed_issuers_are_refused() {
+        for bad in [
+            "not a url",
+            "ftp://h",
+            "http://h/",
+            "http://h?x=1",
+            "http://h#f",
+            "http://u:p@h",
+        ] {
+            let mut c = Config::default();
+            c.server.issuer = Some(bad.into());
+            let err = error_of(&c, "server.issuer");
+            assert!(!err.contains("u:p@"), "credentials echoed: {err}");
+        }
+    }
+
+    #[test]
+    fn session_ttl_must_be_positive_and_at_most_30_days() {
+        for bad in [0, -1, MAX_SESSION_TTL_SECONDS + 1] {
+            let mut c = Config::default();
+            c.session.ttl_seconds = bad;
+            error_of(&c, "session.ttl_seconds");
+        }
+        let mut c = Config::default();
+        c.session.ttl_seconds = MAX_SESSION_TTL_SECONDS;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn cookie_names_must_differ() {
+        let mut c = Config::default();
+        c.session.transaction_cookie_name = c.session.cookie_name.clone();
+        error_of(&c, "session.transaction_cookie_name");
+    }
+
+    #[test]
+    fn cookie_names_must_be_rfc6265_tokens() {
+        for bad in ["", "A B", "A;B", "A=B", "Ä", "A\"B", "A\tB"] {
+            let mut c = Config::default();
+            c.session.cookie_name = bad.into();
+            error_of(&c, "session.cookie_name");
+            let mut c = Config::default();
+            c.session.transaction_cookie_name = bad.into();
+            error_of(&c, "session.transaction_cookie_name");
+        }
+        let mut c = Config::default();
+        c.session.cookie_name = "__Host-sid!#$%&'*+-.^_`|~".into();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_log_format_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        std::fs::write(&path, "[server]\nlog_format = \"xml\"\n").unwrap();
+        let err = load(Some(&path), "AUTH_ADAPTER_TEST_UNUSED__")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.log_format"), "{err}");
+        assert!(err.contains("xml"), "{err}");
+        std::fs::write(&path, "[server]\nlog_format = \"json\"\n").unwrap();
+        let c = load(Some(&path), "AUTH_ADAPTER_TEST_UNUSED__").unwrap();
+        assert_eq!(c.server.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn empty_client_id_is_refused() {
+        let c = Config {
+            clients: vec![client("a"), client(" ")],
+            ..Config::default()
+        };
+        error_of(&c, "clients[1].id");
+    }
+
+    #[test]
+    fn duplicate_client_ids_are_refused() {
+        let c = Config {
+            clients: vec![client("a"), client("b"), client("a")],
+            ..Config::default()
+        };
+        let err = error_of(&c, "clients[a].id");
+        assert!(err.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn upstream_ids_must_be_valid_unique_and_not_local() {
+        let mut c = Config {
+            upstreams: vec![upstream("Corp SSO")],
+            ..Config::default()
+        };
+        error_of(&c, "upstreams[Corp SSO].id");
+        c.upstreams = vec![upstream("local")];
+        error_of(&c, "upstreams[local].id");
+        c.upstreams = vec![upstream("corp"), upstream("corp")];
+        error_of(&c, "upstreams[corp].id");
+        c.upstreams = vec![upstream("corp"), upstream("other")];
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn insecure_cookies_with_an_https_issuer_are_refused() {
+        let mut c = Config::default();
+        c.server.issuer = Some("https://login.example.org".into());
+        c.session.secure = Some(false);
+        error_of(&c, "session.secure");
+        c.session.secure = None;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn zero_database_connections_are_refused() {
+        let mut c = Config::default();
+        c.database.max_connections = 0;
+        error_of(&c, "database.max_connections");
+    }
+
+    #[test]
+    fn token_lifetimes_are_bounded() {
+        let mut c = Config::default();
+        c.tokens.code_ttl_seconds = 61;
+        error_of(&c, "tokens.code_ttl_seconds");
+        let mut c = Config::default();
+        c.tokens.access_token_ttl_seconds = 0;
+        error_of(&c, "tokens.access_token_ttl_seconds");
+    }
+
+    #[test]
+    fn inline_secret_and_env_together_are_refused() {
+        let mut c = Config::default();
+        let mut both = client("a");
+        both.secret_env = Some("PATH".into());
+        c.clients = vec![both.clone()];
+        let err = error_of(&c, "clients[a].secret");
+        assert!(err.contains("clients[a].secret_env"), "{err}");
+        assert_eq!(
+            resolve_secret(&both.secret, &both.secret_env, "clients[a].secret").unwrap_err(),
+            err
+        );
+
+        let mut c = Config::default();
+        let mut up = upstream("corp");
+        up.client_secret_env = Some("PATH".into());
+        c.upstreams = vec![up];
+        error_of(&c, "upstreams[corp].client_secret");
+    }
+
+    #[test]
+    fn resolve_secret_reads_inline_or_env() {
+        let inline = Some(Secret::from("inline"));
+        let got = resolve_secret(&inline, &None, "k").unwrap().unwrap();
+        assert_eq!(got.expose(), "inline");
+        // PATH is always set; it stands in for a secret here.
+        let got = resolve_secret(&None, &Some("PATH".into()), "k")
+            .unwrap()
+            .unwrap();
+        assert_eq!(Some(got.expose().to_owned()), std::env::var("PATH").ok());
+        let err =
+            resolve_secret(&None, &Some("AUTH_ADAPTER_TEST_SURELY_UNSET".into()), "k").unwrap_err();
+        assert!(err.starts_with("k_env: "), "{err}");
+        assert!(resolve_secret(&None, &None, "k").unwrap().is_none());
+    }
+
+    fn config_with_secrets() -> Config {
+        let mut c = Config::default();
+        c.database.url = "postgres://adapter:db-password-value@db.example.org:5432/auth".into();
+        c.clients = vec![client("a")];
+        c.upstreams = vec![upstream("corp")];
+        c.local_users = vec![LocalUserConfig {
+            username: "alice".into(),
+            password_hash: None,
+            password: Some("user-password-value".into()),
+            name: None,
+            email: None,
+            groups: vec![],
+        }];
+        c
+    }
+
+    const SECRET_VALUES: [&str; 4] = [
+        "client-secret-value",
+        "upstream-secret-value",
+        "user-password-value",
+        "db-password-value",
+    ];
+
+    #[test]
+    fn debug_prints_no_secret() {
+        let c = config_with_secrets();
+        let debug = format!("{c:?} {:#?}", c);
+        for secret in SECRET_VALUES {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(
+            debug.contains("adapter:<redacted>@db.example.org:5432"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn serialized_and_redacted_configs_print_no_secret() {
+        let c = config_with_secrets();
+        // Plain serialization already hides the `Secret`s (not the URL).
+        let plain = serde_json::to_string(&c).unwrap();
+        for secret in &SECRET_VALUES[..3] {
+            assert!(!plain.contains(secret), "{secret} in {plain}");
+        }
+        let printed = serde_json::to_string(&c.redacted()).unwrap();
+        for secret in SECRET_VALUES {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(printed.contains("\"secret\":\"<redacted>\""), "{printed}");
+        assert!(
+            printed.contains("postgres://adapter:<redacted>@db.example.org:5432/auth"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains(DEFAULT_ISSUER),
+            "effective issuer: {printed}"
+        );
+    }
+
+    #[test]
+    fn redact_url_hides_only_the_password() {
+        assert_eq!(
+            redact_url("postgres://user:pw@host:5432/db?sslmode=require"),
+            "postgres://user:<redacted>@host:5432/db?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgresql://user@host/db?password=pw&sslmode=disable"),
+            "postgresql://user@host/db?password=<redacted>&sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p%40ss@h/db"),
+            "postgres://u:<redacted>@h/db"
+        );
+        assert_eq!(
+            redact_url("sqlite://data/adapter.db"),
+            "sqlite://data/adapter.db"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1:1/test"),
+            "postgres://postgres@127.0.0.1:1/test"
+        );
+    }
+
+    #[test]
+    fn defaults_keep_their_real_secrets_through_loading() {
+        let defaults = config_with_secrets();
+        let c = load_from(defaults.clone(), None, "AUTH_ADAPTER_TEST_UNUSED__").unwrap();
+        assert_eq!(
+            c.clients[0].secret.as_ref().unwrap().expose(),
+            "client-secret-value"
+        );
+        assert_eq!(
+            c.upstreams[0].client_secret.as_ref().unwrap().expose(),
+            "upstream-secret-value"
+        );
+        assert_eq!(c, defaults);
+        // Exposure ends with the load.
+        assert!(!serde_json::to_string(&c)
+            .unwrap()
+            .contains("client-secret-value"));
     }
 }

@@ -598,7 +598,7 @@ async fn bad_config_is_refused_with_the_key() {
     let db = format!("sqlite://{}/x.db", dir.path().display());
     let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
     let mut c = test_config(&db);
-    c.server.issuer = "http://127.0.0.1:1/".into();
+    c.server.issuer = Some("http://127.0.0.1:1/".into());
     let err = Application::build_with_listener(c, listener().await)
         .await
         .err()
@@ -679,7 +679,7 @@ async fn cookies_are_secure_behind_an_https_issuer_d1() {
     let port = listener.local_addr().unwrap().port();
     let mut c = test_config(&db);
     // What a TLS-terminating proxy in front of the adapter looks like.
-    c.server.issuer = "https://login.example.org".into();
+    c.server.issuer = Some("https://login.example.org".into());
     let app = Application::build_with_listener(c, listener).await.unwrap();
     tokio::spawn(app.run_until(std::future::pending()));
     let browser = reqwest::Client::builder()

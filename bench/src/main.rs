@@ -52,14 +52,14 @@ async fn start_chain() -> anyhow::Result<Chain> {
     let (d1, d2) = (tempfile::tempdir()?, tempfile::tempdir()?);
 
     let mut upstream = upstream_test_server::default_config();
-    upstream.server.issuer = format!("http://127.0.0.1:{up}");
+    upstream.server.issuer = Some(format!("http://127.0.0.1:{up}"));
     upstream.database.url = format!("sqlite://{}/up.db", d1.path().display());
     upstream.clients[0].redirect_uris = vec![format!(
         "http://127.0.0.1:{ad}/login/oauth2/code/test-auth-server"
     )];
 
     let mut broker = Config::default();
-    broker.server.issuer = format!("http://127.0.0.1:{ad}");
+    broker.server.issuer = Some(format!("http://127.0.0.1:{ad}"));
     broker.database.url = format!("sqlite://{}/ad.db", d2.path().display());
     broker.clients = vec![ClientConfig {
         id: "bench".into(),
@@ -78,7 +78,7 @@ async fn start_chain() -> anyhow::Result<Chain> {
     broker.upstreams = vec![UpstreamConfig {
         id: "test-auth-server".into(),
         name: None,
-        issuer: upstream.server.issuer.clone(),
+        issuer: upstream.server.issuer().to_owned(),
         client_id: "auth-adapter".into(),
         client_secret: upstream.clients[0].secret.clone(),
         client_secret_env: None,

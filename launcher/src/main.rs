@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
     .context("adapter configuration")?;
     let app_cfg = test_app::Config::load(file(dir, "test-app.toml").as_deref())
         .map_err(|e| anyhow::anyhow!("test-app configuration: {e}"))?;
-    adapter::telemetry::init(&adapter_cfg.server.log_format);
+    adapter::telemetry::init(adapter_cfg.server.log_format.as_str());
 
     let upstream = adapter::Application::build(upstream_cfg)
         .await
@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     println!();
     println!("  Auth Adapter demo chain is running:");
     println!("    test-app              {app_url}/authenticated");
-    println!("    adapter (issuer)      {}", adapter_cfg.server.issuer);
+    println!("    adapter (issuer)      {}", adapter_cfg.server.issuer());
     println!(
         "    upstream-test-server  http://127.0.0.1:{}",
         upstream.port()

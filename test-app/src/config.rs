@@ -35,10 +35,12 @@ pub struct Config {
     pub issuer: String,
     /// OAuth client id registered at the provider.
     pub client_id: String,
-    /// Client secret (client_secret_basic). Prefer `client_secret_env`.
+    /// Client secret (client_secret_basic). Prefer `client_secret_env`; set
+    /// at most one of the two. With neither, the demo secret of the local
+    /// chain ([`DEMO_CLIENT_SECRET`]) is used.
     pub client_secret: Option<String>,
-    /// Name of an environment variable holding the client secret; when set it
-    /// takes precedence over `client_secret`.
+    /// Name of an environment variable holding the client secret (not
+    /// together with `client_secret`).
     pub client_secret_env: Option<String>,
     /// Scopes to request (`openid` is always sent).
     pub scopes: Vec<String>,
@@ -55,7 +57,7 @@ impl Default for Config {
             base_url: "http://127.0.0.1:8080".to_owned(),
             issuer: "http://127.0.0.1:9000".to_owned(),
             client_id: "test-app".to_owned(),
-            client_secret: Some(DEMO_CLIENT_SECRET.to_owned()),
+            client_secret: None,
             client_secret_env: None,
             scopes: vec!["openid".into(), "profile".into(), "email".into()],
             cookie_name: "TEST_APP_SESSION".to_owned(),
@@ -164,6 +166,9 @@ impl Config {
         if self.cookie_name == self.tx_cookie_name {
             return Err(invalid("tx_cookie_name", "must differ from cookie_name"));
         }
+        if self.client_secret.is_some() && self.client_secret_env.is_some() {
+            return Err(both_secrets_set());
+        }
         Ok(())
     }
 
@@ -177,15 +182,18 @@ impl Config {
         format!("{}{}", self.base_url_trimmed(), crate::CALLBACK_PATH)
     }
 
-    /// The client secret to use: the variable named by `client_secret_env`
-    /// when set, else `client_secret`.
+    /// The client secret to use: the variable named by `client_secret_env`,
+    /// or `client_secret`, or with neither the demo secret. Both set is an
+    /// error.
     pub fn resolve_client_secret(&self) -> Result<Option<String>, ConfigError> {
-        match &self.client_secret_env {
-            Some(var) => match std::env::var(var) {
+        match (&self.client_secret, &self.client_secret_env) {
+            (Some(_), Some(_)) => Err(both_secrets_set()),
+            (None, Some(var)) => match std::env::var(var) {
                 Ok(value) if !value.is_empty() => Ok(Some(value)),
                 _ => Err(ConfigError::MissingSecretEnv(var.clone())),
             },
-            None => Ok(self.client_secret.clone()),
+            (Some(secret), None) => Ok(Some(secret.clone())),
+            (None, None) => Ok(Some(DEMO_CLIENT_SECRET.to_owned())),
         }
     }
 
@@ -196,6 +204,13 @@ impl Config {
             ..self.clone()
         }
     }
+}
+
+fn both_secrets_set() -> ConfigError {
+    invalid(
+        "client_secret",
+        "client_secret and client_secret_env are both set: keep one (prefer client_secret_env)",
+    )
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
@@ -254,7 +269,11 @@ mod tests {
         assert_eq!(c.base_url, "http://127.0.0.1:8080");
         assert_eq!(c.issuer, "http://127.0.0.1:9000");
         assert_eq!(c.client_id, "test-app");
-        assert_eq!(c.client_secret.as_deref(), Some("test-app-secret"));
+        assert_eq!(c.client_secret, None);
+        assert_eq!(
+            c.resolve_client_secret().unwrap().as_deref(),
+            Some("test-app-secret")
+        );
         assert_eq!(c.scopes, ["openid", "profile", "email"]);
         assert_eq!(c.cookie_name, "TEST_APP_SESSION");
         assert_eq!(c.tx_cookie_name, "TEST_APP_TX");
@@ -352,13 +371,40 @@ mod tests {
 
     #[test]
     fn debug_and_redacted_hide_the_secret() {
-        let c = Config::default();
-        assert!(!format!("{c:?}").contains("test-app-secret"));
+        let c = Config {
+            client_secret: Some("inline-secret-value".into()),
+            ..Config::default()
+        };
+        assert!(!format!("{c:?}").contains("inline-secret-value"));
         assert_eq!(c.redacted().client_secret.as_deref(), Some("[redacted]"));
     }
 
     #[test]
-    fn secret_env_takes_precedence_and_must_exist() {
+    fn inline_secret_and_secret_env_together_are_refused() {
+        let c = Config {
+            client_secret: Some("inline".into()),
+            client_secret_env: Some("PATH".into()),
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid configuration: key `client_secret`: client_secret and client_secret_env \
+             are both set: keep one (prefer client_secret_env)"
+        );
+        assert_eq!(c.resolve_client_secret().unwrap_err().to_string(), err);
+        // The same from a file: the env variable name does not hide the inline secret.
+        let path = temp_toml(
+            "both",
+            "client_secret = \"inline\"\nclient_secret_env = \"PATH\"\n",
+        );
+        let err = from_file(&path).unwrap_err().to_string();
+        std::fs::remove_file(&path).ok();
+        assert!(err.contains("`client_secret`"), "{err}");
+    }
+
+    #[test]
+    fn secret_env_is_used_and_must_exist() {
         let c = Config {
             client_secret_env: Some("TEST_APP_UNIT_TEST_SURELY_UNSET_VAR".into()),
             ..Config::default()

@@ -303,7 +303,7 @@ impl ChainBuilder {
                 let (dir, db) = temp_sqlite("e2e-upstream-")?;
                 let mut config = upstream_test_server::default_config();
                 config.server.listen = addr;
-                config.server.issuer = issuer.clone();
+                config.server.issuer = Some(issuer.clone());
                 config.database.url = db;
                 config.clients = vec![client_config(
                     &RpClient {
@@ -352,7 +352,7 @@ impl ChainBuilder {
         dirs.push(dir);
         let mut config = adapter::Config::default();
         config.server.listen = adapter_addr;
-        config.server.issuer = adapter_issuer.clone();
+        config.server.issuer = Some(adapter_issuer.clone());
         config.database.url = db;
         config.clients = vec![
             client_config(&app, "Test App")?,

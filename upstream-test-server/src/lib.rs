@@ -23,7 +23,7 @@ pub fn default_config() -> Config {
     Config {
         server: ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
-            issuer: "http://127.0.0.1:9001".into(),
+            issuer: Some("http://127.0.0.1:9001".into()),
             ..ServerConfig::default()
         },
         database: DatabaseConfig {
@@ -68,5 +68,27 @@ pub fn default_config() -> Config {
             groups: vec!["user".into()],
         }],
         ..Config::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_keep_the_demo_credentials() {
+        let c =
+            adapter::config::load_from(default_config(), None, "TEST_AUTH_SERVER_UNIT_UNUSED__")
+                .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.server.issuer(), "http://127.0.0.1:9001");
+        assert_eq!(
+            c.clients[0].secret.as_ref().map(|s| s.expose()),
+            Some("auth-adapter-demo-secret")
+        );
+        assert_eq!(
+            c.local_users[0].password.as_ref().map(|s| s.expose()),
+            Some("password")
+        );
     }
 }

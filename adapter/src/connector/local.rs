@@ -67,7 +67,7 @@ impl LocalConnector {
                     })?;
                     h.clone()
                 }
-                (None, Some(p)) => hash_password(p)?,
+                (None, Some(p)) => hash_password(p.expose())?,
                 (None, None) => {
                     return Err(ConnectorError::Config(format!(
                         "local_users[{}]: set password_hash (or password for demos)",
@@ -145,7 +145,7 @@ mod tests {
         LocalUserConfig {
             username: "testuser".into(),
             password_hash: hash,
-            password: password.map(String::from),
+            password: password.map(Into::into),
             name: Some("Test User".into()),
             email: Some("t@example.org".into()),
             groups: vec!["admins".into()],

@@ -145,7 +145,7 @@ impl Client {
         Ok(Client {
             id: c.id.clone(),
             name: c.name.clone().unwrap_or_else(|| c.id.clone()),
-            secret_hash: secret.as_deref().map(crate::secret::hash),
+            secret_hash: secret.as_ref().map(|s| crate::secret::hash(s.expose())),
             redirect_uris: c.redirect_uris.clone(),
             allowed_scopes: c.allowed_scopes.clone(),
             public: c.public,

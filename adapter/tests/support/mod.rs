@@ -34,6 +34,8 @@ pub struct TestApp {
 pub fn test_config(db_url: &str) -> Config {
     let mut c = Config::default();
     c.server.listen = "127.0.0.1:0".parse().unwrap();
+    // A port-0 listen needs an explicit issuer; `start` puts the bound port in it.
+    c.server.issuer = Some("http://127.0.0.1:9000".into());
     c.database.url = db_url.to_string();
     c.claims.customizer = CustomizerKind::Passthrough;
     c.clients = vec![
@@ -97,7 +99,7 @@ pub async fn start(
         .unwrap();
     let port = listener.local_addr().unwrap().port();
     let mut config = config;
-    config.server.issuer = format!("http://127.0.0.1:{port}");
+    config.server.issuer = Some(format!("http://127.0.0.1:{port}"));
     let app = Application::build_with_clock(config, listener, clock)
         .await
         .unwrap();

@@ -139,7 +139,7 @@ async fn es256_signed_upstream_logs_in_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = upstream_test_server::default_config();
     config.server.listen = up_addr;
-    config.server.issuer = up_issuer.clone();
+    config.server.issuer = Some(up_issuer.clone());
     config.database.url = format!("sqlite://{}/x.db", dir.path().display());
     config.tokens.signing_alg = "ES256".into();
     config.clients = vec![serde_json::from_value(json!({
@@ -444,7 +444,7 @@ async fn two_upstreams_with_shared_subjects_need_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let config = |forced: bool| {
         let mut c = adapter::Config::default();
-        c.server.issuer = "http://127.0.0.1:9".into();
+        c.server.issuer = Some("http://127.0.0.1:9".into());
         c.database.url = format!("sqlite://{}/x.db", dir.path().display());
         c.upstreams = ["corp", "partner"]
             .iter()
