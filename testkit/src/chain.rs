@@ -27,9 +27,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use url::Url;
 
+use crate::clients;
 use crate::rp::{self, expect_redirect, param, random_string, Agent, Pkce};
 use crate::spawn::{self, temp_sqlite};
-use crate::clients;
 
 /// Id of the upstream in the adapter; also its callback path segment.
 pub const UPSTREAM_ID: &str = "test-auth-server";

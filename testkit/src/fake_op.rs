@@ -646,7 +646,11 @@ async fn token(
     };
     if let Some(expected) = &s.options.client_secret {
         if client_id != s.options.client_id || secret.as_ref() != Some(expected) {
-            return token_error(StatusCode::UNAUTHORIZED, "invalid_client", "bad credentials");
+            return token_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "bad credentials",
+            );
         }
     }
     if params.get("grant_type").map(String::as_str) != Some("authorization_code") {
@@ -711,11 +715,7 @@ async fn token(
 }
 
 /// The ID token and access token for one code, with `tamper` applied.
-fn forge_tokens(
-    s: &Inner,
-    pending: &PendingCode,
-    t: Tamper,
-) -> anyhow::Result<(String, String)> {
+fn forge_tokens(s: &Inner, pending: &PendingCode, t: Tamper) -> anyhow::Result<(String, String)> {
     let keys = s.keys;
     let now = now();
     let client_id = &s.options.client_id;
