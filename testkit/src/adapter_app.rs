@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use crate::clients;
+use crate::fake_op::{FakeOp, Options as FakeOpOptions, Tamper};
 use crate::rp::s256 as pkce_s256;
 
 pub const SECRET: &str = "s3cr:et%with~special-chars";
@@ -304,4 +305,79 @@ pub async fn error_of(r: reqwest::Response) -> (StatusCode, String) {
     let status = r.status();
     let v: Value = r.json().await.unwrap();
     (status, v["error"].as_str().unwrap().to_string())
+}
+
+/// Id of the OIDC upstream in [`spawn_app_with_upstream`] (callback
+/// `/login/oauth2/code/fake-op`).
+pub const UPSTREAM_ID: &str = "fake-op";
+/// The adapter's client id at that upstream.
+pub const UPSTREAM_CLIENT_ID: &str = "adapter-at-fake";
+/// The adapter's secret there (needs form-urlencoding, RFC 6749 §2.3.1).
+pub const UPSTREAM_SECRET: &str = "upstream:secret%value";
+
+/// The test kit's fake provider, set up as the upstream of
+/// [`spawn_app_with_upstream`]: it requires [`UPSTREAM_SECRET`].
+pub async fn start_fake_upstream(tamper: Tamper) -> FakeOp {
+    let mut options = FakeOpOptions::new(UPSTREAM_CLIENT_ID);
+    options.client_secret = Some(UPSTREAM_SECRET.into());
+    options.tamper = tamper;
+    FakeOp::start_with(options).await.unwrap()
+}
+
+/// [`spawn_app`] with one OIDC upstream at `issuer` and no local accounts:
+/// `/oauth2/authorize` goes straight to the upstream.
+pub async fn spawn_app_with_upstream(issuer: &str) -> TestApp {
+    let issuer = issuer.to_string();
+    spawn_app_with(move |c| {
+        c.local_users.clear();
+        c.upstreams = vec![clients::upstream(
+            UPSTREAM_ID,
+            "Fake OP",
+            &issuer,
+            UPSTREAM_CLIENT_ID,
+            UPSTREAM_SECRET,
+        )
+        .unwrap()];
+    })
+    .await
+}
+
+impl TestApp {
+    /// Browser: adapter authorize (with `extra` parameters) → the upstream's
+    /// `authorization_endpoint`, which answers at once → adapter callback.
+    /// Returns the adapter's redirect to the client.
+    pub async fn login_through_upstream_with(
+        &self,
+        authorization_endpoint: &str,
+        extra: &[(&str, &str)],
+    ) -> String {
+        let r = self
+            .browser
+            .get(self.authorize_url(extra))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FOUND);
+        let to_upstream = location(&r);
+        assert!(
+            to_upstream.starts_with(authorization_endpoint),
+            "{to_upstream}"
+        );
+        let r = self.browser.get(&to_upstream).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FOUND);
+        let callback = location(&r);
+        assert!(
+            callback.starts_with(&format!("{}/login/oauth2/code/{UPSTREAM_ID}?", self.base)),
+            "{callback}"
+        );
+        let r = self.browser.get(&callback).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FOUND, "adapter callback");
+        location(&r)
+    }
+
+    /// [`Self::login_through_upstream_with`] with the default request.
+    pub async fn login_through_upstream(&self, authorization_endpoint: &str) -> String {
+        self.login_through_upstream_with(authorization_endpoint, &[])
+            .await
+    }
 }

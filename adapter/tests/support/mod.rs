@@ -4,4 +4,5 @@
 #![allow(unused_imports)]
 
 pub use testkit::adapter_app::*;
+pub use testkit::clients;
 pub use testkit::fake_op::{FakeOp, Options as FakeOpOptions, Tamper};
