@@ -1,23 +1,30 @@
 //! Provider-level tests over real sockets: the engine runs with the local
 //! accounts connector (identity-provider mode), a SQLite file and a manual
 //! clock; a reqwest client that never follows redirects plays the browser
-//! and the relying party. Checklist ids are cited in test names.
+//! and the relying party. Each test cites the RFC or OpenID Connect section
+//! it covers. The last tests put the test kit's fake OpenID Provider behind
+//! the adapter as its upstream.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use adapter::config::CustomizerKind;
 use adapter::Application;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use reqwest::header::{LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
 use reqwest::redirect::Policy;
 use reqwest::StatusCode;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use url::Url;
 
 mod races;
 mod support;
 use support::*;
 
+/// OIDC Discovery §3, RFC 7517 §4: discovery names the endpoints, the JWKS
+/// holds public parameters only.
 #[tokio::test]
-async fn discovery_and_jwks_c4_c9() {
+async fn discovery_and_jwks_publish_public_metadata_only() {
     let app = spawn_app().await;
     let d: Value = reqwest::get(format!("{}/.well-known/openid-configuration", app.base))
         .await
@@ -68,6 +75,7 @@ async fn discovery_and_jwks_c4_c9() {
     assert_eq!(ready.status(), StatusCode::OK);
 }
 
+/// OIDC Core §3.1.3.3, RFC 9068 §2: the token response and its claims.
 #[tokio::test]
 async fn code_flow_issues_valid_tokens_and_userinfo() {
     let app = spawn_app().await;
@@ -95,11 +103,16 @@ async fn code_flow_issues_valid_tokens_and_userinfo() {
     assert_eq!(id["nonce"], "n-456");
     assert_eq!(id["name"], "Alice Example");
     assert_eq!(id["email"], "alice@example.org");
-    assert_eq!(id["at_hash"], adapter::secret::at_hash(access).as_str());
+    // OIDC Core §3.1.3.6: base64url of the left half of SHA-256, computed here.
+    let digest = Sha256::digest(access.as_bytes());
+    assert_eq!(
+        id["at_hash"],
+        URL_SAFE_NO_PAD.encode(&digest[..16]).as_str()
+    );
     assert!(id["exp"].as_i64().unwrap() > id["iat"].as_i64().unwrap());
     assert!(id["auth_time"].is_i64());
 
-    // C10: GET with Bearer, POST with Bearer, POST with form body.
+    // OIDC Core §5.3.1, RFC 6750 §2: GET with Bearer, POST with Bearer, POST with form body.
     let u: Value = app
         .rp
         .get(format!("{}/userinfo", app.base))
@@ -131,8 +144,9 @@ async fn code_flow_issues_valid_tokens_and_userinfo() {
     assert_eq!(u3.status(), StatusCode::OK);
 }
 
+/// RFC 6750 §3.1: userinfo refuses a missing, foreign, tampered or expired token.
 #[tokio::test]
-async fn userinfo_rejects_bad_tokens_c7_c10() {
+async fn userinfo_rejects_bad_tokens() {
     let app = spawn_app().await;
     let code = app.code().await;
     let t: Value = app.redeem(&code).await.json().await.unwrap();
@@ -171,8 +185,10 @@ async fn userinfo_rejects_bad_tokens_c7_c10() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
 
+/// RFC 6749 §4.1.2.1: an unknown client or redirect_uri gets an error page,
+/// never a redirect.
 #[tokio::test]
-async fn authorize_page_errors_never_redirect_a1_a2() {
+async fn authorize_page_errors_never_redirect() {
     let app = spawn_app().await;
     for (k, v) in [
         ("client_id", "unknown"),
@@ -196,7 +212,7 @@ async fn authorize_page_errors_never_redirect_a1_a2() {
             ("x-content-type-options", "nosniff"),
             ("cache-control", "no-store"),
         ] {
-            assert_eq!(r.headers()[header], value, "A16: {header}");
+            assert_eq!(r.headers()[header], value, "security header {header}");
         }
         assert!(r.headers()["content-security-policy"]
             .to_str()
@@ -207,8 +223,10 @@ async fn authorize_page_errors_never_redirect_a1_a2() {
     }
 }
 
+/// RFC 6749 §4.1.2.1, RFC 9207 §2: protocol errors go back to the client
+/// with its state and the issuer.
 #[tokio::test]
-async fn authorize_protocol_errors_redirect_with_state_and_iss_a9() {
+async fn authorize_protocol_errors_redirect_with_state_and_iss() {
     let app = spawn_app().await;
     for (k, v, code) in [
         ("response_type", "token", "unsupported_response_type"),
@@ -232,7 +250,7 @@ async fn authorize_protocol_errors_redirect_with_state_and_iss_a9() {
         assert_eq!(q["iss"], app.base.as_str());
         assert!(q.get("code").is_none());
     }
-    // A13: form POST works like GET.
+    // OIDC Core §3.1.2.1: form POST works like GET.
     let url = Url::parse(&app.authorize_url(&[])).unwrap();
     let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
     let r = app
@@ -246,8 +264,10 @@ async fn authorize_protocol_errors_redirect_with_state_and_iss_a9() {
     assert!(location(&r).starts_with("/login/local?req="));
 }
 
+/// OIDC Core §3.1.2.1 (`prompt=login`): SSO, forced re-login, and a new
+/// session id at each login (no session fixation).
 #[tokio::test]
-async fn sso_and_prompt_login_with_new_session_id_a10_d2() {
+async fn sso_and_prompt_login_with_new_session_id() {
     let app = spawn_app().await;
     let first = app.login(&[]).await;
     assert!(query(&first).contains_key("code"));
@@ -298,7 +318,7 @@ async fn sso_and_prompt_login_with_new_session_id_a10_d2() {
         sessions.push(c.split(';').next().unwrap().to_string());
     }
     assert_ne!(sessions[0], sessions[1], "session id changes at login");
-    // D2: the replaced session id no longer works, the new one does.
+    // The replaced session id no longer works, the new one does.
     let with_cookie = |cookie: String| {
         let url = app.authorize_url(&[]);
         async move {
@@ -315,8 +335,10 @@ async fn sso_and_prompt_login_with_new_session_id_a10_d2() {
     assert!(with_cookie(sessions[1].clone()).await.starts_with(REDIRECT));
 }
 
+/// RFC 6749 §10.12: the login form needs its CSRF token and a same-site
+/// POST; a wrong password and an unknown user get the same answer.
 #[tokio::test]
-async fn login_form_rejects_bad_password_and_cross_site_posts_d6_f4() {
+async fn login_form_rejects_bad_password_and_cross_site_posts() {
     let app = spawn_app().await;
     let r = app
         .browser
@@ -354,7 +376,7 @@ async fn login_form_rejects_bad_password_and_cross_site_posts_d6_f4() {
     assert_eq!(
         unknown.status(),
         StatusCode::UNAUTHORIZED,
-        "F4: same status"
+        "no user enumeration: same status"
     );
     assert!(
         unknown
@@ -362,7 +384,7 @@ async fn login_form_rejects_bad_password_and_cross_site_posts_d6_f4() {
             .await
             .unwrap()
             .contains("Invalid username or password."),
-        "F4: same message"
+        "no user enumeration: same message"
     );
     // Missing or wrong synchronizer token.
     let r = post("alice", "correct horse", "forged".into())
@@ -404,8 +426,9 @@ async fn login_form_rejects_bad_password_and_cross_site_posts_d6_f4() {
     assert!(query(&location(&r)).contains_key("code"));
 }
 
+/// RFC 6749 §2.3.1, §5.2: client authentication at the token endpoint.
 #[tokio::test]
-async fn client_authentication_b2_b3() {
+async fn client_authentication_basic_and_post() {
     let app = spawn_app().await;
     let code = app.code().await;
     let form = [
@@ -470,18 +493,20 @@ async fn client_authentication_b2_b3() {
     );
 }
 
+/// RFC 6749 §4.1.3, RFC 7636 §4.6: a code is single-use and bound to its
+/// client, redirect URI and PKCE challenge, and expires.
 #[tokio::test]
-async fn codes_are_single_use_and_bound_b5_b9() {
+async fn codes_are_single_use_and_bound() {
     let app = spawn_app().await;
     let code = app.code().await;
     assert_eq!(app.redeem(&code).await.status(), StatusCode::OK);
-    // B6: reuse.
+    // Reuse (RFC 6749 §4.1.2).
     assert_eq!(
         error_of(app.redeem(&code).await).await,
         (StatusCode::BAD_REQUEST, "invalid_grant".into())
     );
 
-    // B7: redeemed by another client.
+    // Redeemed by another client (RFC 6749 §4.1.3).
     let code = app.code().await;
     let r = app
         .token(
@@ -496,7 +521,7 @@ async fn codes_are_single_use_and_bound_b5_b9() {
         .await;
     assert_eq!(error_of(r).await.1, "invalid_grant");
 
-    // B8: another (registered) redirect URI.
+    // Another (registered) redirect URI (RFC 6749 §4.1.3).
     let code = app.code().await;
     let r = app
         .token(
@@ -511,7 +536,8 @@ async fn codes_are_single_use_and_bound_b5_b9() {
         .await;
     assert_eq!(error_of(r).await.1, "invalid_grant");
 
-    // B9: wrong verifier, missing verifier, malformed verifier.
+    // Wrong, missing and malformed verifier (RFC 7636 §4.6; a malformed one is
+    // a malformed request, RFC 6749 §5.2).
     let code = app.code().await;
     let wrong = "X".repeat(43);
     let r = app
@@ -558,8 +584,9 @@ async fn codes_are_single_use_and_bound_b5_b9() {
     assert_eq!(error_of(app.redeem(&code).await).await.1, "invalid_grant");
 }
 
+/// RFC 6749 §4.1.2: concurrent redemptions of one code have exactly one winner.
 #[tokio::test]
-async fn concurrent_redeems_have_one_winner_b5() {
+async fn code_concurrent_redemption_has_exactly_one_winner() {
     let app = spawn_app().await;
     let code = app.code().await;
     let (a, b, c) = tokio::join!(app.redeem(&code), app.redeem(&code), app.redeem(&code));
@@ -570,8 +597,9 @@ async fn concurrent_redeems_have_one_winner_b5() {
     assert_eq!(ok, 1);
 }
 
+/// A pending login lives in the store: it survives a restart.
 #[tokio::test]
-async fn pending_login_survives_a_restart_g5() {
+async fn pending_login_survives_a_restart() {
     let mut app = spawn_app().await;
     let r = app
         .browser
@@ -632,9 +660,9 @@ async fn bad_config_is_refused_with_the_key() {
     assert!(err.contains("reserved"), "{err}");
 }
 
-/// B6, RFC 6749 §4.1.2: a replayed code revokes the access token it issued.
+/// RFC 6749 §4.1.2: a replayed code revokes the access token it issued.
 #[tokio::test]
-async fn code_replay_revokes_the_issued_access_token_b6() {
+async fn code_replay_revokes_the_issued_access_token() {
     let app = spawn_app().await;
     let code = app.code().await;
     let t: Value = app.redeem(&code).await.json().await.unwrap();
@@ -669,43 +697,106 @@ async fn code_replay_revokes_the_issued_access_token_b6() {
     assert_eq!(r.status(), StatusCode::OK);
 }
 
-/// The session cookie is `Secure` when the issuer is https (and the
-/// transaction cookie too); the browser-facing flow is otherwise unchanged.
+/// RFC 6265 §4.1.2.5: behind an https issuer every cookie the adapter sets
+/// during a login (the transaction cookie and the session cookie) is
+/// `Secure`, and `HttpOnly`; the browser-facing flow is otherwise unchanged.
 #[tokio::test]
-async fn cookies_are_secure_behind_an_https_issuer_d1() {
+async fn every_cookie_is_secure_behind_an_https_issuer() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}/x.db", dir.path().display());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
     let mut c = test_config(&db);
     // What a TLS-terminating proxy in front of the adapter looks like.
     c.server.issuer = Some("https://login.example.org".into());
     let app = Application::build_with_listener(c, listener).await.unwrap();
     tokio::spawn(app.run_until(std::future::pending()));
+    // No cookie store: a store would not send `Secure` cookies over http,
+    // so the test carries them by hand and sees every Set-Cookie.
     let browser = reqwest::Client::builder()
         .redirect(Policy::none())
         .build()
         .unwrap();
-    let mut url = Url::parse(&format!("http://127.0.0.1:{port}/oauth2/authorize")).unwrap();
-    let challenge = adapter::secret::pkce_s256(VERIFIER);
+    let mut set_cookies: Vec<String> = Vec::new();
+    let collect = |set_cookies: &mut Vec<String>, r: &reqwest::Response| {
+        for v in r.headers().get_all(SET_COOKIE) {
+            set_cookies.push(v.to_str().unwrap().to_string());
+        }
+    };
+
+    let mut url = Url::parse(&format!("{base}/oauth2/authorize")).unwrap();
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(VERIFIER.as_bytes()));
     url.query_pairs_mut().extend_pairs([
         ("client_id", "app"),
         ("redirect_uri", REDIRECT),
         ("response_type", "code"),
         ("scope", "openid"),
+        ("state", "st-secure"),
         ("code_challenge", challenge.as_str()),
         ("code_challenge_method", "S256"),
     ]);
     let r = browser.get(url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FOUND);
-    let tx = r
-        .headers()
-        .get_all(SET_COOKIE)
+    collect(&mut set_cookies, &r);
+    let form_url = location(&r);
+    assert!(form_url.starts_with("/login/local?req="), "{form_url}");
+    let tx = set_cookies
         .iter()
-        .map(|v| v.to_str().unwrap().to_string())
         .find(|c| c.starts_with("AUTH_ADAPTER_TX="))
-        .expect("transaction cookie");
-    assert!(tx.contains("Secure") && tx.contains("HttpOnly"), "{tx}");
+        .expect("transaction cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+
+    let r = browser
+        .get(format!("{base}{form_url}"))
+        .header("cookie", &tx)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    collect(&mut set_cookies, &r);
+    let html = r.text().await.unwrap();
+    let r = browser
+        .post(format!("{base}/login/local"))
+        .header("cookie", &tx)
+        .form(&[
+            ("req", hidden(&html, "req")),
+            ("csrf_token", hidden(&html, "csrf_token")),
+            ("username", "alice".into()),
+            ("password", "correct horse".into()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    collect(&mut set_cookies, &r);
+    assert!(query(&location(&r)).contains_key("code"));
+
+    let names: Vec<&str> = set_cookies
+        .iter()
+        .map(|c| c.split('=').next().unwrap())
+        .collect();
+    for expected in ["AUTH_ADAPTER_TX", "AUTH_ADAPTER_SESSION"] {
+        assert!(names.contains(&expected), "{expected} set: {set_cookies:?}");
+    }
+    for cookie in &set_cookies {
+        let attributes: Vec<String> = cookie
+            .split(';')
+            .skip(1)
+            .map(|a| a.trim().to_ascii_lowercase())
+            .collect();
+        assert!(
+            attributes.iter().any(|a| a == "secure"),
+            "not Secure: {cookie}"
+        );
+        assert!(
+            attributes.iter().any(|a| a == "httponly"),
+            "not HttpOnly: {cookie}"
+        );
+    }
 }
 
 /// The binary refuses an unknown key naming the file and the key, and
@@ -755,10 +846,10 @@ fn binary_config_check_redacts_and_names_bad_keys() {
     );
 }
 
-/// D3: the session's lifetime is enforced with the injected clock: after
+/// The session's lifetime is enforced with the injected clock: after
 /// `session.ttl_seconds` a new authorization request needs a login again.
 #[tokio::test]
-async fn session_expires_after_its_lifetime_d3() {
+async fn session_expires_after_its_lifetime() {
     let app = spawn_app().await;
     assert!(query(&app.login(&[]).await).contains_key("code"));
     let r = app
@@ -786,7 +877,7 @@ async fn session_expires_after_its_lifetime_d3() {
 
 /// With several connectors the adapter shows a chooser; each choice starts
 /// that connector's login, and an unreachable upstream answers
-/// `temporarily_unavailable` to the client with its state (E8).
+/// `temporarily_unavailable` to the client with its state (RFC 6749 §4.1.2.1).
 #[tokio::test]
 async fn chooser_lists_connectors_and_starts_the_chosen_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -861,9 +952,9 @@ async fn chooser_lists_connectors_and_starts_the_chosen_one() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
-/// F7: malformed input gets a 4xx answer, never a 5xx or a panic.
+/// RFC 6749 §5.2, §4.1.2.1: malformed input gets a 4xx answer, never a 5xx or a panic.
 #[tokio::test]
-async fn malformed_input_never_causes_a_server_error_f7() {
+async fn malformed_input_never_causes_a_server_error() {
     let app = spawn_app().await;
     let b = &app.base;
     let long = "x".repeat(5000);
@@ -963,4 +1054,112 @@ async fn malformed_input_never_causes_a_server_error_f7() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+// ------------------------------------------------ through an upstream ----
+
+/// The adapter with the test kit's fake provider as its only upstream.
+async fn spawn_with_fake_upstream(tamper: Tamper) -> (FakeOp, TestApp) {
+    let fake = start_fake_upstream(tamper).await;
+    let app = spawn_app_with_upstream(&fake.issuer).await;
+    (fake, app)
+}
+
+async fn login_through_fake(app: &TestApp, fake: &FakeOp) -> String {
+    app.login_through_upstream(&fake.authorization_endpoint())
+        .await
+}
+
+/// OIDC Core §3.1.2.1, §3.1.3.1, RFC 7636 §4.3: a login through an OIDC
+/// upstream. The adapter sends its own state, nonce and PKCE S256 upstream,
+/// authenticates with client_secret_basic (form-urlencoded, RFC 6749
+/// §2.3.1), and issues its own code and tokens about the upstream's user.
+#[tokio::test]
+async fn login_through_an_oidc_upstream_issues_a_code_and_tokens() {
+    let (fake, app) = spawn_with_fake_upstream(Tamper::None).await;
+    let to_client = login_through_fake(&app, &fake).await;
+    assert!(to_client.starts_with(REDIRECT), "{to_client}");
+    let q = query(&to_client);
+    assert_eq!(q["state"], "st-123");
+    assert_eq!(q["iss"], app.base.as_str());
+    let code = q["code"].as_str().expect("a code").to_string();
+
+    let seen = fake.authorize_requests();
+    assert_eq!(seen.len(), 1);
+    let a = &seen[0];
+    assert_eq!(a.get("client_id"), Some(UPSTREAM_CLIENT_ID));
+    assert_eq!(a.get("response_type"), Some("code"));
+    assert_eq!(a.get("code_challenge_method"), Some("S256"));
+    assert_eq!(a.get("code_challenge").map(str::len), Some(43));
+    assert!(a
+        .get("state")
+        .is_some_and(|s| s != "st-123" && s.len() >= 22));
+    assert!(a
+        .get("nonce")
+        .is_some_and(|n| n != "n-456" && n.len() >= 22));
+    let tokens = fake.token_requests();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(
+        tokens[0].basic,
+        Some((UPSTREAM_CLIENT_ID.to_string(), UPSTREAM_SECRET.to_string()))
+    );
+    assert_eq!(fake.pkce_failures(), 0);
+
+    let r = app.redeem(&code).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let t: Value = r.json().await.unwrap();
+    let (_, id) = jwt_parts(t["id_token"].as_str().unwrap());
+    assert_eq!(id["iss"], app.base.as_str());
+    assert_eq!(id["aud"], "app");
+    assert_eq!(id["sub"], "fakeuser");
+    assert_eq!(id["email"], "fakeuser@example.org");
+    assert_eq!(id["nonce"], "n-456");
+}
+
+/// Runs a login whose upstream tokens are forged by `tamper` and checks the
+/// client gets exactly `access_denied` (RFC 6749 §4.1.2.1) with its state and
+/// the adapter's iss, and no code; the upstream code was redeemed once.
+async fn assert_upstream_login_denied(tamper: Tamper) {
+    let (fake, app) = spawn_with_fake_upstream(tamper).await;
+    let to_client = login_through_fake(&app, &fake).await;
+    assert!(to_client.starts_with(REDIRECT), "{tamper:?}: {to_client}");
+    let q = query(&to_client);
+    assert_eq!(q["error"], "access_denied", "{tamper:?}: {to_client}");
+    assert_eq!(q["state"], "st-123", "{tamper:?}");
+    assert_eq!(q["iss"], app.base.as_str(), "{tamper:?}");
+    assert!(q.get("code").is_none(), "{tamper:?}: {to_client}");
+    assert_eq!(fake.token_hits(), 1, "{tamper:?}");
+    // No adapter session was created: the next authorization request goes
+    // to the upstream again.
+    let r = app
+        .browser
+        .get(app.authorize_url(&[]))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        location(&r).starts_with(&fake.authorization_endpoint()),
+        "{tamper:?}: a session was created"
+    );
+}
+
+/// OIDC Core §3.1.3.8: an upstream ID token whose `at_hash` is not the
+/// access token's fails the login.
+#[tokio::test]
+async fn upstream_id_token_with_wrong_at_hash_is_access_denied() {
+    assert_upstream_login_denied(Tamper::WrongAtHash).await;
+}
+
+/// OIDC Core §3.1.3.7 step 6: an upstream ID token with a forged signature
+/// under the published `kid` fails the login.
+#[tokio::test]
+async fn upstream_id_token_with_bad_signature_is_access_denied() {
+    assert_upstream_login_denied(Tamper::BadSignature).await;
+}
+
+/// OIDC Core §10.1, RFC 8725 §3.1: an upstream ID token "signed" with HS256
+/// keyed by the adapter's own client secret fails the login.
+#[tokio::test]
+async fn upstream_id_token_hmac_with_client_secret_is_access_denied() {
+    assert_upstream_login_denied(Tamper::IdHs256WithClientSecret).await;
 }

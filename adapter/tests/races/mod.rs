@@ -58,7 +58,7 @@ async fn replay_racing_the_redemption_revokes_the_winner(db_url: &str) {
         "AUTH_ADAPTER_TEST_RACES_KEYS_KEY",
         base64::Engine::encode(
             &base64::engine::general_purpose::STANDARD,
-            adapter::secret::random_token().as_bytes()[..32].to_vec(),
+            &adapter::secret::random_token().as_bytes()[..32],
         ),
     );
     config.keys.encryption_key_env = Some("AUTH_ADAPTER_TEST_RACES_KEYS_KEY".into());

@@ -210,7 +210,7 @@ async fn id_token_hmac_with_the_client_secret_is_refused() {
     let to_rp = login_through(&fake, &chain, &req).await;
     assert!(param(&to_rp, "code").is_some(), "{to_rp}");
 
-    fake.set_tamper(Tamper::Hs256WithClientSecret);
+    fake.set_tamper(Tamper::IdHs256WithClientSecret);
     let req = AuthRequest::new(&chain.app);
     let to_rp = login_through(&fake, &chain, &req).await;
     assert_error(&to_rp, "access_denied", &req, &chain);

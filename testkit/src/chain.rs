@@ -11,7 +11,7 @@
 //!
 //! Each provider gets a fresh SQLite database in its own temp dir; every
 //! client secret is random per chain. [`ChainBuilder::upstream`] points the
-//! adapter somewhere else instead (a [`crate::fake_upstream::FakeUpstream`],
+//! adapter somewhere else instead (a [`crate::fake_op::FakeOp`],
 //! or a closed port). Dropping the chain shuts the services down.
 //!
 //! The `login_*`/`obtain_*` helpers drive the flow as a browser would
@@ -22,12 +22,14 @@ use std::sync::Arc;
 
 use adapter::clock::{ManualClock, SharedClock, SystemClock};
 use anyhow::{anyhow, bail, ensure, Context};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use url::Url;
 
+use crate::clients;
 use crate::rp::{self, expect_redirect, param, random_string, Agent, Pkce};
+use crate::spawn::{self, temp_sqlite};
 
 /// Id of the upstream in the adapter; also its callback path segment.
 pub const UPSTREAM_ID: &str = "test-auth-server";
@@ -93,7 +95,7 @@ pub struct TestChain {
     pub app: RpClient,
     /// A second confidential client (SSO, cross-client tests).
     pub second: RpClient,
-    /// A client whose secret needs form-urlencoding (B2).
+    /// A client whose secret needs form-urlencoding (RFC 6749 §2.3.1).
     pub special: RpClient,
     /// The adapter's secret at the upstream-test-server.
     pub upstream_client_secret: String,
@@ -110,7 +112,7 @@ pub struct TestChain {
 struct RunningAdapter {
     config: adapter::Config,
     clock: SharedClock,
-    stop: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    stop: Option<spawn::Running>,
 }
 
 impl Drop for TestChain {
@@ -118,8 +120,8 @@ impl Drop for TestChain {
         for tx in self.shutdowns.drain(..) {
             let _ = tx.send(());
         }
-        if let Some((tx, _)) = self.adapter.stop.take() {
-            let _ = tx.send(());
+        if let Some(running) = self.adapter.stop.take() {
+            let _ = running.stop.send(());
         }
     }
 }
@@ -165,14 +167,14 @@ impl TestChain {
     pub async fn spawn_adapter_replica(&mut self) -> anyhow::Result<String> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
-        let (stop, _) = spawn_provider(
+        let running = spawn::provider(
             self.adapter.config.clone(),
             listener,
             self.adapter.clock.clone(),
             "adapter replica",
         )
         .await?;
-        self.shutdowns.push(stop);
+        self.shutdowns.push(running.stop);
         Ok(base)
     }
 
@@ -180,14 +182,13 @@ impl TestChain {
     /// new instance on the same port and database: what a deploy or a crash
     /// does between two steps of a login.
     pub async fn restart_adapter(&mut self) -> anyhow::Result<()> {
-        if let Some((tx, handle)) = self.adapter.stop.take() {
-            let _ = tx.send(());
-            handle.await.context("joining the stopped adapter")?;
+        if let Some(running) = self.adapter.stop.take() {
+            running.shutdown().await?;
         }
         let listener = TcpListener::bind(self.adapter.config.server.listen)
             .await
             .context("re-binding the adapter's port")?;
-        let started = spawn_provider(
+        let started = spawn::provider(
             self.adapter.config.clone(),
             listener,
             self.adapter.clock.clone(),
@@ -199,48 +200,14 @@ impl TestChain {
     }
 }
 
-fn temp_sqlite(prefix: &str) -> anyhow::Result<(tempfile::TempDir, String)> {
-    let dir = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .context("creating a temp dir for SQLite")?;
-    let url = format!("sqlite://{}/x.db", dir.path().display());
-    Ok((dir, url))
-}
-
 fn client_config(c: &RpClient, name: &str) -> anyhow::Result<adapter::config::ClientConfig> {
-    serde_json::from_value(json!({
-        "id": c.id,
-        "name": name,
-        "secret": c.secret,
-        "redirect_uris": [c.redirect_uri],
-        "allowed_scopes": ["openid", "profile", "email"],
-    }))
-    .context("building a ClientConfig")
-}
-
-/// Runs an `adapter::Application` (adapter or upstream-test-server) until
-/// the returned sender fires or is dropped.
-async fn spawn_provider(
-    config: adapter::Config,
-    listener: TcpListener,
-    clock: SharedClock,
-    what: &str,
-) -> anyhow::Result<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
-    let app = adapter::Application::build_with_clock(config, listener, clock)
-        .await
-        .with_context(|| format!("building the {what}"))?;
-    let (tx, rx) = oneshot::channel::<()>();
-    let what = what.to_string();
-    let handle = tokio::spawn(async move {
-        let stop = async {
-            let _ = rx.await;
-        };
-        if let Err(e) = app.run_until(stop).await {
-            eprintln!("{what} stopped with an error: {e}");
-        }
-    });
-    Ok((tx, handle))
+    clients::client(
+        &c.id,
+        Some(name),
+        &c.secret,
+        &[c.redirect_uri.as_str()],
+        &["openid", "profile", "email"],
+    )
 }
 
 impl Default for ChainBuilder {
@@ -313,14 +280,14 @@ impl ChainBuilder {
                     },
                     "Auth Adapter",
                 )?];
-                let (stop, _) = spawn_provider(
+                let running = spawn::provider(
                     config,
                     listener,
                     Arc::new(SystemClock),
                     "upstream-test-server",
                 )
                 .await?;
-                shutdowns.push(stop);
+                shutdowns.push(running.stop);
                 dirs.push(dir);
                 (issuer, ADAPTER_CLIENT_ID.to_string(), secret)
             }
@@ -344,7 +311,7 @@ impl ChainBuilder {
         };
         let special = RpClient {
             id: "special-secret-app".into(),
-            // Characters that client_secret_basic must form-urlencode (B2).
+            // Characters that client_secret_basic must form-urlencode (RFC 6749 §2.3.1).
             secret: format!("p:a%s s+w/o~r-d&={}", random_string(8)),
             redirect_uri: format!("{app_url}/special/callback"),
         };
@@ -359,15 +326,13 @@ impl ChainBuilder {
             client_config(&second, "Second App")?,
             client_config(&special, "Special Secret App")?,
         ];
-        config.upstreams = vec![serde_json::from_value(json!({
-            "id": UPSTREAM_ID,
-            "name": "Test Auth Server",
-            "issuer": upstream_issuer,
-            "client_id": upstream_client_id,
-            "client_secret": upstream_client_secret,
-            "scopes": ["openid", "profile", "email"],
-        }))
-        .context("building an UpstreamConfig")?];
+        config.upstreams = vec![clients::upstream(
+            UPSTREAM_ID,
+            "Test Auth Server",
+            &upstream_issuer,
+            &upstream_client_id,
+            &upstream_client_secret,
+        )?];
         config.local_users = Vec::new();
         if let Some(tweak) = self.tweak_adapter {
             tweak(&mut config);
@@ -380,7 +345,7 @@ impl ChainBuilder {
         let adapter = RunningAdapter {
             config: config.clone(),
             clock: shared.clone(),
-            stop: Some(spawn_provider(config, adapter_listener, shared, "adapter").await?),
+            stop: Some(spawn::provider(config, adapter_listener, shared, "adapter").await?),
         };
 
         // 3. The test-app.
@@ -490,7 +455,7 @@ impl TestChain {
         format!("{}{path}", self.app_url)
     }
 
-    /// The adapter's upstream callback (E2: one per upstream).
+    /// The adapter's upstream callback (one per upstream, RFC 9700 §4.4.2.2).
     pub fn upstream_callback(&self) -> String {
         self.adapter(&format!("/login/oauth2/code/{UPSTREAM_ID}"))
     }
@@ -635,7 +600,7 @@ impl TestChain {
         Ok(to_rp)
     }
 
-    /// [`Self::authorize`], then checks the code response (A7 `state`, A8 `iss`).
+    /// [`Self::authorize`], then checks the code response (`state`: RFC 6749 §4.1.2; `iss`: RFC 9207 §2).
     pub async fn obtain_code(&self, agent: &Agent, req: &AuthRequest) -> anyhow::Result<CodeGrant> {
         let redirect = self.authorize(agent, req).await?;
         if let Some(err) = param(&redirect, "error") {
@@ -644,11 +609,11 @@ impl TestChain {
         let code = param(&redirect, "code").ok_or_else(|| anyhow!("no code in {redirect}"))?;
         ensure!(
             param(&redirect, "state").as_deref() == Some(req.state.as_str()),
-            "state not echoed (A7): {redirect}"
+            "state not echoed (RFC 6749 §4.1.2): {redirect}"
         );
         ensure!(
             param(&redirect, "iss").as_deref() == Some(self.adapter_issuer.as_str()),
-            "iss missing or wrong (A8, RFC 9207): {redirect}"
+            "iss missing or wrong (RFC 9207 §2): {redirect}"
         );
         Ok(CodeGrant {
             request: req.clone(),
@@ -734,7 +699,7 @@ pub fn login_form(html: &str, page_url: &Url) -> anyhow::Result<(Url, Vec<(Strin
     );
     let csrf = rp::input_value(form_html, "csrf_token")
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| anyhow!("login form has no csrf_token value (D6)"))?;
+        .ok_or_else(|| anyhow!("login form has no csrf_token value (RFC 6749 §10.12)"))?;
     let mut fields = vec![("csrf_token".to_string(), csrf)];
     // Any other hidden field the form carries (e.g. the pending request id).
     let mut rest = form_html;
