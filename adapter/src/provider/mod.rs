@@ -17,6 +17,7 @@ pub mod discovery;
 pub mod login;
 pub mod redirect;
 pub mod request;
+pub mod revocation;
 pub mod token;
 pub mod userinfo;
 

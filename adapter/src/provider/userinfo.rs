@@ -81,17 +81,15 @@ pub async fn userinfo(
         })?;
     // A token issued from a replayed code, or otherwise revoked, is dead
     // (RFC 6749 §4.1.2).
-    let jti = claims
-        .get("jti")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let revoked = st.store.is_revoked(jti, st.now()).await.map_err(|e| {
-        tracing::error!(error = %e, "userinfo: storage failure");
-        WebError::Bearer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some(OAuthError::temporarily_unavailable("try again later")),
-        )
-    })?;
+    let revoked = super::revocation::access_token_revoked(&*st.store, &claims, st.now())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "userinfo: storage failure");
+            WebError::Bearer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(OAuthError::temporarily_unavailable("try again later")),
+            )
+        })?;
     if revoked {
         return Err(invalid_token("the access token was revoked"));
     }
