@@ -492,6 +492,11 @@ impl KeyManager {
         }
     }
 
+    /// The JWS `alg` of the key that signs now.
+    pub fn signing_alg(&self) -> Result<String, KeyError> {
+        Ok(alg_name(self.active()?.alg))
+    }
+
     /// Algorithms of the published keys, for discovery.
     pub fn algorithms(&self) -> Vec<String> {
         let mut algs: Vec<String> = self.keys.iter().map(|k| alg_name(k.alg)).collect();

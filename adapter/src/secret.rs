@@ -39,10 +39,21 @@ pub fn is_valid_pkce_verifier(v: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
 }
 
-/// OIDC Core §3.1.3.6: left half of the SHA-256 of the access token, base64url.
-pub fn at_hash(access_token: &str) -> String {
-    let digest = Sha256::digest(access_token.as_bytes());
-    URL_SAFE_NO_PAD.encode(&digest[..16])
+/// OIDC Core §3.1.3.6: the left half of the hash of the access token,
+/// base64url, with the hash of the ID token's `alg`: SHA-256 for RS256,
+/// PS256 and ES256, SHA-512 for EdDSA over Ed25519 (as openidconnect and
+/// other certified relying parties compute it).
+pub fn at_hash(id_token_alg: &str, access_token: &str) -> String {
+    match id_token_alg {
+        "EdDSA" => {
+            let digest = sha2::Sha512::digest(access_token.as_bytes());
+            URL_SAFE_NO_PAD.encode(&digest[..32])
+        }
+        _ => {
+            let digest = Sha256::digest(access_token.as_bytes());
+            URL_SAFE_NO_PAD.encode(&digest[..16])
+        }
+    }
 }
 
 #[cfg(test)]
@@ -68,6 +79,26 @@ mod tests {
         assert!(!is_valid_pkce_verifier("short"));
         assert!(!is_valid_pkce_verifier(&"a".repeat(129)));
         assert!(!is_valid_pkce_verifier(&format!("{}+", "a".repeat(43))));
+    }
+
+    #[test]
+    fn at_hash_follows_the_id_token_algorithm() {
+        // Left halves of SHA-256 / SHA-512 of "token", base64url.
+        let sha256 = Sha256::digest(b"token");
+        let sha512 = sha2::Sha512::digest(b"token");
+        assert_eq!(
+            at_hash("RS256", "token"),
+            URL_SAFE_NO_PAD.encode(&sha256[..16])
+        );
+        assert_eq!(
+            at_hash("ES256", "token"),
+            URL_SAFE_NO_PAD.encode(&sha256[..16])
+        );
+        assert_eq!(
+            at_hash("EdDSA", "token"),
+            URL_SAFE_NO_PAD.encode(&sha512[..32])
+        );
+        assert_eq!(at_hash("EdDSA", "token").len(), 43);
     }
 
     #[test]

@@ -234,7 +234,8 @@ impl ChainBuilder {
         self
     }
 
-    /// Gives the adapter a [`ManualClock`] (exposed as [`TestChain::clock`])
+    /// Gives the adapter and the upstream-test-server one [`ManualClock`]
+    /// (exposed as [`TestChain::clock`])
     /// so a test can move its time forward instead of sleeping.
     pub fn manual_clock(mut self, on: bool) -> Self {
         self.manual_clock = on;
@@ -259,6 +260,13 @@ impl ChainBuilder {
 
         let mut shutdowns = Vec::new();
         let mut dirs = Vec::new();
+        // One clock for the adapter and the upstream-test-server, so a test
+        // can age both sessions alike.
+        let clock = self.manual_clock.then(|| Arc::new(ManualClock::new()));
+        let shared: SharedClock = match &clock {
+            Some(c) => c.clone(),
+            None => Arc::new(SystemClock),
+        };
 
         // 1. The upstream.
         let (upstream_issuer, upstream_client_id, upstream_client_secret) = match &self.upstream {
@@ -280,13 +288,9 @@ impl ChainBuilder {
                     },
                     "Auth Adapter",
                 )?];
-                let running = spawn::provider(
-                    config,
-                    listener,
-                    Arc::new(SystemClock),
-                    "upstream-test-server",
-                )
-                .await?;
+                let running =
+                    spawn::provider(config, listener, shared.clone(), "upstream-test-server")
+                        .await?;
                 shutdowns.push(running.stop);
                 dirs.push(dir);
                 (issuer, ADAPTER_CLIENT_ID.to_string(), secret)
@@ -337,11 +341,6 @@ impl ChainBuilder {
         if let Some(tweak) = self.tweak_adapter {
             tweak(&mut config);
         }
-        let clock = self.manual_clock.then(|| Arc::new(ManualClock::new()));
-        let shared: SharedClock = match &clock {
-            Some(c) => c.clone(),
-            None => Arc::new(SystemClock),
-        };
         let adapter = RunningAdapter {
             config: config.clone(),
             clock: shared.clone(),

@@ -286,7 +286,10 @@ fn mint(st: &AppState, g: &Grant<'_>, now: i64) -> Result<Value, crate::keys::Ke
         ("iat", json!(now)),
         ("exp", json!(now + tokens.id_token_ttl_seconds)),
         ("auth_time", json!(g.auth_time)),
-        ("at_hash", json!(at_hash(&access_token))),
+        (
+            "at_hash",
+            json!(at_hash(&st.keys.signing_alg()?, &access_token)),
+        ),
         ("sid", json!(g.sid)),
     ] {
         id.insert(k.into(), v);

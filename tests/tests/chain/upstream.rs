@@ -120,6 +120,18 @@ async fn id_token_claims(chain: &TestChain, req: AuthRequest, to_rp: Url) -> Val
 /// the adapter end to end.
 #[tokio::test]
 async fn es256_signed_upstream_logs_in_end_to_end() {
+    upstream_signing_with("ES256").await;
+}
+
+/// The same with Ed25519 signatures (RFC 8037), which the engine can sign
+/// with: the adapter accepts EdDSA upstream ID tokens and checks their
+/// `at_hash` with SHA-512 (OIDC Core §3.1.3.8 for Ed25519).
+#[tokio::test]
+async fn eddsa_signed_upstream_logs_in_end_to_end() {
+    upstream_signing_with("EdDSA").await;
+}
+
+async fn upstream_signing_with(alg: &str) {
     let up_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up_addr = up_listener.local_addr().unwrap();
     let up_issuer = format!("http://{up_addr}");
@@ -141,7 +153,7 @@ async fn es256_signed_upstream_logs_in_end_to_end() {
     config.server.listen = up_addr;
     config.server.issuer = Some(up_issuer.clone());
     config.database.url = format!("sqlite://{}/x.db", dir.path().display());
-    config.tokens.signing_alg = "ES256".into();
+    config.tokens.signing_alg = alg.into();
     config.clients = vec![serde_json::from_value(json!({
         "id": ADAPTER_CLIENT_ID,
         "secret": secret,
@@ -160,10 +172,7 @@ async fn es256_signed_upstream_logs_in_end_to_end() {
         .json()
         .await
         .unwrap();
-    assert_eq!(
-        meta["id_token_signing_alg_values_supported"],
-        json!(["ES256"])
-    );
+    assert_eq!(meta["id_token_signing_alg_values_supported"], json!([alg]));
 
     let agent = Agent::new().unwrap();
     let req = AuthRequest::new(&chain.app);
