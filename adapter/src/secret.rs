@@ -1,7 +1,7 @@
 //! Random values and hashing of secrets.
 //!
 //! Codes, refresh tokens, session ids and client secrets are stored and
-//! looked up only by their SHA-256 (checklist F8); comparisons of secrets are
+//! looked up only by their SHA-256 (RFC 9700 §4.14, OWASP ASVS 5.0 V11); comparisons of secrets are
 //! constant-time.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

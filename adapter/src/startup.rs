@@ -276,7 +276,8 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
 }
 
 async fn ready(axum::extract::State(st): axum::extract::State<AppState>) -> impl IntoResponse {
-    // Readiness depends on our own storage only, never on an upstream (E8).
+    // Readiness depends on our own storage only, never on an upstream: an
+    // upstream outage must not take the adapter out of its load balancer.
     match st.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready"),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"),
