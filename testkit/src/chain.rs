@@ -126,40 +126,7 @@ impl Drop for TestChain {
     }
 }
 
-/// A schema of its own in the project's PostgreSQL database (`test` at
-/// 127.0.0.1:5432, or `AUTH_ADAPTER_TEST_POSTGRES`).
-pub struct PgSchema {
-    base: String,
-    name: String,
-    /// A database URL whose connections use this schema.
-    pub url: String,
-}
-
-impl PgSchema {
-    pub async fn create() -> anyhow::Result<PgSchema> {
-        let base = std::env::var("AUTH_ADAPTER_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let name = format!("e2e_{}", random_string(12).to_lowercase().replace('-', "_"));
-        Self::run(&base, &format!("CREATE SCHEMA {name}")).await?;
-        let url = format!("{base}?options=-c%20search_path%3D{name}");
-        Ok(PgSchema { base, name, url })
-    }
-
-    /// Drops the schema and everything in it.
-    pub async fn drop_schema(self) -> anyhow::Result<()> {
-        Self::run(&self.base, &format!("DROP SCHEMA {} CASCADE", self.name)).await
-    }
-
-    async fn run(base: &str, sql: &str) -> anyhow::Result<()> {
-        sqlx::any::install_default_drivers();
-        let admin = sqlx::AnyPool::connect(base)
-            .await
-            .context("PostgreSQL must answer at 127.0.0.1:5432 (scripts/install-test-deps.sh)")?;
-        sqlx::query(sql).execute(&admin).await?;
-        admin.close().await;
-        Ok(())
-    }
-}
+pub use crate::pg::PgSchema;
 
 impl TestChain {
     /// Starts another adapter instance with the same configuration and
@@ -638,6 +605,38 @@ impl TestChain {
             form.push(("code_verifier", grant.request.verifier()));
         }
         rp::token_request(&agent.http, &token_endpoint, auth, &form).await
+    }
+
+    /// Redeems the code in `to_rp` (the adapter's redirect to the RP of
+    /// `req`) and returns the claims of the verified ID token.
+    pub async fn id_token_claims(
+        &self,
+        agent: &Agent,
+        req: AuthRequest,
+        to_rp: Url,
+    ) -> anyhow::Result<Value> {
+        let code = param(&to_rp, "code").ok_or_else(|| anyhow!("no code in {to_rp}"))?;
+        let auth = req.client.basic();
+        let client_id = req.client.id.clone();
+        let grant = CodeGrant {
+            request: req,
+            code,
+            redirect: to_rp,
+        };
+        let tokens = self.redeem(agent, &grant, &auth).await?;
+        ensure!(tokens.status == 200, "token endpoint: {}", tokens.text);
+        let id_token = tokens
+            .str("id_token")
+            .ok_or_else(|| anyhow!("no id_token: {}", tokens.text))?;
+        let (_, claims) = rp::verify_jwt(
+            &agent.http,
+            &self.adapter("/oauth2/jwks"),
+            id_token,
+            &self.adapter_issuer,
+            &client_id,
+        )
+        .await?;
+        Ok(claims)
     }
 
     /// Starts a login at the adapter and stops at the upstream's redirect

@@ -21,6 +21,8 @@ pub mod chain;
 #[cfg(feature = "adapter")]
 pub mod clients;
 #[cfg(feature = "adapter")]
+pub mod pg;
+#[cfg(feature = "adapter")]
 pub mod spawn;
 
 pub use fake_op::{FakeOp, FakeUpstream, Tamper};

@@ -8,43 +8,6 @@ use serde_json::Value;
 
 use super::support::*;
 
-/// A schema of its own on the project's PostgreSQL server.
-struct PgSchema {
-    admin: sqlx::AnyPool,
-    name: String,
-    url: String,
-}
-
-impl PgSchema {
-    async fn new() -> PgSchema {
-        let base = std::env::var("AUTH_ADAPTER_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        sqlx::any::install_default_drivers();
-        let admin = sqlx::AnyPool::connect(&base)
-            .await
-            .expect("PostgreSQL must run at 127.0.0.1:5432 (see scripts/install-test-deps.sh)");
-        let name = format!(
-            "races_{}",
-            adapter::secret::random_token()[..12]
-                .to_lowercase()
-                .replace('-', "_")
-        );
-        sqlx::query(&format!("CREATE SCHEMA {name}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        let url = format!("{base}?options=-c%20search_path%3D{name}");
-        PgSchema { admin, name, url }
-    }
-
-    async fn drop(self) {
-        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.name))
-            .execute(&self.admin)
-            .await
-            .unwrap();
-    }
-}
-
 /// RFC 6749 §4.1.2: when a code is used twice, the tokens it issued are
 /// revoked — also when the replay arrives at the same moment as the first
 /// redemption. Each round redeems one code twice at once: exactly one
@@ -106,7 +69,7 @@ async fn replay_racing_the_redemption_revokes_the_winner_on_sqlite() {
 
 #[tokio::test]
 async fn replay_racing_the_redemption_revokes_the_winner_on_postgres() {
-    let schema = PgSchema::new().await;
+    let schema = testkit::pg::PgSchema::create().await.unwrap();
     replay_racing_the_redemption_revokes_the_winner(&schema.url).await;
-    schema.drop().await;
+    schema.drop_schema().await.unwrap();
 }

@@ -2,7 +2,7 @@
 //! §3.1.2.1, §2): the adapter and the upstream-test-server share one manual
 //! clock, so both sessions age alike and nothing sleeps.
 
-use e2e::chain::{AuthRequest, CodeGrant, TestChain};
+use e2e::chain::{AuthRequest, TestChain};
 use e2e::rp::{self, expect_redirect, param, Agent};
 use serde_json::Value;
 use url::Url;
@@ -25,27 +25,7 @@ fn authorize_url(chain: &TestChain, req: &AuthRequest, extra: &[(&str, &str)]) -
 
 /// Redeems the code in `to_rp` and returns the verified ID token claims.
 async fn id_token(chain: &TestChain, agent: &Agent, req: AuthRequest, to_rp: Url) -> Value {
-    let code = param(&to_rp, "code").unwrap_or_else(|| panic!("no code in {to_rp}"));
-    let grant = CodeGrant {
-        request: req,
-        code,
-        redirect: to_rp,
-    };
-    let tokens = chain
-        .redeem(agent, &grant, &chain.app.basic())
-        .await
-        .unwrap();
-    assert_eq!(tokens.status, 200, "{}", tokens.text);
-    let (_, claims) = rp::verify_jwt(
-        &agent.http,
-        &chain.adapter("/oauth2/jwks"),
-        tokens.str("id_token").unwrap(),
-        &chain.adapter_issuer,
-        &chain.app.id,
-    )
-    .await
-    .unwrap();
-    claims
+    chain.id_token_claims(agent, req, to_rp).await.unwrap()
 }
 
 /// Adapter → upstream: asserts the adapter sends the browser to the

@@ -15,7 +15,7 @@ use adapter::connector::{BeginRequest, CallbackConnector, ConnectorError, Identi
 use adapter::error::ErrorCode;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use e2e::chain::{AuthRequest, CodeGrant, TestChain, Upstream, ADAPTER_CLIENT_ID, UPSTREAM_ID};
+use e2e::chain::{AuthRequest, TestChain, Upstream, ADAPTER_CLIENT_ID, UPSTREAM_ID};
 use e2e::fake_upstream::{AuthorizeRecord, FakeUpstream, Tamper};
 use e2e::rp::{self, expect_redirect, param, random_string, without_query, Agent};
 use serde_json::{json, Value};
@@ -90,27 +90,7 @@ fn assert_error(to_rp: &Url, error: &str, req: &AuthRequest, chain: &TestChain) 
 /// Redeems the code of `to_rp` and returns the verified ID token claims.
 async fn id_token_claims(chain: &TestChain, req: AuthRequest, to_rp: Url) -> Value {
     let agent = Agent::new().unwrap();
-    let code = param(&to_rp, "code").unwrap_or_else(|| panic!("no code: {to_rp}"));
-    let grant = CodeGrant {
-        request: req,
-        code,
-        redirect: to_rp,
-    };
-    let tokens = chain
-        .redeem(&agent, &grant, &chain.app.basic())
-        .await
-        .unwrap();
-    assert_eq!(tokens.status, 200, "{}", tokens.text);
-    let (_, claims) = rp::verify_jwt(
-        &agent.http,
-        &chain.adapter("/oauth2/jwks"),
-        tokens.str("id_token").unwrap(),
-        &chain.adapter_issuer,
-        &chain.app.id,
-    )
-    .await
-    .unwrap();
-    claims
+    chain.id_token_claims(&agent, req, to_rp).await.unwrap()
 }
 
 // ------------------------------------------- signing algorithms ----
