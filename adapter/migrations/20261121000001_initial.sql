@@ -1,6 +1,6 @@
 -- Portable SQL: runs unchanged on SQLite and PostgreSQL.
 -- Times are unix seconds; ids of secrets are SHA-256 hashes.
-CREATE TABLE IF NOT EXISTS artifacts (
+CREATE TABLE artifacts (
     kind        TEXT   NOT NULL,
     id          TEXT   NOT NULL,
     data        TEXT   NOT NULL,
@@ -8,11 +8,11 @@ CREATE TABLE IF NOT EXISTS artifacts (
     consumed_at BIGINT,
     PRIMARY KEY (kind, id)
 );
-CREATE INDEX IF NOT EXISTS artifacts_expires_at ON artifacts (expires_at);
+CREATE INDEX artifacts_expires_at ON artifacts (expires_at);
 
 -- `generation` is unique: replicas starting together race to insert
 -- generation 0 and exactly one key wins, so all of them sign alike.
-CREATE TABLE IF NOT EXISTS signing_keys (
+CREATE TABLE signing_keys (
     kid         TEXT   NOT NULL PRIMARY KEY,
     generation  BIGINT NOT NULL UNIQUE,
     alg         TEXT   NOT NULL,

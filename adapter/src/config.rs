@@ -605,6 +605,27 @@ impl Config {
         self.validate_lifetimes()?;
         self.validate_clients()?;
         self.validate_upstreams()?;
+        self.validate_components()?;
+        Ok(())
+    }
+
+    /// What `serve` builds from the configuration without I/O: every
+    /// client (redirect URIs, secrets, grants) and the token customizer
+    /// (mappings, subject strategies). `config check` thus refuses exactly
+    /// what `serve` would.
+    fn validate_components(&self) -> Result<(), ConfigError> {
+        // Their messages start with the key: "clients[app].redirect_uris: …".
+        let split = |m: String| match m.split_once(": ") {
+            // "upstreams[corp].subject = \"upstream\": …" names the key first.
+            Some((key, message)) => {
+                ConfigError::new(key.split(" = ").next().unwrap_or(key), message)
+            }
+            None => ConfigError::new("configuration", m),
+        };
+        for c in &self.clients {
+            crate::provider::Client::from_config(c).map_err(split)?;
+        }
+        crate::customizer::from_config(self).map_err(split)?;
         Ok(())
     }
 
@@ -1013,6 +1034,17 @@ mod tests {
     }
 
     #[test]
+    fn what_serve_builds_is_checked_too() {
+        let mut c = Config::default();
+        c.clients = vec![client("app")];
+        c.clients[0].redirect_uris = vec!["http://app.example.org/cb".into()];
+        error_of(&c, "clients[app].redirect_uris");
+        let mut c = Config::default();
+        c.claims.mappings.insert("sub".into(), "email".into());
+        error_of(&c, "claims.mappings");
+    }
+
+    #[test]
     fn duplicate_client_ids_are_refused() {
         let c = Config {
             clients: vec![client("a"), client("b"), client("a")],
@@ -1034,6 +1066,11 @@ mod tests {
         c.upstreams = vec![upstream("corp"), upstream("corp")];
         error_of(&c, "upstreams[corp].id");
         c.upstreams = vec![upstream("corp"), upstream("other")];
+        // Two upstreams sharing the `upstream` subject strategy collide.
+        error_of(&c, "upstreams[corp].subject");
+        for up in &mut c.upstreams {
+            up.subject = SubjectStrategy::Namespaced;
+        }
         c.validate().unwrap();
     }
 
