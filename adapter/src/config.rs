@@ -1035,8 +1035,10 @@ mod tests {
 
     #[test]
     fn what_serve_builds_is_checked_too() {
-        let mut c = Config::default();
-        c.clients = vec![client("app")];
+        let mut c = Config {
+            clients: vec![client("app")],
+            ..Config::default()
+        };
         c.clients[0].redirect_uris = vec!["http://app.example.org/cb".into()];
         error_of(&c, "clients[app].redirect_uris");
         let mut c = Config::default();
