@@ -38,6 +38,19 @@ pub enum ConfigAction {
     Check,
 }
 
+/// Turns the outcome of [`run`] into the process exit code: an error is
+/// printed as one line (`Error: cause: cause…`, never a backtrace) and
+/// exits with 1.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Entry point of a provider binary with its own defaults and env prefix.
 pub async fn run(defaults: Config, env_prefix: &str) -> anyhow::Result<()> {
     let cli = Cli::parse();
