@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "chain/openid_client.rs"]
+mod openid_client;
 #[path = "chain/upstream.rs"]
 mod upstream;
 
