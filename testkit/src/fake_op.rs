@@ -128,6 +128,9 @@ pub struct Options {
     pub introspection: bool,
     /// Advertise and serve `revocation_endpoint` at `/revoke` (RFC 7009).
     pub revocation: bool,
+    /// Accept the `client_credentials` grant (RFC 6749 §4.4): an access
+    /// token whose `sub` is the client (RFC 9068 §2.2), nothing else.
+    pub client_credentials: bool,
 }
 
 impl Options {
@@ -143,6 +146,7 @@ impl Options {
             refresh_tokens: false,
             introspection: false,
             revocation: false,
+            client_credentials: false,
         }
     }
 }
@@ -684,9 +688,14 @@ async fn discovery(State(s): State<Arc<Inner>>) -> Json<Value> {
     if s.options.end_session {
         doc["end_session_endpoint"] = json!(format!("{i}/logout"));
     }
+    let mut grants = vec!["authorization_code"];
     if s.options.refresh_tokens {
-        doc["grant_types_supported"] = json!(["authorization_code", "refresh_token"]);
+        grants.push("refresh_token");
     }
+    if s.options.client_credentials {
+        grants.push("client_credentials");
+    }
+    doc["grant_types_supported"] = json!(grants);
     if s.options.introspection {
         doc["introspection_endpoint"] = json!(format!("{i}/introspect"));
     }
@@ -815,6 +824,9 @@ async fn token(
         Some("refresh_token") if s.options.refresh_tokens => {
             return refresh_grant(&s, &params);
         }
+        Some("client_credentials") if s.options.client_credentials => {
+            return client_credentials_grant(&s);
+        }
         _ => return token_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", ""),
     }
     let pending = params.get("code").and_then(|c| lock(&s.codes).remove(c));
@@ -917,6 +929,36 @@ fn refresh_grant(s: &Inner, params: &HashMap<String, String>) -> Response {
     token_response(s, &pending, tamper)
 }
 
+/// RFC 6749 §4.4.3: an access token only (no refresh token, no ID token).
+fn client_credentials_grant(s: &Inner) -> Response {
+    let now = s.now();
+    let client_id = &s.options.client_id;
+    let claims = json!({
+        "iss": s.issuer, "sub": client_id, "aud": client_id, "client_id": client_id,
+        "iat": now, "exp": now + 300, "jti": random_string(16),
+    });
+    match s.keys.signing.sign("at+jwt", &claims) {
+        Ok(access_token) => {
+            lock(&s.access_tokens).insert(access_token.clone(), now + 300);
+            (
+                StatusCode::OK,
+                [(header::CACHE_CONTROL, "no-store")],
+                Json(json!({
+                    "access_token": access_token,
+                    "token_type": "Bearer",
+                    "expires_in": 300,
+                })),
+            )
+                .into_response()
+        }
+        Err(e) => token_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            &e.to_string(),
+        ),
+    }
+}
+
 /// RFC 7662 §2: client authentication required; `active` is true for an
 /// access token this provider issued, not revoked and not expired (by its
 /// possibly offset clock); an inactive token gets `{"active": false}` only.
@@ -965,6 +1007,13 @@ async fn introspect(
             "token_type": "Bearer",
         }),
         _ => json!({ "active": false }),
+    };
+    // RFC 7662 §2.2: members without a value are left out, not null.
+    let body = match body {
+        Value::Object(map) => {
+            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect())
+        }
+        other => other,
     };
     Json(body).into_response()
 }
