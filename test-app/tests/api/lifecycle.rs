@@ -233,8 +233,17 @@ async fn expired_access_token_is_refreshed_and_the_call_retried() {
             .starts_with("1 (last"),
         "{html}"
     );
-    assert!(!html.contains(&first_refresh_token));
-    assert!(!html.contains(&op.last_refresh_token().unwrap()));
+    // RFC 6749 §10.4: the refresh tokens appear nowhere but in the store.
+    let logs = String::from_utf8(captured_logs().lock().unwrap().clone()).unwrap();
+    for rt in [
+        first_refresh_token.clone(),
+        op.last_refresh_token().unwrap(),
+    ] {
+        assert!(!html.contains(&rt), "a refresh token on the page");
+        assert!(!logs.contains(&rt), "a refresh token in the logs");
+        let (_, me) = app.api_me(Some(&cookie)).await;
+        assert!(!me.to_string().contains(&rt), "a refresh token in /api/me");
+    }
 
     // A second call needs no refresh.
     let page = api_page(app.call_api(&cookie).await).await;
