@@ -4,10 +4,10 @@
 //!   and its JWKS, done lazily at first need (the adapter may start after the
 //!   test-app), cached for [`DISCOVERY_TTL`], retried on the next request after
 //!   a failure, and re-fetched once when a token names an unknown `kid`
-//!   (key rotation; openidconnect issue #232, checklist E5).
+//!   (key rotation, OIDC Core §10.1.1).
 //! - [`http_bridge`]: the async HTTP client `openidconnect` calls, over a
 //!   reqwest 0.13 client that follows no redirects (SSRF), has timeouts and
-//!   caps response sizes (checklist E7).
+//!   caps response sizes.
 //! - [`oidc_client`]: an `openidconnect` [`CoreClient`] built from the cached
 //!   metadata for one request.
 

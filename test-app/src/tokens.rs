@@ -17,7 +17,8 @@ pub type Claims = Map<String, Value>;
 /// Signature algorithms accepted for access tokens (and ID tokens).
 pub const ALLOWED_ALGS: [Algorithm; 2] = [Algorithm::RS256, Algorithm::ES256];
 
-/// Clock-skew leeway in seconds for `exp`/`nbf` (checklist C11: ≤ 60 s).
+/// Clock-skew leeway in seconds for `exp`/`nbf` (RFC 7519 §4.1.4: "usually no
+/// more than a few minutes").
 pub const LEEWAY_SECS: u64 = 60;
 
 /// Why an access token was refused.
