@@ -3,7 +3,9 @@
 #   - Debian's `chromium` and `chromium-driver` (the browser end-to-end test;
 #     nothing is ever downloaded from anywhere but the Debian archive);
 #   - checks that PostgreSQL answers at 127.0.0.1:5432 (tests that need it fail
-#     loudly when it does not; they are never skipped).
+#     loudly when it does not; they are never skipped);
+#   - `npm ci` of tests/rp-conformance (openid-client, pinned by its
+#     package-lock.json, from the npm registry) when its node_modules is missing.
 set -euo pipefail
 
 CHROMIUM_BIN="${CHROMIUM_BIN:-/usr/bin/chromium}"
@@ -69,4 +71,18 @@ elif (exec 3<>"/dev/tcp/$PGHOST_CHECK/$PGPORT_CHECK") 2>/dev/null; then
 else
     echo "install-test-deps: NOTE: nothing listens at $PGHOST_CHECK:$PGPORT_CHECK (PostgreSQL);" \
          "tests that need it will fail (they are not skipped)." >&2
+fi
+
+# openid-client (the certified RP library the e2e test `openid_client` runs
+# against the adapter): installed from the npm registry with the pinned
+# tests/rp-conformance/package-lock.json, only when node_modules is missing.
+RP_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/rp-conformance"
+if [ -d "$RP_DIR/node_modules/openid-client" ]; then
+    echo "install-test-deps: openid-client present ($RP_DIR/node_modules)"
+elif command -v npm >/dev/null 2>&1; then
+    echo "install-test-deps: npm ci in $RP_DIR"
+    (cd "$RP_DIR" && npm ci --no-audit --no-fund --registry=https://registry.npmjs.org/)
+else
+    echo "install-test-deps: NOTE: npm is missing; the openid_client e2e test will fail" \
+         "(install Node.js 20+ and run: cd tests/rp-conformance && npm ci)." >&2
 fi

@@ -163,7 +163,8 @@ impl Config {
                 return Err(invalid(key, "must be a non-empty token of [A-Za-z0-9_.-]"));
             }
         }
-        if self.cookie_name == self.tx_cookie_name {
+        if self.cookie_name == self.tx_cookie_name || self.cookie_name == self.logout_cookie_name()
+        {
             return Err(invalid("tx_cookie_name", "must differ from cookie_name"));
         }
         if self.client_secret.is_some() && self.client_secret_env.is_some() {
@@ -180,6 +181,19 @@ impl Config {
     /// The redirect URI registered at the provider.
     pub fn redirect_uri(&self) -> String {
         format!("{}{}", self.base_url_trimmed(), crate::CALLBACK_PATH)
+    }
+
+    /// The `post_logout_redirect_uri` sent to the provider's end-session
+    /// endpoint (OpenID RP-Initiated Logout 1.0 §2); it must be registered
+    /// for the client at the provider.
+    pub fn post_logout_redirect_uri(&self) -> String {
+        format!("{}{}", self.base_url_trimmed(), crate::LOGGED_OUT_PATH)
+    }
+
+    /// Name of the short-lived cookie that binds an RP-initiated logout in
+    /// progress to the browser: `{tx_cookie_name}_LOGOUT`.
+    pub fn logout_cookie_name(&self) -> String {
+        format!("{}_LOGOUT", self.tx_cookie_name)
     }
 
     /// The client secret to use: the variable named by `client_secret_env`,
@@ -281,6 +295,11 @@ mod tests {
             c.redirect_uri(),
             "http://127.0.0.1:8080/login/oauth2/code/auth-adapter"
         );
+        assert_eq!(
+            c.post_logout_redirect_uri(),
+            "http://127.0.0.1:8080/logged-out"
+        );
+        assert_eq!(c.logout_cookie_name(), "TEST_APP_TX_LOGOUT");
         c.validate().unwrap();
     }
 

@@ -4,10 +4,10 @@
 //!
 //! | status | cases |
 //! |---|---|
-//! | 400 | bad or replayed callback (no transaction, `state` mismatch, `iss` mismatch, missing `code`), provider `error=` response |
+//! | 400 | bad or replayed callback (no transaction, `state` mismatch, `iss` mismatch, missing `code`), provider `error=` response; a return to `/logged-out` without the logout in progress or with another `state` |
 //! | 403 | cross-site logout POST |
 //! | 404 | unknown path |
-//! | 502 | provider misbehaved: discovery invalid, token endpoint error, ID or access token rejected |
+//! | 502 | provider misbehaved: discovery invalid, token endpoint error, ID or access token rejected, refresh refused |
 //! | 503 | provider unreachable (connection refused, timeout, 5xx) |
 //! | 500 | an internal error (with a page, never a panic) |
 
@@ -64,6 +64,16 @@ pub enum AppError {
     /// The provider could not be reached.
     #[error("the identity provider is unreachable: {0}")]
     ProviderUnavailable(String),
+    /// The tokens could not be refreshed (RFC 6749 §6); the user logs in again.
+    #[error("the tokens could not be refreshed: {0}")]
+    RefreshFailed(String),
+    /// `/logged-out` without a logout in progress in this browser.
+    #[error("no logout is in progress in this browser (it expired, was already completed, or was started elsewhere)")]
+    NoLogoutTransaction,
+    /// `/logged-out` with a `state` other than the one sent to the provider
+    /// (OpenID RP-Initiated Logout 1.0 §3).
+    #[error("the state parameter does not match the logout started in this browser")]
+    LogoutStateMismatch,
     /// A cross-site POST was refused.
     #[error("cross-site request refused")]
     CrossSite,
@@ -90,6 +100,8 @@ impl AppError {
         match self {
             AppError::NoTransaction
             | AppError::StateMismatch
+            | AppError::NoLogoutTransaction
+            | AppError::LogoutStateMismatch
             | AppError::BadCallback(_)
             | AppError::IssuerMismatch { .. }
             | AppError::ProviderRejected { .. } => StatusCode::BAD_REQUEST,
@@ -98,6 +110,7 @@ impl AppError {
             AppError::TokenEndpoint { .. }
             | AppError::IdTokenRejected(_)
             | AppError::AccessTokenRejected(_)
+            | AppError::RefreshFailed(_)
             | AppError::Provider(_) => StatusCode::BAD_GATEWAY,
             AppError::ProviderUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -116,6 +129,9 @@ impl AppError {
             AppError::IdTokenRejected(_) => "id_token_rejected",
             AppError::AccessTokenRejected(_) => "access_token_rejected",
             AppError::Provider(_) => "provider_misbehaved",
+            AppError::RefreshFailed(_) => "refresh_failed",
+            AppError::NoLogoutTransaction => "no_logout_transaction",
+            AppError::LogoutStateMismatch => "logout_state_mismatch",
             AppError::ProviderUnavailable(_) => "provider_unavailable",
             AppError::CrossSite => "cross_site",
             AppError::NotFound => "not_found",
@@ -135,6 +151,10 @@ impl AppError {
             AppError::IdTokenRejected(_) => "The ID token failed verification",
             AppError::AccessTokenRejected(_) => "The access token failed verification",
             AppError::Provider(_) => "The identity provider misbehaved",
+            AppError::RefreshFailed(_) => "The tokens could not be refreshed",
+            AppError::NoLogoutTransaction | AppError::LogoutStateMismatch => {
+                "This logout confirmation is not valid here"
+            }
             AppError::ProviderUnavailable(_) => "The identity provider is not reachable",
             AppError::CrossSite => "Request refused",
             AppError::NotFound => "Page not found",
@@ -157,6 +177,9 @@ impl AppError {
                 "No session was created. The adapter's logs (same time) should say more."
             }
             AppError::CrossSite => "Use the button on this site's logout page.",
+            AppError::NoLogoutTransaction | AppError::LogoutStateMismatch => {
+                "Your session in the test-app has ended either way. Log in again if you want."
+            }
             _ => "",
         }
     }

@@ -4,10 +4,10 @@
 //!   and its JWKS, done lazily at first need (the adapter may start after the
 //!   test-app), cached for [`DISCOVERY_TTL`], retried on the next request after
 //!   a failure, and re-fetched once when a token names an unknown `kid`
-//!   (key rotation; openidconnect issue #232, checklist E5).
+//!   (key rotation, OIDC Core §10.1.1).
 //! - [`http_bridge`]: the async HTTP client `openidconnect` calls, over a
 //!   reqwest 0.13 client that follows no redirects (SSRF), has timeouts and
-//!   caps response sizes (checklist E7).
+//!   caps response sizes.
 //! - [`oidc_client`]: an `openidconnect` [`CoreClient`] built from the cached
 //!   metadata for one request.
 
@@ -47,6 +47,12 @@ pub struct ExtraMetadata {
     /// RFC 9207: the provider sends `iss` in authorization responses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization_response_iss_parameter_supported: Option<bool>,
+    /// RFC 8414 §2 / RFC 7662 §2: token introspection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection_endpoint: Option<url::Url>,
+    /// RFC 8414 §2 / RFC 7009 §2: token revocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_endpoint: Option<url::Url>,
 }
 impl AdditionalProviderMetadata for ExtraMetadata {}
 
@@ -103,6 +109,14 @@ impl Provider {
         self.metadata
             .additional_metadata()
             .end_session_endpoint
+            .as_ref()
+    }
+
+    /// The provider's RFC 7662 introspection endpoint, if it advertises one.
+    pub fn introspection_endpoint(&self) -> Option<&url::Url> {
+        self.metadata
+            .additional_metadata()
+            .introspection_endpoint
             .as_ref()
     }
 
@@ -322,4 +336,19 @@ pub fn oidc_client(
     )
     .set_auth_type(AuthType::BasicAuth)
     .set_redirect_uri(redirect_uri.clone())
+}
+
+/// The `Authorization` header value of `client_secret_basic` (RFC 6749
+/// §2.3.1): id and secret form-urlencoded, joined by `:`, then base64.
+pub fn basic_authorization(client_id: &str, client_secret: &str) -> String {
+    use base64::Engine as _;
+    let encode = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            encode(client_id),
+            encode(client_secret)
+        ))
+    )
 }

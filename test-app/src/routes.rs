@@ -6,8 +6,11 @@
 //! | `GET /authenticated` | no session: 302 to the provider (code flow, PKCE S256, state, nonce); session: the claims page |
 //! | `GET /login/oauth2/code/auth-adapter` | the callback: checks, code exchange, token verification, new session, 303 to `/authenticated` |
 //! | `GET /api/me` | the session's claims and tokens as JSON, or 401 `{"error":"unauthenticated"}` |
-//! | `GET /logout`, `POST /logout` | confirm page; end the local session (optionally also at the provider) |
-//! | `GET /healthz/live`, `GET /healthz/ready` | health (readiness does not depend on the provider, checklist E8) |
+//! | `GET /api/resource` | the protected API ([`crate::resource`]): Bearer access token, JWT checks + introspection |
+//! | `POST /call-api` | the claims page's button ([`crate::lifecycle`]): calls the API, refreshes on expiry |
+//! | `GET /logout`, `POST /logout` | confirm page; end the local session (with `everywhere`, also at the provider: RP-Initiated Logout) |
+//! | `GET /logged-out` | the provider's return after logout (`post_logout_redirect_uri`); `state` checked |
+//! | `GET /healthz/live`, `GET /healthz/ready` | health (readiness does not depend on the provider) |
 //! | `GET /assets/*` | the stylesheet and icon (no external assets) |
 
 use std::collections::HashMap;
@@ -19,11 +22,13 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
-use openidconnect::core::{CoreAuthenticationFlow, CoreJwsSigningAlgorithm, CoreTokenResponse};
+use openidconnect::core::{
+    CoreAuthenticationFlow, CoreErrorResponseType, CoreJwsSigningAlgorithm, CoreTokenResponse,
+};
 use openidconnect::{
     AccessTokenHash, AuthorizationCode, ClaimsVerificationError, CsrfToken, HttpRequest, Nonce,
     OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RequestTokenError, Scope,
-    SignatureVerificationError, TokenResponse,
+    SignatureVerificationError, StandardErrorResponse, TokenResponse,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -35,11 +40,13 @@ use crate::provider::{
     error_chain, http_bridge, oidc_client, transport_reason, HttpError, Provider,
 };
 use crate::startup::AppState;
-use crate::store::{random_id, Session, Transaction, SESSION_TTL, TRANSACTION_TTL};
-use crate::tokens::{self, TokenError};
-use crate::views::{now_unix, AuthenticatedPage, HomePage, LogoutPage, Nav};
+use crate::store::{
+    random_id, LogoutTransaction, Session, Transaction, SESSION_TTL, TRANSACTION_TTL,
+};
+use crate::tokens::{self, Expect, TokenError};
+use crate::views::{now_unix, AuthenticatedPage, HomePage, LoggedOutPage, LogoutPage, Nav};
 
-/// Longest accepted value of a callback parameter (checklist F7).
+/// Longest accepted value of a callback parameter.
 const MAX_PARAM_LEN: usize = 2048;
 
 const STYLESHEET: &str = include_str!("../../templates/test-app/assets/app.css");
@@ -48,8 +55,17 @@ const FAVICON: &str = include_str!("../../templates/test-app/assets/favicon.svg"
 // ---------------------------------------------------------------- helpers
 
 fn current_session(state: &AppState, jar: &CookieJar) -> Option<Arc<Session>> {
-    jar.get(&state.config.cookie_name)
-        .and_then(|c| state.sessions.get(c.value()))
+    current_session_with_id(state, jar).map(|(_, s)| s)
+}
+
+/// The session of the request's cookie, with its id.
+pub(crate) fn current_session_with_id(
+    state: &AppState,
+    jar: &CookieJar,
+) -> Option<(String, Arc<Session>)> {
+    let id = jar.get(&state.config.cookie_name)?.value().to_owned();
+    let session = state.sessions.get(&id)?;
+    Some((id, session))
 }
 
 fn cookie(state: &AppState, name: &str, value: String, max_age_secs: u64) -> Cookie<'static> {
@@ -64,7 +80,7 @@ fn cookie(state: &AppState, name: &str, value: String, max_age_secs: u64) -> Coo
         .build()
 }
 
-fn removal(name: &str) -> Cookie<'static> {
+pub(crate) fn removal(name: &str) -> Cookie<'static> {
     Cookie::build(name.to_owned()).path("/").build()
 }
 
@@ -113,7 +129,12 @@ pub async fn authenticated(
     jar: CookieJar,
 ) -> Result<Response, AppError> {
     if let Some(session) = current_session(&state, &jar) {
-        return Ok(AuthenticatedPage::new(&session, now_unix()).into_response());
+        let mut page = AuthenticatedPage::new(&session, now_unix());
+        page.backchannel = state
+            .backchannel_logouts
+            .find(session.sid(), session.sub())
+            .map(|e| crate::views::backchannel_line(&e, now_unix()));
+        return Ok(page.into_response());
     }
     begin_login(&state, jar).await
 }
@@ -121,7 +142,7 @@ pub async fn authenticated(
 /// Redirects to the provider's authorization endpoint with a fresh state,
 /// nonce and PKCE S256 challenge, remembered server-side under a random
 /// transaction id carried in the `TEST_APP_TX` cookie.
-async fn begin_login(state: &AppState, jar: CookieJar) -> Result<Response, AppError> {
+pub(crate) async fn begin_login(state: &AppState, jar: CookieJar) -> Result<Response, AppError> {
     let provider = state.provider.get().await?;
     let client = oidc_client(
         &provider,
@@ -288,7 +309,7 @@ async fn complete_login(
 
     let verified = match verify_tokens(state, &provider, &token_response, &nonce) {
         Err(Failure::UnknownKey(why)) => {
-            // Key rotation: one re-discovery, then verify again (checklist E5).
+            // Key rotation (OIDC Core §10.1.1): one re-discovery, then verify again.
             tracing::info!(error = %why, "token signed with an unknown key; refreshing the JWKS");
             let fresh = state.provider.refresh(&provider).await?;
             verify_tokens(state, &fresh, &token_response, &nonce)
@@ -309,11 +330,14 @@ async fn complete_login(
         Arc::new(Session {
             id_token: verified.id_token,
             access_token: token_response.access_token().secret().clone(),
+            refresh_token: token_response.refresh_token().map(|rt| rt.secret().clone()),
             id_token_claims: verified.id_token_claims,
             id_token_header: verified.id_token_header,
             access_token_claims: verified.access_token_claims,
             access_token_header: verified.access_token_header,
             created_at: now_unix(),
+            refresh_count: 0,
+            refreshed_at: None,
         }),
     );
     tracing::info!(sub, "login completed");
@@ -341,24 +365,31 @@ async fn exchange_code(
         .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier))
         .request_async(&http_client)
         .await
-        .map_err(|err| match err {
-            RequestTokenError::ServerResponse(resp) => AppError::TokenEndpoint {
-                error: resp.error().to_string(),
-                description: resp.error_description().cloned(),
-            },
-            RequestTokenError::Request(HttpError::Transport(e)) => {
-                AppError::ProviderUnavailable(format!("token endpoint: {}", transport_reason(&e)))
-            }
-            RequestTokenError::Request(other) => {
-                AppError::Provider(format!("token endpoint: {}", error_chain(&other)))
-            }
-            // The serde error may quote the body; report only where it failed.
-            RequestTokenError::Parse(e, _body) => AppError::Provider(format!(
-                "the token response is not a valid OAuth token response (at {})",
-                e.path()
-            )),
-            RequestTokenError::Other(msg) => AppError::Provider(format!("token endpoint: {msg}")),
-        })
+        .map_err(token_error)
+}
+
+/// A failed token request (RFC 6749 §5.2) as an [`AppError`].
+pub(crate) fn token_error(
+    err: RequestTokenError<HttpError, StandardErrorResponse<CoreErrorResponseType>>,
+) -> AppError {
+    match err {
+        RequestTokenError::ServerResponse(resp) => AppError::TokenEndpoint {
+            error: resp.error().to_string(),
+            description: resp.error_description().cloned(),
+        },
+        RequestTokenError::Request(HttpError::Transport(e)) => {
+            AppError::ProviderUnavailable(format!("token endpoint: {}", transport_reason(&e)))
+        }
+        RequestTokenError::Request(other) => {
+            AppError::Provider(format!("token endpoint: {}", error_chain(&other)))
+        }
+        // The serde error may quote the body; report only where it failed.
+        RequestTokenError::Parse(e, _body) => AppError::Provider(format!(
+            "the token response is not a valid OAuth token response (at {})",
+            e.path()
+        )),
+        RequestTokenError::Other(msg) => AppError::Provider(format!("token endpoint: {msg}")),
+    }
 }
 
 struct Verified {
@@ -440,15 +471,20 @@ fn verify_tokens(
     let id_token_header = tokens::decode_header(&raw_id_token).map_err(undecodable)?;
 
     let access_token = response.access_token().secret();
-    let access_token_claims =
-        tokens::verify_access_token(access_token, &provider.jwks, &state.config.issuer).map_err(
-            |e| match e {
-                TokenError::UnknownKey(_) => {
-                    Failure::UnknownKey(AppError::AccessTokenRejected(e.to_string()))
-                }
-                other => Failure::Rejected(AppError::AccessTokenRejected(other.to_string())),
-            },
-        )?;
+    // RFC 9068 §4: `aud` is the resource server's business; the protected
+    // API ([`crate::resource`]) checks it.
+    let expect = Expect {
+        issuer: &state.config.issuer,
+        audience: None,
+        now: state.clock.now(),
+    };
+    let access_token_claims = tokens::verify_access_token(access_token, &provider.jwks, expect)
+        .map_err(|e| match e {
+            TokenError::UnknownKey(_) => {
+                Failure::UnknownKey(AppError::AccessTokenRejected(e.to_string()))
+            }
+            other => Failure::Rejected(AppError::AccessTokenRejected(other.to_string())),
+        })?;
     if let (Some(at_sub), Some(id_sub)) =
         (access_token_claims.get("sub"), id_token_claims.get("sub"))
     {
@@ -514,7 +550,7 @@ pub struct LogoutForm {
 
 /// Refuses cross-origin form posts: `Sec-Fetch-Site` must be `same-origin`
 /// or `none` when sent; otherwise an `Origin`, when sent, must be ours.
-fn is_same_origin(headers: &HeaderMap, base_url: &str) -> bool {
+pub(crate) fn is_same_origin(headers: &HeaderMap, base_url: &str) -> bool {
     if let Some(site) = headers.get("sec-fetch-site") {
         return matches!(site.to_str(), Ok("same-origin" | "none"));
     }
@@ -543,7 +579,11 @@ fn is_same_origin(headers: &HeaderMap, base_url: &str) -> bool {
 }
 
 /// `POST /logout`: deletes the server-side session, expires the cookie, and
-/// 303s to `/` (or to the provider's end_session_endpoint when asked).
+/// 303s to `/`; with `everywhere` and a provider that advertises an
+/// `end_session_endpoint`, 303s there instead (OpenID RP-Initiated Logout
+/// 1.0 §2) with `id_token_hint`, `post_logout_redirect_uri` (`/logged-out`),
+/// `client_id` and a fresh `state`, remembered server-side under a random id
+/// in the logout cookie and checked on return ([`logged_out`]).
 pub async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -561,20 +601,89 @@ pub async fn logout(
     if session.is_some() {
         tracing::info!("logged out");
     }
-    let mut target = "/".to_owned();
-    if form.everywhere.is_some() {
-        if let (Some(session), Some(provider)) = (&session, state.provider.cached()) {
-            if let Some(endpoint) = provider.end_session_endpoint() {
-                let mut url = endpoint.url().clone();
-                url.query_pairs_mut()
-                    .append_pair("id_token_hint", &session.id_token)
-                    .append_pair("post_logout_redirect_uri", &format!("{}/", state.base_url))
-                    .append_pair("client_id", state.client_id.as_str());
-                target = url.to_string();
+    let (Some(session), true) = (session, form.everywhere.is_some()) else {
+        return Ok((jar, Redirect::to("/")).into_response());
+    };
+    // The metadata may have changed since login (a provider that gained an
+    // end_session_endpoint); a provider that is down now gets the cached copy.
+    let provider = match state.provider.get().await {
+        Ok(p) => Some(p),
+        Err(_) => state.provider.cached(),
+    };
+    let Some(endpoint) = provider
+        .as_ref()
+        .and_then(|p| p.end_session_endpoint())
+        .map(|e| e.url().clone())
+    else {
+        return Ok((jar, Redirect::to("/")).into_response());
+    };
+    let logout_state = random_id();
+    let logout_id = random_id();
+    state.logouts.insert(
+        logout_id.clone(),
+        LogoutTransaction {
+            state: logout_state.clone(),
+            sid: session.sid().map(str::to_owned),
+            sub: session.sub().map(str::to_owned),
+        },
+    );
+    let mut url = endpoint;
+    url.query_pairs_mut()
+        .append_pair("id_token_hint", &session.id_token)
+        .append_pair(
+            "post_logout_redirect_uri",
+            &state.config.post_logout_redirect_uri(),
+        )
+        .append_pair("client_id", state.client_id.as_str())
+        .append_pair("state", &logout_state);
+    tracing::info!("RP-initiated logout: redirecting to the provider");
+    let jar = jar.add(cookie(
+        &state,
+        &state.config.logout_cookie_name(),
+        logout_id,
+        TRANSACTION_TTL.as_secs(),
+    ));
+    Ok((jar, Redirect::to(url.as_str())).into_response())
+}
+
+/// `GET /logged-out`: the provider's redirect after an RP-initiated logout
+/// (OpenID RP-Initiated Logout 1.0 §3). The logout transaction of the
+/// logout cookie is taken (single use) and its `state` must come back
+/// unchanged; otherwise a 400 page. The cookie is cleared on every outcome.
+pub async fn logged_out(
+    State(state): State<AppState>,
+    jar: CookieJar,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let name = state.config.logout_cookie_name();
+    let logout_id = jar.get(&name).map(|c| c.value().to_owned());
+    let jar = jar.remove(removal(&name));
+    let tx = logout_id.and_then(|id| state.logouts.take(&id));
+    let Some(tx) = tx else {
+        return (jar, AppError::NoLogoutTransaction).into_response();
+    };
+    let mut returned: Option<String> = None;
+    for (key, value) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        if key == "state" {
+            if returned.is_some() || value.len() > MAX_PARAM_LEN {
+                return (jar, AppError::LogoutStateMismatch).into_response();
             }
+            returned = Some(value.into_owned());
         }
     }
-    Ok((jar, Redirect::to(&target)).into_response())
+    if !constant_time_eq(returned.as_deref().unwrap_or(""), &tx.state) {
+        return (jar, AppError::LogoutStateMismatch).into_response();
+    }
+    tracing::info!("RP-initiated logout completed at the provider");
+    let session = current_session(&state, &jar);
+    let page = LoggedOutPage {
+        nav: Nav::for_session(session.as_deref()),
+        backchannel: state
+            .backchannel_logouts
+            .find(tx.sid.as_deref(), tx.sub.as_deref())
+            .map(|e| crate::views::backchannel_line(&e, now_unix())),
+    };
+    (jar, page).into_response()
 }
 
 // ---------------------------------------------------------------- health, assets
@@ -585,7 +694,7 @@ pub async fn live() -> Json<serde_json::Value> {
 }
 
 /// `GET /healthz/ready`: ready once serving; the provider's state is reported
-/// but never makes the app unready (checklist E8).
+/// but never makes the app unready.
 pub async fn ready(State(state): State<AppState>) -> Json<serde_json::Value> {
     let provider = if state.provider.cached().is_some() {
         "discovered"

@@ -6,12 +6,12 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::http::{header, HeaderName, HeaderValue, Request, StatusCode};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use openidconnect::{ClientId, ClientSecret, IssuerUrl, RedirectUrl};
 use tokio::net::TcpListener;
@@ -25,12 +25,16 @@ use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use url::Url;
 
+use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::provider::{self, ProviderCache};
-use crate::routes;
-use crate::store::{ExpiringMap, Session, Transaction, MAX_ENTRIES, SESSION_TTL, TRANSACTION_TTL};
+use crate::store::{
+    BackchannelLogout, BackchannelLogouts, ExpiringMap, LogoutTransaction, Session, Transaction,
+    MAX_ENTRIES, SESSION_TTL, TRANSACTION_TTL,
+};
+use crate::{lifecycle, resource, routes};
 
-/// Largest request body accepted (only the logout form has one).
+/// Largest request body accepted (only the logout and call-api forms have one).
 const BODY_LIMIT: usize = 16 * 1024;
 /// Per-request time limit (covers the token call to the provider).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,6 +63,15 @@ pub struct Inner {
     pub sessions: ExpiringMap<Arc<Session>>,
     /// Login transactions by transaction id.
     pub transactions: ExpiringMap<Transaction>,
+    /// RP-initiated logouts in progress, by logout transaction id.
+    pub logouts: ExpiringMap<LogoutTransaction>,
+    /// Back-channel logouts received (see [`AppState::mark_backchannel`]).
+    pub backchannel_logouts: BackchannelLogouts,
+    /// The clock token expiry is judged by.
+    pub clock: SharedClock,
+    /// Where the app itself calls its protected API: the bound address once
+    /// [`Application`] knows it, `base_url` otherwise.
+    pub api_base: OnceLock<String>,
     /// The Content-Security-Policy sent with every response.
     pub csp: HeaderValue,
 }
@@ -73,6 +86,11 @@ impl Deref for AppState {
 impl AppState {
     /// Validates `config` and builds the state. Makes no network call.
     pub fn new(config: Config) -> anyhow::Result<Self> {
+        Self::with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// [`AppState::new`] with another clock (tests move a manual one).
+    pub fn with_clock(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
         config.validate()?;
         let base_url = config.base_url_trimmed().to_owned();
         let base = Url::parse(&base_url).context("parsing base_url")?;
@@ -101,9 +119,36 @@ impl AppState {
             provider,
             sessions: ExpiringMap::new(SESSION_TTL, MAX_ENTRIES),
             transactions: ExpiringMap::new(TRANSACTION_TTL, MAX_ENTRIES),
+            logouts: ExpiringMap::new(TRANSACTION_TTL, MAX_ENTRIES),
+            backchannel_logouts: BackchannelLogouts::default(),
+            clock,
+            api_base: OnceLock::new(),
             csp: HeaderValue::from_str(&csp).context("building the CSP header")?,
             config,
         })))
+    }
+}
+
+impl AppState {
+    /// The one call of the back-channel logout receiver, after it has
+    /// validated a logout token (OpenID Back-Channel Logout 1.0 §2.6): ends
+    /// the local sessions the token's `sid`/`sub` name (§2.7) and records the
+    /// event for the pages. Returns how many sessions ended.
+    pub fn mark_backchannel(&self, sid: Option<&str>, sub: Option<&str>) -> usize {
+        let ended = self.sessions.end_sessions_of(sid, sub);
+        self.backchannel_logouts.mark(BackchannelLogout {
+            sid: sid.map(str::to_owned),
+            sub: sub.map(str::to_owned),
+            received_at: self.clock.now(),
+            sessions_ended: ended,
+        });
+        tracing::info!(sessions_ended = ended, "back-channel logout recorded");
+        ended
+    }
+
+    /// The base URL the app calls its own protected API at.
+    pub fn api_base(&self) -> &str {
+        self.api_base.get().map_or(&self.base_url, String::as_str)
     }
 }
 
@@ -172,7 +217,12 @@ pub fn app(state: AppState) -> Router {
         .route("/authenticated", get(routes::authenticated))
         .route(crate::CALLBACK_PATH, get(routes::callback))
         .route("/api/me", get(routes::api_me))
+        .route(resource::RESOURCE_PATH, get(resource::api_resource))
+        .route(lifecycle::CALL_API_PATH, post(lifecycle::call_api))
         .route("/logout", get(routes::logout_page).post(routes::logout))
+        .route(crate::LOGGED_OUT_PATH, get(routes::logged_out))
+        // OpenID Back-Channel Logout 1.0: `POST /backchannel-logout` is
+        // served by the receiver module, which calls `AppState::mark_backchannel`.
         .route("/healthz/live", get(routes::live))
         .route("/healthz/ready", get(routes::ready))
         .route("/assets/app.css", get(routes::stylesheet))
@@ -204,8 +254,26 @@ impl Application {
         config: Config,
         listener: TcpListener,
     ) -> anyhow::Result<Application> {
+        Self::build_with_clock(config, listener, Arc::new(SystemClock)).await
+    }
+
+    /// [`Application::build_with_listener`] with another clock.
+    pub async fn build_with_clock(
+        config: Config,
+        listener: TcpListener,
+        clock: SharedClock,
+    ) -> anyhow::Result<Application> {
         let local_addr = listener.local_addr().context("reading the bound address")?;
-        let state = AppState::new(config)?;
+        let state = AppState::with_clock(config, clock)?;
+        // The app calls its own API on the loopback interface it listens on.
+        let mut api_addr = local_addr;
+        if api_addr.ip().is_unspecified() {
+            api_addr.set_ip(match api_addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = state.api_base.set(format!("http://{api_addr}"));
         Ok(Application {
             listener,
             local_addr,

@@ -1,9 +1,22 @@
-//! Server-side state of the relying party: login sessions and in-flight login
-//! transactions, each in an in-memory [`ExpiringMap`], plus the random
-//! identifiers that key them (256 bits from the thread-local CSPRNG).
+//! Server-side state of the relying party: login sessions (with every token,
+//! the refresh token included: none of them is ever put in a cookie), in-flight
+//! login and logout transactions, each in an in-memory [`ExpiringMap`], the
+//! random identifiers that key them (256 bits from the thread-local CSPRNG),
+//! and the record of back-channel logouts ([`BackchannelLogouts`]).
 //!
 //! In memory is enough for a single-process demo RP: a restart logs everyone
 //! out and aborts logins in progress, which the pages explain.
+//!
+//! # Interface for the back-channel logout receiver
+//!
+//! The receiver (`POST /backchannel-logout`, OpenID Back-Channel Logout 1.0
+//! §2.5) validates the logout token (§2.6) and then calls
+//! [`crate::AppState::mark_backchannel`] with the token's `sid` and/or `sub`.
+//! That one call ends the matching local sessions
+//! ([`ExpiringMap::end_sessions_of`]) and records the event in
+//! [`crate::AppState::backchannel_logouts`] ([`BackchannelLogouts::mark`]),
+//! which the pages read ([`BackchannelLogouts::find`]) to show that a
+//! back-channel logout arrived.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -54,6 +67,9 @@ pub struct Session {
     pub id_token: String,
     /// The raw access token (compact JWS, `typ: at+jwt`).
     pub access_token: String,
+    /// The refresh token, if the provider issued one (RFC 6749 §1.5). Kept
+    /// here only: never rendered, never in a cookie or a log line.
+    pub refresh_token: Option<String>,
     /// Payload of the verified ID token.
     pub id_token_claims: Claims,
     /// JOSE header of the ID token.
@@ -64,18 +80,49 @@ pub struct Session {
     pub access_token_header: Claims,
     /// Unix time the session was created.
     pub created_at: i64,
+    /// How many times the tokens were refreshed (RFC 6749 §6).
+    pub refresh_count: u32,
+    /// Unix time of the last refresh.
+    pub refreshed_at: Option<i64>,
 }
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("sub", &self.id_token_claims.get("sub"))
+            .field("sid", &self.sid())
             .field("created_at", &self.created_at)
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("refresh_count", &self.refresh_count)
             .finish_non_exhaustive()
     }
 }
 
 impl Session {
+    /// The ID token's `sid` (OpenID Front/Back-Channel Logout 1.0 §3 / §2.1).
+    pub fn sid(&self) -> Option<&str> {
+        self.id_token_claims.get("sid").and_then(|v| v.as_str())
+    }
+
+    /// The ID token's `sub`.
+    pub fn sub(&self) -> Option<&str> {
+        self.id_token_claims.get("sub").and_then(|v| v.as_str())
+    }
+
+    /// Whether a back-channel logout for `sid`/`sub` targets this session
+    /// (OpenID Back-Channel Logout 1.0 §2.4: with a `sid`, that session; with
+    /// only a `sub`, every session of that user).
+    pub fn matches_logout(&self, sid: Option<&str>, sub: Option<&str>) -> bool {
+        match (sid, sub) {
+            (Some(sid), _) => self.sid() == Some(sid),
+            (None, Some(sub)) => self.sub() == Some(sub),
+            (None, None) => false,
+        }
+    }
+
     /// The best human-readable name: `preferred_username`, then `name`, then `sub`.
     pub fn display_name(&self) -> String {
         ["preferred_username", "name", "sub"]
@@ -89,6 +136,85 @@ impl Session {
             })
             .unwrap_or("unknown user")
             .to_owned()
+    }
+}
+
+/// What the RP remembers between the redirect to the provider's
+/// end-session endpoint and the return to `/logged-out` (OpenID RP-Initiated
+/// Logout 1.0 §2, §3).
+#[derive(Clone)]
+pub struct LogoutTransaction {
+    /// The `state` sent to the end-session endpoint, expected back.
+    pub state: String,
+    /// `sid` of the session that was logged out (to show a back-channel logout for it).
+    pub sid: Option<String>,
+    /// `sub` of the session that was logged out.
+    pub sub: Option<String>,
+}
+
+impl std::fmt::Debug for LogoutTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogoutTransaction { .. }")
+    }
+}
+
+/// One back-channel logout the receiver accepted (OpenID Back-Channel
+/// Logout 1.0 §2.4: a logout token names a `sid`, a `sub`, or both).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackchannelLogout {
+    /// The logout token's `sid`.
+    pub sid: Option<String>,
+    /// The logout token's `sub`.
+    pub sub: Option<String>,
+    /// Unix time it was received.
+    pub received_at: i64,
+    /// How many local sessions it ended.
+    pub sessions_ended: usize,
+}
+
+/// The most recent back-channel logouts (at most [`MAX_BACKCHANNEL_EVENTS`]).
+#[derive(Debug, Default)]
+pub struct BackchannelLogouts {
+    events: Mutex<Vec<BackchannelLogout>>,
+}
+
+/// How many back-channel logouts [`BackchannelLogouts`] keeps.
+pub const MAX_BACKCHANNEL_EVENTS: usize = 1000;
+
+impl BackchannelLogouts {
+    fn lock(&self) -> MutexGuard<'_, Vec<BackchannelLogout>> {
+        self.events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records a back-channel logout (called through
+    /// [`crate::AppState::mark_backchannel`], which also ends the sessions).
+    pub fn mark(&self, event: BackchannelLogout) {
+        let mut events = self.lock();
+        if events.len() >= MAX_BACKCHANNEL_EVENTS {
+            events.remove(0);
+        }
+        events.push(event);
+    }
+
+    /// The latest back-channel logout that targets a session with `sid` /
+    /// `sub` (same rule as [`Session::matches_logout`]).
+    pub fn find(&self, sid: Option<&str>, sub: Option<&str>) -> Option<BackchannelLogout> {
+        self.lock()
+            .iter()
+            .rev()
+            .find(|e| match (e.sid.as_deref(), e.sub.as_deref()) {
+                (Some(event_sid), _) => sid == Some(event_sid),
+                (None, Some(event_sub)) => sub == Some(event_sub),
+                (None, None) => false,
+            })
+            .cloned()
+    }
+
+    /// Every recorded back-channel logout, oldest first.
+    pub fn all(&self) -> Vec<BackchannelLogout> {
+        self.lock().clone()
     }
 }
 
@@ -168,6 +294,24 @@ impl<V: Clone> ExpiringMap<V> {
             .map(|(_, v)| v)
     }
 
+    /// Replaces the live value under `key` with `f(value)`, keeping its
+    /// expiry; returns the new value, or `None` when `key` is not live.
+    pub fn update(&self, key: &str, f: impl FnOnce(&V) -> V) -> Option<V> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let entry = map.get_mut(key).filter(|(expires, _)| *expires > now)?;
+        entry.1 = f(&entry.1);
+        Some(entry.1.clone())
+    }
+
+    /// Removes every entry whose value satisfies `pred`; returns how many.
+    pub fn remove_where(&self, mut pred: impl FnMut(&V) -> bool) -> usize {
+        let mut map = self.lock();
+        let before = map.len();
+        map.retain(|_, (_, v)| !pred(v));
+        before - map.len()
+    }
+
     /// Number of stored entries (live or not yet purged).
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -176,6 +320,14 @@ impl<V: Clone> ExpiringMap<V> {
     /// Whether the map stores nothing.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl ExpiringMap<std::sync::Arc<Session>> {
+    /// Ends the sessions a back-channel logout for `sid`/`sub` targets
+    /// ([`Session::matches_logout`]); returns how many ended.
+    pub fn end_sessions_of(&self, sid: Option<&str>, sub: Option<&str>) -> usize {
+        self.remove_where(|s| s.matches_logout(sid, sub))
     }
 }
 
@@ -220,6 +372,74 @@ mod tests {
         map.insert_at("a".into(), 1, t0);
         map.insert_at("b".into(), 2, t0 + Duration::from_secs(120));
         assert_eq!(map.len(), 1);
+    }
+
+    fn session(sid: Option<&str>, sub: &str) -> std::sync::Arc<Session> {
+        let mut claims = Claims::new();
+        claims.insert("sub".into(), sub.into());
+        if let Some(sid) = sid {
+            claims.insert("sid".into(), sid.into());
+        }
+        std::sync::Arc::new(Session {
+            id_token: String::new(),
+            access_token: String::new(),
+            refresh_token: Some("rt".into()),
+            id_token_claims: claims,
+            id_token_header: Claims::new(),
+            access_token_claims: Claims::new(),
+            access_token_header: Claims::new(),
+            created_at: 0,
+            refresh_count: 0,
+            refreshed_at: None,
+        })
+    }
+
+    /// OpenID Back-Channel Logout 1.0 §2.4: a `sid` ends that session only;
+    /// a `sub` alone ends every session of the user.
+    #[test]
+    fn backchannel_logout_ends_the_sessions_it_names() {
+        let map = ExpiringMap::new(Duration::from_secs(60), 10);
+        map.insert("a".into(), session(Some("sid-1"), "alice"));
+        map.insert("b".into(), session(Some("sid-2"), "alice"));
+        map.insert("c".into(), session(None, "bob"));
+        assert_eq!(map.end_sessions_of(Some("sid-1"), Some("alice")), 1);
+        assert!(map.get("a").is_none());
+        assert!(map.get("b").is_some());
+        assert_eq!(map.end_sessions_of(None, Some("bob")), 1);
+        assert_eq!(map.end_sessions_of(None, None), 0);
+        assert_eq!(map.len(), 1);
+
+        let log = BackchannelLogouts::default();
+        log.mark(BackchannelLogout {
+            sid: Some("sid-1".into()),
+            sub: None,
+            received_at: 5,
+            sessions_ended: 1,
+        });
+        assert_eq!(
+            log.find(Some("sid-1"), Some("alice")).unwrap().received_at,
+            5
+        );
+        assert_eq!(log.find(Some("sid-2"), Some("alice")), None);
+    }
+
+    #[test]
+    fn debug_hides_the_refresh_token() {
+        let s = session(Some("sid-1"), "alice");
+        let shown = format!("{s:?}");
+        assert!(shown.contains("[redacted]"), "{shown}");
+        assert!(!shown.contains("\"rt\""), "{shown}");
+    }
+
+    #[test]
+    fn update_keeps_the_entry_and_remove_where_counts() {
+        let map = ExpiringMap::new(Duration::from_secs(60), 10);
+        map.insert("k".into(), 1);
+        assert_eq!(map.update("k", |v| v + 1), Some(2));
+        assert_eq!(map.get("k"), Some(2));
+        assert_eq!(map.update("missing", |v| v + 1), None);
+        assert_eq!(map.remove_where(|v| *v == 2), 1);
+        assert!(map.is_empty());
     }
 
     #[test]

@@ -17,7 +17,8 @@ pub type Claims = Map<String, Value>;
 /// Signature algorithms accepted for access tokens (and ID tokens).
 pub const ALLOWED_ALGS: [Algorithm; 2] = [Algorithm::RS256, Algorithm::ES256];
 
-/// Clock-skew leeway in seconds for `exp`/`nbf` (checklist C11: ≤ 60 s).
+/// Clock-skew leeway in seconds for `exp`/`nbf` (RFC 7519 §4.1.4: "usually no
+/// more than a few minutes").
 pub const LEEWAY_SECS: u64 = 60;
 
 /// Why an access token was refused.
@@ -38,7 +39,13 @@ pub enum TokenError {
     /// The selected key cannot verify this algorithm.
     #[error("the JWKS key {0:?} does not fit the token's algorithm")]
     KeyMismatch(Option<String>),
-    /// Signature, `iss`, `exp` or another registered claim failed validation.
+    /// `exp` is in the past, beyond [`LEEWAY_SECS`] (RFC 9068 §4, RFC 7519 §4.1.4).
+    #[error("it has expired (exp is in the past)")]
+    Expired,
+    /// `aud` does not name the expected audience (RFC 9068 §4, RFC 7519 §4.1.3).
+    #[error("its aud does not contain {0:?}")]
+    WrongAudience(String),
+    /// Signature, `iss` or another registered claim failed validation.
     #[error("{0}")]
     Invalid(String),
 }
@@ -106,15 +113,32 @@ fn key_fits(jwk: &Jwk, alg: Algorithm) -> bool {
     family_ok && alg_ok && use_ok
 }
 
+/// What [`verify_access_token`] checks beyond the signature.
+#[derive(Debug, Clone, Copy)]
+pub struct Expect<'a> {
+    /// The `iss` the token must carry.
+    pub issuer: &'a str,
+    /// The audience `aud` must contain; `None` leaves `aud` unchecked.
+    pub audience: Option<&'a str>,
+    /// The current unix time, for `exp` and `nbf`.
+    pub now: i64,
+}
+
 /// Verifies a JWT access token (RFC 9068) and returns its claims.
 ///
 /// Checks, in order: `typ` is `at+jwt`; the header `alg` is in
 /// [`ALLOWED_ALGS`]; a JWKS key matches `kid` (or, without `kid`, exactly one
 /// key fits the algorithm) and fits the algorithm; the signature; `iss` equals
-/// `issuer`; `exp` is present and in the future (with [`LEEWAY_SECS`]).
-/// The audience is displayed but not enforced: RFC 9068 makes it the resource
-/// server's identifier, which this RP does not define.
-pub fn verify_access_token(token: &str, jwks: &JwkSet, issuer: &str) -> Result<Claims, TokenError> {
+/// `expect.issuer`; `exp` is present and not past `expect.now` (with
+/// [`LEEWAY_SECS`]), `nbf`, when present, not after it; `aud` contains
+/// `expect.audience` when one is given (RFC 9068 §4: the resource server
+/// checks that it is the audience; at login the client leaves it unchecked).
+pub fn verify_access_token(
+    token: &str,
+    jwks: &JwkSet,
+    expect: Expect<'_>,
+) -> Result<Claims, TokenError> {
+    let issuer = expect.issuer;
     let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::NotAJwt)?;
     if !header.typ.as_deref().is_some_and(is_at_jwt) {
         return Err(TokenError::WrongType(header.typ));
@@ -146,10 +170,46 @@ pub fn verify_access_token(token: &str, jwks: &JwkSet, issuer: &str) -> Result<C
     validation.set_issuer(&[issuer]);
     validation.set_required_spec_claims(&["exp", "iss"]);
     validation.validate_aud = false;
-    validation.leeway = LEEWAY_SECS;
+    // Time is judged below with the injected clock.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
     let data = jsonwebtoken::decode::<Claims>(token, &key, &validation)
         .map_err(|e| TokenError::Invalid(describe(&e, issuer)))?;
-    Ok(data.claims)
+    let claims = data.claims;
+    let leeway = i64::try_from(LEEWAY_SECS).unwrap_or(0);
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| TokenError::Invalid("the claim exp is malformed".into()))?;
+    if expect.now > exp.saturating_add(leeway) {
+        return Err(TokenError::Expired);
+    }
+    if let Some(nbf) = claims.get("nbf") {
+        let nbf = nbf
+            .as_i64()
+            .ok_or_else(|| TokenError::Invalid("the claim nbf is malformed".into()))?;
+        if nbf.saturating_sub(leeway) > expect.now {
+            return Err(TokenError::Invalid(
+                "it is not valid yet (nbf is in the future)".into(),
+            ));
+        }
+    }
+    if let Some(audience) = expect.audience {
+        let contains = match claims.get("aud") {
+            Some(Value::String(aud)) => aud == audience,
+            Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(audience)),
+            _ => false,
+        };
+        if !contains {
+            return Err(TokenError::WrongAudience(audience.to_owned()));
+        }
+    }
+    Ok(claims)
+}
+
+/// The `exp` of a token's claims, if it is a number.
+pub fn expiry(claims: &Claims) -> Option<i64> {
+    claims.get("exp").and_then(Value::as_i64)
 }
 
 /// A readable reason for a `jsonwebtoken` validation failure.
@@ -192,28 +252,40 @@ mod tests {
         assert_eq!(decode_payload(&jwt).unwrap()["authorities"][0], "ROLE_USER");
     }
 
+    fn expect_x() -> Expect<'static> {
+        Expect {
+            issuer: "x",
+            audience: None,
+            now: 0,
+        }
+    }
+
     #[test]
     fn typ_and_alg_are_checked_before_anything_else() {
         let empty = JwkSet { keys: vec![] };
         let p = URL_SAFE_NO_PAD.encode(br#"{"iss":"x","exp":1}"#);
         let jwt = |h: &[u8]| format!("{}.{p}.c2ln", URL_SAFE_NO_PAD.encode(h));
         assert_eq!(
-            verify_access_token(&jwt(br#"{"alg":"RS256","typ":"JWT"}"#), &empty, "x"),
+            verify_access_token(&jwt(br#"{"alg":"RS256","typ":"JWT"}"#), &empty, expect_x()),
             Err(TokenError::WrongType(Some("JWT".into())))
         );
         assert_eq!(
-            verify_access_token(&jwt(br#"{"alg":"RS256"}"#), &empty, "x"),
+            verify_access_token(&jwt(br#"{"alg":"RS256"}"#), &empty, expect_x()),
             Err(TokenError::WrongType(None))
         );
         assert_eq!(
-            verify_access_token(&jwt(br#"{"alg":"HS256","typ":"at+jwt"}"#), &empty, "x"),
+            verify_access_token(
+                &jwt(br#"{"alg":"HS256","typ":"at+jwt"}"#),
+                &empty,
+                expect_x()
+            ),
             Err(TokenError::DisallowedAlg("HS256".into()))
         );
         assert_eq!(
             verify_access_token(
                 &jwt(br#"{"alg":"RS256","typ":"at+jwt","kid":"k9"}"#),
                 &empty,
-                "x"
+                expect_x()
             ),
             Err(TokenError::UnknownKey(Some("k9".into())))
         );

@@ -10,7 +10,8 @@ use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::store::Session;
+use crate::lifecycle::ApiAnswer;
+use crate::store::{BackchannelLogout, Session};
 use crate::tokens::Claims;
 
 /// The header bar: who is logged in, if the page knows.
@@ -90,6 +91,96 @@ pub struct AuthenticatedPage {
     pub id_token: String,
     /// When this session started, UTC.
     pub session_started: String,
+    /// Whether the session holds a refresh token (the token itself is never shown).
+    pub refresh_token_held: bool,
+    /// How many times the tokens were refreshed, and when last.
+    pub refreshes: String,
+    /// A back-channel logout that targeted this session, if one arrived.
+    pub backchannel: Option<String>,
+}
+
+/// One answer of the protected API, for display.
+#[derive(Debug, Clone)]
+pub struct ApiCallView {
+    /// HTTP status of the API.
+    pub status: u16,
+    /// The JSON body, pretty.
+    pub body: String,
+    /// The RFC 6750 `WWW-Authenticate` challenge.
+    pub www_authenticate: Option<String>,
+    /// `error_description` of the body, if any.
+    pub error_description: Option<String>,
+}
+
+impl From<&ApiAnswer> for ApiCallView {
+    fn from(a: &ApiAnswer) -> Self {
+        ApiCallView {
+            status: a.status,
+            body: serde_json::to_string_pretty(&a.body).unwrap_or_default(),
+            www_authenticate: a.www_authenticate.clone(),
+            error_description: a
+                .body
+                .get("error_description")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        }
+    }
+}
+
+/// `POST /call-api`: what the protected API answered.
+#[derive(Template, WebTemplate)]
+#[template(path = "test-app/api_call.html")]
+pub struct ApiCallPage {
+    /// Header bar.
+    pub nav: Nav,
+    /// The answer shown (after the refresh, if one happened).
+    pub answer: ApiCallView,
+    /// The 401 that triggered a refresh, when the tokens were refreshed.
+    pub before_refresh: Option<ApiCallView>,
+    /// How many times this session's tokens were refreshed.
+    pub refresh_count: u32,
+}
+
+impl ApiCallPage {
+    /// The page for `session` (after any refresh).
+    pub fn new(
+        session: &Session,
+        answer: ApiCallView,
+        before_refresh: Option<ApiCallView>,
+    ) -> Self {
+        ApiCallPage {
+            nav: Nav::for_session(Some(session)),
+            answer,
+            before_refresh,
+            refresh_count: session.refresh_count,
+        }
+    }
+}
+
+/// `GET /logged-out`: the provider confirmed the logout.
+#[derive(Template, WebTemplate)]
+#[template(path = "test-app/logged_out.html")]
+pub struct LoggedOutPage {
+    /// Header bar.
+    pub nav: Nav,
+    /// A back-channel logout for the session that was logged out, if one arrived.
+    pub backchannel: Option<String>,
+}
+
+/// The line the pages show for a back-channel logout.
+pub fn backchannel_line(event: &BackchannelLogout, now: i64) -> String {
+    let when = time_view(event.received_at, now)
+        .map(|t| format!("{} ({})", t.utc, t.relative))
+        .unwrap_or_default();
+    let about = match (&event.sid, &event.sub) {
+        (Some(sid), _) => format!("session sid {sid}"),
+        (None, Some(sub)) => format!("every session of sub {sub}"),
+        (None, None) => "no session".to_owned(),
+    };
+    format!(
+        "A back-channel logout for {about} arrived at {when}; it ended {} local session(s).",
+        event.sessions_ended
+    )
 }
 
 /// `GET /logout`: confirm page.
@@ -349,6 +440,12 @@ impl AuthenticatedPage {
             session_started: time_view(session.created_at, now)
                 .map(|t| format!("{} ({})", t.utc, t.relative))
                 .unwrap_or_default(),
+            refresh_token_held: session.refresh_token.is_some(),
+            refreshes: match session.refreshed_at.and_then(|t| time_view(t, now)) {
+                Some(t) => format!("{} (last {})", session.refresh_count, t.relative),
+                None => session.refresh_count.to_string(),
+            },
+            backchannel: None,
         }
     }
 }

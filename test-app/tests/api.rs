@@ -14,6 +14,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
+#[path = "api/lifecycle.rs"]
+mod lifecycle;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -23,7 +26,8 @@ use base64::Engine as _;
 use reqwest::header::{LOCATION, SET_COOKIE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use test_app::{Application, Config};
+use test_app::clock::{SharedClock, SystemClock};
+use test_app::{AppState, Application, Config};
 use testkit::fake_op::{FakeOp, Options as FakeOpOptions, Tamper, TokenRecord};
 use testkit::rp::s256;
 use tokio::net::TcpListener;
@@ -45,6 +49,10 @@ struct OpOptions {
     end_session: bool,
     /// Serve discovery with this issuer instead of the real one.
     wrong_issuer: Option<String>,
+    /// Issue refresh tokens and accept the refresh_token grant (RFC 6749 §6).
+    refresh_tokens: bool,
+    /// Advertise and serve an RFC 7662 introspection endpoint.
+    introspection: bool,
 }
 
 /// The fake provider of the workspace's test kit, playing the adapter: it
@@ -69,6 +77,8 @@ async fn start_op_on(listener: TcpListener, options: OpOptions) -> FakeOp {
     o.advertise_iss = options.advertise_iss;
     o.end_session = options.end_session;
     o.discovery_issuer = options.wrong_issuer;
+    o.refresh_tokens = options.refresh_tokens;
+    o.introspection = options.introspection;
     FakeOp::start_on_with(listener, o).await.unwrap()
 }
 
@@ -128,6 +138,8 @@ impl std::io::Write for TeeWriter {
 struct TestApp {
     base_url: String,
     http: reqwest::Client,
+    /// The app's shared state (the back-channel interface is called on it).
+    state: AppState,
     _stop: oneshot::Sender<()>,
 }
 
@@ -142,12 +154,17 @@ fn test_config(base_url: &str, issuer: &str) -> Config {
 }
 
 async fn spawn_app(issuer: &str) -> TestApp {
+    spawn_app_with_clock(issuer, Arc::new(SystemClock)).await
+}
+
+async fn spawn_app_with_clock(issuer: &str, clock: SharedClock) -> TestApp {
     captured_logs();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base_url = format!("http://{}", listener.local_addr().unwrap());
-    let app = Application::build_with_listener(test_config(&base_url, issuer), listener)
+    let app = Application::build_with_clock(test_config(&base_url, issuer), listener, clock)
         .await
         .unwrap();
+    let state = app.state().clone();
     assert_eq!(base_url, format!("http://127.0.0.1:{}", app.port()));
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until(async {
@@ -159,6 +176,7 @@ async fn spawn_app(issuer: &str) -> TestApp {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap(),
+        state,
         _stop: stop,
     }
 }
@@ -1044,8 +1062,12 @@ async fn logout_everywhere_redirects_to_the_end_session_endpoint() {
     assert_eq!(loc.path(), "/logout");
     let q: HashMap<String, String> = loc.query_pairs().into_owned().collect();
     assert_eq!(q["id_token_hint"], me["id_token"].as_str().unwrap());
-    assert_eq!(q["post_logout_redirect_uri"], format!("{}/", app.base_url));
+    assert_eq!(
+        q["post_logout_redirect_uri"],
+        format!("{}/logged-out", app.base_url)
+    );
     assert_eq!(q["client_id"], CLIENT_ID);
+    assert_eq!(q["state"].len(), 43, "a fresh 256-bit state");
     assert_eq!(app.api_me(Some(&cookie)).await.0, StatusCode::UNAUTHORIZED);
 }
 

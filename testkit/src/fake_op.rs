@@ -3,9 +3,19 @@
 //! It plays an upstream of the adapter (e2e and adapter tests) and the
 //! adapter itself for the test-app's tests. It serves discovery, a JWKS, an
 //! `/authorize` that redirects straight back to the `redirect_uri` with a
-//! code (no login form), a `/token` endpoint, `/userinfo` and nothing at
-//! `/logout` (it is only advertised). A test that drives the authorization
-//! request itself can instead register a code with [`FakeOp::issue_code`].
+//! code (no login form), a `/token` endpoint, `/userinfo` and, when
+//! [`Options::end_session`] is on, a `/logout` end-session endpoint that
+//! records the request and redirects to its `post_logout_redirect_uri` with
+//! its `state` (OpenID RP-Initiated Logout 1.0 §2, §3). A test that drives
+//! the authorization request itself can instead register a code with
+//! [`FakeOp::issue_code`].
+//!
+//! Token lifecycle, each behind an option: refresh tokens with rotation
+//! ([`Options::refresh_tokens`], RFC 6749 §6, RFC 9700 §4.14.2), RFC 7662
+//! introspection at `/introspect` ([`Options::introspection`]) and RFC 7009
+//! revocation at `/revoke` ([`Options::revocation`]). The provider's clock
+//! can be moved forward ([`FakeOp::set_clock_offset`]) so that tests pair it
+//! with the relying party's injected clock instead of sleeping.
 //!
 //! `/token` returns an ID token and an RFC 9068 `at+jwt` access token, both
 //! JWS signed with keys generated at run time with aws-lc-rs (RSA-2048 and
@@ -18,9 +28,9 @@
 //! This module uses no workspace crate (no adapter types), so the test-app
 //! can use it as an independent provider.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -110,6 +120,17 @@ pub struct Options {
     pub end_session: bool,
     /// Serve discovery with this `issuer` instead of the real one.
     pub discovery_issuer: Option<String>,
+    /// Issue a refresh token with every code grant and accept the
+    /// `refresh_token` grant, rotating the refresh token on each use
+    /// (RFC 6749 §6, RFC 9700 §4.14.2).
+    pub refresh_tokens: bool,
+    /// Advertise and serve `introspection_endpoint` at `/introspect` (RFC 7662).
+    pub introspection: bool,
+    /// Advertise and serve `revocation_endpoint` at `/revoke` (RFC 7009).
+    pub revocation: bool,
+    /// Accept the `client_credentials` grant (RFC 6749 §4.4): an access
+    /// token whose `sub` is the client (RFC 9068 §2.2), nothing else.
+    pub client_credentials: bool,
 }
 
 impl Options {
@@ -122,6 +143,10 @@ impl Options {
             advertise_iss: false,
             end_session: false,
             discovery_issuer: None,
+            refresh_tokens: false,
+            introspection: false,
+            revocation: false,
+            client_credentials: false,
         }
     }
 }
@@ -159,6 +184,31 @@ pub struct TokenRecord {
     pub authorization: Option<String>,
     /// `client_secret_basic` credentials, form-urldecoded (RFC 6749 §2.3.1).
     pub basic: Option<(String, String)>,
+    /// The refresh token this request was answered with, if any.
+    pub issued_refresh_token: Option<String>,
+}
+
+/// What the provider saw in one request to its end-session endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct EndSessionRecord {
+    pub params: HashMap<String, String>,
+}
+
+impl EndSessionRecord {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+}
+
+/// What the provider saw in one introspection request (RFC 7662 §2.1).
+#[derive(Debug, Clone, Default)]
+pub struct IntrospectionRecord {
+    /// The form body.
+    pub params: HashMap<String, String>,
+    /// `client_secret_basic` credentials, form-urldecoded.
+    pub basic: Option<(String, String)>,
+    /// The `active` the provider answered (None: the request was refused).
+    pub active: Option<bool>,
 }
 
 /// An RSA key pair and its `kid`.
@@ -315,6 +365,17 @@ struct Inner {
     advertised_algs: Mutex<Option<Vec<String>>>,
     /// RFC 9207 override: (advertised in discovery, `iss` sent in the callback).
     iss_parameter: Mutex<Option<(bool, bool)>>,
+    /// Seconds added to the provider's clock ([`FakeOp::set_clock_offset`]).
+    clock_offset: AtomicI64,
+    /// Live refresh tokens → the client they were issued to.
+    refresh_tokens: Mutex<HashMap<String, String>>,
+    /// Every access token issued → its `exp` (for introspection).
+    access_tokens: Mutex<HashMap<String, i64>>,
+    /// Access and refresh tokens revoked (RFC 7009) or by the test.
+    revoked: Mutex<HashSet<String>>,
+    introspection_log: Mutex<Vec<IntrospectionRecord>>,
+    revocation_log: Mutex<Vec<HashMap<String, String>>>,
+    end_session_log: Mutex<Vec<EndSessionRecord>>,
 }
 
 /// A running fake provider. Stops when dropped.
@@ -334,6 +395,13 @@ fn now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()
+}
+
+impl Inner {
+    /// The provider's time: the real time plus [`FakeOp::set_clock_offset`].
+    fn now(&self) -> i64 {
+        now() + self.clock_offset.load(Ordering::SeqCst)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -390,6 +458,13 @@ impl FakeOp {
             userinfo_calls: AtomicU32::new(0),
             advertised_algs: Mutex::new(None),
             iss_parameter: Mutex::new(None),
+            clock_offset: AtomicI64::new(0),
+            refresh_tokens: Mutex::new(HashMap::new()),
+            access_tokens: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(HashSet::new()),
+            introspection_log: Mutex::new(Vec::new()),
+            revocation_log: Mutex::new(Vec::new()),
+            end_session_log: Mutex::new(Vec::new()),
             options,
         });
         let app = Router::new()
@@ -398,6 +473,9 @@ impl FakeOp {
             .route("/authorize", get(authorize))
             .route("/token", post(token))
             .route("/userinfo", get(userinfo).post(userinfo))
+            .route("/introspect", post(introspect))
+            .route("/revoke", post(revoke))
+            .route("/logout", get(end_session))
             .with_state(inner.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -471,6 +549,52 @@ impl FakeOp {
     /// Makes `/authorize` answer with this `state` instead of the one sent.
     pub fn set_wrong_state(&self, state: Option<&str>) {
         *lock(&self.inner.wrong_state) = state.map(str::to_string);
+    }
+
+    /// Moves the provider's clock `secs` seconds ahead of the real time: the
+    /// `iat`/`exp` of the tokens it issues from now on, and the expiry its
+    /// introspection endpoint checks, follow (pair it with the relying
+    /// party's injected clock instead of sleeping).
+    pub fn set_clock_offset(&self, secs: i64) {
+        self.inner.clock_offset.store(secs, Ordering::SeqCst);
+    }
+
+    /// Revokes a token as if its owner had called `/revoke` (RFC 7009 §2):
+    /// introspection answers `active: false`, a refresh token stops working.
+    pub fn revoke(&self, token: &str) {
+        lock(&self.inner.revoked).insert(token.to_string());
+        lock(&self.inner.refresh_tokens).remove(token);
+    }
+
+    /// Forgets every live refresh token (a provider that ended the grant):
+    /// the next `refresh_token` grant gets `invalid_grant` (RFC 6749 §5.2).
+    pub fn revoke_all_refresh_tokens(&self) {
+        let mut live = lock(&self.inner.refresh_tokens);
+        lock(&self.inner.revoked).extend(live.keys().cloned());
+        live.clear();
+    }
+
+    /// The refresh token of the last token response that carried one.
+    pub fn last_refresh_token(&self) -> Option<String> {
+        lock(&self.inner.token_log)
+            .iter()
+            .rev()
+            .find_map(|r| r.issued_refresh_token.clone())
+    }
+
+    /// Every introspection request received so far.
+    pub fn introspection_requests(&self) -> Vec<IntrospectionRecord> {
+        lock(&self.inner.introspection_log).clone()
+    }
+
+    /// The form bodies of every revocation request received so far.
+    pub fn revocation_requests(&self) -> Vec<HashMap<String, String>> {
+        lock(&self.inner.revocation_log).clone()
+    }
+
+    /// Every request received at the end-session endpoint so far.
+    pub fn end_session_requests(&self) -> Vec<EndSessionRecord> {
+        lock(&self.inner.end_session_log).clone()
     }
 
     /// How many times discovery was fetched.
@@ -563,6 +687,20 @@ async fn discovery(State(s): State<Arc<Inner>>) -> Json<Value> {
     }
     if s.options.end_session {
         doc["end_session_endpoint"] = json!(format!("{i}/logout"));
+    }
+    let mut grants = vec!["authorization_code"];
+    if s.options.refresh_tokens {
+        grants.push("refresh_token");
+    }
+    if s.options.client_credentials {
+        grants.push("client_credentials");
+    }
+    doc["grant_types_supported"] = json!(grants);
+    if s.options.introspection {
+        doc["introspection_endpoint"] = json!(format!("{i}/introspect"));
+    }
+    if s.options.revocation {
+        doc["revocation_endpoint"] = json!(format!("{i}/revoke"));
     }
     Json(doc)
 }
@@ -665,6 +803,7 @@ async fn token(
         params: params.clone(),
         authorization,
         basic: basic.clone(),
+        issued_refresh_token: None,
     });
     let (client_id, secret) = match (&basic, params.get("client_id")) {
         (Some((id, secret)), _) => (id.clone(), Some(secret.clone())),
@@ -680,8 +819,15 @@ async fn token(
             );
         }
     }
-    if params.get("grant_type").map(String::as_str) != Some("authorization_code") {
-        return token_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "");
+    match params.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => {}
+        Some("refresh_token") if s.options.refresh_tokens => {
+            return refresh_grant(&s, &params);
+        }
+        Some("client_credentials") if s.options.client_credentials => {
+            return client_credentials_grant(&s);
+        }
+        _ => return token_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", ""),
     }
     let pending = params.get("code").and_then(|c| lock(&s.codes).remove(c));
     let Some(pending) = pending else {
@@ -717,9 +863,83 @@ async fn token(
     if tamper == Tamper::TokenEndpointDown {
         return (StatusCode::SERVICE_UNAVAILABLE, "overloaded").into_response();
     }
-    match forge_tokens(&s, &pending, tamper) {
+    token_response(&s, &pending, tamper)
+}
+
+/// The successful token response for `pending` (RFC 6749 §5.1), with a
+/// fresh refresh token when [`Options::refresh_tokens`] is on.
+fn token_response(s: &Inner, pending: &PendingCode, tamper: Tamper) -> Response {
+    match forge_tokens(s, pending, tamper) {
         Ok((id_token, access_token)) => {
             *lock(&s.issued) = Some((id_token.clone(), access_token.clone()));
+            let mut body = json!({
+                "access_token": access_token,
+                "token_type": "Bearer",
+                "expires_in": 300,
+                "scope": "openid profile email",
+                "id_token": id_token,
+            });
+            if s.options.refresh_tokens {
+                let refresh_token = format!("rt-{}", random_string(24));
+                lock(&s.refresh_tokens).insert(refresh_token.clone(), pending.client_id.clone());
+                if let Some(last) = lock(&s.token_log).last_mut() {
+                    last.issued_refresh_token = Some(refresh_token.clone());
+                }
+                body["refresh_token"] = json!(refresh_token);
+            }
+            (
+                StatusCode::OK,
+                [(header::CACHE_CONTROL, "no-store")],
+                Json(body),
+            )
+                .into_response()
+        }
+        Err(e) => token_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            &e.to_string(),
+        ),
+    }
+}
+
+/// RFC 6749 §6: the refresh token is single use (rotation, RFC 9700
+/// §4.14.2); the new ID token carries no `nonce` (OIDC Core §12.2).
+fn refresh_grant(s: &Inner, params: &HashMap<String, String>) -> Response {
+    let Some(client_id) = params
+        .get("refresh_token")
+        .and_then(|rt| lock(&s.refresh_tokens).remove(rt))
+    else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "unknown, used or revoked refresh token",
+        );
+    };
+    let tamper = *lock(&s.tamper);
+    if tamper == Tamper::TokenEndpointDown {
+        return (StatusCode::SERVICE_UNAVAILABLE, "overloaded").into_response();
+    }
+    let pending = PendingCode {
+        client_id,
+        nonce: None,
+        code_challenge: None,
+        redirect_uri: String::new(),
+        tamper: None,
+    };
+    token_response(s, &pending, tamper)
+}
+
+/// RFC 6749 §4.4.3: an access token only (no refresh token, no ID token).
+fn client_credentials_grant(s: &Inner) -> Response {
+    let now = s.now();
+    let client_id = &s.options.client_id;
+    let claims = json!({
+        "iss": s.issuer, "sub": client_id, "aud": client_id, "client_id": client_id,
+        "iat": now, "exp": now + 300, "jti": random_string(16),
+    });
+    match s.keys.signing.sign("at+jwt", &claims) {
+        Ok(access_token) => {
+            lock(&s.access_tokens).insert(access_token.clone(), now + 300);
             (
                 StatusCode::OK,
                 [(header::CACHE_CONTROL, "no-store")],
@@ -727,8 +947,6 @@ async fn token(
                     "access_token": access_token,
                     "token_type": "Bearer",
                     "expires_in": 300,
-                    "scope": "openid profile email",
-                    "id_token": id_token,
                 })),
             )
                 .into_response()
@@ -741,10 +959,104 @@ async fn token(
     }
 }
 
+/// RFC 7662 §2: client authentication required; `active` is true for an
+/// access token this provider issued, not revoked and not expired (by its
+/// possibly offset clock); an inactive token gets `{"active": false}` only.
+async fn introspect(
+    State(s): State<Arc<Inner>>,
+    headers: HeaderMap,
+    Form(params): Form<HashMap<String, String>>,
+) -> Response {
+    let basic = basic_credentials(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let mut record = IntrospectionRecord {
+        params: params.clone(),
+        basic: basic.clone(),
+        active: None,
+    };
+    let authenticated = match (&basic, &s.options.client_secret) {
+        (Some((id, secret)), Some(expected)) => id == &s.options.client_id && secret == expected,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if !authenticated {
+        lock(&s.introspection_log).push(record);
+        return token_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "bad credentials",
+        );
+    }
+    let token = params.get("token").cloned().unwrap_or_default();
+    let exp = lock(&s.access_tokens).get(&token).copied();
+    let active = exp.is_some_and(|exp| exp > s.now()) && !lock(&s.revoked).contains(&token);
+    record.active = Some(active);
+    lock(&s.introspection_log).push(record);
+    let body = match (active, crate::rp::decode_unverified(&token)) {
+        (true, Ok((_, claims))) => json!({
+            "active": true,
+            "client_id": claims["client_id"],
+            "sub": claims["sub"],
+            "scope": claims["scope"],
+            "exp": claims["exp"],
+            "iat": claims["iat"],
+            "iss": claims["iss"],
+            "token_type": "Bearer",
+        }),
+        _ => json!({ "active": false }),
+    };
+    // RFC 7662 §2.2: members without a value are left out, not null.
+    let body = match body {
+        Value::Object(map) => {
+            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect())
+        }
+        other => other,
+    };
+    Json(body).into_response()
+}
+
+/// RFC 7009 §2: revokes the token (any kind); unknown tokens also get 200.
+async fn revoke(
+    State(s): State<Arc<Inner>>,
+    Form(params): Form<HashMap<String, String>>,
+) -> StatusCode {
+    if let Some(token) = params.get("token") {
+        lock(&s.revoked).insert(token.clone());
+        lock(&s.refresh_tokens).remove(token);
+    }
+    lock(&s.revocation_log).push(params);
+    StatusCode::OK
+}
+
+/// OpenID RP-Initiated Logout 1.0 §2–§3: records the request, then
+/// redirects to `post_logout_redirect_uri` with `state` when given, else
+/// answers with a plain page.
+async fn end_session(
+    State(s): State<Arc<Inner>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    lock(&s.end_session_log).push(EndSessionRecord {
+        params: params.clone(),
+    });
+    let Some(target) = params.get("post_logout_redirect_uri") else {
+        return (StatusCode::OK, "logged out").into_response();
+    };
+    let Ok(mut target) = Url::parse(target) else {
+        return bad_request("bad post_logout_redirect_uri");
+    };
+    if let Some(state) = params.get("state") {
+        target.query_pairs_mut().append_pair("state", state);
+    }
+    (StatusCode::FOUND, [(header::LOCATION, target.to_string())]).into_response()
+}
+
 /// The ID token and access token for one code, with `tamper` applied.
 fn forge_tokens(s: &Inner, pending: &PendingCode, t: Tamper) -> anyhow::Result<(String, String)> {
     let keys = s.keys;
-    let now = now();
+    let now = s.now();
     let client_id = &s.options.client_id;
     let identity: Map<String, Value> = s.options.identity.as_object().cloned().unwrap_or_default();
     let hs256_key = s.options.client_secret.as_deref().unwrap_or("fake-secret");
@@ -786,6 +1098,7 @@ fn forge_tokens(s: &Inner, pending: &PendingCode, t: Tamper) -> anyhow::Result<(
         Tamper::AtUnpublishedKey => keys.unpublished.sign(typ, &at)?,
         _ => signing.sign(typ, &at)?,
     };
+    lock(&s.access_tokens).insert(access_token.clone(), at["exp"].as_i64().unwrap_or(now));
 
     // ID token (OIDC Core §2).
     let mut id = Value::Object(identity);

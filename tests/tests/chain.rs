@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "chain/openid_client.rs"]
+mod openid_client;
 #[path = "chain/reauth.rs"]
 mod reauth;
 #[path = "chain/upstream.rs"]
