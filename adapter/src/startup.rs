@@ -311,7 +311,10 @@ pub fn app(state: AppState) -> Router {
         )
         .route(paths::TOKEN, post(token::token))
         .route(paths::REVOKE, post(crate::provider::revoke::revoke))
-        .route(paths::INTROSPECT, post(crate::provider::introspect::introspect))
+        .route(
+            paths::INTROSPECT,
+            post(crate::provider::introspect::introspect),
+        )
         .route(
             paths::USERINFO,
             get(userinfo::userinfo).post(userinfo::userinfo),

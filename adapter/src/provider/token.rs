@@ -218,8 +218,8 @@ pub struct RefreshData {
 }
 
 /// The marker in the revoked-token list that kills a whole refresh family,
-/// including tokens a concurrent rotation inserts after the revocation: the
-/// marker is checked after a token is consumed, so no race outlives it.
+/// including a token a concurrent rotation inserts after the revocation:
+/// every use checks the marker first, so no race outlives it.
 pub fn family_marker(family_id: &str) -> String {
     format!("family:{family_id}")
 }
@@ -298,9 +298,7 @@ async fn reuse_detected(
     data: &RefreshData,
     now: i64,
 ) -> Result<(), StoreError> {
-    tracing::warn!(
-        "refresh token reused; revoking its family and its session"
-    );
+    tracing::warn!("refresh token reused; revoking its family and its session");
     revoke_refresh_family(&*st.store, family_id, data.absolute_expires_at, now).await?;
     st.store.delete_session_by_sid(&data.sid).await?;
     let until = now + st.tokens.access_token_ttl_seconds + crate::keys::LEEWAY_SECONDS as i64;
@@ -340,7 +338,13 @@ async fn refresh_token(
             .map_err(|e| storage_failure(&e))?;
         return dead();
     }
-    if status.revoked_at.is_some() {
+    // A revoked family (reuse, replayed code, RFC 7009) stays revoked, also
+    // for a member a concurrent rotation inserted after the revocation.
+    let family_revoked = store
+        .is_revoked(&family_marker(&row.family_id), now)
+        .await
+        .map_err(|e| storage_failure(&e))?;
+    if status.revoked_at.is_some() || family_revoked {
         return dead();
     }
     if status.used_at.is_some() {
@@ -394,15 +398,6 @@ async fn refresh_token(
             return dead();
         }
         RefreshUse::Revoked | RefreshUse::Missing => return dead(),
-    }
-    // A family revoked meanwhile (reuse, replayed code, RFC 7009) stays
-    // revoked: checked after the token is consumed.
-    if store
-        .is_revoked(&family_marker(&row.family_id), now)
-        .await
-        .map_err(|e| storage_failure(&e))?
-    {
-        return dead();
     }
     let jti = random_token();
     let grant = Grant {

@@ -391,7 +391,10 @@ async fn refresh_status_reports_state(s: &dyn Store) {
     let row = refresh("st1", "fst", Some("sid-st"));
     s.insert_refresh(&row).await.unwrap();
     let fresh = s.refresh_status("st1").await.unwrap().unwrap();
-    assert_eq!((fresh.row, fresh.used_at, fresh.revoked_at), (row, None, None));
+    assert_eq!(
+        (fresh.row, fresh.used_at, fresh.revoked_at),
+        (row, None, None)
+    );
     s.use_refresh("st1", 20).await.unwrap();
     let used = s.refresh_status("st1").await.unwrap().unwrap();
     assert_eq!((used.used_at, used.revoked_at), (Some(20), None));

@@ -126,7 +126,8 @@ async fn post(
 fn basic_header(id: &str, secret: &str) -> String {
     use base64::Engine as _;
     let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let raw = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", enc(id), enc(secret)));
+    let raw =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", enc(id), enc(secret)));
     format!("Basic {raw}")
 }
 
@@ -189,11 +190,22 @@ async fn refresh_rotates_the_refresh_token() {
     assert_ne!(r1, r0);
     assert_ne!(s(&t1, "access_token"), s(&t0, "access_token"));
     assert_eq!(t1["token_type"], "Bearer");
-    assert_eq!(userinfo_status(&app, s(&t1, "access_token")).await, StatusCode::OK);
+    assert_eq!(
+        userinfo_status(&app, s(&t1, "access_token")).await,
+        StatusCode::OK
+    );
     // The next in line works; the rotated one is dead.
     app.clock.advance(10);
     let t2 = refreshed(&app, r1).await;
-    assert_eq!(userinfo_status(&app, s(&t2, "access_token")).await, StatusCode::OK);
+    assert_eq!(
+        userinfo_status(&app, s(&t2, "access_token")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        refresh_error(&app, r1).await,
+        invalid_grant(),
+        "rotated, still alive"
+    );
 }
 
 /// RFC 9700 §4.14.2: a rotated refresh token presented again revokes the
@@ -217,7 +229,10 @@ async fn reuse_revokes_the_family_and_the_session() {
         userinfo_status(&app, s(&t1, "access_token")).await,
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(introspect(&app, s(&t1, "access_token"), APP).await, json!({"active": false}));
+    assert_eq!(
+        introspect(&app, s(&t1, "access_token"), APP).await,
+        json!({"active": false})
+    );
 }
 
 /// RFC 9700 §4.14.2 on the real databases: N parallel refreshes with one
@@ -267,7 +282,11 @@ async fn parallel_refresh_has_one_winner(db_url: &str, key_env: &str) {
         }
         assert_eq!((winners.len(), losers), (1, N - 1), "round {round}");
         let new = s(&winners[0], "refresh_token");
-        assert_eq!(refresh_error(&app, new).await, invalid_grant(), "round {round}");
+        assert_eq!(
+            refresh_error(&app, new).await,
+            invalid_grant(),
+            "round {round}"
+        );
     }
     let _ = stop.send(());
     handle.await.unwrap();
@@ -378,7 +397,10 @@ async fn only_offline_access_outlives_the_session() {
         invalid_grant()
     );
     let t = refreshed(&app, s(&offline, "refresh_token")).await;
-    assert_eq!(userinfo_status(&app, s(&t, "access_token")).await, StatusCode::OK);
+    assert_eq!(
+        userinfo_status(&app, s(&t, "access_token")).await,
+        StatusCode::OK
+    );
     // The ID token still names the session of the grant.
     assert_eq!(sid_of(&t), sid_of(&offline));
     assert!(!has_sso(&app).await);
@@ -391,7 +413,13 @@ async fn refresh_narrows_scope_but_never_widens_it() {
     let app = lifecycle_app().await;
     let t = tokens(&app).await;
     assert_eq!(t["scope"], "openid profile email");
-    let r = refresh(&app, s(&t, "refresh_token"), Some("openid offline_access"), APP).await;
+    let r = refresh(
+        &app,
+        s(&t, "refresh_token"),
+        Some("openid offline_access"),
+        APP,
+    )
+    .await;
     assert_eq!(
         error_of(r).await,
         (StatusCode::BAD_REQUEST, "invalid_scope".to_string())
@@ -423,7 +451,10 @@ async fn refresh_answers_a_new_id_token_of_the_same_login() {
     for claim in ["sub", "auth_time", "sid", "iss", "aud"] {
         assert_eq!(id1[claim], id0[claim], "{claim}");
     }
-    assert_eq!(id1["iat"].as_i64().unwrap(), id0["iat"].as_i64().unwrap() + 120);
+    assert_eq!(
+        id1["iat"].as_i64().unwrap(),
+        id0["iat"].as_i64().unwrap() + 120
+    );
     assert!(id1.get("nonce").is_none(), "{id1}");
 }
 
@@ -469,7 +500,13 @@ async fn clients_without_the_grant_get_no_refresh_token() {
     assert_eq!(r.status(), StatusCode::OK);
     let t: Value = r.json().await.unwrap();
     assert!(t.get("refresh_token").is_none(), "{t}");
-    let r = refresh(&app, "whatever", None, Some(("norefresh", "norefresh-secret"))).await;
+    let r = refresh(
+        &app,
+        "whatever",
+        None,
+        Some(("norefresh", "norefresh-secret")),
+    )
+    .await;
     assert_eq!(
         error_of(r).await,
         (StatusCode::BAD_REQUEST, "unauthorized_client".to_string())
@@ -477,13 +514,20 @@ async fn clients_without_the_grant_get_no_refresh_token() {
     // RFC 9700 §2.4: the password grant is not offered at all.
     let r = app
         .token(
-            &[("grant_type", "password"), ("username", "alice"), ("password", "x")],
+            &[
+                ("grant_type", "password"),
+                ("username", "alice"),
+                ("password", "x"),
+            ],
             APP,
         )
         .await;
     assert_eq!(
         error_of(r).await,
-        (StatusCode::BAD_REQUEST, "unsupported_grant_type".to_string())
+        (
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type".to_string()
+        )
     );
 }
 
@@ -510,8 +554,14 @@ async fn revoked_access_token_stops_working() {
     let access = s(&t, "access_token");
     assert_eq!(introspect(&app, access, APP).await["active"], true);
     revoke(&app, access, Some("access_token"), APP).await;
-    assert_eq!(userinfo_status(&app, access).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(introspect(&app, access, APP).await, json!({"active": false}));
+    assert_eq!(
+        userinfo_status(&app, access).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        introspect(&app, access, APP).await,
+        json!({"active": false})
+    );
     // The refresh token of the grant is untouched.
     refreshed(&app, s(&t, "refresh_token")).await;
 }
@@ -544,7 +594,10 @@ async fn clients_cannot_revoke_each_others_tokens() {
     revoke(&app, s(&t, "refresh_token"), None, OTHER).await;
     revoke(&app, s(&t, "access_token"), None, OTHER).await;
     revoke(&app, "no-such-token", None, OTHER).await;
-    assert_eq!(userinfo_status(&app, s(&t, "access_token")).await, StatusCode::OK);
+    assert_eq!(
+        userinfo_status(&app, s(&t, "access_token")).await,
+        StatusCode::OK
+    );
     refreshed(&app, s(&t, "refresh_token")).await;
 }
 
@@ -558,12 +611,25 @@ async fn introspection_describes_active_tokens() {
     let a = introspect(&app, s(&t, "access_token"), APP).await;
     assert_eq!(a["active"], true);
     assert_eq!(a["token_type"], "Bearer");
-    for k in ["sub", "client_id", "scope", "exp", "iat", "iss", "aud", "jti", "sid"] {
+    for k in [
+        "sub",
+        "client_id",
+        "scope",
+        "exp",
+        "iat",
+        "iss",
+        "aud",
+        "jti",
+        "sid",
+    ] {
         assert_eq!(a[k], claims[k], "{k}");
     }
     assert_eq!(a["client_id"], "app");
     // A resource server (another client) may introspect access tokens.
-    assert_eq!(introspect(&app, s(&t, "access_token"), OTHER).await["active"], true);
+    assert_eq!(
+        introspect(&app, s(&t, "access_token"), OTHER).await["active"],
+        true
+    );
     let r = introspect(&app, s(&t, "refresh_token"), APP).await;
     let now = app.clock.now();
     assert_eq!(
@@ -610,15 +676,20 @@ async fn introspection_of_dead_tokens_is_inactive() {
     // Revoked.
     let t2 = tokens(&app).await;
     revoke(&app, s(&t2, "refresh_token"), None, APP).await;
-    assert_eq!(introspect(&app, s(&t2, "refresh_token"), APP).await, inactive);
+    assert_eq!(
+        introspect(&app, s(&t2, "refresh_token"), APP).await,
+        inactive
+    );
     // Expired: the access token at its exp, the refresh token when idle.
     let access = s(&t, "access_token");
     let (_, claims) = jwt_parts(access);
-    app.clock
-        .set(claims["exp"].as_i64().unwrap());
+    app.clock.set(claims["exp"].as_i64().unwrap());
     assert_eq!(introspect(&app, access, APP).await, inactive);
     app.clock.advance(IDLE);
-    assert_eq!(introspect(&app, s(&t, "refresh_token"), APP).await, inactive);
+    assert_eq!(
+        introspect(&app, s(&t, "refresh_token"), APP).await,
+        inactive
+    );
 }
 
 /// RFC 7662 §2.1: only authenticated (confidential) clients may introspect.
@@ -656,7 +727,10 @@ async fn client_credentials_grant() {
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     let t: Value = r.json().await.unwrap();
-    assert!(t.get("id_token").is_none() && t.get("refresh_token").is_none(), "{t}");
+    assert!(
+        t.get("id_token").is_none() && t.get("refresh_token").is_none(),
+        "{t}"
+    );
     assert_eq!(t["scope"], "api.read");
     assert_eq!(t["token_type"], "Bearer");
     let (header, claims) = jwt_parts(s(&t, "access_token"));
@@ -665,7 +739,10 @@ async fn client_credentials_grant() {
     assert_eq!(claims["client_id"], "svc");
     assert!(claims.get("sid").is_none());
     let a = introspect(&app, s(&t, "access_token"), APP).await;
-    assert_eq!((a["active"].clone(), a["sub"].clone()), (json!(true), json!("svc")));
+    assert_eq!(
+        (a["active"].clone(), a["sub"].clone()),
+        (json!(true), json!("svc"))
+    );
     // Without a scope: all the allowed ones but openid.
     let t: Value = app
         .token(&[("grant_type", "client_credentials")], svc)
@@ -682,7 +759,9 @@ async fn client_credentials_grant() {
 async fn client_credentials_refused_without_the_grant() {
     let app = lifecycle_app().await;
     let unauthorized = (StatusCode::BAD_REQUEST, "unauthorized_client".to_string());
-    let r = app.token(&[("grant_type", "client_credentials")], APP).await;
+    let r = app
+        .token(&[("grant_type", "client_credentials")], APP)
+        .await;
     assert_eq!(error_of(r).await, unauthorized);
     let r = app
         .token(
@@ -694,7 +773,11 @@ async fn client_credentials_refused_without_the_grant() {
     // svc may not use the authorization code grant either.
     let r = app
         .token(
-            &[("grant_type", "authorization_code"), ("code", "x"), ("redirect_uri", REDIRECT)],
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", "x"),
+                ("redirect_uri", REDIRECT),
+            ],
             Some(("svc", "svc-secret")),
         )
         .await;
@@ -735,7 +818,13 @@ async fn bad_input_to_the_new_endpoints_is_a_4xx() {
         let r = post(&app, path, &[("grant_type", "refresh_token")], APP).await;
         assert_eq!(error_of(r).await, invalid_request, "{path}: missing token");
         // No client authentication.
-        let r = post(&app, path, &[("token", "x"), ("grant_type", "refresh_token")], None).await;
+        let r = post(
+            &app,
+            path,
+            &[("token", "x"), ("grant_type", "refresh_token")],
+            None,
+        )
+        .await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
         assert!(r.headers().contains_key(WWW_AUTHENTICATE), "{path}");
         assert_eq!(error_of(r).await.1, "invalid_client");
@@ -777,7 +866,10 @@ async fn discovery_lists_the_lifecycle_endpoints() {
         .json()
         .await
         .unwrap();
-    assert_eq!(d["revocation_endpoint"], format!("{}/oauth2/revoke", app.base));
+    assert_eq!(
+        d["revocation_endpoint"],
+        format!("{}/oauth2/revoke", app.base)
+    );
     assert_eq!(
         d["introspection_endpoint"],
         format!("{}/oauth2/introspect", app.base)
