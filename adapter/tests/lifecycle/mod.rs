@@ -209,15 +209,19 @@ async fn refresh_rotates_the_refresh_token() {
 }
 
 /// RFC 9700 §4.14.2: a rotated refresh token presented again revokes the
-/// whole family (the newest member too) and the session it came from (its
-/// single sign-on and its access tokens). No grace window.
+/// whole family (the newest member too, even an offline one) and the session
+/// it came from (its single sign-on, its access tokens, its other
+/// session-bound refresh tokens). No grace window.
 #[tokio::test]
 async fn reuse_revokes_the_family_and_the_session() {
     let app = lifecycle_app().await;
-    let t0 = tokens(&app).await;
+    let t0 = tokens_with(&app, &[("scope", "openid profile offline_access")]).await;
     let r0 = s(&t0, "refresh_token");
     let t1 = refreshed(&app, r0).await;
     let r1 = s(&t1, "refresh_token");
+    // Another grant of the same session, bound to it.
+    let bound = tokens(&app).await;
+    assert_eq!(sid_of(&bound), sid_of(&t0));
     assert!(has_sso(&app).await);
     // The attacker (or a confused client) comes back with r0.
     assert_eq!(refresh_error(&app, r0).await, invalid_grant());
@@ -232,6 +236,10 @@ async fn reuse_revokes_the_family_and_the_session() {
     assert_eq!(
         introspect(&app, s(&t1, "access_token"), APP).await,
         json!({"active": false})
+    );
+    assert_eq!(
+        refresh_error(&app, s(&bound, "refresh_token")).await,
+        invalid_grant()
     );
 }
 
