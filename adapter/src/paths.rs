@@ -18,6 +18,10 @@ pub const LOGIN_FORM: &str = "/login/{connector}";
 pub const HEALTH_LIVE: &str = "/healthz/live";
 pub const HEALTH_READY: &str = "/healthz/ready";
 pub const STYLE: &str = "/assets/style.css";
+/// RFC 7009 §2.
+pub const REVOKE: &str = "/oauth2/revoke";
+/// RFC 7662 §2.
+pub const INTROSPECT: &str = "/oauth2/introspect";
 
 /// Path of the upstream callback of connector `id`.
 pub fn upstream_callback(id: &str) -> String {

@@ -311,6 +311,11 @@ pub fn app(state: AppState) -> Router {
             get(authorize::authorize_get).post(authorize::authorize_post),
         )
         .route(paths::TOKEN, post(token::token))
+        .route(paths::REVOKE, post(crate::provider::revoke::revoke))
+        .route(
+            paths::INTROSPECT,
+            post(crate::provider::introspect::introspect),
+        )
         .route(
             paths::USERINFO,
             get(userinfo::userinfo).post(userinfo::userinfo),

@@ -12,7 +12,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::AppState;
+use super::{AppState, GrantType};
 use crate::paths;
 
 /// Caches may keep metadata and keys this long: short, so a key rotation
@@ -56,6 +56,20 @@ fn claims_supported(st: &AppState) -> Vec<String> {
     claims.into_iter().collect()
 }
 
+/// `grant_types_supported`: the grants the configured clients are allowed
+/// (RFC 8414 §2), `authorization_code` always (the `code` response type).
+fn grant_types_supported(st: &AppState) -> Vec<&'static str> {
+    [
+        GrantType::AuthorizationCode,
+        GrantType::RefreshToken,
+        GrantType::ClientCredentials,
+    ]
+    .into_iter()
+    .filter(|g| *g == GrantType::AuthorizationCode || st.clients.values().any(|c| c.allows(*g)))
+    .map(GrantType::as_str)
+    .collect()
+}
+
 /// The metadata document, shared by both well-known locations: OIDC
 /// Discovery metadata is a superset of RFC 8414's.
 fn metadata(st: &AppState) -> Value {
@@ -68,11 +82,16 @@ fn metadata(st: &AppState) -> Value {
         "jwks_uri": format!("{i}{}", paths::JWKS),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code"],
+        "grant_types_supported": grant_types_supported(st),
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": st.keys.algorithms(),
         "scopes_supported": scopes_supported(st),
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        // RFC 8414 §2 (RFC 7009, RFC 7662).
+        "revocation_endpoint": format!("{i}{}", paths::REVOKE),
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "introspection_endpoint": format!("{i}{}", paths::INTROSPECT),
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "claims_supported": claims_supported(st),
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": true,

@@ -7,17 +7,22 @@
 //!   password form; [`callback`]: the upstream callbacks;
 //! - [`browser`]: cookies, CSRF and rendering of the engine's `Next`;
 //! - [`redirect`]: responses through the client's redirect URI;
-//! - [`token`]: `/oauth2/token`; [`userinfo`]: `/userinfo`;
+//! - [`token`]: `/oauth2/token`; [`revoke`]: `/oauth2/revoke`;
+//!   [`introspect`]: `/oauth2/introspect`; [`client_auth`]: their client
+//!   authentication; [`userinfo`]: `/userinfo`;
 //! - [`discovery`]: discovery metadata and the JWKS.
 
 pub mod authorize;
 pub mod browser;
 pub mod callback;
+pub mod client_auth;
 pub mod discovery;
+pub mod introspect;
 pub mod login;
 pub mod redirect;
 pub mod request;
 pub mod revocation;
+pub mod revoke;
 pub mod token;
 pub mod userinfo;
 

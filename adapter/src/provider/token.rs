@@ -1,108 +1,54 @@
-//! The token endpoint (RFC 6749 §3.2, §4.1.3; OIDC Core §3.1.3).
+//! The token endpoint (RFC 6749 §3.2, §4.1.3, §4.4, §6; OIDC Core §3.1.3,
+//! §12) and the refresh-token lifecycle (RFC 9700 §4.14).
 //!
-//! Client authentication (`client_secret_basic`, `client_secret_post`, or
-//! `none` for public clients), then the authorization-code grant: the code
-//! is consumed atomically before anything else is checked, so a code can
-//! never be redeemed twice (RFC 6749 §4.1.2), and every binding of the code is
-//! checked against the request (client and redirect URI: §4.1.3; PKCE:
-//! RFC 7636 §4.6).
+//! Client authentication ([`super::client_auth`]), then one of the grants
+//! the client is allowed:
+//! - `authorization_code`: the code is consumed atomically before anything
+//!   else is checked, so a code can never be redeemed twice (RFC 6749
+//!   §4.1.2), and every binding of the code is checked against the request
+//!   (client and redirect URI: §4.1.3; PKCE: RFC 7636 §4.6). Clients allowed
+//!   `refresh_token` also get a refresh token.
+//! - `refresh_token`: rotation on every use (RFC 9700 §4.14.2): a new
+//!   access token, ID token and refresh token, the presented one dead.
+//! - `client_credentials` (RFC 6749 §4.4): an access token for the client
+//!   itself, confidential clients only.
+//!
+//! `password` and the implicit grant are never offered (RFC 9700 §2.4,
+//! §2.1.2): they answer `unsupported_grant_type`.
+//!
+//! Refresh tokens are opaque 256-bit random values, stored only as their
+//! SHA-256. All tokens rotated from one authorization code form a family
+//! whose id is the code's grant id, so a replayed code reaches them too.
+//!
+//! There is no grace window for a rotated token: a refresh token used twice
+//! is reuse, whatever the delay (RFC 9700 §4.14.2), and revokes its family
+//! and its session. A client that loses the response of a refresh (network
+//! failure) must log the user in again; the honest alternative to a grace
+//! window, which would let an attacker racing the client win silently.
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::{AppState, Client};
+use super::client_auth::{authenticate, parse_form, Params};
+use super::revocation::revoke_session_tokens;
+use super::{AppState, Client, GrantType};
 use crate::customizer::{ClaimsContext, Identity, TokenKind};
 use crate::error::{ErrorCode, OAuthError};
 use crate::flow::CodeRecord;
 use crate::secret::{at_hash, ct_eq, hash, is_valid_pkce_verifier, pkce_s256, random_token};
-use crate::store::{codec, Redeemed};
-use crate::web::{form_pairs, no_store, WebError};
+use crate::store::{codec, Redeemed, RefreshRow, RefreshStatus, RefreshUse, Store, StoreError};
+use crate::web::{no_store, WebError};
 
 /// A token-endpoint error, rendered as RFC 6749 §5.2 JSON.
 type TokenError = WebError;
 
-/// RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic encoding.
-fn form_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("v={}", s.replace('&', "%26")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
-}
-
-/// Credentials from `Authorization: Basic`.
-fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), OAuthError>> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, rest) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let bad = || OAuthError::invalid_client("malformed Basic credentials");
-    let decoded = STANDARD.decode(rest.trim()).map_err(|_| bad());
-    Some(decoded.and_then(|bytes| {
-        let text = String::from_utf8(bytes).map_err(|_| bad())?;
-        let (id, secret) = text.split_once(':').ok_or_else(bad)?;
-        Ok((form_decode(id), form_decode(secret)))
-    }))
-}
-
-/// The form parameters of a request; empty values count as absent.
-struct Params(Vec<(String, String)>);
-
-impl Params {
-    fn get(&self, k: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(p, v)| p == k && !v.is_empty())
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Authenticates the client (RFC 6749 §2.3.1, §3.2.1).
-fn authenticate<'a>(
-    st: &'a AppState,
-    headers: &HeaderMap,
-    params: &Params,
-) -> Result<&'a Client, TokenError> {
-    let param = |k: &str| params.get(k);
-    let invalid = |msg: &str| WebError::Token(OAuthError::invalid_client(msg));
-    let (client_id, secret) = match basic_credentials(headers) {
-        Some(Err(e)) => return Err(WebError::Token(e)),
-        Some(Ok((id, secret))) => {
-            if param("client_secret").is_some() {
-                return Err(
-                    OAuthError::invalid_request("use one client authentication method").into(),
-                );
-            }
-            if param("client_id").is_some_and(|p| p != id) {
-                return Err(OAuthError::invalid_request(
-                    "client_id differs from the authenticated client",
-                )
-                .into());
-            }
-            (id, Some(secret))
-        }
-        None => match param("client_id") {
-            Some(id) => (id.to_string(), param("client_secret").map(String::from)),
-            None => return Err(invalid("client authentication is required")),
-        },
-    };
-    let client = st
-        .clients
-        .get(&client_id)
-        .ok_or_else(|| invalid("client authentication failed"))?;
-    match (&client.secret_hash, secret) {
-        (Some(expected), Some(given)) if ct_eq(expected, &hash(&given)) => Ok(client),
-        (None, None) => Ok(client),
-        (None, Some(s)) if s.is_empty() => Ok(client),
-        _ => Err(invalid("client authentication failed")),
-    }
-}
+/// The scope that lets a refresh token outlive the session (OIDC Core §11).
+pub const OFFLINE_ACCESS: &str = "offline_access";
 
 pub async fn token(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     match handle(&st, &headers, &body).await {
@@ -112,33 +58,32 @@ pub async fn token(State(st): State<AppState>, headers: HeaderMap, body: Bytes) 
 }
 
 async fn handle(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Value, TokenError> {
-    // RFC 6749 §3.2: form encoding only.
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    if !is_form {
-        return Err(OAuthError::invalid_request(
-            "the body must be application/x-www-form-urlencoded",
+    // RFC 6749 §3.2: form encoding only; §3.1: no repeated parameters.
+    let params = parse_form(headers, body)?;
+    let client = authenticate(st, headers, &params)?;
+    let grant_type = params
+        .get("grant_type")
+        .ok_or_else(|| OAuthError::invalid_request("grant_type is required"))?;
+    // RFC 6749 §5.2: a grant this server does not offer is
+    // unsupported_grant_type; one it offers but not to this client is
+    // unauthorized_client.
+    let grant = GrantType::parse(grant_type).ok_or_else(|| {
+        OAuthError::new(
+            ErrorCode::UnsupportedGrantType,
+            "supported: authorization_code, refresh_token, client_credentials",
+        )
+    })?;
+    if !client.allows(grant) || (grant == GrantType::ClientCredentials && client.public) {
+        return Err(OAuthError::new(
+            ErrorCode::UnauthorizedClient,
+            format!("this client may not use {}", grant.as_str()),
         )
         .into());
     }
-    let pairs = form_pairs(body);
-    for (i, (k, _)) in pairs.iter().enumerate() {
-        if pairs[..i].iter().any(|(p, _)| p == k) {
-            return Err(OAuthError::invalid_request(format!("parameter {k} is repeated")).into());
-        }
-    }
-    let params = Params(pairs);
-    let client = authenticate(st, headers, &params)?;
-    match params.get("grant_type") {
-        None => Err(OAuthError::invalid_request("grant_type is required").into()),
-        Some("authorization_code") => authorization_code(st, client, &params).await,
-        Some(_) => Err(OAuthError::new(
-            ErrorCode::UnsupportedGrantType,
-            "only authorization_code is supported",
-        )
-        .into()),
+    match grant {
+        GrantType::AuthorizationCode => authorization_code(st, client, &params).await,
+        GrantType::RefreshToken => refresh_token(st, client, &params).await,
+        GrantType::ClientCredentials => client_credentials(st, client, &params),
     }
 }
 
@@ -158,9 +103,10 @@ async fn authorization_code(
         .into());
     }
     let now = st.now();
-    // The jti of the access token this code will issue is recorded by the
-    // statement that redeems the code: a replay, even one racing this
-    // request, finds it and revokes the token (RFC 6749 §4.1.2).
+    // The grant id (the jti of the access token this code will issue, and
+    // the family id of its refresh tokens) is recorded by the statement that
+    // redeems the code: a replay, even one racing this request, finds it and
+    // revokes what the code issued (RFC 6749 §4.1.2).
     let jti = random_token();
     let record: CodeRecord = match st.store.redeem_code(&hash(code), &jti, now).await {
         Ok(Redeemed::Fresh { data, expires_at }) if expires_at > now => {
@@ -171,11 +117,15 @@ async fn authorization_code(
         }
         Ok(Redeemed::Replayed { grant_id }) => {
             tracing::warn!(client = %client.id, "authorization code replayed; revoking what it issued");
-            if let Some(jti) = grant_id {
+            if let Some(grant_id) = grant_id {
                 let until =
                     now + st.tokens.access_token_ttl_seconds + crate::keys::LEEWAY_SECONDS as i64;
                 st.store
-                    .revoke_token(&jti, until)
+                    .revoke_token(&grant_id, until)
+                    .await
+                    .map_err(|e| storage_failure(&e))?;
+                let family_until = now + st.tokens.refresh_token_absolute_ttl_seconds;
+                revoke_refresh_family(&*st.store, &grant_id, family_until, now)
                     .await
                     .map_err(|e| storage_failure(&e))?;
             }
@@ -220,17 +170,313 @@ async fn authorization_code(
         nonce: request.nonce.as_deref(),
         auth_time: record.auth_time,
         sid: &record.sid,
+        in_session: true,
         jti: &jti,
     };
-    mint(st, &grant, now).map_err(|e| {
-        tracing::error!(error = %e, "signing failed");
-        WebError::Token(OAuthError::server_error("could not sign tokens"))
-    })
+    let mut response = mint(st, &grant, now).map_err(signing_failure)?;
+    if client.allows(GrantType::RefreshToken) {
+        // OIDC Core §11: offline_access is granted when the client may have
+        // it and asked for it (the request's scopes are already limited to
+        // the client's allowed scopes, so being there means both). The
+        // client's configuration is the consent this provider records.
+        let data = RefreshData {
+            identity: record.identity.clone(),
+            scopes: request.scopes.clone(),
+            auth_time: record.auth_time,
+            sid: record.sid.clone(),
+            offline: request.scopes.iter().any(|s| s == OFFLINE_ACCESS),
+            absolute_expires_at: now + st.tokens.refresh_token_absolute_ttl_seconds,
+            access_jti: jti.clone(),
+        };
+        let refresh = issue_refresh(st, client, &jti, &data, now)
+            .await
+            .map_err(|e| storage_failure(&e))?;
+        response.insert("refresh_token".into(), json!(refresh));
+    }
+    Ok(Value::Object(response))
 }
 
-fn storage_failure(e: &crate::store::StoreError) -> WebError {
+/// What a refresh token stands for (persisted under its hash, RFC 6749 §6:
+/// bound to the client, the user, the scopes and the session).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshData {
+    pub identity: Identity,
+    /// The scopes of the original grant; a refresh may narrow the scopes of
+    /// the tokens it issues, never those of the grant (RFC 6749 §6).
+    pub scopes: Vec<String>,
+    pub auth_time: i64,
+    /// The session the grant came from (`sid` of the tokens).
+    pub sid: String,
+    /// Granted `offline_access`: the token outlives its session (OIDC Core
+    /// §11). Otherwise it dies with the session (OpenID Back-Channel Logout
+    /// 1.0 §2.7).
+    pub offline: bool,
+    /// No token of the family outlives this, however often rotated.
+    pub absolute_expires_at: i64,
+    /// The `jti` of the access token issued together with this refresh token.
+    pub access_jti: String,
+}
+
+/// The marker in the revoked-token list that kills a whole refresh family,
+/// including a token a concurrent rotation inserts after the revocation:
+/// every use checks the marker first, so no race outlives it.
+pub fn family_marker(family_id: &str) -> String {
+    format!("family:{family_id}")
+}
+
+/// Revokes every refresh token of a family (RFC 9700 §4.14.2, RFC 7009 §2.1),
+/// now and for good (until `until`).
+pub async fn revoke_refresh_family(
+    store: &dyn Store,
+    family_id: &str,
+    until: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    store.revoke_token(&family_marker(family_id), until).await?;
+    store.revoke_family(family_id, now).await?;
+    Ok(())
+}
+
+/// Issues a refresh token of `family_id` for `data`: expires after the idle
+/// lifetime, and never after the family's absolute expiry.
+async fn issue_refresh(
+    st: &AppState,
+    client: &Client,
+    family_id: &str,
+    data: &RefreshData,
+    now: i64,
+) -> Result<String, StoreError> {
+    let token = random_token();
+    let row = RefreshRow {
+        token_hash: hash(&token),
+        family_id: family_id.to_string(),
+        client_id: client.id.clone(),
+        // Only session-bound tokens are indexed by their session, so ending
+        // the session (logout) revokes them and not the offline ones.
+        sid: (!data.offline).then(|| data.sid.clone()),
+        data: codec::encode(data)?,
+        issued_at: now,
+        expires_at: (now + st.tokens.refresh_token_idle_ttl_seconds).min(data.absolute_expires_at),
+    };
+    st.store.insert_refresh(&row).await?;
+    Ok(token)
+}
+
+/// A stored refresh token that can still be used: unused, unrevoked (its
+/// family too), unexpired, and, unless offline, its session still alive.
+/// Returns its payload.
+pub async fn live_refresh(
+    st: &AppState,
+    status: &RefreshStatus,
+    now: i64,
+) -> Result<Option<RefreshData>, StoreError> {
+    let row = &status.row;
+    if status.used_at.is_some() || status.revoked_at.is_some() || row.expires_at <= now {
+        return Ok(None);
+    }
+    if st
+        .store
+        .is_revoked(&family_marker(&row.family_id), now)
+        .await?
+    {
+        return Ok(None);
+    }
+    let data: RefreshData = codec::decode(&row.data)?;
+    if !data.offline && st.store.session_by_sid(&data.sid, now).await?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(data))
+}
+
+/// A rotated refresh token came back (RFC 9700 §4.14.2): an attacker or the
+/// client holds a stale copy, and the server cannot tell which. The whole
+/// family dies, and so does the session it belongs to (its single sign-on,
+/// its access tokens and its other session-bound refresh tokens).
+async fn reuse_detected(
+    st: &AppState,
+    family_id: &str,
+    data: &RefreshData,
+    now: i64,
+) -> Result<(), StoreError> {
+    tracing::warn!("refresh token reused; revoking its family and its session");
+    revoke_refresh_family(&*st.store, family_id, data.absolute_expires_at, now).await?;
+    st.store.delete_session_by_sid(&data.sid).await?;
+    let until = now + st.tokens.access_token_ttl_seconds + crate::keys::LEEWAY_SECONDS as i64;
+    revoke_session_tokens(&*st.store, &data.sid, now, until).await
+}
+
+/// The refresh-token grant (RFC 6749 §6, OIDC Core §12).
+async fn refresh_token(
+    st: &AppState,
+    client: &Client,
+    params: &Params,
+) -> Result<Value, TokenError> {
+    let token = params
+        .get("refresh_token")
+        .ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
+    let now = st.now();
+    let store = &*st.store;
+    let token_hash = hash(token);
+    let dead = || Err(OAuthError::invalid_grant("the refresh token is invalid or expired").into());
+    // Read first: checks that must not cost the client its token (a
+    // narrower scope asked wrongly) run before the token is consumed.
+    let Some(status) = store
+        .refresh_status(&token_hash)
+        .await
+        .map_err(|e| storage_failure(&e))?
+    else {
+        return dead();
+    };
+    let row = &status.row;
+    let data: RefreshData = codec::decode(&row.data).map_err(|e| storage_failure(&e))?;
+    // RFC 6749 §6, RFC 9700 §4.14.2: bound to its client. In another
+    // client's hands it is stolen: the family dies.
+    if row.client_id != client.id {
+        tracing::warn!(client = %client.id, "refresh token presented by another client; revoking its family");
+        revoke_refresh_family(store, &row.family_id, data.absolute_expires_at, now)
+            .await
+            .map_err(|e| storage_failure(&e))?;
+        return dead();
+    }
+    // A revoked family (reuse, replayed code, RFC 7009) stays revoked, also
+    // for a member a concurrent rotation inserted after the revocation.
+    let family_revoked = store
+        .is_revoked(&family_marker(&row.family_id), now)
+        .await
+        .map_err(|e| storage_failure(&e))?;
+    if status.revoked_at.is_some() || family_revoked {
+        return dead();
+    }
+    if status.used_at.is_some() {
+        reuse_detected(st, &row.family_id, &data, now)
+            .await
+            .map_err(|e| storage_failure(&e))?;
+        return dead();
+    }
+    if row.expires_at <= now {
+        return dead();
+    }
+    // RFC 6749 §6: the scope may only narrow.
+    let scopes: Vec<String> = match params.get("scope") {
+        None => data.scopes.clone(),
+        Some(requested) => {
+            let mut scopes: Vec<String> = Vec::new();
+            for s in requested.split(' ').filter(|s| !s.is_empty()) {
+                if !data.scopes.iter().any(|g| g == s) {
+                    return Err(OAuthError::invalid_scope(
+                        "a refresh cannot widen the scope of the grant",
+                    )
+                    .into());
+                }
+                if !scopes.iter().any(|x| x == s) {
+                    scopes.push(s.to_string());
+                }
+            }
+            scopes
+        }
+    };
+    // Without offline_access the token lives no longer than its session.
+    let in_session = store
+        .session_by_sid(&data.sid, now)
+        .await
+        .map_err(|e| storage_failure(&e))?
+        .is_some();
+    if !data.offline && !in_session {
+        return Err(OAuthError::invalid_grant("the session of this grant has ended").into());
+    }
+    // Exactly one concurrent use wins (RFC 9700 §4.14.2).
+    match store
+        .use_refresh(&token_hash, now)
+        .await
+        .map_err(|e| storage_failure(&e))?
+    {
+        RefreshUse::Fresh(_) => {}
+        RefreshUse::Reused { family_id } => {
+            reuse_detected(st, &family_id, &data, now)
+                .await
+                .map_err(|e| storage_failure(&e))?;
+            return dead();
+        }
+        RefreshUse::Revoked | RefreshUse::Missing => return dead(),
+    }
+    let jti = random_token();
+    let grant = Grant {
+        client,
+        identity: &data.identity,
+        scopes: &scopes,
+        // OIDC Core §12.2: no nonce in a refreshed ID token.
+        nonce: None,
+        auth_time: data.auth_time,
+        sid: &data.sid,
+        in_session,
+        jti: &jti,
+    };
+    let mut response = mint(st, &grant, now).map_err(signing_failure)?;
+    let next = RefreshData {
+        access_jti: jti.clone(),
+        ..data
+    };
+    let refresh = issue_refresh(st, client, &row.family_id, &next, now)
+        .await
+        .map_err(|e| storage_failure(&e))?;
+    response.insert("refresh_token".into(), json!(refresh));
+    Ok(Value::Object(response))
+}
+
+/// The client-credentials grant (RFC 6749 §4.4): an access token for the
+/// client itself (`sub` = client id), no ID token and no refresh token
+/// (§4.4.3). The scope is the requested one limited to the client's allowed
+/// scopes, or all of them when none is requested (RFC 6749 §3.3); `openid`
+/// never, as there is no user.
+fn client_credentials(
+    st: &AppState,
+    client: &Client,
+    params: &Params,
+) -> Result<Value, TokenError> {
+    let allowed = client
+        .allowed_scopes
+        .iter()
+        .filter(|s| s.as_str() != "openid" && s.as_str() != OFFLINE_ACCESS);
+    let scopes: Vec<String> = match params.get("scope") {
+        None => allowed.cloned().collect(),
+        Some(requested) => {
+            let requested: Vec<&str> = requested.split(' ').collect();
+            allowed
+                .filter(|s| requested.contains(&s.as_str()))
+                .cloned()
+                .collect()
+        }
+    };
+    let now = st.now();
+    let scope = scopes.join(" ");
+    let ttl = st.tokens.access_token_ttl_seconds;
+    let claims = json!({
+        "iss": st.issuer(),
+        "sub": client.id,
+        "aud": client.id,
+        "client_id": client.id,
+        "iat": now,
+        "exp": now + ttl,
+        "jti": random_token(),
+        "scope": scope,
+    });
+    let access_token = st.keys.sign("at+jwt", &claims).map_err(signing_failure)?;
+    Ok(json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": ttl,
+        "scope": scope,
+    }))
+}
+
+fn storage_failure(e: &StoreError) -> WebError {
     tracing::error!(error = %e, "storage failure at the token endpoint");
     WebError::Token(OAuthError::server_error("storage failure"))
+}
+
+fn signing_failure(e: crate::keys::KeyError) -> WebError {
+    tracing::error!(error = %e, "signing failed");
+    WebError::Token(OAuthError::server_error("could not sign tokens"))
 }
 
 /// What tokens are issued for, whatever the grant.
@@ -240,14 +486,23 @@ pub struct Grant<'a> {
     pub scopes: &'a [String],
     pub nonce: Option<&'a str>,
     pub auth_time: i64,
-    /// The session the grant belongs to (`sid` claim).
+    /// The session the grant belongs to (`sid` claim of the ID token).
     pub sid: &'a str,
+    /// The session is still alive: the access token carries `sid` (so
+    /// ending the session revokes it). An offline refresh after the session
+    /// ended issues access tokens of no session.
+    pub in_session: bool,
     /// The access token's `jti`.
     pub jti: &'a str,
 }
 
-/// Signs the access token (RFC 9068) and the ID token (OIDC Core §2).
-fn mint(st: &AppState, g: &Grant<'_>, now: i64) -> Result<Value, crate::keys::KeyError> {
+/// Signs the access token (RFC 9068) and, when `openid` is among the
+/// scopes, the ID token (OIDC Core §2).
+fn mint(
+    st: &AppState,
+    g: &Grant<'_>,
+    now: i64,
+) -> Result<Map<String, Value>, crate::keys::KeyError> {
     let sub = st.customizer.subject(g.identity);
     let scope = g.scopes.join(" ");
     let claims_for = |kind| {
@@ -271,12 +526,22 @@ fn mint(st: &AppState, g: &Grant<'_>, now: i64) -> Result<Value, crate::keys::Ke
         ("exp", json!(now + tokens.access_token_ttl_seconds)),
         ("auth_time", json!(g.auth_time)),
         ("jti", json!(g.jti)),
-        ("sid", json!(g.sid)),
         ("scope", json!(scope)),
     ] {
         access.insert(k.into(), v);
     }
+    if g.in_session {
+        access.insert("sid".into(), json!(g.sid));
+    }
     let access_token = st.keys.sign("at+jwt", &access)?;
+    let mut response = Map::new();
+    response.insert("access_token".into(), json!(access_token));
+    response.insert("token_type".into(), json!("Bearer"));
+    response.insert("expires_in".into(), json!(tokens.access_token_ttl_seconds));
+    response.insert("scope".into(), json!(scope));
+    if !g.scopes.iter().any(|s| s == "openid") {
+        return Ok(response);
+    }
 
     let mut id: Map<String, Value> = claims_for(TokenKind::IdToken);
     for (k, v) in [
@@ -298,52 +563,6 @@ fn mint(st: &AppState, g: &Grant<'_>, now: i64) -> Result<Value, crate::keys::Ke
         id.insert("nonce".into(), json!(nonce));
     }
     let id_token = st.keys.sign("JWT", &id)?;
-    Ok(json!({
-        "access_token": access_token,
-        "token_type": "Bearer",
-        "expires_in": tokens.access_token_ttl_seconds,
-        "id_token": id_token,
-        "scope": scope,
-    }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_credentials_are_form_decoded() {
-        // RFC 6749 §2.3.1: "a:b%c" is sent as "a%3Ab%25c".
-        let mut h = HeaderMap::new();
-        let raw = STANDARD.encode("my+client:a%3Ab%25c~-");
-        h.insert(
-            header::AUTHORIZATION,
-            format!("Basic {raw}").parse().unwrap(),
-        );
-        let (id, secret) = basic_credentials(&h).unwrap().unwrap();
-        assert_eq!(id, "my client");
-        assert_eq!(secret, "a:b%c~-");
-    }
-
-    #[test]
-    fn malformed_basic_is_invalid_client() {
-        let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());
-        assert_eq!(
-            basic_credentials(&h).unwrap().unwrap_err().code,
-            ErrorCode::InvalidClient
-        );
-        h.insert(
-            header::AUTHORIZATION,
-            format!("Basic {}", STANDARD.encode("nocolon"))
-                .parse()
-                .unwrap(),
-        );
-        assert_eq!(
-            basic_credentials(&h).unwrap().unwrap_err().code,
-            ErrorCode::InvalidClient
-        );
-        h.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
-        assert!(basic_credentials(&h).is_none());
-    }
+    response.insert("id_token".into(), json!(id_token));
+    Ok(response)
 }

@@ -19,6 +19,9 @@ pub async fn run_all(store: Arc<dyn Store>) {
     accounts_by_username_and_email(&*store).await;
     gc_removes_expired(&*store).await;
     keys_roundtrip(&*store).await;
+    // ---- token lifecycle (refresh, revocation, introspection) ----
+    refresh_status_reports_state(&*store).await;
+    sessions_deleted_by_sid(&*store).await;
     store.ping().await.unwrap();
 }
 
@@ -380,6 +383,47 @@ async fn keys_roundtrip(s: &dyn Store) {
     };
     assert!(!s.insert_key(&same_generation).await.unwrap());
     assert_eq!(s.list_keys().await.unwrap(), vec![k0, k1]);
+}
+
+// ---- token lifecycle (refresh, revocation, introspection) -------------------
+
+async fn refresh_status_reports_state(s: &dyn Store) {
+    let row = refresh("st1", "fst", Some("sid-st"));
+    s.insert_refresh(&row).await.unwrap();
+    let fresh = s.refresh_status("st1").await.unwrap().unwrap();
+    assert_eq!(
+        (fresh.row, fresh.used_at, fresh.revoked_at),
+        (row, None, None)
+    );
+    s.use_refresh("st1", 20).await.unwrap();
+    let used = s.refresh_status("st1").await.unwrap().unwrap();
+    assert_eq!((used.used_at, used.revoked_at), (Some(20), None));
+    s.revoke_family("fst", 21).await.unwrap();
+    let revoked = s.refresh_status("st1").await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(21));
+    assert_eq!(s.refresh_status("nope").await.unwrap(), None);
+}
+
+async fn sessions_deleted_by_sid(s: &dyn Store) {
+    let row = SessionRow {
+        id_hash: "cookie-bysid".into(),
+        sid: "sid-bysid".into(),
+        connector_id: "local".into(),
+        subject: "u".into(),
+        auth_time: 1,
+        data: "{}".into(),
+        created_at: 1,
+        expires_at: 1000,
+    };
+    s.insert_session(&row).await.unwrap();
+    s.add_session_client("sid-bysid", "app", 1, 1000)
+        .await
+        .unwrap();
+    assert!(s.delete_session_by_sid("sid-bysid").await.unwrap());
+    assert_eq!(s.session_by_sid("sid-bysid", 2).await.unwrap(), None);
+    assert_eq!(s.session("cookie-bysid", 2).await.unwrap(), None);
+    assert!(s.session_clients("sid-bysid").await.unwrap().is_empty());
+    assert!(!s.delete_session_by_sid("sid-bysid").await.unwrap());
 }
 
 /// A [`SqlStore`] in a schema of its own on the project's PostgreSQL server

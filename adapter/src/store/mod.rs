@@ -163,6 +163,17 @@ impl std::fmt::Debug for KeyRecord {
     }
 }
 
+/// A refresh token as stored, with its state (for checks made before the
+/// token is consumed, and for introspection, RFC 7662 §2.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshStatus {
+    pub row: RefreshRow,
+    /// When it was used (rotated); `None` while usable.
+    pub used_at: Option<i64>,
+    /// When it (its family, its session) was revoked.
+    pub revoked_at: Option<i64>,
+}
+
 /// The storage seam. See the module documentation for the rules.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -297,4 +308,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Inserts a key unless its kid or generation exists. True if inserted.
     async fn insert_key(&self, key: &KeyRecord) -> Result<bool, StoreError>;
+
+    // ---- token lifecycle (refresh, revocation, introspection) ---------------
+
+    /// A refresh token by hash, whatever its state (read only).
+    async fn refresh_status(&self, token_hash: &str) -> Result<Option<RefreshStatus>, StoreError>;
+
+    /// Deletes the session with this `sid` and its client index; true if
+    /// it existed.
+    async fn delete_session_by_sid(&self, sid: &str) -> Result<bool, StoreError>;
 }

@@ -12,8 +12,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
 use super::{
-    AccountRow, KeyRecord, LoginRow, Lookup, Redeemed, RefreshRow, RefreshUse, SessionRow, Store,
-    StoreError,
+    AccountRow, KeyRecord, LoginRow, Lookup, Redeemed, RefreshRow, RefreshStatus, RefreshUse,
+    SessionRow, Store, StoreError,
 };
 
 /// SQL implementation for SQLite and PostgreSQL.
@@ -603,6 +603,36 @@ impl Store for SqlStore {
         .bind(key.created_at)
         .execute(&self.pool)
         .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    // ---- token lifecycle (refresh, revocation, introspection) ---------------
+
+    async fn refresh_status(&self, token_hash: &str) -> Result<Option<RefreshStatus>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {REFRESH_COLUMNS}, used_at, revoked_at FROM refresh_tokens \
+             WHERE token_hash = $1"
+        ))
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(RefreshStatus {
+            row: refresh_row(&r)?,
+            used_at: r.try_get("used_at")?,
+            revoked_at: r.try_get("revoked_at")?,
+        }))
+    }
+
+    async fn delete_session_by_sid(&self, sid: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM sessions WHERE sid = $1")
+            .bind(sid)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM session_clients WHERE sid = $1")
+            .bind(sid)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected() == 1)
     }
 }
