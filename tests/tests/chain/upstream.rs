@@ -455,7 +455,7 @@ async fn two_upstreams_with_shared_subjects_need_the_flag() {
         Err(e) => format!("{e:#}"),
     };
     assert!(
-        err.contains("upstreams[corp].subject = \"upstream\""),
+        err.contains("upstreams[corp].subject: with 2 upstreams"),
         "{err}"
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
