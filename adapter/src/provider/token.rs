@@ -294,7 +294,9 @@ fn mint(st: &AppState, g: &Grant<'_>, now: i64) -> Result<Value, crate::keys::Ke
     if let Some(nonce) = g.nonce {
         id.insert("nonce".into(), json!(nonce));
     }
-    let id_token = st.keys.sign("JWT", &id)?;
+    let id_token = st
+        .keys
+        .sign_with(g.client.id_token_alg.as_deref(), "JWT", &id)?;
     Ok(json!({
         "access_token": access_token,
         "token_type": "Bearer",
