@@ -1123,7 +1123,27 @@ mod tests {
         KeysConfig {
             encryption_key_env: Some(var.into()),
             encryption_key_file: None,
+            ..KeysConfig::default()
         }
+    }
+
+    /// Opens the key set of `store` for the single algorithm `alg`, as a
+    /// replica whose clock stands at `now`.
+    async fn load_on(
+        store: &SqlStore,
+        url: &str,
+        alg: &str,
+        cfg: &KeysConfig,
+        now: i64,
+    ) -> Result<KeyManager, KeyError> {
+        let policy = Policy::new(alg, [], Schedule::new(cfg, &TokenConfig::default())).unwrap();
+        let clock = Arc::new(crate::clock::ManualClock::new());
+        clock.set(now);
+        KeyManager::open(Arc::new(store.clone()), policy, cfg, url, clock).await
+    }
+
+    async fn load(db: &Db, alg: &str, cfg: &KeysConfig, now: i64) -> Result<KeyManager, KeyError> {
+        load_on(&db.store, &db.url, alg, cfg, now).await
     }
 
     fn claims(now: i64) -> Value {
@@ -1168,10 +1188,10 @@ mod tests {
     async fn first_start_generates_then_reuses() {
         let db = sqlite().await;
         let cfg = KeysConfig::default();
-        let a = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, 1)
+        let a = load(&db, "RS256", &cfg, 1)
             .await
             .unwrap();
-        let b = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, 2)
+        let b = load(&db, "RS256", &cfg, 2)
             .await
             .unwrap();
         assert_eq!(db.store.list_keys().await.unwrap().len(), 1);
@@ -1185,9 +1205,9 @@ mod tests {
         let db = sqlite().await;
         let cfg = KeysConfig::default();
         let (a, b, c) = tokio::join!(
-            KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, 1),
-            KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, 1),
-            KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, 1),
+            load(&db, "RS256", &cfg, 1),
+            load(&db, "RS256", &cfg, 1),
+            load(&db, "RS256", &cfg, 1),
         );
         assert_eq!(db.store.list_keys().await.unwrap().len(), 1);
         let first = jwks(&a.unwrap());
@@ -1199,7 +1219,7 @@ mod tests {
     async fn stored_key_is_encrypted_and_bound_to_its_kid() {
         let db = sqlite().await;
         let cfg = env_key("AUTH_ADAPTER_KEYS_TEST_BOUND", 1);
-        let km = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, NOW)
+        let km = load(&db, "RS256", &cfg, NOW)
             .await
             .unwrap();
         let rows = db.store.list_keys().await.unwrap();
@@ -1221,13 +1241,13 @@ mod tests {
 
         // Round trip: a restart with the same key loads the same key, and
         // what the first instance signed verifies.
-        let again = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, NOW)
+        let again = load(&db, "RS256", &cfg, NOW)
             .await
             .unwrap();
         assert_eq!(jwks(&km), jwks(&again));
         let token = km.sign("at+jwt", &claims(NOW)).unwrap();
         assert_eq!(
-            again.verify(&token, "at+jwt", "http://i", NOW).unwrap()["sub"],
+            again.verify(&token, "at+jwt", "http://i", NOW).await.unwrap()["sub"],
             "u"
         );
 
@@ -1238,7 +1258,7 @@ mod tests {
             ..rows[0].clone()
         };
         assert!(db.store.insert_key(&moved).await.unwrap());
-        let err = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, NOW)
+        let err = load(&db, "RS256", &cfg, NOW)
             .await
             .unwrap_err();
         assert!(
@@ -1251,12 +1271,12 @@ mod tests {
     async fn wrong_encryption_key_is_a_clear_start_up_error() {
         let db = sqlite().await;
         let right = env_key("AUTH_ADAPTER_KEYS_TEST_RIGHT", 1);
-        KeyManager::load_or_create(&db.store, "ES256", &right, &db.url, NOW)
+        load(&db, "ES256", &right, NOW)
             .await
             .unwrap();
         let kid = db.store.list_keys().await.unwrap()[0].kid.clone();
         let wrong = env_key("AUTH_ADAPTER_KEYS_TEST_WRONG", 2);
-        let err = KeyManager::load_or_create(&db.store, "ES256", &wrong, &db.url, NOW)
+        let err = load(&db, "ES256", &wrong, NOW)
             .await
             .unwrap_err();
         assert!(
@@ -1275,6 +1295,7 @@ mod tests {
         let short = KeysConfig {
             encryption_key_env: Some("AUTH_ADAPTER_KEYS_TEST_SHORT".into()),
             encryption_key_file: None,
+            ..KeysConfig::default()
         };
         let err = EncryptionKey::resolve(&short, url).unwrap_err().to_string();
         assert_eq!(
@@ -1285,6 +1306,7 @@ mod tests {
         let unset = KeysConfig {
             encryption_key_env: Some("AUTH_ADAPTER_KEYS_TEST_UNSET".into()),
             encryption_key_file: None,
+            ..KeysConfig::default()
         };
         let err = EncryptionKey::resolve(&unset, url).unwrap_err().to_string();
         assert_eq!(
@@ -1295,6 +1317,7 @@ mod tests {
         let file = KeysConfig {
             encryption_key_env: None,
             encryption_key_file: Some(dir.path().join("absent.key")),
+            ..KeysConfig::default()
         };
         let err = EncryptionKey::resolve(&file, url).unwrap_err().to_string();
         assert!(
@@ -1326,7 +1349,7 @@ mod tests {
         let db = sqlite().await;
         let (logs, _guard) = Logs::capture();
         let cfg = KeysConfig::default();
-        let a = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, NOW)
+        let a = load(&db, "RS256", &cfg, NOW)
             .await
             .unwrap();
         let path = db.dir.path().join(DEFAULT_KEY_FILE_NAME);
@@ -1348,7 +1371,7 @@ mod tests {
         assert_eq!(names, [DEFAULT_KEY_FILE_NAME]);
 
         // Reused: same file, same key, and the stored key decrypts.
-        let b = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, NOW)
+        let b = load(&db, "RS256", &cfg, NOW)
             .await
             .unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
@@ -1361,7 +1384,7 @@ mod tests {
 
         // The file is what decrypts the stored key: a new one does not.
         std::fs::remove_file(&path).unwrap();
-        let err = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, NOW)
+        let err = load(&db, "RS256", &cfg, NOW)
             .await
             .unwrap_err();
         assert!(matches!(err, KeyError::Decrypt { .. }), "{err}");
@@ -1414,18 +1437,20 @@ mod tests {
             alg: "RS256".into(),
             private_pem: private_pem.clone(),
             created_at: 1,
+            activates_at: 0,
+            retires_at: None,
         };
         db.store.insert_key(&legacy).await.unwrap();
         let (logs, _guard) = Logs::capture();
         let cfg = env_key("AUTH_ADAPTER_KEYS_TEST_LEGACY", 3);
-        let km = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, NOW)
+        let km = load(&db, "RS256", &cfg, NOW)
             .await
             .unwrap();
         assert_eq!(db.store.list_keys().await.unwrap().len(), 1);
         let token = km.sign("JWT", &claims(NOW)).unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.kid.as_deref(), Some("legacy-kid"));
-        km.verify(&token, "JWT", "http://i", NOW).unwrap();
+        km.verify(&token, "JWT", "http://i", NOW).await.unwrap();
         let text = logs.text();
         let warning = text
             .lines()
@@ -1441,7 +1466,7 @@ mod tests {
     async fn eddsa_signs_verifies_and_publishes_an_okp_key() {
         let db = sqlite().await;
         let cfg = env_key("AUTH_ADAPTER_KEYS_TEST_EDDSA", 4);
-        let km = KeyManager::load_or_create(&db.store, "EdDSA", &cfg, &db.url, NOW)
+        let km = load(&db, "EdDSA", &cfg, NOW)
             .await
             .unwrap();
         assert_eq!(db.store.list_keys().await.unwrap()[0].alg, "EdDSA");
@@ -1466,7 +1491,7 @@ mod tests {
         assert_eq!(header.alg, Algorithm::EdDSA);
         assert_eq!(header.kid.as_deref(), key["kid"].as_str());
         assert_eq!(
-            km.verify(&token, "at+jwt", "http://i", NOW).unwrap()["sub"],
+            km.verify(&token, "at+jwt", "http://i", NOW).await.unwrap()["sub"],
             "u"
         );
     }
@@ -1481,6 +1506,8 @@ mod tests {
                 alg: alg.into(),
                 private_pem: generate_pem(alg).unwrap(),
                 created_at: 1,
+                activates_at: 0,
+                retires_at: None,
             }];
             let km = KeyManager::from_records(&records, &key).unwrap();
             let v = jwks(&km);
@@ -1495,8 +1522,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sign_verify_and_negative_checks() {
+    #[tokio::test]
+    async fn sign_verify_and_negative_checks() {
         let key = EncryptionKey::from_base64(&STANDARD.encode([6u8; 32]), "test").unwrap();
         for alg in ["RS256", "ES256", "EdDSA"] {
             let rec = KeyRecord {
@@ -1505,24 +1532,26 @@ mod tests {
                 alg: alg.into(),
                 private_pem: generate_pem(alg).unwrap(),
                 created_at: 1,
+                activates_at: 0,
+                retires_at: None,
             };
             let km = KeyManager::from_records(std::slice::from_ref(&rec), &key).unwrap();
             let now = crate::clock::Clock::now(&crate::clock::SystemClock);
             let claims = claims(now);
             let at = km.sign("at+jwt", &claims).unwrap();
             assert_eq!(
-                km.verify(&at, "at+jwt", "http://i", now).unwrap()["sub"],
+                km.verify(&at, "at+jwt", "http://i", now).await.unwrap()["sub"],
                 "u"
             );
             // Type confusion: an ID token is not an access token (RFC 9068 §4).
             let id = km.sign("JWT", &claims).unwrap();
-            assert!(km.verify(&id, "at+jwt", "http://i", now).is_err());
+            assert!(km.verify(&id, "at+jwt", "http://i", now).await.is_err());
             // Wrong issuer.
-            assert!(km.verify(&at, "at+jwt", "http://other", now).is_err());
+            assert!(km.verify(&at, "at+jwt", "http://other", now).await.is_err());
             // Expired beyond leeway.
             let old = json!({"iss": "http://i", "sub": "u", "iat": now - 600, "exp": now - 300});
             let old = km.sign("at+jwt", &old).unwrap();
-            assert!(km.verify(&old, "at+jwt", "http://i", now).is_err());
+            assert!(km.verify(&old, "at+jwt", "http://i", now).await.is_err());
             // Signed by another key with the same kid: bad signature.
             let other = KeyManager::from_records(
                 &[KeyRecord {
@@ -1533,14 +1562,14 @@ mod tests {
             )
             .unwrap();
             let forged = other.sign("at+jwt", &claims).unwrap();
-            assert!(km.verify(&forged, "at+jwt", "http://i", now).is_err());
+            assert!(km.verify(&forged, "at+jwt", "http://i", now).await.is_err());
             // Tampered payload.
             let mut parts: Vec<&str> = at.split('.').collect();
             let evil = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .encode(json!({"iss":"http://i","sub":"admin","iat":now,"exp":now+60}).to_string());
             parts[1] = &evil;
             assert!(km
-                .verify(&parts.join("."), "at+jwt", "http://i", now)
+                .verify(&parts.join("."), "at+jwt", "http://i", now).await
                 .is_err());
         }
     }
@@ -1551,12 +1580,12 @@ mod tests {
     async fn changed_alg_publishes_a_new_key_that_signs() {
         let db = sqlite().await;
         let cfg = env_key("AUTH_ADAPTER_KEYS_TEST_ROTATE", 7);
-        let old = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, NOW)
+        let old = load(&db, "RS256", &cfg, NOW)
             .await
             .unwrap();
         let old_token = old.sign("at+jwt", &claims(NOW)).unwrap();
         let (logs, _guard) = Logs::capture();
-        let new = KeyManager::load_or_create(&db.store, "EdDSA", &cfg, &db.url, NOW)
+        let new = load(&db, "EdDSA", &cfg, NOW)
             .await
             .unwrap();
         let rows = db.store.list_keys().await.unwrap();
@@ -1571,8 +1600,8 @@ mod tests {
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.alg, Algorithm::EdDSA);
         assert_eq!(header.kid.as_deref(), Some(rows[1].kid.as_str()));
-        new.verify(&token, "at+jwt", "http://i", NOW).unwrap();
-        new.verify(&old_token, "at+jwt", "http://i", NOW).unwrap();
+        new.verify(&token, "at+jwt", "http://i", NOW).await.unwrap();
+        new.verify(&old_token, "at+jwt", "http://i", NOW).await.unwrap();
         assert_eq!(jwks(&new)["keys"].as_array().unwrap().len(), 2);
         assert_eq!(new.algorithms(), ["EdDSA", "RS256"]);
         let text = logs.text();
@@ -1583,7 +1612,7 @@ mod tests {
         );
 
         // Settled: the next start with the same setting adds nothing.
-        KeyManager::load_or_create(&db.store, "EdDSA", &cfg, &db.url, NOW)
+        load(&db, "EdDSA", &cfg, NOW)
             .await
             .unwrap();
         assert_eq!(db.store.list_keys().await.unwrap().len(), 2);
@@ -1593,13 +1622,13 @@ mod tests {
     async fn racing_alg_changes_publish_one_key() {
         let db = sqlite().await;
         let cfg = env_key("AUTH_ADAPTER_KEYS_TEST_RACE", 8);
-        KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, NOW)
+        load(&db, "RS256", &cfg, NOW)
             .await
             .unwrap();
         let (a, b, c) = tokio::join!(
-            KeyManager::load_or_create(&db.store, "ES256", &cfg, &db.url, NOW),
-            KeyManager::load_or_create(&db.store, "ES256", &cfg, &db.url, NOW),
-            KeyManager::load_or_create(&db.store, "ES256", &cfg, &db.url, NOW),
+            load(&db, "ES256", &cfg, NOW),
+            load(&db, "ES256", &cfg, NOW),
+            load(&db, "ES256", &cfg, NOW),
         );
         let rows = db.store.list_keys().await.unwrap();
         let algs: Vec<&str> = rows.iter().map(|r| r.alg.as_str()).collect();
@@ -1640,7 +1669,7 @@ mod tests {
         let url = format!("{base}?options=-c%20search_path%3D{schema}");
         let store = SqlStore::connect(&url, 4).await.unwrap();
 
-        let err = KeyManager::load_or_create(&store, "RS256", &KeysConfig::default(), &url, NOW)
+        let err = load_on(&store, &url, "RS256", &KeysConfig::default(), NOW)
             .await
             .unwrap_err();
         assert!(
@@ -1651,7 +1680,7 @@ mod tests {
         assert!(store.list_keys().await.unwrap().is_empty());
 
         let cfg = env_key("AUTH_ADAPTER_KEYS_TEST_PG", 9);
-        let first = KeyManager::load_or_create(&store, "RS256", &cfg, &url, NOW)
+        let first = load_on(&store, &url, "RS256", &cfg, NOW)
             .await
             .unwrap();
         assert!(store.list_keys().await.unwrap()[0]
@@ -1659,9 +1688,9 @@ mod tests {
             .starts_with("enc:v1:"));
         let token = first.sign("JWT", &claims(NOW)).unwrap();
         let (a, b, c) = tokio::join!(
-            KeyManager::load_or_create(&store, "EdDSA", &cfg, &url, NOW),
-            KeyManager::load_or_create(&store, "EdDSA", &cfg, &url, NOW),
-            KeyManager::load_or_create(&store, "EdDSA", &cfg, &url, NOW),
+            load_on(&store, &url, "EdDSA", &cfg, NOW),
+            load_on(&store, &url, "EdDSA", &cfg, NOW),
+            load_on(&store, &url, "EdDSA", &cfg, NOW),
         );
         let algs: Vec<String> = store
             .list_keys()
@@ -1674,7 +1703,7 @@ mod tests {
         let a = a.unwrap();
         assert_eq!(jwks(&a), jwks(&b.unwrap()));
         assert_eq!(jwks(&a), jwks(&c.unwrap()));
-        a.verify(&token, "JWT", "http://i", NOW).unwrap();
+        a.verify(&token, "JWT", "http://i", NOW).await.unwrap();
 
         store.pool().close().await;
         sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
