@@ -1711,4 +1711,412 @@ mod tests {
             .await
             .unwrap();
     }
+
+    // ---- rotation ------------------------------------------------------------
+
+    use crate::clock::ManualClock;
+
+    fn manual(now: i64) -> Arc<ManualClock> {
+        let clock = Arc::new(ManualClock::new());
+        clock.set(now);
+        clock
+    }
+
+    /// A replica: the key set of `store` for `algs` (the first is the
+    /// default), with the default token lifetimes, on `clock`.
+    async fn replica(
+        store: &SqlStore,
+        url: &str,
+        algs: &[&str],
+        cfg: &KeysConfig,
+        clock: &Arc<ManualClock>,
+    ) -> KeyManager {
+        let policy = Policy::new(
+            algs[0],
+            algs[1..].iter().copied(),
+            Schedule::new(cfg, &TokenConfig::default()),
+        )
+        .unwrap();
+        KeyManager::open(Arc::new(store.clone()), policy, cfg, url, clock.clone())
+            .await
+            .unwrap()
+    }
+
+    fn rotating(var: &str, fill: u8, period: u64) -> KeysConfig {
+        KeysConfig {
+            rotation_period_seconds: period,
+            ..env_key(var, fill)
+        }
+    }
+
+    fn kid_of(token: &str) -> String {
+        jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+    }
+
+    fn kids(km: &KeyManager) -> Vec<String> {
+        km.jwks()
+            .keys
+            .into_iter()
+            .map(|k| k.common.key_id.unwrap())
+            .collect()
+    }
+
+    fn states(rows: &[KeyRecord], now: i64) -> Vec<String> {
+        rows.iter()
+            .map(|r| key_state(rows, r, now).to_string())
+            .collect()
+    }
+
+    /// A token living as long as the longest default token lifetime.
+    fn long_claims(now: i64) -> Value {
+        let ttl = TokenConfig::default()
+            .access_token_ttl_seconds
+            .max(TokenConfig::default().id_token_ttl_seconds);
+        json!({"iss": "http://i", "sub": "u", "iat": now, "exp": now + ttl})
+    }
+
+    #[test]
+    fn schedule_follows_the_jwks_cache_and_the_longest_token() {
+        let keys = KeysConfig {
+            reload_interval_seconds: 20,
+            rotation_period_seconds: 86_400,
+            ..KeysConfig::default()
+        };
+        let tokens = TokenConfig {
+            access_token_ttl_seconds: 600,
+            id_token_ttl_seconds: 900,
+            ..TokenConfig::default()
+        };
+        assert_eq!(
+            Schedule::new(&keys, &tokens),
+            Schedule {
+                publish_lead: 300 + 20,
+                retire_after: 900 + 30 + 20,
+                rotation_period: 86_400,
+                reload_interval: 20,
+            }
+        );
+        let never = KeysConfig {
+            reload_interval_seconds: 0,
+            ..KeysConfig::default()
+        };
+        let err = Policy::new("RS256", [], Schedule::new(&never, &tokens)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "keys.reload_interval_seconds must be at least 1"
+        );
+    }
+
+    /// RFC 7517 §5, OIDC Core §10.1.1: the next key is in the JWKS a whole
+    /// cache lifetime before it signs, and the old key stays there until
+    /// every token it signed has expired.
+    #[tokio::test]
+    async fn rotation_publishes_first_and_retires_after_the_longest_token() {
+        let db = sqlite().await;
+        let cfg = rotating("AUTH_ADAPTER_KEYS_TEST_CYCLE", 10, 1000);
+        let s = Schedule::new(&cfg, &TokenConfig::default());
+        let clock = manual(NOW);
+        let km = replica(&db.store, &db.url, &["RS256"], &cfg, &clock).await;
+        let old = kid_of(&km.sign("JWT", &claims(NOW)).unwrap());
+
+        // Not due yet.
+        assert!(km.maintain(NOW + 999).await.unwrap().is_empty());
+        assert_eq!(kids(&km), [old.clone()]);
+        clock.set(NOW + 1000);
+        let published = km.maintain(NOW + 1000).await.unwrap();
+        assert_eq!(published.len(), 1);
+        let new = published[0].clone();
+        // Published, not yet signing.
+        assert_eq!(kids(&km), [old.clone(), new.clone()]);
+        let activation = NOW + 1000 + s.publish_lead;
+        assert!(activation - (NOW + 1000) >= JWKS_CACHE_SECONDS);
+        clock.set(activation - 1);
+        let last_old = km.sign("JWT", &long_claims(activation - 1)).unwrap();
+        assert_eq!(kid_of(&last_old), old);
+        // A rotation is waiting: the next maintenance publishes nothing more.
+        assert!(km.maintain(activation - 1).await.unwrap().is_empty());
+        let rows = db.store.list_keys().await.unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].activates_at, activation);
+        let retires = activation + s.retire_after;
+        assert_eq!(rows[0].retires_at, Some(retires));
+        assert_eq!(rows[1].retires_at, None);
+        assert_eq!(states(&rows, activation - 1), ["active", "next"]);
+
+        // The activation needs no reload: the clock alone switches.
+        clock.set(activation);
+        assert_eq!(kid_of(&km.sign("JWT", &claims(activation)).unwrap()), new);
+        assert_eq!(km.algorithms(), ["RS256"]);
+        assert_eq!(states(&rows, activation), ["retiring", "active"]);
+
+        // The last token of the old key verifies until it expires, its key
+        // still published.
+        let last_valid = activation - 1 + 300 + LEEWAY_SECONDS as i64 - 1;
+        assert!(last_valid < retires);
+        clock.set(last_valid);
+        km.verify(&last_old, "JWT", "http://i", last_valid)
+            .await
+            .unwrap();
+        clock.set(retires - 1);
+        km.maintain(retires - 1).await.unwrap();
+        assert_eq!(kids(&km), [old.clone(), new.clone()]);
+        // Retired: gone from the JWKS, then from the store.
+        clock.set(retires);
+        assert_eq!(kids(&km), [new.clone()]);
+        assert_eq!(states(&rows, retires), ["retired", "active"]);
+        km.maintain(retires).await.unwrap();
+        let rows = db.store.list_keys().await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].kid, new);
+        assert_eq!(kid_of(&km.sign("JWT", &claims(retires)).unwrap()), new);
+    }
+
+    /// A rotation is three steps: insert the next key (future activation),
+    /// schedule the old key's retirement, delete retired keys. A process
+    /// dying after any of them leaves an active key that signs and is in
+    /// the JWKS, and the next maintenance finishes the work.
+    #[tokio::test]
+    async fn a_rotation_stopped_at_any_step_leaves_a_working_active_key() {
+        let db = sqlite().await;
+        let cfg = rotating("AUTH_ADAPTER_KEYS_TEST_CRASH", 11, 0);
+        let s = Schedule::new(&cfg, &TokenConfig::default());
+        let clock = manual(NOW);
+        let km = replica(&db.store, &db.url, &["ES256"], &cfg, &clock).await;
+        let first = kid_of(&km.sign("JWT", &claims(NOW)).unwrap());
+
+        // Stopped after step 1.
+        let source = km.source.as_ref().unwrap();
+        let second = source.publish_next(NOW, true).await.unwrap().remove(0);
+        drop(km);
+        let km = replica(&db.store, &db.url, &["ES256"], &cfg, &clock).await;
+        assert_eq!(kid_of(&km.sign("JWT", &claims(NOW)).unwrap()), first);
+        assert_eq!(kids(&km), [first.clone(), second.clone()]);
+        assert_eq!(db.store.list_keys().await.unwrap()[0].retires_at, None);
+        // Its activation comes, step 2 never ran: the new key signs, the
+        // old one stays published however long it takes.
+        let activation = NOW + s.publish_lead;
+        let late = activation + 100_000;
+        clock.set(late);
+        let token = km.sign("JWT", &claims(late)).unwrap();
+        assert_eq!(kid_of(&token), second);
+        assert_eq!(kids(&km), [first.clone(), second.clone()]);
+        // The next maintenance schedules the retirement from the stored
+        // activation, and deletes only the retired key.
+        km.maintain(late).await.unwrap();
+        let rows = db.store.list_keys().await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].kid, second);
+        assert_eq!(kids(&km), [second.clone()]);
+        km.verify(&token, "JWT", "http://i", late).await.unwrap();
+
+        // Stopped after step 2: the retired key leaves the JWKS at its
+        // time although its row is still there.
+        let source = km.source.as_ref().unwrap();
+        let third = source.publish_next(late, true).await.unwrap().remove(0);
+        source.schedule_retirements().await.unwrap();
+        drop(km);
+        let retires = late + s.publish_lead + s.retire_after;
+        clock.set(retires);
+        let km = replica(&db.store, &db.url, &["ES256"], &cfg, &clock).await;
+        assert_eq!(db.store.list_keys().await.unwrap().len(), 2);
+        assert_eq!(kids(&km), [third.clone()]);
+        assert_eq!(kid_of(&km.sign("JWT", &claims(retires)).unwrap()), third);
+        km.maintain(retires).await.unwrap();
+        assert_eq!(db.store.list_keys().await.unwrap().len(), 1);
+    }
+
+    /// Replicas rotating at once (by hand, then automatically when due)
+    /// publish exactly one new key per algorithm, one per generation.
+    async fn replicas_rotating_at_once(stores: [SqlStore; 3], url: &str, cfg: &KeysConfig) {
+        let s = Schedule::new(cfg, &TokenConfig::default());
+        let clock = manual(NOW);
+        let algs = ["RS256", "ES256"];
+        let a = replica(&stores[0], url, &algs, cfg, &clock).await;
+        let b = replica(&stores[1], url, &algs, cfg, &clock).await;
+        let c = replica(&stores[2], url, &algs, cfg, &clock).await;
+        assert_eq!(stores[0].list_keys().await.unwrap().len(), 2);
+
+        let summary = |rows: &[KeyRecord]| -> Vec<(i64, String)> {
+            rows.iter().map(|r| (r.generation, r.alg.clone())).collect()
+        };
+        let (x, y, z) = tokio::join!(a.rotate(NOW), b.rotate(NOW), c.rotate(NOW));
+        let published: Vec<String> = [x.unwrap(), y.unwrap(), z.unwrap()].concat();
+        assert_eq!(published.len(), 2, "{published:?}");
+        let rows = stores[0].list_keys().await.unwrap();
+        let mut by_alg = summary(&rows);
+        by_alg.sort_by(|l, r| l.1.cmp(&r.1).then(l.0.cmp(&r.0)));
+        let generations: Vec<i64> = rows.iter().map(|r| r.generation).collect();
+        assert_eq!(generations, [0, 1, 2, 3]);
+        let algs_of: Vec<&str> = by_alg.iter().map(|(_, a)| a.as_str()).collect();
+        assert_eq!(algs_of, ["ES256", "ES256", "RS256", "RS256"]);
+
+        // Due again one rotation period after the new keys activated.
+        let due = NOW + s.publish_lead + s.rotation_period;
+        clock.set(due);
+        let (x, y, z) = tokio::join!(a.maintain(due), b.maintain(due), c.maintain(due));
+        let published: Vec<String> = [x.unwrap(), y.unwrap(), z.unwrap()].concat();
+        assert_eq!(published.len(), 2, "{published:?}");
+        let rows = stores[0].list_keys().await.unwrap();
+        // The first keys retired meanwhile and were deleted.
+        let generations: Vec<i64> = rows.iter().map(|r| r.generation).collect();
+        assert_eq!(generations, [2, 3, 4, 5]);
+        let mut new: Vec<&str> = rows[2..].iter().map(|r| r.alg.as_str()).collect();
+        new.sort();
+        assert_eq!(new, ["ES256", "RS256"]);
+        // All replicas publish the same set.
+        for km in [&a, &b, &c] {
+            km.reload(due).await.unwrap();
+        }
+        assert_eq!(jwks(&a), jwks(&b));
+        assert_eq!(jwks(&a), jwks(&c));
+    }
+
+    #[tokio::test]
+    async fn replicas_rotating_at_once_on_sqlite() {
+        let db = sqlite().await;
+        let cfg = rotating("AUTH_ADAPTER_KEYS_TEST_RACE_SQLITE", 12, 1000);
+        let other = || SqlStore::connect(&db.url, 2);
+        let stores = [db.store.clone(), other().await.unwrap(), other().await.unwrap()];
+        replicas_rotating_at_once(stores, &db.url, &cfg).await;
+    }
+
+    #[tokio::test]
+    async fn replicas_rotating_at_once_on_postgres() {
+        let pg = crate::store::conformance::TestPostgres::new().await;
+        let cfg = rotating("AUTH_ADAPTER_KEYS_TEST_RACE_PG", 13, 1000);
+        let stores = [pg.store.clone(), pg.store.clone(), pg.store.clone()];
+        replicas_rotating_at_once(stores, "postgres://unused", &cfg).await;
+        pg.drop_schema().await;
+    }
+
+    /// A replica learns of a key another one published by its periodic
+    /// reload, or at once when a token carries an unknown kid (at most
+    /// every [`MISS_RELOAD_THROTTLE_SECONDS`]).
+    #[tokio::test]
+    async fn replicas_pick_up_new_keys_without_a_restart() {
+        let db = sqlite().await;
+        let cfg = rotating("AUTH_ADAPTER_KEYS_TEST_RELOAD", 14, 0);
+        let s = Schedule::new(&cfg, &TokenConfig::default());
+        let clock = manual(NOW);
+        let a = replica(&db.store, &db.url, &["EdDSA"], &cfg, &clock).await;
+        let b = replica(&db.store, &db.url, &["EdDSA"], &cfg, &clock).await;
+        let c = replica(&db.store, &db.url, &["EdDSA"], &cfg, &clock).await;
+        let new = a.rotate(NOW).await.unwrap().remove(0);
+        assert!(kids(&a).contains(&new));
+        assert!(!kids(&b).contains(&new), "b has not re-read the store");
+        b.reload(NOW).await.unwrap();
+        assert!(kids(&b).contains(&new));
+
+        let activation = NOW + s.publish_lead;
+        clock.set(activation);
+        let token = a.sign("at+jwt", &claims(activation)).unwrap();
+        assert_eq!(kid_of(&token), new);
+        assert_eq!(kid_of(&b.sign("at+jwt", &claims(activation)).unwrap()), new);
+        // c re-read the store 9 s ago: an unknown kid is refused...
+        c.last_reload.store(activation - 9, Ordering::SeqCst);
+        let err = c
+            .verify(&token, "at+jwt", "http://i", activation)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, KeyError::Rejected("unknown kid")),
+            "{err}"
+        );
+        assert!(!kids(&c).contains(&new));
+        // ...10 s after, it re-reads once and accepts.
+        c.verify(&token, "at+jwt", "http://i", activation + 1)
+            .await
+            .unwrap();
+        assert!(kids(&c).contains(&new));
+    }
+
+    /// OIDC Registration §2: each client's `id_token_signed_response_alg`
+    /// has an active key of its own, rotated like the default one.
+    #[tokio::test]
+    async fn each_algorithm_in_use_has_an_active_key() {
+        let db = sqlite().await;
+        let cfg = rotating("AUTH_ADAPTER_KEYS_TEST_PER_CLIENT", 15, 0);
+        let clock = manual(NOW);
+        let km = replica(&db.store, &db.url, &["RS256", "ES256", "EdDSA"], &cfg, &clock).await;
+        assert_eq!(km.algorithms(), ["ES256", "EdDSA", "RS256"]);
+        for (alg, expected) in [
+            (Some("ES256"), Algorithm::ES256),
+            (Some("EdDSA"), Algorithm::EdDSA),
+            (Some("RS256"), Algorithm::RS256),
+            (None, Algorithm::RS256),
+        ] {
+            let token = km.sign_with(alg, "JWT", &claims(NOW)).unwrap();
+            assert_eq!(jsonwebtoken::decode_header(&token).unwrap().alg, expected);
+            km.verify(&token, "JWT", "http://i", NOW).await.unwrap();
+        }
+        let published = km.rotate(NOW).await.unwrap();
+        assert_eq!(published.len(), 3);
+        let rows = db.store.list_keys().await.unwrap();
+        let mut next: Vec<&str> = rows[3..].iter().map(|r| r.alg.as_str()).collect();
+        next.sort();
+        assert_eq!(next, ["ES256", "EdDSA", "RS256"]);
+        assert_eq!(
+            states(&rows, NOW),
+            ["active", "active", "active", "next", "next", "next"]
+        );
+    }
+
+    /// `adapter keys list`: every key with its schedule and state, and
+    /// nothing of any private key.
+    #[tokio::test]
+    async fn key_list_shows_the_schedule_and_no_private_material() {
+        let db = sqlite().await;
+        let cfg = rotating("AUTH_ADAPTER_KEYS_TEST_LIST", 16, 0);
+        let s = Schedule::new(&cfg, &TokenConfig::default());
+        let clock = manual(NOW);
+        let km = replica(&db.store, &db.url, &["RS256", "EdDSA"], &cfg, &clock).await;
+        km.rotate(NOW).await.unwrap();
+        let rows = db.store.list_keys().await.unwrap();
+        let text = describe_keys(&rows, NOW);
+        let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(
+            lines[0],
+            ["KID", "ALG", "GENERATION", "CREATED", "ACTIVATES", "RETIRES", "STATE"]
+        );
+        let activation = time::OffsetDateTime::from_unix_timestamp(NOW + s.publish_lead)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let expected = [
+            ("RS256", "0", "active"),
+            ("EdDSA", "1", "active"),
+            ("RS256", "2", "next"),
+            ("EdDSA", "3", "next"),
+        ];
+        assert_eq!(lines.len(), 1 + expected.len());
+        for (line, (row, (alg, generation, state))) in lines[1..].iter().zip(rows.iter().zip(expected)) {
+            assert_eq!(line[0], row.kid);
+            assert_eq!((line[1], line[2], line[6]), (alg, generation, state));
+        }
+        assert_eq!(lines[3][4], activation);
+        assert_eq!(lines[1][5], lines[2][5], "retirement column");
+        assert_ne!(lines[1][5], "-");
+        assert_eq!(lines[3][5], "-");
+        assert_eq!(
+            describe_keys(&rows, NOW + s.publish_lead)
+                .lines()
+                .map(|l| l.split_whitespace().last().unwrap().to_string())
+                .collect::<Vec<_>>(),
+            ["STATE", "retiring", "retiring", "active", "active"]
+        );
+        // Nothing of the stored envelopes nor of the keys inside them.
+        let key = EncryptionKey::resolve(&cfg, &db.url).unwrap();
+        assert!(!text.contains(ENVELOPE_PREFIX));
+        assert!(!text.contains(PKCS8_LABEL));
+        for row in &rows {
+            let envelope = row.private_pem.strip_prefix(ENVELOPE_PREFIX).unwrap();
+            for part in envelope.split(':') {
+                assert!(!text.contains(part));
+            }
+            let plain = key.open(&row.kid, envelope).unwrap();
+            for line in plain.lines().filter(|l| !l.starts_with("-----")) {
+                assert!(!text.contains(line), "key material in the list");
+            }
+        }
+    }
 }
