@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Config};
 use crate::keys::{describe_keys, KeyManager, Policy};
-use crate::store::Store;
 use crate::startup::{connect_store, Application};
+use crate::store::Store;
 
 #[derive(Debug, Parser)]
 #[command(version, about)]

@@ -1188,12 +1188,8 @@ mod tests {
     async fn first_start_generates_then_reuses() {
         let db = sqlite().await;
         let cfg = KeysConfig::default();
-        let a = load(&db, "RS256", &cfg, 1)
-            .await
-            .unwrap();
-        let b = load(&db, "RS256", &cfg, 2)
-            .await
-            .unwrap();
+        let a = load(&db, "RS256", &cfg, 1).await.unwrap();
+        let b = load(&db, "RS256", &cfg, 2).await.unwrap();
         assert_eq!(db.store.list_keys().await.unwrap().len(), 1);
         assert_eq!(jwks(&a), jwks(&b));
     }
@@ -1219,9 +1215,7 @@ mod tests {
     async fn stored_key_is_encrypted_and_bound_to_its_kid() {
         let db = sqlite().await;
         let cfg = env_key("AUTH_ADAPTER_KEYS_TEST_BOUND", 1);
-        let km = load(&db, "RS256", &cfg, NOW)
-            .await
-            .unwrap();
+        let km = load(&db, "RS256", &cfg, NOW).await.unwrap();
         let rows = db.store.list_keys().await.unwrap();
         let stored = &rows[0].private_pem;
         assert!(stored.starts_with("enc:v1:"), "{stored}");
@@ -1241,13 +1235,14 @@ mod tests {
 
         // Round trip: a restart with the same key loads the same key, and
         // what the first instance signed verifies.
-        let again = load(&db, "RS256", &cfg, NOW)
-            .await
-            .unwrap();
+        let again = load(&db, "RS256", &cfg, NOW).await.unwrap();
         assert_eq!(jwks(&km), jwks(&again));
         let token = km.sign("at+jwt", &claims(NOW)).unwrap();
         assert_eq!(
-            again.verify(&token, "at+jwt", "http://i", NOW).await.unwrap()["sub"],
+            again
+                .verify(&token, "at+jwt", "http://i", NOW)
+                .await
+                .unwrap()["sub"],
             "u"
         );
 
@@ -1258,9 +1253,7 @@ mod tests {
             ..rows[0].clone()
         };
         assert!(db.store.insert_key(&moved).await.unwrap());
-        let err = load(&db, "RS256", &cfg, NOW)
-            .await
-            .unwrap_err();
+        let err = load(&db, "RS256", &cfg, NOW).await.unwrap_err();
         assert!(
             matches!(&err, KeyError::Decrypt { kid } if kid == "another-kid"),
             "{err}"
@@ -1271,14 +1264,10 @@ mod tests {
     async fn wrong_encryption_key_is_a_clear_start_up_error() {
         let db = sqlite().await;
         let right = env_key("AUTH_ADAPTER_KEYS_TEST_RIGHT", 1);
-        load(&db, "ES256", &right, NOW)
-            .await
-            .unwrap();
+        load(&db, "ES256", &right, NOW).await.unwrap();
         let kid = db.store.list_keys().await.unwrap()[0].kid.clone();
         let wrong = env_key("AUTH_ADAPTER_KEYS_TEST_WRONG", 2);
-        let err = load(&db, "ES256", &wrong, NOW)
-            .await
-            .unwrap_err();
+        let err = load(&db, "ES256", &wrong, NOW).await.unwrap_err();
         assert!(
             matches!(&err, KeyError::Decrypt { kid: k } if *k == kid),
             "{err}"
@@ -1349,9 +1338,7 @@ mod tests {
         let db = sqlite().await;
         let (logs, _guard) = Logs::capture();
         let cfg = KeysConfig::default();
-        let a = load(&db, "RS256", &cfg, NOW)
-            .await
-            .unwrap();
+        let a = load(&db, "RS256", &cfg, NOW).await.unwrap();
         let path = db.dir.path().join(DEFAULT_KEY_FILE_NAME);
         let content = std::fs::read_to_string(&path).unwrap();
         assert_eq!(STANDARD.decode(content.trim()).unwrap().len(), 32);
@@ -1371,9 +1358,7 @@ mod tests {
         assert_eq!(names, [DEFAULT_KEY_FILE_NAME]);
 
         // Reused: same file, same key, and the stored key decrypts.
-        let b = load(&db, "RS256", &cfg, NOW)
-            .await
-            .unwrap();
+        let b = load(&db, "RS256", &cfg, NOW).await.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
         assert_eq!(jwks(&a), jwks(&b));
         assert!(!logs.text().contains(content.trim()), "key in the logs");
@@ -1384,9 +1369,7 @@ mod tests {
 
         // The file is what decrypts the stored key: a new one does not.
         std::fs::remove_file(&path).unwrap();
-        let err = load(&db, "RS256", &cfg, NOW)
-            .await
-            .unwrap_err();
+        let err = load(&db, "RS256", &cfg, NOW).await.unwrap_err();
         assert!(matches!(err, KeyError::Decrypt { .. }), "{err}");
     }
 
@@ -1443,9 +1426,7 @@ mod tests {
         db.store.insert_key(&legacy).await.unwrap();
         let (logs, _guard) = Logs::capture();
         let cfg = env_key("AUTH_ADAPTER_KEYS_TEST_LEGACY", 3);
-        let km = load(&db, "RS256", &cfg, NOW)
-            .await
-            .unwrap();
+        let km = load(&db, "RS256", &cfg, NOW).await.unwrap();
         assert_eq!(db.store.list_keys().await.unwrap().len(), 1);
         let token = km.sign("JWT", &claims(NOW)).unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();
@@ -1466,9 +1447,7 @@ mod tests {
     async fn eddsa_signs_verifies_and_publishes_an_okp_key() {
         let db = sqlite().await;
         let cfg = env_key("AUTH_ADAPTER_KEYS_TEST_EDDSA", 4);
-        let km = load(&db, "EdDSA", &cfg, NOW)
-            .await
-            .unwrap();
+        let km = load(&db, "EdDSA", &cfg, NOW).await.unwrap();
         assert_eq!(db.store.list_keys().await.unwrap()[0].alg, "EdDSA");
         let v = jwks(&km);
         let key = v["keys"][0].as_object().unwrap();
@@ -1569,7 +1548,8 @@ mod tests {
                 .encode(json!({"iss":"http://i","sub":"admin","iat":now,"exp":now+60}).to_string());
             parts[1] = &evil;
             assert!(km
-                .verify(&parts.join("."), "at+jwt", "http://i", now).await
+                .verify(&parts.join("."), "at+jwt", "http://i", now)
+                .await
                 .is_err());
         }
     }
@@ -1580,14 +1560,10 @@ mod tests {
     async fn changed_alg_publishes_a_new_key_that_signs() {
         let db = sqlite().await;
         let cfg = env_key("AUTH_ADAPTER_KEYS_TEST_ROTATE", 7);
-        let old = load(&db, "RS256", &cfg, NOW)
-            .await
-            .unwrap();
+        let old = load(&db, "RS256", &cfg, NOW).await.unwrap();
         let old_token = old.sign("at+jwt", &claims(NOW)).unwrap();
         let (logs, _guard) = Logs::capture();
-        let new = load(&db, "EdDSA", &cfg, NOW)
-            .await
-            .unwrap();
+        let new = load(&db, "EdDSA", &cfg, NOW).await.unwrap();
         let rows = db.store.list_keys().await.unwrap();
         let summary: Vec<(i64, &str)> = rows
             .iter()
@@ -1601,7 +1577,9 @@ mod tests {
         assert_eq!(header.alg, Algorithm::EdDSA);
         assert_eq!(header.kid.as_deref(), Some(rows[1].kid.as_str()));
         new.verify(&token, "at+jwt", "http://i", NOW).await.unwrap();
-        new.verify(&old_token, "at+jwt", "http://i", NOW).await.unwrap();
+        new.verify(&old_token, "at+jwt", "http://i", NOW)
+            .await
+            .unwrap();
         assert_eq!(jwks(&new)["keys"].as_array().unwrap().len(), 2);
         assert_eq!(new.algorithms(), ["EdDSA", "RS256"]);
         let text = logs.text();
@@ -1612,9 +1590,7 @@ mod tests {
         );
 
         // Settled: the next start with the same setting adds nothing.
-        load(&db, "EdDSA", &cfg, NOW)
-            .await
-            .unwrap();
+        load(&db, "EdDSA", &cfg, NOW).await.unwrap();
         assert_eq!(db.store.list_keys().await.unwrap().len(), 2);
     }
 
@@ -1622,9 +1598,7 @@ mod tests {
     async fn racing_alg_changes_publish_one_key() {
         let db = sqlite().await;
         let cfg = env_key("AUTH_ADAPTER_KEYS_TEST_RACE", 8);
-        load(&db, "RS256", &cfg, NOW)
-            .await
-            .unwrap();
+        load(&db, "RS256", &cfg, NOW).await.unwrap();
         let (a, b, c) = tokio::join!(
             load(&db, "ES256", &cfg, NOW),
             load(&db, "ES256", &cfg, NOW),
@@ -1680,9 +1654,7 @@ mod tests {
         assert!(store.list_keys().await.unwrap().is_empty());
 
         let cfg = env_key("AUTH_ADAPTER_KEYS_TEST_PG", 9);
-        let first = load_on(&store, &url, "RS256", &cfg, NOW)
-            .await
-            .unwrap();
+        let first = load_on(&store, &url, "RS256", &cfg, NOW).await.unwrap();
         assert!(store.list_keys().await.unwrap()[0]
             .private_pem
             .starts_with("enc:v1:"));
@@ -1976,7 +1948,11 @@ mod tests {
         let db = sqlite().await;
         let cfg = rotating("AUTH_ADAPTER_KEYS_TEST_RACE_SQLITE", 12, 1000);
         let other = || SqlStore::connect(&db.url, 2);
-        let stores = [db.store.clone(), other().await.unwrap(), other().await.unwrap()];
+        let stores = [
+            db.store.clone(),
+            other().await.unwrap(),
+            other().await.unwrap(),
+        ];
         replicas_rotating_at_once(stores, &db.url, &cfg).await;
     }
 
@@ -2018,10 +1994,7 @@ mod tests {
             .verify(&token, "at+jwt", "http://i", activation)
             .await
             .unwrap_err();
-        assert!(
-            matches!(err, KeyError::Rejected("unknown kid")),
-            "{err}"
-        );
+        assert!(matches!(err, KeyError::Rejected("unknown kid")), "{err}");
         assert!(!kids(&c).contains(&new));
         // ...10 s after, it re-reads once and accepts.
         c.verify(&token, "at+jwt", "http://i", activation + 1)
@@ -2037,7 +2010,14 @@ mod tests {
         let db = sqlite().await;
         let cfg = rotating("AUTH_ADAPTER_KEYS_TEST_PER_CLIENT", 15, 0);
         let clock = manual(NOW);
-        let km = replica(&db.store, &db.url, &["RS256", "ES256", "EdDSA"], &cfg, &clock).await;
+        let km = replica(
+            &db.store,
+            &db.url,
+            &["RS256", "ES256", "EdDSA"],
+            &cfg,
+            &clock,
+        )
+        .await;
         assert_eq!(km.algorithms(), ["ES256", "EdDSA", "RS256"]);
         for (alg, expected) in [
             (Some("ES256"), Algorithm::ES256),
@@ -2073,10 +2053,21 @@ mod tests {
         km.rotate(NOW).await.unwrap();
         let rows = db.store.list_keys().await.unwrap();
         let text = describe_keys(&rows, NOW);
-        let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
         assert_eq!(
             lines[0],
-            ["KID", "ALG", "GENERATION", "CREATED", "ACTIVATES", "RETIRES", "STATE"]
+            [
+                "KID",
+                "ALG",
+                "GENERATION",
+                "CREATED",
+                "ACTIVATES",
+                "RETIRES",
+                "STATE"
+            ]
         );
         let activation = time::OffsetDateTime::from_unix_timestamp(NOW + s.publish_lead)
             .unwrap()
@@ -2089,7 +2080,9 @@ mod tests {
             ("EdDSA", "3", "next"),
         ];
         assert_eq!(lines.len(), 1 + expected.len());
-        for (line, (row, (alg, generation, state))) in lines[1..].iter().zip(rows.iter().zip(expected)) {
+        for (line, (row, (alg, generation, state))) in
+            lines[1..].iter().zip(rows.iter().zip(expected))
+        {
             assert_eq!(line[0], row.kid);
             assert_eq!((line[1], line[2], line[6]), (alg, generation, state));
         }

@@ -419,10 +419,21 @@ async fn key_rotation_schedule(s: &dyn Store) {
         .filter(|r| r.retires_at.is_some_and(|t| t <= 1999))
         .count() as u64;
     assert_eq!(s.delete_retired_keys(1999).await.unwrap(), earlier);
-    assert!(s.list_keys().await.unwrap().iter().any(|r| r.kid == "rot-old"));
+    assert!(s
+        .list_keys()
+        .await
+        .unwrap()
+        .iter()
+        .any(|r| r.kid == "rot-old"));
     // At its retirement: deleted; a key without a retirement time never is.
     assert_eq!(s.delete_retired_keys(2000).await.unwrap(), 1);
-    let kids: Vec<String> = s.list_keys().await.unwrap().into_iter().map(|r| r.kid).collect();
+    let kids: Vec<String> = s
+        .list_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.kid)
+        .collect();
     assert!(kids.contains(&"rot-new".to_string()), "{kids:?}");
     assert!(!kids.contains(&"rot-old".to_string()), "{kids:?}");
     assert_eq!(s.delete_retired_keys(i64::MAX).await.unwrap(), 0);
