@@ -1793,7 +1793,7 @@ mod tests {
 
         // Not due yet.
         assert!(km.maintain(NOW + 999).await.unwrap().is_empty());
-        assert_eq!(kids(&km), [old.clone()]);
+        assert_eq!(kids(&km), vec![old.clone()]);
         clock.set(NOW + 1000);
         let published = km.maintain(NOW + 1000).await.unwrap();
         assert_eq!(published.len(), 1);
@@ -1834,7 +1834,7 @@ mod tests {
         assert_eq!(kids(&km), [old.clone(), new.clone()]);
         // Retired: gone from the JWKS, then from the store.
         clock.set(retires);
-        assert_eq!(kids(&km), [new.clone()]);
+        assert_eq!(kids(&km), vec![new.clone()]);
         assert_eq!(states(&rows, retires), ["retired", "active"]);
         km.maintain(retires).await.unwrap();
         let rows = db.store.list_keys().await.unwrap();
@@ -1878,7 +1878,7 @@ mod tests {
         let rows = db.store.list_keys().await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].kid, second);
-        assert_eq!(kids(&km), [second.clone()]);
+        assert_eq!(kids(&km), vec![second.clone()]);
         km.verify(&token, "JWT", "http://i", late).await.unwrap();
 
         // Stopped after step 2: the retired key leaves the JWKS at its
@@ -1891,7 +1891,7 @@ mod tests {
         clock.set(retires);
         let km = replica(&db.store, &db.url, &["ES256"], &cfg, &clock).await;
         assert_eq!(db.store.list_keys().await.unwrap().len(), 2);
-        assert_eq!(kids(&km), [third.clone()]);
+        assert_eq!(kids(&km), vec![third.clone()]);
         assert_eq!(kid_of(&km.sign("JWT", &claims(retires)).unwrap()), third);
         km.maintain(retires).await.unwrap();
         assert_eq!(db.store.list_keys().await.unwrap().len(), 1);
