@@ -1,12 +1,17 @@
 //! The command line shared by the provider binaries (the adapter and the
-//! upstream test server): `serve` (default), `config check`, `migrate`.
+//! upstream test server): `serve` (default), `config check`, `migrate`,
+//! `keys list`, `keys rotate`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Config};
+use crate::keys::{describe_keys, KeyManager, Policy};
 use crate::startup::{connect_store, Application};
+use crate::store::Store;
 
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -29,6 +34,22 @@ pub enum Command {
     },
     /// Create or upgrade the database schema, then exit.
     Migrate,
+    /// Signing keys (RFC 7517 §5).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Print each signing key's kid, algorithm, generation, schedule and
+    /// state (next, active, retiring); never any private material.
+    List,
+    /// Publish the next key of each algorithm in use now; it signs once
+    /// cached key sets hold it, and the key it replaces retires once the
+    /// tokens it signed have expired.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +95,27 @@ pub async fn run(defaults: Config, env_prefix: &str) -> anyhow::Result<()> {
         Command::Migrate => {
             connect_store(&config.database.url, 1).await?;
             println!("schema is up to date");
+        }
+        Command::Keys { action } => {
+            let store: Arc<dyn Store> = Arc::new(connect_store(&config.database.url, 1).await?);
+            let now = SystemClock.now();
+            if let KeysAction::Rotate = action {
+                let keys = KeyManager::open(
+                    store.clone(),
+                    Policy::from_config(&config)?,
+                    &config.keys,
+                    &config.database.url,
+                    Arc::new(SystemClock),
+                )
+                .await?;
+                let published = keys.rotate(now).await?;
+                if published.is_empty() {
+                    println!("a next key is already waiting to activate; nothing published");
+                } else {
+                    println!("published: {}", published.join(", "));
+                }
+            }
+            print!("{}", describe_keys(&store.list_keys().await?, now));
         }
     }
     Ok(())

@@ -2,9 +2,14 @@
 //! own JWTs.
 //!
 //! Keys live in the [`Store`] so that every replica signs with, and
-//! publishes, the same keys. The key of the highest generation signs; all
-//! stored keys stay in the JWKS, so tokens signed by an older key keep
-//! verifying. Private keys are generated with aws-lc-rs (RS256: RSA-2048,
+//! publishes, the same keys, and re-reads them periodically
+//! ([`KeyManager::reload`]). Each key has a schedule stored with it: an
+//! activation time (before it, the key is only published) and, once a
+//! successor exists, a retirement time (from then on it is no longer
+//! published). Per algorithm in use (the default one and each client's
+//! `id_token_signed_response_alg`), the newest key whose activation has
+//! passed signs; every key not yet retired is in the JWKS, so tokens signed
+//! by an older key keep verifying (RFC 7517 §5, OIDC Core §10.1.1). Private keys are generated with aws-lc-rs (RS256: RSA-2048,
 //! ES256: P-256, EdDSA: Ed25519), serialised as PKCS#8 PEM and never logged.
 //!
 //! At rest, the PEM is encrypted with AES-256-GCM under a key from
@@ -14,6 +19,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use aws_lc_rs::aead::{Aad, Nonce, RandomizedNonceKey, AES_256_GCM, NONCE_LEN};
 use base64::engine::general_purpose::STANDARD;
@@ -23,11 +30,24 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::clock::SharedClock;
+use crate::config::{Config, TokenConfig};
 use crate::store::{KeyRecord, Store, StoreError};
 
 /// Clock-skew leeway for our own tokens, seconds: RFC 7519 §4.1.4 allows
 /// "some small leeway"; we keep it under a minute.
 pub const LEEWAY_SECONDS: u64 = 30;
+
+/// How long relying parties may cache the JWKS: discovery serves it with
+/// `Cache-Control: max-age=300` (RFC 9111 §5.2.2.1).
+pub const JWKS_CACHE_SECONDS: i64 = 300;
+
+/// After verification meets an unknown `kid`, the key set is re-read from
+/// the store at most this often.
+pub const MISS_RELOAD_THROTTLE_SECONDS: i64 = 10;
+
+/// Default of `keys.reload_interval_seconds`.
+pub const DEFAULT_RELOAD_INTERVAL_SECONDS: u64 = 60;
 
 /// Prefix of an encrypted private key in `signing_keys.private_pem`.
 const ENVELOPE_PREFIX: &str = "enc:v1:";
@@ -41,13 +61,37 @@ pub const DEFAULT_KEY_FILE_NAME: &str = "signing-keys.key";
 /// `openssl rand -base64 32`. With neither set, a SQLite deployment gets a
 /// key file created beside its database file; a PostgreSQL deployment
 /// refuses to start, since its replicas must share one key.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+///
+/// Rotation (RFC 7517 §5, OIDC Core §10.1.1): every
+/// `rotation_period_seconds` the next key of each algorithm in use is
+/// published, signs once every cached JWKS holds it, and the key it
+/// supersedes leaves the JWKS once every token it signed has expired (see
+/// [`Schedule`]). Every replica re-reads the keys every
+/// `reload_interval_seconds`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeysConfig {
     /// Name of an environment variable holding the key.
     pub encryption_key_env: Option<String>,
     /// Path of a file holding the key.
     pub encryption_key_file: Option<PathBuf>,
+    /// Age at which a signing key gets a successor, seconds; 0 (default):
+    /// no automatic rotation (`adapter keys rotate` still rotates).
+    pub rotation_period_seconds: u64,
+    /// How often each replica re-reads the key set from the database,
+    /// seconds (at least 1; default 60).
+    pub reload_interval_seconds: u64,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            encryption_key_env: None,
+            encryption_key_file: None,
+            rotation_period_seconds: 0,
+            reload_interval_seconds: DEFAULT_RELOAD_INTERVAL_SECONDS,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -279,22 +323,230 @@ fn warn_if_readable_by_others(path: &Path) {
     let _ = path;
 }
 
+/// A stored key, decrypted and parsed. `meta` is its row without the
+/// private key (`private_pem` is empty).
 struct LoadedKey {
-    kid: String,
+    meta: KeyRecord,
+    material: Arc<KeyMaterial>,
+}
+
+struct KeyMaterial {
     alg: Algorithm,
     encoding: EncodingKey,
     decoding: DecodingKey,
     public_jwk: Jwk,
 }
 
-/// The loaded key set. The last key is the one that signs.
-pub struct KeyManager {
+impl AsRef<KeyRecord> for LoadedKey {
+    fn as_ref(&self) -> &KeyRecord {
+        &self.meta
+    }
+}
+
+impl AsRef<KeyRecord> for KeyRecord {
+    fn as_ref(&self) -> &KeyRecord {
+        self
+    }
+}
+
+/// One snapshot of the stored keys, by generation.
+#[derive(Default)]
+struct KeySet {
     keys: Vec<LoadedKey>,
+}
+
+/// Where a key stands in its life at some time (RFC 7517 §5: a key set may
+/// hold keys that do not sign yet, or no longer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// Published, signs from its activation on.
+    Next,
+    /// Published, and the key that signs for its algorithm.
+    Active,
+    /// Published, no longer signs: tokens it signed still verify.
+    Retiring,
+    /// Past its retirement: no longer published.
+    Retired,
+}
+
+impl std::fmt::Display for KeyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyState::Next => "next",
+            KeyState::Active => "active",
+            KeyState::Retiring => "retiring",
+            KeyState::Retired => "retired",
+        })
+    }
+}
+
+/// Whether key `r` is in the JWKS at `now`.
+fn is_published(r: &KeyRecord, now: i64) -> bool {
+    r.retires_at.is_none_or(|t| t > now)
+}
+
+/// The key that signs for `alg` at `now`: the newest published key of that
+/// algorithm whose activation time has passed. `keys` are by generation.
+fn active_of<'a, T: AsRef<KeyRecord>>(keys: &'a [T], alg: &str, now: i64) -> Option<&'a T> {
+    keys.iter().rev().find(|k| {
+        let r = k.as_ref();
+        r.alg == alg && r.activates_at <= now && is_published(r, now)
+    })
+}
+
+/// The state of `key`, one of `keys` (by generation), at `now`.
+pub fn key_state<T: AsRef<KeyRecord>>(keys: &[T], key: &KeyRecord, now: i64) -> KeyState {
+    if !is_published(key, now) {
+        KeyState::Retired
+    } else if key.activates_at > now {
+        KeyState::Next
+    } else if active_of(keys, &key.alg, now).is_some_and(|a| a.as_ref().kid == key.kid) {
+        KeyState::Active
+    } else {
+        KeyState::Retiring
+    }
+}
+
+/// The table printed by `adapter keys list`: one line per key with its
+/// schedule and state, never any private material.
+pub fn describe_keys(records: &[KeyRecord], now: i64) -> String {
+    let time = |t: i64| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| t.to_string())
+    };
+    let mut out = format!(
+        "{:<43}  {:<5}  {:>10}  {:<20}  {:<20}  {:<20}  STATE\n",
+        "KID", "ALG", "GENERATION", "CREATED", "ACTIVATES", "RETIRES"
+    );
+    for r in records {
+        out.push_str(&format!(
+            "{:<43}  {:<5}  {:>10}  {:<20}  {:<20}  {:<20}  {}\n",
+            r.kid,
+            r.alg,
+            r.generation,
+            time(r.created_at),
+            time(r.activates_at),
+            r.retires_at.map_or_else(|| "-".to_string(), time),
+            key_state(records, r, now),
+        ));
+    }
+    out
+}
+
+/// When keys are published, activated and retired, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// A new key is published this long before it signs: the JWKS a relying
+    /// party caches is at most [`JWKS_CACHE_SECONDS`] old, and a replica
+    /// learns of the key within one reload interval, so every cached JWKS
+    /// holds the key by its activation (OIDC Core §10.1.1).
+    pub publish_lead: i64,
+    /// A superseded key stays published this long after its successor
+    /// activates: the longest token lifetime, the verification leeway
+    /// (RFC 7519 §4.1.4) and one reload interval, so every token it signed
+    /// has expired before its key leaves the JWKS.
+    pub retire_after: i64,
+    /// Age at which the active key of an algorithm gets a successor; 0: never.
+    pub rotation_period: i64,
+    /// How often every replica re-reads the key set.
+    pub reload_interval: i64,
+}
+
+impl Schedule {
+    pub fn new(keys: &KeysConfig, tokens: &TokenConfig) -> Self {
+        let secs = |s: u64| i64::try_from(s).unwrap_or(i64::MAX / 4);
+        let reload = secs(keys.reload_interval_seconds);
+        Schedule {
+            publish_lead: JWKS_CACHE_SECONDS + reload,
+            retire_after: tokens
+                .access_token_ttl_seconds
+                .max(tokens.id_token_ttl_seconds)
+                + LEEWAY_SECONDS as i64
+                + reload,
+            rotation_period: secs(keys.rotation_period_seconds),
+            reload_interval: reload,
+        }
+    }
+}
+
+/// The algorithms in use and the schedule of their keys.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The default algorithm (`tokens.signing_alg`) first, then each other
+    /// client's `id_token_signed_response_alg` (OIDC Registration §2).
+    algs: Vec<Algorithm>,
+    schedule: Schedule,
+}
+
+impl Policy {
+    pub fn new<'a>(
+        default_alg: &str,
+        client_algs: impl IntoIterator<Item = &'a str>,
+        schedule: Schedule,
+    ) -> Result<Self, KeyError> {
+        if schedule.reload_interval < 1 {
+            return Err(KeyError::Config(
+                "keys.reload_interval_seconds must be at least 1".into(),
+            ));
+        }
+        let mut algs = vec![parse_alg(default_alg)?];
+        for alg in client_algs {
+            let alg = parse_alg(alg)?;
+            if !algs.contains(&alg) {
+                algs.push(alg);
+            }
+        }
+        Ok(Policy { algs, schedule })
+    }
+
+    /// The policy of a configuration: `tokens.signing_alg`, the clients'
+    /// algorithms, `keys.*` and the token lifetimes.
+    pub fn from_config(config: &Config) -> Result<Self, KeyError> {
+        Self::new(
+            &config.tokens.signing_alg,
+            config
+                .clients
+                .iter()
+                .filter_map(|c| c.id_token_signed_response_alg.as_deref()),
+            Schedule::new(&config.keys, &config.tokens),
+        )
+    }
+
+    pub fn schedule(&self) -> Schedule {
+        self.schedule
+    }
+}
+
+/// What a [`KeyManager`] needs to re-read and rotate keys.
+struct Source {
+    store: Arc<dyn Store>,
+    key: EncryptionKey,
+    policy: Policy,
+}
+
+/// The key set every replica shares through the [`Store`], reloadable
+/// without a restart. Per algorithm in use, the newest key whose activation
+/// time has passed signs; every key not yet retired is in the JWKS.
+pub struct KeyManager {
+    set: RwLock<Arc<KeySet>>,
+    /// `None` for a fixed set ([`KeyManager::from_records`]).
+    source: Option<Source>,
+    default_alg: Algorithm,
+    clock: SharedClock,
+    /// When the set was last read from the store (for the throttle of
+    /// reloads on an unknown `kid`).
+    last_reload: AtomicI64,
 }
 
 impl std::fmt::Debug for KeyManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kids: Vec<&str> = self.keys.iter().map(|k| k.kid.as_str()).collect();
+        let set = self.snapshot();
+        let kids: Vec<&str> = set.keys.iter().map(|k| k.meta.kid.as_str()).collect();
         f.debug_struct("KeyManager").field("kids", &kids).finish()
     }
 }
@@ -360,7 +612,7 @@ pub fn generate_pem(alg: &str) -> Result<String, KeyError> {
 }
 
 /// Loads a plaintext PEM key of `alg` under `kid`.
-fn load_pem(kid: &str, alg: &str, private_pem: &str) -> Result<LoadedKey, KeyError> {
+fn load_pem(kid: &str, alg: &str, private_pem: &str) -> Result<KeyMaterial, KeyError> {
     let bad = |source| KeyError::BadKey {
         kid: kid.to_string(),
         source,
@@ -377,8 +629,7 @@ fn load_pem(kid: &str, alg: &str, private_pem: &str) -> Result<LoadedKey, KeyErr
     jwk.common.key_id = Some(kid.to_string());
     jwk.common.public_key_use = Some(PublicKeyUse::Signature);
     let decoding = DecodingKey::from_jwk(&jwk).map_err(bad)?;
-    Ok(LoadedKey {
-        kid: kid.to_string(),
+    Ok(KeyMaterial {
         alg,
         encoding,
         decoding,
@@ -388,7 +639,7 @@ fn load_pem(kid: &str, alg: &str, private_pem: &str) -> Result<LoadedKey, KeyErr
 
 /// Loads a stored key: decrypts the envelope, or takes a plaintext PEM row
 /// written by an older release as it is, with a warning.
-fn load_record(record: &KeyRecord, key: &EncryptionKey) -> Result<LoadedKey, KeyError> {
+fn load_record(record: &KeyRecord, key: &EncryptionKey) -> Result<KeyMaterial, KeyError> {
     let stored = record.private_pem.as_str();
     if let Some(envelope) = stored.strip_prefix(ENVELOPE_PREFIX) {
         let private_pem = key.open(&record.kid, envelope)?;
@@ -407,119 +658,386 @@ fn load_record(record: &KeyRecord, key: &EncryptionKey) -> Result<LoadedKey, Key
     }
 }
 
+impl KeySet {
+    /// Decrypts and parses `records`, reusing the keys `previous` holds
+    /// already (a kid is the key's thumbprint: same kid, same key).
+    fn load(
+        records: &[KeyRecord],
+        key: &EncryptionKey,
+        previous: Option<&KeySet>,
+    ) -> Result<Self, KeyError> {
+        let mut keys = Vec::with_capacity(records.len());
+        for r in records {
+            let known = previous.and_then(|p| p.keys.iter().find(|k| k.meta.kid == r.kid));
+            let material = match known {
+                Some(k) => k.material.clone(),
+                None => Arc::new(load_record(r, key)?),
+            };
+            keys.push(LoadedKey {
+                meta: KeyRecord {
+                    private_pem: String::new(),
+                    ..r.clone()
+                },
+                material,
+            });
+        }
+        Ok(KeySet { keys })
+    }
+
+    fn published(&self, now: i64) -> impl Iterator<Item = &LoadedKey> {
+        self.keys.iter().filter(move |k| is_published(&k.meta, now))
+    }
+}
+
+/// Generation of the next key: one above the highest stored.
+fn next_generation(records: &[KeyRecord]) -> i64 {
+    records.iter().map(|r| r.generation + 1).max().unwrap_or(0)
+}
+
+/// A new key of `alg` as a row: generated, kid = RFC 7638 thumbprint
+/// (stable, and says nothing secret), private key sealed.
+async fn new_record(
+    key: &EncryptionKey,
+    alg: &str,
+    generation: i64,
+    now: i64,
+    activates_at: i64,
+) -> Result<KeyRecord, KeyError> {
+    let for_task = alg.to_string();
+    let private_pem = tokio::task::spawn_blocking(move || generate_pem(&for_task))
+        .await
+        .map_err(|_| KeyError::Generate)??;
+    let kid = load_pem("", alg, &private_pem)?
+        .public_jwk
+        .thumbprint(ThumbprintHash::SHA256)?;
+    Ok(KeyRecord {
+        private_pem: key.seal(&kid, &private_pem)?,
+        kid,
+        generation,
+        alg: alg.to_string(),
+        created_at: now,
+        activates_at,
+        retires_at: None,
+    })
+}
+
+/// How often a step retries after another replica took the generation it
+/// wanted (it then re-reads the keys and decides again).
+const INSERT_ATTEMPTS: usize = 5;
+
+impl Source {
+    /// Publishes a key, active at once, for each algorithm in use that has
+    /// no published key: there is no key to rotate from, and nothing can be
+    /// signed with that algorithm without one.
+    async fn ensure_keys(&self, now: i64) -> Result<(), KeyError> {
+        for alg in &self.policy.algs {
+            let name = alg_name(*alg);
+            for _ in 0..INSERT_ATTEMPTS {
+                let records = self.store.list_keys().await?;
+                if records
+                    .iter()
+                    .any(|r| r.alg == name && is_published(r, now))
+                {
+                    break;
+                }
+                let record =
+                    new_record(&self.key, &name, next_generation(&records), now, now).await?;
+                if !self.store.insert_key(&record).await? {
+                    continue;
+                }
+                let newest_other = records.iter().rev().find(|r| is_published(r, now));
+                match newest_other {
+                    None => {
+                        tracing::info!(alg = %name, kid = %record.kid, "generated a new signing key")
+                    }
+                    Some(old) if *alg == self.policy.algs[0] => tracing::info!(
+                        old_alg = %old.alg,
+                        new_alg = %name,
+                        kid = %record.kid,
+                        "tokens.signing_alg changed from {} to {name}: published a new signing \
+                         key; the old one stays in the JWKS",
+                        old.alg
+                    ),
+                    Some(_) => tracing::info!(
+                        alg = %name,
+                        kid = %record.kid,
+                        "published a signing key for a client's id_token_signed_response_alg"
+                    ),
+                }
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 1 of a rotation: for each algorithm in use whose active key is
+    /// due (`force`, or older than the rotation period) and that has no key
+    /// waiting, inserts the next key with an activation
+    /// [`Schedule::publish_lead`] ahead. Nothing else changes, so a crash
+    /// after this step leaves the active key signing. Replicas racing here
+    /// insert the same generation; the store keeps one, and the losers then
+    /// see a key waiting. Returns the new kids.
+    async fn publish_next(&self, now: i64, force: bool) -> Result<Vec<String>, KeyError> {
+        let schedule = self.policy.schedule;
+        let mut published = Vec::new();
+        for alg in &self.policy.algs {
+            let name = alg_name(*alg);
+            for _ in 0..INSERT_ATTEMPTS {
+                let records = self.store.list_keys().await?;
+                let Some(active) = active_of(&records, &name, now) else {
+                    break;
+                };
+                let waiting = records
+                    .iter()
+                    .any(|r| r.alg == name && r.activates_at > now && is_published(r, now));
+                let age = now - active.activates_at.max(active.created_at);
+                let due =
+                    force || (schedule.rotation_period > 0 && age >= schedule.rotation_period);
+                if waiting || !due {
+                    break;
+                }
+                let activates_at = now + schedule.publish_lead;
+                let record = new_record(
+                    &self.key,
+                    &name,
+                    next_generation(&records),
+                    now,
+                    activates_at,
+                )
+                .await?;
+                if self.store.insert_key(&record).await? {
+                    tracing::info!(
+                        alg = %name,
+                        kid = %record.kid,
+                        generation = record.generation,
+                        activates_at,
+                        "published the next signing key; it signs from its activation on"
+                    );
+                    published.push(record.kid);
+                    break;
+                }
+            }
+        }
+        Ok(published)
+    }
+
+    /// Step 2: every key with a successor of its algorithm and no retirement
+    /// yet is retired [`Schedule::retire_after`] after that successor
+    /// activates. Idempotent, and repairs a rotation that stopped after
+    /// step 1; the first schedule stored wins.
+    async fn schedule_retirements(&self) -> Result<(), KeyError> {
+        let records = self.store.list_keys().await?;
+        for (i, r) in records.iter().enumerate() {
+            if r.retires_at.is_some() {
+                continue;
+            }
+            let Some(successor) = records[i + 1..].iter().find(|s| s.alg == r.alg) else {
+                continue;
+            };
+            let retires_at =
+                successor.activates_at.max(r.activates_at) + self.policy.schedule.retire_after;
+            if self.store.retire_key(&r.kid, retires_at).await? {
+                tracing::info!(
+                    kid = %r.kid,
+                    successor = %successor.kid,
+                    retires_at,
+                    "scheduled the retirement of a superseded signing key"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 impl KeyManager {
-    /// Loads the stored keys, and publishes a new one when there is none or
-    /// when the newest has another algorithm than `alg` (it then signs; the
-    /// older keys stay published). The encryption key comes from `config`
-    /// (see [`EncryptionKey::resolve`]); a wrong one fails here.
+    /// Opens the key set of `store`: decrypts the stored keys (the
+    /// encryption key comes from `config`, see [`EncryptionKey::resolve`];
+    /// a wrong one fails here, before anything is written), then publishes
+    /// a key for each algorithm of `policy` that has none.
     ///
     /// Replicas racing to publish all insert the same next generation; the
     /// store keeps exactly one, and every replica then loads that one.
-    pub async fn load_or_create(
-        store: &dyn Store,
-        alg: &str,
+    pub async fn open(
+        store: Arc<dyn Store>,
+        policy: Policy,
         config: &KeysConfig,
         database_url: &str,
-        now: i64,
+        clock: SharedClock,
     ) -> Result<Self, KeyError> {
-        let wanted = parse_alg(alg)?;
         let key = EncryptionKey::resolve(config, database_url)?;
-        let records = store.list_keys().await?;
+        let now = clock.now();
         // Decrypt what is there before writing anything.
-        let current = Self::from_records(&records, &key);
-        let previous = match current {
-            Ok(km) if km.active()?.alg == wanted => return Ok(km),
-            Ok(km) => Some(km.active()?.alg),
-            Err(KeyError::NoKey) => None,
-            Err(e) => return Err(e),
+        KeySet::load(&store.list_keys().await?, &key, None)?;
+        let source = Source { store, key, policy };
+        source.ensure_keys(now).await?;
+        let km = KeyManager {
+            set: RwLock::new(Arc::default()),
+            default_alg: source.policy.algs[0],
+            source: Some(source),
+            clock,
+            last_reload: AtomicI64::new(now),
         };
-        let generation = records.last().map_or(0, |r| r.generation + 1);
-        let name = alg_name(wanted);
-        let for_task = name.clone();
-        let private_pem = tokio::task::spawn_blocking(move || generate_pem(&for_task))
-            .await
-            .map_err(|_| KeyError::Generate)??;
-        // kid = RFC 7638 thumbprint: stable, and says nothing secret.
-        let kid = load_pem("", &name, &private_pem)?
-            .public_jwk
-            .thumbprint(ThumbprintHash::SHA256)?;
-        let record = KeyRecord {
-            private_pem: key.seal(&kid, &private_pem)?,
-            kid,
-            generation,
-            alg: name.clone(),
-            created_at: now,
-        };
-        if store.insert_key(&record).await? {
-            match previous {
-                None => {
-                    tracing::info!(alg = %name, kid = %record.kid, "generated a new signing key")
-                }
-                Some(old) => tracing::info!(
-                    old_alg = %alg_name(old),
-                    new_alg = %name,
-                    kid = %record.kid,
-                    "tokens.signing_alg changed from {} to {name}: published a new signing key; \
-                     the old one stays in the JWKS",
-                    alg_name(old)
-                ),
-            }
-        }
-        Self::from_records(&store.list_keys().await?, &key)
+        km.reload(now).await?;
+        Ok(km)
     }
 
-    /// The key set of stored `records` (by generation), decrypted with `key`.
+    /// A fixed key set of stored `records` (by generation), decrypted with
+    /// `key`; the newest key's algorithm is the default.
     pub fn from_records(records: &[KeyRecord], key: &EncryptionKey) -> Result<Self, KeyError> {
-        let keys = records
-            .iter()
-            .map(|r| load_record(r, key))
-            .collect::<Result<Vec<_>, _>>()?;
-        if keys.is_empty() {
-            return Err(KeyError::NoKey);
+        let set = KeySet::load(records, key, None)?;
+        let default_alg = set.keys.last().ok_or(KeyError::NoKey)?.material.alg;
+        Ok(KeyManager {
+            set: RwLock::new(Arc::new(set)),
+            source: None,
+            default_alg,
+            clock: Arc::new(crate::clock::SystemClock),
+            last_reload: AtomicI64::new(0),
+        })
+    }
+
+    fn snapshot(&self) -> Arc<KeySet> {
+        match self.set.read() {
+            Ok(set) => set.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
-        Ok(KeyManager { keys })
     }
 
-    fn active(&self) -> Result<&LoadedKey, KeyError> {
-        self.keys.last().ok_or(KeyError::NoKey)
+    /// How often [`KeyManager::maintain`] should run.
+    pub fn reload_interval(&self) -> std::time::Duration {
+        let secs = self
+            .source
+            .as_ref()
+            .map_or(60, |s| s.policy.schedule.reload_interval);
+        std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(60).max(1))
     }
 
-    /// The public JWKS (RFC 7517 §5): only public members, each with `kid`,
-    /// `use` and `alg` (RFC 7517 §4.2, §4.4, §4.5).
+    /// Re-reads the key set from the store, so this replica publishes and
+    /// signs with what the others stored. On failure the set in use stays.
+    pub async fn reload(&self, now: i64) -> Result<(), KeyError> {
+        let Some(source) = &self.source else {
+            return Ok(());
+        };
+        self.last_reload.store(now, Ordering::SeqCst);
+        let records = source.store.list_keys().await?;
+        let previous = self.snapshot();
+        let set = KeySet::load(&records, &source.key, Some(&previous))?;
+        let set = Arc::new(set);
+        match self.set.write() {
+            Ok(mut current) => *current = set,
+            Err(poisoned) => *poisoned.into_inner() = set,
+        }
+        Ok(())
+    }
+
+    /// The periodic work of every replica: keys for new algorithms, the
+    /// automatic rotation when due, the retirement schedule, deleting
+    /// retired keys, then a reload. Returns the kids published by rotation.
+    pub async fn maintain(&self, now: i64) -> Result<Vec<String>, KeyError> {
+        let Some(source) = &self.source else {
+            return Ok(Vec::new());
+        };
+        source.ensure_keys(now).await?;
+        let published = source.publish_next(now, false).await?;
+        source.schedule_retirements().await?;
+        let removed = source.store.delete_retired_keys(now).await?;
+        if removed > 0 {
+            tracing::info!(removed, "deleted retired signing keys");
+        }
+        self.reload(now).await?;
+        Ok(published)
+    }
+
+    /// Rotates now (`adapter keys rotate`): publishes the next key of each
+    /// algorithm in use that has none waiting, schedules the retirement of
+    /// the keys it supersedes, and reloads. Returns the new kids.
+    pub async fn rotate(&self, now: i64) -> Result<Vec<String>, KeyError> {
+        let Some(source) = &self.source else {
+            return Ok(Vec::new());
+        };
+        let published = source.publish_next(now, true).await?;
+        source.schedule_retirements().await?;
+        self.reload(now).await?;
+        Ok(published)
+    }
+
+    /// The public JWKS (RFC 7517 §5): every key not retired, with only
+    /// public members, each with `kid`, `use` and `alg` (RFC 7517 §4.2,
+    /// §4.4, §4.5).
     pub fn jwks(&self) -> JwkSet {
+        let now = self.clock.now();
         JwkSet {
-            keys: self.keys.iter().map(|k| k.public_jwk.clone()).collect(),
+            keys: self
+                .snapshot()
+                .published(now)
+                .map(|k| k.material.public_jwk.clone())
+                .collect(),
         }
     }
 
-    /// The JWS `alg` of the key that signs now.
-    pub fn signing_alg(&self) -> Result<String, KeyError> {
-        Ok(alg_name(self.active()?.alg))
+    /// The JWS `alg` an ID token for a client preferring `alg` is signed
+    /// with: its own, or the default algorithm.
+    pub fn id_token_alg(&self, alg: Option<&str>) -> Result<String, KeyError> {
+        Ok(match alg {
+            Some(alg) => alg_name(parse_alg(alg)?),
+            None => alg_name(self.default_alg),
+        })
     }
 
-    /// Algorithms of the published keys, for discovery.
+    /// Algorithms with a key that signs now, for discovery
+    /// (`id_token_signing_alg_values_supported`, OIDC Discovery §3).
     pub fn algorithms(&self) -> Vec<String> {
-        let mut algs: Vec<String> = self.keys.iter().map(|k| alg_name(k.alg)).collect();
+        let now = self.clock.now();
+        let set = self.snapshot();
+        let mut algs: Vec<String> = set
+            .keys
+            .iter()
+            .filter(|k| key_state(&set.keys, &k.meta, now) == KeyState::Active)
+            .map(|k| k.meta.alg.clone())
+            .collect();
         algs.sort();
         algs.dedup();
         algs
     }
 
-    /// Signs `claims` with the active key; `typ` is `JWT` or `at+jwt`
-    /// (RFC 9068 §2.1).
+    /// Signs `claims` with the active key of the default algorithm; `typ`
+    /// is `JWT` or `at+jwt` (RFC 9068 §2.1).
     pub fn sign<T: Serialize>(&self, typ: &str, claims: &T) -> Result<String, KeyError> {
-        let key = self.active()?;
-        let mut header = Header::new(key.alg);
-        header.kid = Some(key.kid.clone());
-        header.typ = Some(typ.to_string());
-        Ok(jsonwebtoken::encode(&header, claims, &key.encoding)?)
+        self.sign_with(None, typ, claims)
     }
 
-    /// Verifies one of our own tokens: known `kid`, the key's own algorithm
-    /// (never the header's choice, RFC 8725 §3.1), expected `typ` (rejects an
-    /// ID token used as access token, RFC 9068 §4, RFC 8725 §3.11), `iss`,
-    /// and `exp`/`nbf` against the injected clock's `now`.
-    pub fn verify(
+    /// Signs with the active key of `alg` (a client's
+    /// `id_token_signed_response_alg`, OIDC Registration §2), or of the
+    /// default algorithm for `None`.
+    pub fn sign_with<T: Serialize>(
+        &self,
+        alg: Option<&str>,
+        typ: &str,
+        claims: &T,
+    ) -> Result<String, KeyError> {
+        let alg = match alg {
+            Some(alg) => parse_alg(alg)?,
+            None => self.default_alg,
+        };
+        let set = self.snapshot();
+        let key = active_of(&set.keys, &alg_name(alg), self.clock.now()).ok_or(KeyError::NoKey)?;
+        let mut header = Header::new(key.material.alg);
+        header.kid = Some(key.meta.kid.clone());
+        header.typ = Some(typ.to_string());
+        Ok(jsonwebtoken::encode(
+            &header,
+            claims,
+            &key.material.encoding,
+        )?)
+    }
+
+    /// Verifies one of our own tokens: `kid` of a published key, the key's
+    /// own algorithm (never the header's choice, RFC 8725 §3.1), expected
+    /// `typ` (rejects an ID token used as access token, RFC 9068 §4, RFC
+    /// 8725 §3.11), `iss`, and `exp`/`nbf` against the injected clock's
+    /// `now`. An unknown `kid` (another replica may have published a key
+    /// since the last reload) re-reads the set once, at most every
+    /// [`MISS_RELOAD_THROTTLE_SECONDS`].
+    pub async fn verify(
         &self,
         token: &str,
         typ: &str,
@@ -535,35 +1053,54 @@ impl KeyManager {
             return Err(KeyError::Rejected("wrong token type"));
         }
         let kid = header.kid.ok_or(KeyError::Rejected("no kid"))?;
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.kid == kid)
-            .ok_or(KeyError::Rejected("unknown kid"))?;
-        let mut validation = Validation::new(key.alg);
-        validation.leeway = LEEWAY_SECONDS;
-        validation.set_issuer(&[issuer]);
-        validation.set_required_spec_claims(&["exp", "iss", "sub", "iat"]);
-        validation.validate_aud = false;
-        // Time is checked below with our clock, not the system's.
-        validation.validate_exp = false;
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &validation)?;
-        let leeway = LEEWAY_SECONDS as i64;
-        let exp = data
-            .claims
-            .get("exp")
-            .and_then(Value::as_i64)
-            .ok_or(KeyError::Rejected("exp is not a number"))?;
-        if exp + leeway <= now {
-            return Err(KeyError::Rejected("expired"));
-        }
-        if let Some(nbf) = data.claims.get("nbf") {
-            if nbf.as_i64().is_none_or(|nbf| nbf - leeway > now) {
-                return Err(KeyError::Rejected("not yet valid"));
+        let mut set = self.snapshot();
+        if !set.published(now).any(|k| k.meta.kid == kid)
+            && self.source.is_some()
+            && now - self.last_reload.load(Ordering::SeqCst) >= MISS_RELOAD_THROTTLE_SECONDS
+        {
+            if let Err(e) = self.reload(now).await {
+                tracing::warn!(error = %e, "reloading the signing keys failed");
             }
+            set = self.snapshot();
         }
-        Ok(data.claims)
+        let key = set
+            .published(now)
+            .find(|k| k.meta.kid == kid)
+            .ok_or(KeyError::Rejected("unknown kid"))?;
+        verify_with(&key.material, token, issuer, now)
     }
+}
+
+/// Signature, `iss`, `exp` and `nbf` of `token` under `key`.
+fn verify_with(
+    key: &KeyMaterial,
+    token: &str,
+    issuer: &str,
+    now: i64,
+) -> Result<Map<String, Value>, KeyError> {
+    let mut validation = Validation::new(key.alg);
+    validation.leeway = LEEWAY_SECONDS;
+    validation.set_issuer(&[issuer]);
+    validation.set_required_spec_claims(&["exp", "iss", "sub", "iat"]);
+    validation.validate_aud = false;
+    // Time is checked below with our clock, not the system's.
+    validation.validate_exp = false;
+    let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &validation)?;
+    let leeway = LEEWAY_SECONDS as i64;
+    let exp = data
+        .claims
+        .get("exp")
+        .and_then(Value::as_i64)
+        .ok_or(KeyError::Rejected("exp is not a number"))?;
+    if exp + leeway <= now {
+        return Err(KeyError::Rejected("expired"));
+    }
+    if let Some(nbf) = data.claims.get("nbf") {
+        if nbf.as_i64().is_none_or(|nbf| nbf - leeway > now) {
+            return Err(KeyError::Rejected("not yet valid"));
+        }
+    }
+    Ok(data.claims)
 }
 
 #[cfg(test)]
@@ -595,7 +1132,27 @@ mod tests {
         KeysConfig {
             encryption_key_env: Some(var.into()),
             encryption_key_file: None,
+            ..KeysConfig::default()
         }
+    }
+
+    /// Opens the key set of `store` for the single algorithm `alg`, as a
+    /// replica whose clock stands at `now`.
+    async fn load_on(
+        store: &SqlStore,
+        url: &str,
+        alg: &str,
+        cfg: &KeysConfig,
+        now: i64,
+    ) -> Result<KeyManager, KeyError> {
+        let policy = Policy::new(alg, [], Schedule::new(cfg, &TokenConfig::default())).unwrap();
+        let clock = Arc::new(crate::clock::ManualClock::new());
+        clock.set(now);
+        KeyManager::open(Arc::new(store.clone()), policy, cfg, url, clock).await
+    }
+
+    async fn load(db: &Db, alg: &str, cfg: &KeysConfig, now: i64) -> Result<KeyManager, KeyError> {
+        load_on(&db.store, &db.url, alg, cfg, now).await
     }
 
     fn claims(now: i64) -> Value {
@@ -640,12 +1197,8 @@ mod tests {
     async fn first_start_generates_then_reuses() {
         let db = sqlite().await;
         let cfg = KeysConfig::default();
-        let a = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, 1)
-            .await
-            .unwrap();
-        let b = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, 2)
-            .await
-            .unwrap();
+        let a = load(&db, "RS256", &cfg, 1).await.unwrap();
+        let b = load(&db, "RS256", &cfg, 2).await.unwrap();
         assert_eq!(db.store.list_keys().await.unwrap().len(), 1);
         assert_eq!(jwks(&a), jwks(&b));
     }
@@ -657,9 +1210,9 @@ mod tests {
         let db = sqlite().await;
         let cfg = KeysConfig::default();
         let (a, b, c) = tokio::join!(
-            KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, 1),
-            KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, 1),
-            KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, 1),
+            load(&db, "RS256", &cfg, 1),
+            load(&db, "RS256", &cfg, 1),
+            load(&db, "RS256", &cfg, 1),
         );
         assert_eq!(db.store.list_keys().await.unwrap().len(), 1);
         let first = jwks(&a.unwrap());
@@ -671,9 +1224,7 @@ mod tests {
     async fn stored_key_is_encrypted_and_bound_to_its_kid() {
         let db = sqlite().await;
         let cfg = env_key("AUTH_ADAPTER_KEYS_TEST_BOUND", 1);
-        let km = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, NOW)
-            .await
-            .unwrap();
+        let km = load(&db, "RS256", &cfg, NOW).await.unwrap();
         let rows = db.store.list_keys().await.unwrap();
         let stored = &rows[0].private_pem;
         assert!(stored.starts_with("enc:v1:"), "{stored}");
@@ -693,13 +1244,14 @@ mod tests {
 
         // Round trip: a restart with the same key loads the same key, and
         // what the first instance signed verifies.
-        let again = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, NOW)
-            .await
-            .unwrap();
+        let again = load(&db, "RS256", &cfg, NOW).await.unwrap();
         assert_eq!(jwks(&km), jwks(&again));
         let token = km.sign("at+jwt", &claims(NOW)).unwrap();
         assert_eq!(
-            again.verify(&token, "at+jwt", "http://i", NOW).unwrap()["sub"],
+            again
+                .verify(&token, "at+jwt", "http://i", NOW)
+                .await
+                .unwrap()["sub"],
             "u"
         );
 
@@ -710,9 +1262,7 @@ mod tests {
             ..rows[0].clone()
         };
         assert!(db.store.insert_key(&moved).await.unwrap());
-        let err = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, NOW)
-            .await
-            .unwrap_err();
+        let err = load(&db, "RS256", &cfg, NOW).await.unwrap_err();
         assert!(
             matches!(&err, KeyError::Decrypt { kid } if kid == "another-kid"),
             "{err}"
@@ -723,14 +1273,10 @@ mod tests {
     async fn wrong_encryption_key_is_a_clear_start_up_error() {
         let db = sqlite().await;
         let right = env_key("AUTH_ADAPTER_KEYS_TEST_RIGHT", 1);
-        KeyManager::load_or_create(&db.store, "ES256", &right, &db.url, NOW)
-            .await
-            .unwrap();
+        load(&db, "ES256", &right, NOW).await.unwrap();
         let kid = db.store.list_keys().await.unwrap()[0].kid.clone();
         let wrong = env_key("AUTH_ADAPTER_KEYS_TEST_WRONG", 2);
-        let err = KeyManager::load_or_create(&db.store, "ES256", &wrong, &db.url, NOW)
-            .await
-            .unwrap_err();
+        let err = load(&db, "ES256", &wrong, NOW).await.unwrap_err();
         assert!(
             matches!(&err, KeyError::Decrypt { kid: k } if *k == kid),
             "{err}"
@@ -747,6 +1293,7 @@ mod tests {
         let short = KeysConfig {
             encryption_key_env: Some("AUTH_ADAPTER_KEYS_TEST_SHORT".into()),
             encryption_key_file: None,
+            ..KeysConfig::default()
         };
         let err = EncryptionKey::resolve(&short, url).unwrap_err().to_string();
         assert_eq!(
@@ -757,6 +1304,7 @@ mod tests {
         let unset = KeysConfig {
             encryption_key_env: Some("AUTH_ADAPTER_KEYS_TEST_UNSET".into()),
             encryption_key_file: None,
+            ..KeysConfig::default()
         };
         let err = EncryptionKey::resolve(&unset, url).unwrap_err().to_string();
         assert_eq!(
@@ -767,6 +1315,7 @@ mod tests {
         let file = KeysConfig {
             encryption_key_env: None,
             encryption_key_file: Some(dir.path().join("absent.key")),
+            ..KeysConfig::default()
         };
         let err = EncryptionKey::resolve(&file, url).unwrap_err().to_string();
         assert!(
@@ -798,9 +1347,7 @@ mod tests {
         let db = sqlite().await;
         let (logs, _guard) = Logs::capture();
         let cfg = KeysConfig::default();
-        let a = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, NOW)
-            .await
-            .unwrap();
+        let a = load(&db, "RS256", &cfg, NOW).await.unwrap();
         let path = db.dir.path().join(DEFAULT_KEY_FILE_NAME);
         let content = std::fs::read_to_string(&path).unwrap();
         assert_eq!(STANDARD.decode(content.trim()).unwrap().len(), 32);
@@ -820,9 +1367,7 @@ mod tests {
         assert_eq!(names, [DEFAULT_KEY_FILE_NAME]);
 
         // Reused: same file, same key, and the stored key decrypts.
-        let b = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, NOW)
-            .await
-            .unwrap();
+        let b = load(&db, "RS256", &cfg, NOW).await.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
         assert_eq!(jwks(&a), jwks(&b));
         assert!(!logs.text().contains(content.trim()), "key in the logs");
@@ -833,9 +1378,7 @@ mod tests {
 
         // The file is what decrypts the stored key: a new one does not.
         std::fs::remove_file(&path).unwrap();
-        let err = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, NOW)
-            .await
-            .unwrap_err();
+        let err = load(&db, "RS256", &cfg, NOW).await.unwrap_err();
         assert!(matches!(err, KeyError::Decrypt { .. }), "{err}");
     }
 
@@ -886,18 +1429,18 @@ mod tests {
             alg: "RS256".into(),
             private_pem: private_pem.clone(),
             created_at: 1,
+            activates_at: 0,
+            retires_at: None,
         };
         db.store.insert_key(&legacy).await.unwrap();
         let (logs, _guard) = Logs::capture();
         let cfg = env_key("AUTH_ADAPTER_KEYS_TEST_LEGACY", 3);
-        let km = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, NOW)
-            .await
-            .unwrap();
+        let km = load(&db, "RS256", &cfg, NOW).await.unwrap();
         assert_eq!(db.store.list_keys().await.unwrap().len(), 1);
         let token = km.sign("JWT", &claims(NOW)).unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.kid.as_deref(), Some("legacy-kid"));
-        km.verify(&token, "JWT", "http://i", NOW).unwrap();
+        km.verify(&token, "JWT", "http://i", NOW).await.unwrap();
         let text = logs.text();
         let warning = text
             .lines()
@@ -913,9 +1456,7 @@ mod tests {
     async fn eddsa_signs_verifies_and_publishes_an_okp_key() {
         let db = sqlite().await;
         let cfg = env_key("AUTH_ADAPTER_KEYS_TEST_EDDSA", 4);
-        let km = KeyManager::load_or_create(&db.store, "EdDSA", &cfg, &db.url, NOW)
-            .await
-            .unwrap();
+        let km = load(&db, "EdDSA", &cfg, NOW).await.unwrap();
         assert_eq!(db.store.list_keys().await.unwrap()[0].alg, "EdDSA");
         let v = jwks(&km);
         let key = v["keys"][0].as_object().unwrap();
@@ -938,7 +1479,7 @@ mod tests {
         assert_eq!(header.alg, Algorithm::EdDSA);
         assert_eq!(header.kid.as_deref(), key["kid"].as_str());
         assert_eq!(
-            km.verify(&token, "at+jwt", "http://i", NOW).unwrap()["sub"],
+            km.verify(&token, "at+jwt", "http://i", NOW).await.unwrap()["sub"],
             "u"
         );
     }
@@ -953,6 +1494,8 @@ mod tests {
                 alg: alg.into(),
                 private_pem: generate_pem(alg).unwrap(),
                 created_at: 1,
+                activates_at: 0,
+                retires_at: None,
             }];
             let km = KeyManager::from_records(&records, &key).unwrap();
             let v = jwks(&km);
@@ -967,8 +1510,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sign_verify_and_negative_checks() {
+    #[tokio::test]
+    async fn sign_verify_and_negative_checks() {
         let key = EncryptionKey::from_base64(&STANDARD.encode([6u8; 32]), "test").unwrap();
         for alg in ["RS256", "ES256", "EdDSA"] {
             let rec = KeyRecord {
@@ -977,24 +1520,26 @@ mod tests {
                 alg: alg.into(),
                 private_pem: generate_pem(alg).unwrap(),
                 created_at: 1,
+                activates_at: 0,
+                retires_at: None,
             };
             let km = KeyManager::from_records(std::slice::from_ref(&rec), &key).unwrap();
             let now = crate::clock::Clock::now(&crate::clock::SystemClock);
             let claims = claims(now);
             let at = km.sign("at+jwt", &claims).unwrap();
             assert_eq!(
-                km.verify(&at, "at+jwt", "http://i", now).unwrap()["sub"],
+                km.verify(&at, "at+jwt", "http://i", now).await.unwrap()["sub"],
                 "u"
             );
             // Type confusion: an ID token is not an access token (RFC 9068 §4).
             let id = km.sign("JWT", &claims).unwrap();
-            assert!(km.verify(&id, "at+jwt", "http://i", now).is_err());
+            assert!(km.verify(&id, "at+jwt", "http://i", now).await.is_err());
             // Wrong issuer.
-            assert!(km.verify(&at, "at+jwt", "http://other", now).is_err());
+            assert!(km.verify(&at, "at+jwt", "http://other", now).await.is_err());
             // Expired beyond leeway.
             let old = json!({"iss": "http://i", "sub": "u", "iat": now - 600, "exp": now - 300});
             let old = km.sign("at+jwt", &old).unwrap();
-            assert!(km.verify(&old, "at+jwt", "http://i", now).is_err());
+            assert!(km.verify(&old, "at+jwt", "http://i", now).await.is_err());
             // Signed by another key with the same kid: bad signature.
             let other = KeyManager::from_records(
                 &[KeyRecord {
@@ -1005,7 +1550,7 @@ mod tests {
             )
             .unwrap();
             let forged = other.sign("at+jwt", &claims).unwrap();
-            assert!(km.verify(&forged, "at+jwt", "http://i", now).is_err());
+            assert!(km.verify(&forged, "at+jwt", "http://i", now).await.is_err());
             // Tampered payload.
             let mut parts: Vec<&str> = at.split('.').collect();
             let evil = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -1013,6 +1558,7 @@ mod tests {
             parts[1] = &evil;
             assert!(km
                 .verify(&parts.join("."), "at+jwt", "http://i", now)
+                .await
                 .is_err());
         }
     }
@@ -1023,14 +1569,10 @@ mod tests {
     async fn changed_alg_publishes_a_new_key_that_signs() {
         let db = sqlite().await;
         let cfg = env_key("AUTH_ADAPTER_KEYS_TEST_ROTATE", 7);
-        let old = KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, NOW)
-            .await
-            .unwrap();
+        let old = load(&db, "RS256", &cfg, NOW).await.unwrap();
         let old_token = old.sign("at+jwt", &claims(NOW)).unwrap();
         let (logs, _guard) = Logs::capture();
-        let new = KeyManager::load_or_create(&db.store, "EdDSA", &cfg, &db.url, NOW)
-            .await
-            .unwrap();
+        let new = load(&db, "EdDSA", &cfg, NOW).await.unwrap();
         let rows = db.store.list_keys().await.unwrap();
         let summary: Vec<(i64, &str)> = rows
             .iter()
@@ -1043,8 +1585,10 @@ mod tests {
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.alg, Algorithm::EdDSA);
         assert_eq!(header.kid.as_deref(), Some(rows[1].kid.as_str()));
-        new.verify(&token, "at+jwt", "http://i", NOW).unwrap();
-        new.verify(&old_token, "at+jwt", "http://i", NOW).unwrap();
+        new.verify(&token, "at+jwt", "http://i", NOW).await.unwrap();
+        new.verify(&old_token, "at+jwt", "http://i", NOW)
+            .await
+            .unwrap();
         assert_eq!(jwks(&new)["keys"].as_array().unwrap().len(), 2);
         assert_eq!(new.algorithms(), ["EdDSA", "RS256"]);
         let text = logs.text();
@@ -1055,9 +1599,7 @@ mod tests {
         );
 
         // Settled: the next start with the same setting adds nothing.
-        KeyManager::load_or_create(&db.store, "EdDSA", &cfg, &db.url, NOW)
-            .await
-            .unwrap();
+        load(&db, "EdDSA", &cfg, NOW).await.unwrap();
         assert_eq!(db.store.list_keys().await.unwrap().len(), 2);
     }
 
@@ -1065,13 +1607,11 @@ mod tests {
     async fn racing_alg_changes_publish_one_key() {
         let db = sqlite().await;
         let cfg = env_key("AUTH_ADAPTER_KEYS_TEST_RACE", 8);
-        KeyManager::load_or_create(&db.store, "RS256", &cfg, &db.url, NOW)
-            .await
-            .unwrap();
+        load(&db, "RS256", &cfg, NOW).await.unwrap();
         let (a, b, c) = tokio::join!(
-            KeyManager::load_or_create(&db.store, "ES256", &cfg, &db.url, NOW),
-            KeyManager::load_or_create(&db.store, "ES256", &cfg, &db.url, NOW),
-            KeyManager::load_or_create(&db.store, "ES256", &cfg, &db.url, NOW),
+            load(&db, "ES256", &cfg, NOW),
+            load(&db, "ES256", &cfg, NOW),
+            load(&db, "ES256", &cfg, NOW),
         );
         let rows = db.store.list_keys().await.unwrap();
         let algs: Vec<&str> = rows.iter().map(|r| r.alg.as_str()).collect();
@@ -1112,7 +1652,7 @@ mod tests {
         let url = format!("{base}?options=-c%20search_path%3D{schema}");
         let store = SqlStore::connect(&url, 4).await.unwrap();
 
-        let err = KeyManager::load_or_create(&store, "RS256", &KeysConfig::default(), &url, NOW)
+        let err = load_on(&store, &url, "RS256", &KeysConfig::default(), NOW)
             .await
             .unwrap_err();
         assert!(
@@ -1123,17 +1663,15 @@ mod tests {
         assert!(store.list_keys().await.unwrap().is_empty());
 
         let cfg = env_key("AUTH_ADAPTER_KEYS_TEST_PG", 9);
-        let first = KeyManager::load_or_create(&store, "RS256", &cfg, &url, NOW)
-            .await
-            .unwrap();
+        let first = load_on(&store, &url, "RS256", &cfg, NOW).await.unwrap();
         assert!(store.list_keys().await.unwrap()[0]
             .private_pem
             .starts_with("enc:v1:"));
         let token = first.sign("JWT", &claims(NOW)).unwrap();
         let (a, b, c) = tokio::join!(
-            KeyManager::load_or_create(&store, "EdDSA", &cfg, &url, NOW),
-            KeyManager::load_or_create(&store, "EdDSA", &cfg, &url, NOW),
-            KeyManager::load_or_create(&store, "EdDSA", &cfg, &url, NOW),
+            load_on(&store, &url, "EdDSA", &cfg, NOW),
+            load_on(&store, &url, "EdDSA", &cfg, NOW),
+            load_on(&store, &url, "EdDSA", &cfg, NOW),
         );
         let algs: Vec<String> = store
             .list_keys()
@@ -1146,12 +1684,441 @@ mod tests {
         let a = a.unwrap();
         assert_eq!(jwks(&a), jwks(&b.unwrap()));
         assert_eq!(jwks(&a), jwks(&c.unwrap()));
-        a.verify(&token, "JWT", "http://i", NOW).unwrap();
+        a.verify(&token, "JWT", "http://i", NOW).await.unwrap();
 
         store.pool().close().await;
         sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
             .execute(&admin)
             .await
             .unwrap();
+    }
+
+    // ---- rotation ------------------------------------------------------------
+
+    use crate::clock::ManualClock;
+
+    fn manual(now: i64) -> Arc<ManualClock> {
+        let clock = Arc::new(ManualClock::new());
+        clock.set(now);
+        clock
+    }
+
+    /// A replica: the key set of `store` for `algs` (the first is the
+    /// default), with the default token lifetimes, on `clock`.
+    async fn replica(
+        store: &SqlStore,
+        url: &str,
+        algs: &[&str],
+        cfg: &KeysConfig,
+        clock: &Arc<ManualClock>,
+    ) -> KeyManager {
+        let policy = Policy::new(
+            algs[0],
+            algs[1..].iter().copied(),
+            Schedule::new(cfg, &TokenConfig::default()),
+        )
+        .unwrap();
+        KeyManager::open(Arc::new(store.clone()), policy, cfg, url, clock.clone())
+            .await
+            .unwrap()
+    }
+
+    fn rotating(var: &str, fill: u8, period: u64) -> KeysConfig {
+        KeysConfig {
+            rotation_period_seconds: period,
+            ..env_key(var, fill)
+        }
+    }
+
+    fn kid_of(token: &str) -> String {
+        jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+    }
+
+    fn kids(km: &KeyManager) -> Vec<String> {
+        km.jwks()
+            .keys
+            .into_iter()
+            .map(|k| k.common.key_id.unwrap())
+            .collect()
+    }
+
+    fn states(rows: &[KeyRecord], now: i64) -> Vec<String> {
+        rows.iter()
+            .map(|r| key_state(rows, r, now).to_string())
+            .collect()
+    }
+
+    /// A token living as long as the longest default token lifetime.
+    fn long_claims(now: i64) -> Value {
+        let ttl = TokenConfig::default()
+            .access_token_ttl_seconds
+            .max(TokenConfig::default().id_token_ttl_seconds);
+        json!({"iss": "http://i", "sub": "u", "iat": now, "exp": now + ttl})
+    }
+
+    #[test]
+    fn schedule_follows_the_jwks_cache_and_the_longest_token() {
+        let keys = KeysConfig {
+            reload_interval_seconds: 20,
+            rotation_period_seconds: 86_400,
+            ..KeysConfig::default()
+        };
+        let tokens = TokenConfig {
+            access_token_ttl_seconds: 600,
+            id_token_ttl_seconds: 900,
+            ..TokenConfig::default()
+        };
+        assert_eq!(
+            Schedule::new(&keys, &tokens),
+            Schedule {
+                publish_lead: 300 + 20,
+                retire_after: 900 + 30 + 20,
+                rotation_period: 86_400,
+                reload_interval: 20,
+            }
+        );
+        let never = KeysConfig {
+            reload_interval_seconds: 0,
+            ..KeysConfig::default()
+        };
+        let err = Policy::new("RS256", [], Schedule::new(&never, &tokens)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "keys.reload_interval_seconds must be at least 1"
+        );
+    }
+
+    /// RFC 7517 §5, OIDC Core §10.1.1: the next key is in the JWKS a whole
+    /// cache lifetime before it signs, and the old key stays there until
+    /// every token it signed has expired.
+    #[tokio::test]
+    async fn rotation_publishes_first_and_retires_after_the_longest_token() {
+        let db = sqlite().await;
+        let cfg = rotating("AUTH_ADAPTER_KEYS_TEST_CYCLE", 10, 1000);
+        let s = Schedule::new(&cfg, &TokenConfig::default());
+        let clock = manual(NOW);
+        let km = replica(&db.store, &db.url, &["RS256"], &cfg, &clock).await;
+        let old = kid_of(&km.sign("JWT", &claims(NOW)).unwrap());
+
+        // Not due yet.
+        assert!(km.maintain(NOW + 999).await.unwrap().is_empty());
+        assert_eq!(kids(&km), vec![old.clone()]);
+        clock.set(NOW + 1000);
+        let published = km.maintain(NOW + 1000).await.unwrap();
+        assert_eq!(published.len(), 1);
+        let new = published[0].clone();
+        // Published, not yet signing.
+        assert_eq!(kids(&km), [old.clone(), new.clone()]);
+        let activation = NOW + 1000 + s.publish_lead;
+        assert!(activation - (NOW + 1000) >= JWKS_CACHE_SECONDS);
+        clock.set(activation - 1);
+        let last_old = km.sign("JWT", &long_claims(activation - 1)).unwrap();
+        assert_eq!(kid_of(&last_old), old);
+        // A rotation is waiting: the next maintenance publishes nothing more.
+        assert!(km.maintain(activation - 1).await.unwrap().is_empty());
+        let rows = db.store.list_keys().await.unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].activates_at, activation);
+        let retires = activation + s.retire_after;
+        assert_eq!(rows[0].retires_at, Some(retires));
+        assert_eq!(rows[1].retires_at, None);
+        assert_eq!(states(&rows, activation - 1), ["active", "next"]);
+
+        // The activation needs no reload: the clock alone switches.
+        clock.set(activation);
+        assert_eq!(kid_of(&km.sign("JWT", &claims(activation)).unwrap()), new);
+        assert_eq!(km.algorithms(), ["RS256"]);
+        assert_eq!(states(&rows, activation), ["retiring", "active"]);
+
+        // The last token of the old key verifies until it expires, its key
+        // still published.
+        let last_valid = activation - 1 + 300 + LEEWAY_SECONDS as i64 - 1;
+        assert!(last_valid < retires);
+        clock.set(last_valid);
+        km.verify(&last_old, "JWT", "http://i", last_valid)
+            .await
+            .unwrap();
+        clock.set(retires - 1);
+        km.maintain(retires - 1).await.unwrap();
+        assert_eq!(kids(&km), [old.clone(), new.clone()]);
+        // Retired: gone from the JWKS, then from the store.
+        clock.set(retires);
+        assert_eq!(kids(&km), vec![new.clone()]);
+        assert_eq!(states(&rows, retires), ["retired", "active"]);
+        km.maintain(retires).await.unwrap();
+        let rows = db.store.list_keys().await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].kid, new);
+        assert_eq!(kid_of(&km.sign("JWT", &claims(retires)).unwrap()), new);
+    }
+
+    /// A rotation is three steps: insert the next key (future activation),
+    /// schedule the old key's retirement, delete retired keys. A process
+    /// dying after any of them leaves an active key that signs and is in
+    /// the JWKS, and the next maintenance finishes the work.
+    #[tokio::test]
+    async fn a_rotation_stopped_at_any_step_leaves_a_working_active_key() {
+        let db = sqlite().await;
+        let cfg = rotating("AUTH_ADAPTER_KEYS_TEST_CRASH", 11, 0);
+        let s = Schedule::new(&cfg, &TokenConfig::default());
+        let clock = manual(NOW);
+        let km = replica(&db.store, &db.url, &["ES256"], &cfg, &clock).await;
+        let first = kid_of(&km.sign("JWT", &claims(NOW)).unwrap());
+
+        // Stopped after step 1.
+        let source = km.source.as_ref().unwrap();
+        let second = source.publish_next(NOW, true).await.unwrap().remove(0);
+        drop(km);
+        let km = replica(&db.store, &db.url, &["ES256"], &cfg, &clock).await;
+        assert_eq!(kid_of(&km.sign("JWT", &claims(NOW)).unwrap()), first);
+        assert_eq!(kids(&km), [first.clone(), second.clone()]);
+        assert_eq!(db.store.list_keys().await.unwrap()[0].retires_at, None);
+        // Its activation comes, step 2 never ran: the new key signs, the
+        // old one stays published however long it takes.
+        let activation = NOW + s.publish_lead;
+        let late = activation + 100_000;
+        clock.set(late);
+        let token = km.sign("JWT", &claims(late)).unwrap();
+        assert_eq!(kid_of(&token), second);
+        assert_eq!(kids(&km), [first.clone(), second.clone()]);
+        // The next maintenance schedules the retirement from the stored
+        // activation, and deletes only the retired key.
+        km.maintain(late).await.unwrap();
+        let rows = db.store.list_keys().await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].kid, second);
+        assert_eq!(kids(&km), vec![second.clone()]);
+        km.verify(&token, "JWT", "http://i", late).await.unwrap();
+
+        // Stopped after step 2: the retired key leaves the JWKS at its
+        // time although its row is still there.
+        let source = km.source.as_ref().unwrap();
+        let third = source.publish_next(late, true).await.unwrap().remove(0);
+        source.schedule_retirements().await.unwrap();
+        drop(km);
+        let retires = late + s.publish_lead + s.retire_after;
+        clock.set(retires);
+        let km = replica(&db.store, &db.url, &["ES256"], &cfg, &clock).await;
+        assert_eq!(db.store.list_keys().await.unwrap().len(), 2);
+        assert_eq!(kids(&km), vec![third.clone()]);
+        assert_eq!(kid_of(&km.sign("JWT", &claims(retires)).unwrap()), third);
+        km.maintain(retires).await.unwrap();
+        assert_eq!(db.store.list_keys().await.unwrap().len(), 1);
+    }
+
+    /// Replicas rotating at once (by hand, then automatically when due)
+    /// publish exactly one new key per algorithm, one per generation.
+    async fn replicas_rotating_at_once(stores: [SqlStore; 3], url: &str, cfg: &KeysConfig) {
+        let s = Schedule::new(cfg, &TokenConfig::default());
+        let clock = manual(NOW);
+        let algs = ["RS256", "ES256"];
+        let a = replica(&stores[0], url, &algs, cfg, &clock).await;
+        let b = replica(&stores[1], url, &algs, cfg, &clock).await;
+        let c = replica(&stores[2], url, &algs, cfg, &clock).await;
+        assert_eq!(stores[0].list_keys().await.unwrap().len(), 2);
+
+        let summary = |rows: &[KeyRecord]| -> Vec<(i64, String)> {
+            rows.iter().map(|r| (r.generation, r.alg.clone())).collect()
+        };
+        let (x, y, z) = tokio::join!(a.rotate(NOW), b.rotate(NOW), c.rotate(NOW));
+        let published: Vec<String> = [x.unwrap(), y.unwrap(), z.unwrap()].concat();
+        assert_eq!(published.len(), 2, "{published:?}");
+        let rows = stores[0].list_keys().await.unwrap();
+        let mut by_alg = summary(&rows);
+        by_alg.sort_by(|l, r| l.1.cmp(&r.1).then(l.0.cmp(&r.0)));
+        let generations: Vec<i64> = rows.iter().map(|r| r.generation).collect();
+        assert_eq!(generations, [0, 1, 2, 3]);
+        let algs_of: Vec<&str> = by_alg.iter().map(|(_, a)| a.as_str()).collect();
+        assert_eq!(algs_of, ["ES256", "ES256", "RS256", "RS256"]);
+
+        // Due again one rotation period after the new keys activated.
+        let due = NOW + s.publish_lead + s.rotation_period;
+        clock.set(due);
+        let (x, y, z) = tokio::join!(a.maintain(due), b.maintain(due), c.maintain(due));
+        let published: Vec<String> = [x.unwrap(), y.unwrap(), z.unwrap()].concat();
+        assert_eq!(published.len(), 2, "{published:?}");
+        let rows = stores[0].list_keys().await.unwrap();
+        // The first keys retired meanwhile and were deleted.
+        let generations: Vec<i64> = rows.iter().map(|r| r.generation).collect();
+        assert_eq!(generations, [2, 3, 4, 5]);
+        let mut new: Vec<&str> = rows[2..].iter().map(|r| r.alg.as_str()).collect();
+        new.sort();
+        assert_eq!(new, ["ES256", "RS256"]);
+        // All replicas publish the same set.
+        for km in [&a, &b, &c] {
+            km.reload(due).await.unwrap();
+        }
+        assert_eq!(jwks(&a), jwks(&b));
+        assert_eq!(jwks(&a), jwks(&c));
+    }
+
+    #[tokio::test]
+    async fn replicas_rotating_at_once_on_sqlite() {
+        let db = sqlite().await;
+        let cfg = rotating("AUTH_ADAPTER_KEYS_TEST_RACE_SQLITE", 12, 1000);
+        let other = || SqlStore::connect(&db.url, 2);
+        let stores = [
+            db.store.clone(),
+            other().await.unwrap(),
+            other().await.unwrap(),
+        ];
+        replicas_rotating_at_once(stores, &db.url, &cfg).await;
+    }
+
+    #[tokio::test]
+    async fn replicas_rotating_at_once_on_postgres() {
+        let pg = crate::store::conformance::TestPostgres::new().await;
+        let cfg = rotating("AUTH_ADAPTER_KEYS_TEST_RACE_PG", 13, 1000);
+        let stores = [pg.store.clone(), pg.store.clone(), pg.store.clone()];
+        replicas_rotating_at_once(stores, "postgres://unused", &cfg).await;
+        pg.drop_schema().await;
+    }
+
+    /// A replica learns of a key another one published by its periodic
+    /// reload, or at once when a token carries an unknown kid (at most
+    /// every [`MISS_RELOAD_THROTTLE_SECONDS`]).
+    #[tokio::test]
+    async fn replicas_pick_up_new_keys_without_a_restart() {
+        let db = sqlite().await;
+        let cfg = rotating("AUTH_ADAPTER_KEYS_TEST_RELOAD", 14, 0);
+        let s = Schedule::new(&cfg, &TokenConfig::default());
+        let clock = manual(NOW);
+        let a = replica(&db.store, &db.url, &["EdDSA"], &cfg, &clock).await;
+        let b = replica(&db.store, &db.url, &["EdDSA"], &cfg, &clock).await;
+        let c = replica(&db.store, &db.url, &["EdDSA"], &cfg, &clock).await;
+        let new = a.rotate(NOW).await.unwrap().remove(0);
+        assert!(kids(&a).contains(&new));
+        assert!(!kids(&b).contains(&new), "b has not re-read the store");
+        b.reload(NOW).await.unwrap();
+        assert!(kids(&b).contains(&new));
+
+        let activation = NOW + s.publish_lead;
+        clock.set(activation);
+        let token = a.sign("at+jwt", &claims(activation)).unwrap();
+        assert_eq!(kid_of(&token), new);
+        assert_eq!(kid_of(&b.sign("at+jwt", &claims(activation)).unwrap()), new);
+        // c re-read the store 9 s ago: an unknown kid is refused...
+        c.last_reload.store(activation - 9, Ordering::SeqCst);
+        let err = c
+            .verify(&token, "at+jwt", "http://i", activation)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, KeyError::Rejected("unknown kid")), "{err}");
+        assert!(!kids(&c).contains(&new));
+        // ...10 s after, it re-reads once and accepts.
+        c.verify(&token, "at+jwt", "http://i", activation + 1)
+            .await
+            .unwrap();
+        assert!(kids(&c).contains(&new));
+    }
+
+    /// OIDC Registration §2: each client's `id_token_signed_response_alg`
+    /// has an active key of its own, rotated like the default one.
+    #[tokio::test]
+    async fn each_algorithm_in_use_has_an_active_key() {
+        let db = sqlite().await;
+        let cfg = rotating("AUTH_ADAPTER_KEYS_TEST_PER_CLIENT", 15, 0);
+        let clock = manual(NOW);
+        let km = replica(
+            &db.store,
+            &db.url,
+            &["RS256", "ES256", "EdDSA"],
+            &cfg,
+            &clock,
+        )
+        .await;
+        assert_eq!(km.algorithms(), ["ES256", "EdDSA", "RS256"]);
+        for (alg, expected) in [
+            (Some("ES256"), Algorithm::ES256),
+            (Some("EdDSA"), Algorithm::EdDSA),
+            (Some("RS256"), Algorithm::RS256),
+            (None, Algorithm::RS256),
+        ] {
+            let token = km.sign_with(alg, "JWT", &claims(NOW)).unwrap();
+            assert_eq!(jsonwebtoken::decode_header(&token).unwrap().alg, expected);
+            km.verify(&token, "JWT", "http://i", NOW).await.unwrap();
+        }
+        let published = km.rotate(NOW).await.unwrap();
+        assert_eq!(published.len(), 3);
+        let rows = db.store.list_keys().await.unwrap();
+        let mut next: Vec<&str> = rows[3..].iter().map(|r| r.alg.as_str()).collect();
+        next.sort();
+        assert_eq!(next, ["ES256", "EdDSA", "RS256"]);
+        assert_eq!(
+            states(&rows, NOW),
+            ["active", "active", "active", "next", "next", "next"]
+        );
+    }
+
+    /// `adapter keys list`: every key with its schedule and state, and
+    /// nothing of any private key.
+    #[tokio::test]
+    async fn key_list_shows_the_schedule_and_no_private_material() {
+        let db = sqlite().await;
+        let cfg = rotating("AUTH_ADAPTER_KEYS_TEST_LIST", 16, 0);
+        let s = Schedule::new(&cfg, &TokenConfig::default());
+        let clock = manual(NOW);
+        let km = replica(&db.store, &db.url, &["RS256", "EdDSA"], &cfg, &clock).await;
+        km.rotate(NOW).await.unwrap();
+        let rows = db.store.list_keys().await.unwrap();
+        let text = describe_keys(&rows, NOW);
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            lines[0],
+            [
+                "KID",
+                "ALG",
+                "GENERATION",
+                "CREATED",
+                "ACTIVATES",
+                "RETIRES",
+                "STATE"
+            ]
+        );
+        let activation = time::OffsetDateTime::from_unix_timestamp(NOW + s.publish_lead)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let expected = [
+            ("RS256", "0", "active"),
+            ("EdDSA", "1", "active"),
+            ("RS256", "2", "next"),
+            ("EdDSA", "3", "next"),
+        ];
+        assert_eq!(lines.len(), 1 + expected.len());
+        for (line, (row, (alg, generation, state))) in
+            lines[1..].iter().zip(rows.iter().zip(expected))
+        {
+            assert_eq!(line[0], row.kid);
+            assert_eq!((line[1], line[2], line[6]), (alg, generation, state));
+        }
+        assert_eq!(lines[3][4], activation);
+        assert_eq!(lines[1][5], lines[2][5], "retirement column");
+        assert_ne!(lines[1][5], "-");
+        assert_eq!(lines[3][5], "-");
+        assert_eq!(
+            describe_keys(&rows, NOW + s.publish_lead)
+                .lines()
+                .map(|l| l.split_whitespace().last().unwrap().to_string())
+                .collect::<Vec<_>>(),
+            ["STATE", "retiring", "retiring", "active", "active"]
+        );
+        // Nothing of the stored envelopes nor of the keys inside them.
+        let key = EncryptionKey::resolve(&cfg, &db.url).unwrap();
+        assert!(!text.contains(ENVELOPE_PREFIX));
+        assert!(!text.contains(PKCS8_LABEL));
+        for row in &rows {
+            let envelope = row.private_pem.strip_prefix(ENVELOPE_PREFIX).unwrap();
+            for part in envelope.split(':') {
+                assert!(!text.contains(part));
+            }
+            let plain = key.open(&row.kid, envelope).unwrap();
+            for line in plain.lines().filter(|l| !l.starts_with("-----")) {
+                assert!(!text.contains(line), "key material in the list");
+            }
+        }
     }
 }

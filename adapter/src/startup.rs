@@ -26,7 +26,7 @@ use crate::connector::local::{LocalConnector, LOCAL_CONNECTOR_ID};
 use crate::connector::oidc::OidcConnector;
 use crate::connector::{Connector, ConnectorKind};
 use crate::flow::{Flows, Lifetimes};
-use crate::keys::KeyManager;
+use crate::keys::{KeyManager, Policy as KeyPolicy};
 use crate::provider::{
     authorize, callback, discovery, login, token, userinfo, AppState, Client, CookieSettings, Inner,
 };
@@ -100,11 +100,13 @@ impl Application {
             }
         }
         let gc = tokio::spawn(collect_garbage(state.store.clone(), state.clock.clone()));
+        let keys = tokio::spawn(maintain_keys(state.clone()));
         tracing::info!(issuer = %state.issuer(), port = self.port, "listening");
         let result = axum::serve(self.listener, app(state))
             .with_graceful_shutdown(shutdown)
             .await;
         gc.abort();
+        keys.abort();
         result
     }
 
@@ -141,6 +143,20 @@ async fn collect_garbage(store: Arc<dyn Store>, clock: SharedClock) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(removed = n, "expired artifacts removed"),
             Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+        }
+    }
+}
+
+/// Every `keys.reload_interval_seconds`: rotation when due, retirements,
+/// and a reload of the key set, so every replica picks up the keys another
+/// one published (RFC 7517 §5).
+async fn maintain_keys(state: AppState) {
+    let mut tick = tokio::time::interval(state.keys.reload_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.keys.maintain(state.now()).await {
+            tracing::warn!(error = %e, "signing-key maintenance failed");
         }
     }
 }
@@ -225,13 +241,14 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
     }
 
     let customizer = customizer::from_config(&config).map_err(anyhow::Error::msg)?;
-    let store = connect_store(&config.database.url, config.database.max_connections).await?;
-    let keys = KeyManager::load_or_create(
-        &store,
-        &config.tokens.signing_alg,
+    let store: Arc<dyn Store> =
+        Arc::new(connect_store(&config.database.url, config.database.max_connections).await?);
+    let keys = KeyManager::open(
+        store.clone(),
+        KeyPolicy::from_config(&config).context("signing keys")?,
         &config.keys,
         &config.database.url,
-        clock.now(),
+        clock.clone(),
     )
     .await
     .context("signing keys")?;
@@ -239,7 +256,6 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         .session
         .secure
         .unwrap_or(config.server.issuer().starts_with("https://"));
-    let store: Arc<dyn Store> = Arc::new(store);
     let clients = Arc::new(clients);
     let flows = Flows::new(
         store.clone(),

@@ -112,7 +112,7 @@ async fn refresh(
 /// The answer for one of our access tokens, `None` when `token` is not one
 /// (garbage, foreign, expired).
 async fn access(st: &AppState, token: &str, now: i64) -> Result<Option<Value>, StoreError> {
-    let Ok(claims) = st.keys.verify(token, "at+jwt", st.issuer(), now) else {
+    let Ok(claims) = st.keys.verify(token, "at+jwt", st.issuer(), now).await else {
         return Ok(None);
     };
     // No leeway here: past `exp` the token is inactive (RFC 7662 §2.2).

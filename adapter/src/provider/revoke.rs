@@ -103,7 +103,7 @@ async fn revoke_access(
     token: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let Ok(claims) = st.keys.verify(token, "at+jwt", st.issuer(), now) else {
+    let Ok(claims) = st.keys.verify(token, "at+jwt", st.issuer(), now).await else {
         return Ok(false);
     };
     if claims.get("client_id").and_then(Value::as_str) != Some(client.id.as_str()) {

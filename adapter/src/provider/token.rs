@@ -553,7 +553,10 @@ fn mint(
         ("auth_time", json!(g.auth_time)),
         (
             "at_hash",
-            json!(at_hash(&st.keys.signing_alg()?, &access_token)),
+            json!(at_hash(
+                &st.keys.id_token_alg(g.client.id_token_alg.as_deref())?,
+                &access_token
+            )),
         ),
         ("sid", json!(g.sid)),
     ] {
@@ -562,7 +565,9 @@ fn mint(
     if let Some(nonce) = g.nonce {
         id.insert("nonce".into(), json!(nonce));
     }
-    let id_token = st.keys.sign("JWT", &id)?;
+    let id_token = st
+        .keys
+        .sign_with(g.client.id_token_alg.as_deref(), "JWT", &id)?;
     response.insert("id_token".into(), json!(id_token));
     Ok(response)
 }

@@ -75,6 +75,7 @@ pub async fn userinfo(
     let mut claims = st
         .keys
         .verify(&token, "at+jwt", st.issuer(), st.now())
+        .await
         .map_err(|e| {
             tracing::info!(error = %e, "userinfo: token rejected");
             invalid_token("the access token is invalid or expired")

@@ -22,6 +22,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     // ---- token lifecycle (refresh, revocation, introspection) ----
     refresh_status_reports_state(&*store).await;
     sessions_deleted_by_sid(&*store).await;
+    key_rotation_schedule(&*store).await;
     store.ping().await.unwrap();
 }
 
@@ -359,6 +360,8 @@ async fn keys_roundtrip(s: &dyn Store) {
         alg: "RS256".into(),
         private_pem: "pem1".into(),
         created_at: 5,
+        activates_at: 6,
+        retires_at: None,
     };
     let k0 = KeyRecord {
         kid: "k0".into(),
@@ -366,6 +369,8 @@ async fn keys_roundtrip(s: &dyn Store) {
         alg: "ES256".into(),
         private_pem: "pem0".into(),
         created_at: 9,
+        activates_at: 0,
+        retires_at: Some(40),
     };
     assert!(s.insert_key(&k1).await.unwrap());
     assert!(s.insert_key(&k0).await.unwrap());
@@ -424,6 +429,58 @@ async fn sessions_deleted_by_sid(s: &dyn Store) {
     assert_eq!(s.session("cookie-bysid", 2).await.unwrap(), None);
     assert!(s.session_clients("sid-bysid").await.unwrap().is_empty());
     assert!(!s.delete_session_by_sid("sid-bysid").await.unwrap());
+}
+
+/// The rotation schedule: a retirement is set once (the first replica's
+/// wins), and only keys past their retirement are deleted.
+async fn key_rotation_schedule(s: &dyn Store) {
+    let before: Vec<KeyRecord> = s.list_keys().await.unwrap();
+    let key = |kid: &str, generation: i64, retires_at: Option<i64>| KeyRecord {
+        kid: kid.into(),
+        generation,
+        alg: "EdDSA".into(),
+        private_pem: "pem".into(),
+        created_at: 1000,
+        activates_at: 1000 + generation,
+        retires_at,
+    };
+    let old = key("rot-old", 100, None);
+    let new = key("rot-new", 101, None);
+    assert!(s.insert_key(&old).await.unwrap());
+    assert!(s.insert_key(&new).await.unwrap());
+    assert!(s.retire_key("rot-old", 2000).await.unwrap());
+    // Already scheduled: a second (racing) schedule does not move it.
+    assert!(!s.retire_key("rot-old", 5000).await.unwrap());
+    assert!(!s.retire_key("missing", 5000).await.unwrap());
+    let rows = s.list_keys().await.unwrap();
+    let stored = |kid: &str| rows.iter().find(|r| r.kid == kid).unwrap().clone();
+    assert_eq!(stored("rot-old").retires_at, Some(2000));
+    assert_eq!(stored("rot-old").activates_at, 1100);
+    assert_eq!(stored("rot-new").retires_at, None);
+    // Before its retirement: kept (keys of earlier tests retired by then go).
+    let earlier = before
+        .iter()
+        .filter(|r| r.retires_at.is_some_and(|t| t <= 1999))
+        .count() as u64;
+    assert_eq!(s.delete_retired_keys(1999).await.unwrap(), earlier);
+    assert!(s
+        .list_keys()
+        .await
+        .unwrap()
+        .iter()
+        .any(|r| r.kid == "rot-old"));
+    // At its retirement: deleted; a key without a retirement time never is.
+    assert_eq!(s.delete_retired_keys(2000).await.unwrap(), 1);
+    let kids: Vec<String> = s
+        .list_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.kid)
+        .collect();
+    assert!(kids.contains(&"rot-new".to_string()), "{kids:?}");
+    assert!(!kids.contains(&"rot-old".to_string()), "{kids:?}");
+    assert_eq!(s.delete_retired_keys(i64::MAX).await.unwrap(), 0);
 }
 
 /// A [`SqlStore`] in a schema of its own on the project's PostgreSQL server

@@ -149,6 +149,10 @@ pub struct KeyRecord {
     pub alg: String,
     pub private_pem: String,
     pub created_at: i64,
+    /// From then on the key may sign; before, it is only published.
+    pub activates_at: i64,
+    /// From then on the key is no longer published (`None`: not scheduled).
+    pub retires_at: Option<i64>,
 }
 
 impl std::fmt::Debug for KeyRecord {
@@ -159,6 +163,8 @@ impl std::fmt::Debug for KeyRecord {
             .field("generation", &self.generation)
             .field("alg", &self.alg)
             .field("created_at", &self.created_at)
+            .field("activates_at", &self.activates_at)
+            .field("retires_at", &self.retires_at)
             .finish_non_exhaustive()
     }
 }
@@ -317,4 +323,14 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the session with this `sid` and its client index; true if
     /// it existed.
     async fn delete_session_by_sid(&self, sid: &str) -> Result<bool, StoreError>;
+
+    // ---- signing-key rotation ------------------------------------------------
+
+    /// Schedules the retirement of key `kid` unless it is scheduled already
+    /// (the first schedule wins, so replicas agree). True if set now.
+    async fn retire_key(&self, kid: &str, retires_at: i64) -> Result<bool, StoreError>;
+
+    /// Deletes the keys whose retirement time is at or before `now`;
+    /// returns how many. Keys without a retirement time are never deleted.
+    async fn delete_retired_keys(&self, now: i64) -> Result<u64, StoreError>;
 }

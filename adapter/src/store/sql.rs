@@ -572,7 +572,8 @@ impl Store for SqlStore {
 
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT kid, generation, alg, private_pem, created_at FROM signing_keys \
+            "SELECT kid, generation, alg, private_pem, created_at, activates_at, retires_at \
+             FROM signing_keys \
              ORDER BY generation",
         )
         .fetch_all(&self.pool)
@@ -585,6 +586,8 @@ impl Store for SqlStore {
                     alg: r.try_get("alg")?,
                     private_pem: r.try_get("private_pem")?,
                     created_at: r.try_get("created_at")?,
+                    activates_at: r.try_get("activates_at")?,
+                    retires_at: r.try_get("retires_at")?,
                 })
             })
             .collect()
@@ -593,14 +596,17 @@ impl Store for SqlStore {
     async fn insert_key(&self, key: &KeyRecord) -> Result<bool, StoreError> {
         // No conflict target: a clash on kid or on generation is ignored.
         let r = sqlx::query(
-            "INSERT INTO signing_keys (kid, generation, alg, private_pem, created_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            "INSERT INTO signing_keys \
+             (kid, generation, alg, private_pem, created_at, activates_at, retires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
         )
         .bind(&key.kid)
         .bind(key.generation)
         .bind(&key.alg)
         .bind(&key.private_pem)
         .bind(key.created_at)
+        .bind(key.activates_at)
+        .bind(key.retires_at)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
@@ -634,6 +640,29 @@ impl Store for SqlStore {
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    // ---- signing-key rotation ------------------------------------------------
+
+    async fn retire_key(&self, kid: &str, retires_at: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE signing_keys SET retires_at = $2 WHERE kid = $1 AND retires_at IS NULL",
+        )
+        .bind(kid)
+        .bind(retires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn delete_retired_keys(&self, now: i64) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "DELETE FROM signing_keys WHERE retires_at IS NOT NULL AND retires_at <= $1",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
     }
 }
 
