@@ -8,13 +8,15 @@
 //! - [`browser`]: cookies, CSRF and rendering of the engine's `Next`;
 //! - [`redirect`]: responses through the client's redirect URI;
 //! - [`token`]: `/oauth2/token`; [`userinfo`]: `/userinfo`;
-//! - [`discovery`]: discovery metadata and the JWKS.
+//! - [`discovery`]: discovery metadata and the JWKS;
+//! - [`logout`]: RP-Initiated Logout and the upstream logout callback.
 
 pub mod authorize;
 pub mod browser;
 pub mod callback;
 pub mod discovery;
 pub mod login;
+pub mod logout;
 pub mod redirect;
 pub mod request;
 pub mod revocation;
