@@ -26,6 +26,7 @@
 //!   with the right status.
 //! - [`telemetry`]: `tracing` subscriber set-up (`RUST_LOG`, `TEST_LOG`).
 
+pub mod backchannel;
 pub mod config;
 pub mod error;
 pub mod provider;

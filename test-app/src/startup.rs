@@ -61,6 +61,8 @@ pub struct Inner {
     pub transactions: ExpiringMap<Transaction>,
     /// The Content-Security-Policy sent with every response.
     pub csp: HeaderValue,
+    /// Back-channel logouts received (OIDC Back-Channel Logout 1.0).
+    pub backchannel: crate::backchannel::Received,
 }
 
 impl Deref for AppState {
@@ -102,6 +104,7 @@ impl AppState {
             sessions: ExpiringMap::new(SESSION_TTL, MAX_ENTRIES),
             transactions: ExpiringMap::new(TRANSACTION_TTL, MAX_ENTRIES),
             csp: HeaderValue::from_str(&csp).context("building the CSP header")?,
+            backchannel: Default::default(),
             config,
         })))
     }
@@ -173,6 +176,10 @@ pub fn app(state: AppState) -> Router {
         .route(crate::CALLBACK_PATH, get(routes::callback))
         .route("/api/me", get(routes::api_me))
         .route("/logout", get(routes::logout_page).post(routes::logout))
+        .route(
+            crate::backchannel::PATH,
+            axum::routing::post(crate::backchannel::receive),
+        )
         .route("/healthz/live", get(routes::live))
         .route("/healthz/ready", get(routes::ready))
         .route("/assets/app.css", get(routes::stylesheet))

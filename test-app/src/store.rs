@@ -168,6 +168,20 @@ impl<V: Clone> ExpiringMap<V> {
             .map(|(_, v)| v)
     }
 
+    /// Removes every entry whose value matches `pred`; returns their keys.
+    pub fn remove_where(&self, pred: impl Fn(&V) -> bool) -> Vec<String> {
+        let mut map = self.lock();
+        let keys: Vec<String> = map
+            .iter()
+            .filter(|(_, (_, v))| pred(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &keys {
+            map.remove(k);
+        }
+        keys
+    }
+
     /// Number of stored entries (live or not yet purged).
     pub fn len(&self) -> usize {
         self.lock().len()
