@@ -263,10 +263,7 @@ impl Flows {
     /// The valid session with the published id `sid` (an ID token's `sid`
     /// claim), with the hash that keys it. For logout (OIDC RP-Initiated
     /// Logout 1.0 §2) when the browser no longer sends the cookie.
-    pub async fn session_by_sid(
-        &self,
-        sid: &str,
-    ) -> Result<Option<(String, Session)>, StoreError> {
+    pub async fn session_by_sid(&self, sid: &str) -> Result<Option<(String, Session)>, StoreError> {
         let Some(row) = self.store.session_by_sid(sid, self.clock.now()).await? else {
             return Ok(None);
         };

@@ -240,8 +240,8 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
     // the signing keys (resolved the same way, so it is the same key).
     let mut connectors = Vec::new();
     if !oidc_connectors.is_empty() {
-        let sealing = EncryptionKey::resolve_shared(&config.keys, &config.database.url)
-            .context("keys")?;
+        let sealing =
+            EncryptionKey::resolve_shared(&config.keys, &config.database.url).context("keys")?;
         for (id, name, mut oidc) in oidc_connectors {
             oidc.set_sealing_key(sealing.clone());
             connectors.push(Connector {

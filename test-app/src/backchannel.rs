@@ -133,7 +133,9 @@ pub fn validate(
         .and_then(|e| e.get(EVENT))
         .is_some_and(Value::is_object)
     {
-        return Err(Invalid::Claims("events lacks the back-channel logout event".into()));
+        return Err(Invalid::Claims(
+            "events lacks the back-channel logout event".into(),
+        ));
     }
     let has = |k: &str| claims.get(k).and_then(Value::as_str).is_some();
     if !has("sid") && !has("sub") {

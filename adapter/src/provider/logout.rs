@@ -24,7 +24,8 @@
 //! `revocation_endpoint`. Then, when the session's upstream has an
 //! `end_session_endpoint`, the browser goes there with the upstream ID token
 //! as `id_token_hint` and `<issuer>/logout/callback` as
-//! `post_logout_redirect_uri`, with a `state` whose hash keys (server-side)
+//! `post_logout_redirect_uri` (through a page that navigates on, see
+//! [`UpstreamLogoutPage`]), with a `state` whose hash keys (server-side)
 //! where to go afterwards; finally to the relying party's
 //! `post_logout_redirect_uri` with its `state`, or to a "You are logged
 //! out" page.
@@ -45,7 +46,7 @@ use crate::connector::ConnectorKind;
 use crate::flow::Session;
 use crate::secret::{ct_eq, hash, random_token};
 use crate::store::codec;
-use crate::web::{self, found, form_pairs, see_other, PageError, WebError};
+use crate::web::{self, form_pairs, found, see_other, PageError, WebError};
 use crate::{backchannel, paths};
 
 /// How long the browser may take at the upstream's logout, seconds.
@@ -61,6 +62,19 @@ pub struct ConfirmPage {
     pub user: Option<String>,
     /// The request's parameters, carried through the form.
     pub fields: Vec<(String, String)>,
+}
+
+/// The hop to the upstream's `end_session_endpoint`: a page that navigates
+/// on (meta refresh, and a link), not a redirect. A relying party whose
+/// logout is a form post with a CSP `form-action` listing only this
+/// provider would otherwise see the browser refuse the redirect chain at
+/// the upstream's origin (CSP Level 3 §6.4.1: `form-action` applies to
+/// redirects too).
+#[derive(Template, WebTemplate)]
+#[template(path = "adapter/logout_upstream.html")]
+pub struct UpstreamLogoutPage {
+    pub title: String,
+    pub url: String,
 }
 
 #[derive(Template, WebTemplate)]
@@ -210,9 +224,7 @@ async fn end_session(
     // §2: client_id, when given with id_token_hint, must be its audience.
     let client_id = match (&req.client_id, &hint) {
         (Some(c), Some(h)) if *c != h.aud => {
-            return Err(bad(
-                "client_id is not the audience of the id_token_hint.",
-            ))
+            return Err(bad("client_id is not the audience of the id_token_hint."))
         }
         (Some(c), _) => Some(c.clone()),
         (None, Some(h)) => Some(h.aud.clone()),
@@ -231,9 +243,8 @@ async fn end_session(
     let target = match &req.post_logout_redirect_uri {
         None => None,
         Some(uri) => {
-            let client = client.ok_or_else(|| {
-                bad("post_logout_redirect_uri needs client_id or id_token_hint.")
-            })?;
+            let client = client
+                .ok_or_else(|| bad("post_logout_redirect_uri needs client_id or id_token_hint."))?;
             if !client.post_logout_redirect_uris.iter().any(|u| u == uri) {
                 return Err(bad(
                     "The post_logout_redirect_uri is not registered for this client.",
@@ -254,7 +265,13 @@ async fn end_session(
     };
     if !hint_matches {
         if !(is_post && req.confirm) {
-            return Ok(confirm_page(st, jar, &req, client.map(|c| c.name.clone()), session));
+            return Ok(confirm_page(
+                st,
+                jar,
+                &req,
+                client.map(|c| c.name.clone()),
+                session,
+            ));
         }
         // Our confirmation form: same-site, with its CSRF token.
         let token_ok = req
@@ -280,20 +297,23 @@ async fn end_session(
     };
     let jar = jar.remove(web::removal(&st.cookies.session));
     let upstream_redirect = match to_end {
-        Some((id_hash, s)) => end(st, &id_hash, &s, target.as_deref(), req.state.as_deref()).await?,
+        Some((id_hash, s)) => {
+            end(st, &id_hash, &s, target.as_deref(), req.state.as_deref()).await?
+        }
         None => None,
     };
-    let go = |location: &str| {
-        if is_post {
-            see_other(location)
-        } else {
-            found(location)
-        }
-    };
     if let Some(url) = upstream_redirect {
-        return Ok((jar, go(&url)).into_response());
+        let page = UpstreamLogoutPage {
+            title: st.title().to_string(),
+            url,
+        };
+        return Ok((jar, page).into_response());
     }
-    Ok((jar, finish(st, target.as_deref(), req.state.as_deref(), is_post)).into_response())
+    Ok((
+        jar,
+        finish(st, target.as_deref(), req.state.as_deref(), is_post),
+    )
+        .into_response())
 }
 
 fn confirm_page(
@@ -370,7 +390,9 @@ async fn end(
     };
     // RFC 7009 §2: the upstream's refresh token dies with the session.
     match connector.revoke_upstream(upstream).await {
-        Ok(true) => tracing::info!(connector = %s.identity.connector_id, "upstream refresh token revoked"),
+        Ok(true) => {
+            tracing::info!(connector = %s.identity.connector_id, "upstream refresh token revoked")
+        }
         Ok(false) => {}
         Err(e) => {
             tracing::warn!(connector = %s.identity.connector_id, error = %e, "upstream refresh token revocation failed")
@@ -457,7 +479,9 @@ mod tests {
     use super::*;
 
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-        p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

@@ -476,7 +476,10 @@ async fn backchannel_queue_claims_once(store: Arc<dyn Store>) {
     assert!(!s.claim_backchannel("b1", 1, 50).await.unwrap());
     s.finish_backchannel("b1", 42, "failed").await.unwrap();
     let b1 = s.backchannel("b1").await.unwrap().unwrap();
-    assert_eq!((b1.done_at, b1.outcome.as_deref()), (Some(41), Some("delivered")));
+    assert_eq!(
+        (b1.done_at, b1.outcome.as_deref()),
+        (Some(41), Some("delivered"))
+    );
     let of_session: Vec<String> = s
         .backchannel_of_session("sid-b")
         .await

@@ -12,8 +12,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
 use super::{
-    AccountRow, BackchannelRow, KeyRecord, LoginRow, Lookup, Redeemed, RefreshRow, RefreshUse, SessionRow, Store,
-    StoreError,
+    AccountRow, BackchannelRow, KeyRecord, LoginRow, Lookup, Redeemed, RefreshRow, RefreshUse,
+    SessionRow, Store, StoreError,
 };
 
 /// SQL implementation for SQLite and PostgreSQL.
