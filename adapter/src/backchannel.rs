@@ -200,7 +200,7 @@ pub async fn run_worker(store: Arc<dyn Store>, clock: SharedClock) {
             tracing::warn!(error = %e, "back-channel logout delivery pass failed");
         }
         passes = passes.wrapping_add(1);
-        if passes % GC_EVERY == 0 {
+        if passes.is_multiple_of(GC_EVERY) {
             if let Err(e) = store.delete_expired_logouts(clock.now()).await {
                 tracing::warn!(error = %e, "removing old logout records failed");
             }

@@ -31,6 +31,9 @@ struct Receiver {
     status: Arc<AtomicU16>,
 }
 
+/// What the receiver records, and the status it answers with.
+type ReceiverState = (Arc<Mutex<Vec<String>>>, Arc<AtomicU16>);
+
 async fn receiver() -> Receiver {
     let bodies = Arc::new(Mutex::new(Vec::new()));
     let status = Arc::new(AtomicU16::new(200));
@@ -39,8 +42,7 @@ async fn receiver() -> Receiver {
         .route(
             "/bc",
             axum::routing::post(
-                |State((bodies, status)): State<(Arc<Mutex<Vec<String>>>, Arc<AtomicU16>)>,
-                 body: String| async move {
+                |State((bodies, status)): State<ReceiverState>, body: String| async move {
                     bodies.lock().unwrap().push(body);
                     AxumStatus::from_u16(status.load(Ordering::SeqCst)).unwrap()
                 },
