@@ -906,6 +906,30 @@ mod tests {
     }
 
     #[test]
+    fn upstream_refresh_tokens_are_sealed_under_their_upstream() {
+        let key = EncryptionKey::generate().unwrap();
+        let sealed = key.seal_value("upstream-refresh-token:a", "rt-1").unwrap();
+        assert!(sealed.starts_with("enc:v1:") && !sealed.contains("rt-1"));
+        assert_eq!(
+            key.open_value("upstream-refresh-token:a", &sealed).unwrap(),
+            "rt-1"
+        );
+        // Bound to its context, its key, and its bytes.
+        assert!(key.open_value("upstream-refresh-token:b", &sealed).is_err());
+        let other = EncryptionKey::generate().unwrap();
+        assert!(other
+            .open_value("upstream-refresh-token:a", &sealed)
+            .is_err());
+        assert!(key.open_value("upstream-refresh-token:a", "rt-1").is_err());
+        // The upstream tokens never show in Debug.
+        let t = UpstreamTokens {
+            id_token: "the-id-token".into(),
+            sealed_refresh_token: Some(sealed),
+        };
+        assert!(!format!("{t:?}").contains("the-id-token"));
+    }
+
+    #[test]
     fn metadata_reads_the_rfc9207_flag() {
         let doc = |extra: Value| {
             let mut d = json!({
@@ -921,6 +945,19 @@ mod tests {
                 .extend(extra.as_object().unwrap().clone());
             serde_json::from_value::<UpstreamMetadata>(d).unwrap()
         };
+        let m = doc(json!({
+            "end_session_endpoint": "https://up.example/logout",
+            "revocation_endpoint": "https://up.example/revoke",
+        }));
+        let extra = m.additional_metadata();
+        assert_eq!(
+            extra.end_session_endpoint.as_deref(),
+            Some("https://up.example/logout")
+        );
+        assert_eq!(
+            extra.revocation_endpoint.as_deref(),
+            Some("https://up.example/revoke")
+        );
         let m = doc(json!({"authorization_response_iss_parameter_supported": true}));
         assert_eq!(
             m.additional_metadata()
