@@ -54,6 +54,10 @@ pub struct Identity {
     /// time of this login.
     #[serde(default)]
     pub auth_time: Option<i64>,
+    /// What an OIDC upstream handed back besides the claims, kept for
+    /// logout (OIDC RP-Initiated Logout 1.0 §2: `id_token_hint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<crate::connector::UpstreamTokens>,
 }
 
 /// Which token a set of claims is for.
@@ -366,6 +370,7 @@ mod tests {
             subject: "testuser".into(),
             claims: claims.as_object().unwrap().clone(),
             auth_time: None,
+            upstream: None,
         }
     }
 

@@ -260,6 +260,25 @@ impl Flows {
         }))
     }
 
+    /// The valid session with the published id `sid` (an ID token's `sid`
+    /// claim), with the hash that keys it. For logout (OIDC RP-Initiated
+    /// Logout 1.0 §2) when the browser no longer sends the cookie.
+    pub async fn session_by_sid(&self, sid: &str) -> Result<Option<(String, Session)>, StoreError> {
+        let Some(row) = self.store.session_by_sid(sid, self.clock.now()).await? else {
+            return Ok(None);
+        };
+        let data: SessionData = codec::decode(&row.data)?;
+        Ok(Some((
+            row.id_hash,
+            Session {
+                sid: row.sid,
+                identity: data.identity,
+                auth_time: row.auth_time,
+                expires_at: row.expires_at,
+            },
+        )))
+    }
+
     /// An authorization request arrives: answer from the session, refuse
     /// (`prompt=none`), or start a login.
     pub async fn authorize(
@@ -753,6 +772,7 @@ mod tests {
                 subject: "u-1".into(),
                 claims: json!({"sub": "u-1"}).as_object().unwrap().clone(),
                 auth_time: self.auth_time,
+                upstream: None,
             })
         }
     }

@@ -1103,6 +1103,46 @@ fn verify_with(
     Ok(data.claims)
 }
 
+/// Sealing of other secrets at rest with the same AES-256-GCM envelope as
+/// the signing keys (`enc:v1:<nonce>:<ciphertext and tag>`), e.g. an
+/// upstream refresh token kept in a session. `context` is the associated
+/// data: a value sealed under one context does not open under another.
+impl EncryptionKey {
+    /// The key configured in `config` (see [`EncryptionKey::resolve`]),
+    /// shared, for sealing values other than signing keys.
+    pub fn resolve_shared(
+        config: &KeysConfig,
+        database_url: &str,
+    ) -> Result<std::sync::Arc<Self>, KeyError> {
+        Self::resolve(config, database_url).map(std::sync::Arc::new)
+    }
+
+    /// A fresh key (tests, and values that need not outlive the process).
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| KeyError::Generate)?;
+        RandomizedNonceKey::new(&AES_256_GCM, &bytes)
+            .map(EncryptionKey)
+            .map_err(|_| KeyError::Generate)
+    }
+
+    /// `enc:v1:<nonce>:<ciphertext>` of `plain`, bound to `context`.
+    pub fn seal_value(&self, context: &str, plain: &str) -> Result<String, KeyError> {
+        self.seal(context, plain)
+    }
+
+    /// The plaintext of an envelope made by [`EncryptionKey::seal_value`]
+    /// under the same `context`.
+    pub fn open_value(&self, context: &str, sealed: &str) -> Result<String, KeyError> {
+        let envelope = sealed
+            .strip_prefix(ENVELOPE_PREFIX)
+            .ok_or_else(|| KeyError::Decrypt {
+                kid: context.to_string(),
+            })?;
+        self.open(context, envelope)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

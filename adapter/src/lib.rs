@@ -8,6 +8,7 @@
 //!   machine over its steps (no HTTP types).
 //! - [`provider`]: the OpenID Provider's web layer: authorize, login pages,
 //!   upstream callbacks, token, userinfo, discovery/JWKS.
+//! - [`backchannel`]: OIDC Back-Channel Logout 1.0 (queue and worker).
 //! - [`paths`]: every route path, defined once.
 //! - [`connector`]: identity sources: the OIDC upstream (federation) and
 //!   local accounts (passwords).
@@ -18,6 +19,7 @@
 //!   [`error`]: protocol error codes; [`web`]: pages and response helpers;
 //!   [`telemetry`]: logging; [`cli`]: the command line shared by binaries.
 
+pub mod backchannel;
 pub mod cli;
 pub mod clock;
 pub mod config;

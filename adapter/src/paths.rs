@@ -38,6 +38,12 @@ pub fn login_form(id: &str) -> String {
     LOGIN_FORM.replace("{connector}", id)
 }
 
+/// OIDC RP-Initiated Logout 1.0 §2: the `end_session_endpoint`.
+pub const END_SESSION: &str = "/oauth2/logout";
+/// Where an upstream sends the browser back after its own logout (the
+/// adapter's `post_logout_redirect_uri` there).
+pub const LOGOUT_CALLBACK: &str = "/logout/callback";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,9 +26,10 @@ use crate::connector::local::{LocalConnector, LOCAL_CONNECTOR_ID};
 use crate::connector::oidc::OidcConnector;
 use crate::connector::{Connector, ConnectorKind};
 use crate::flow::{Flows, Lifetimes};
-use crate::keys::{KeyManager, Policy as KeyPolicy};
+use crate::keys::{EncryptionKey, KeyManager, Policy as KeyPolicy};
 use crate::provider::{
-    authorize, callback, discovery, login, token, userinfo, AppState, Client, CookieSettings, Inner,
+    authorize, callback, discovery, login, logout, token, userinfo, AppState, Client,
+    CookieSettings, Inner,
 };
 use crate::store::{SqlStore, Store};
 use crate::{customizer, paths, telemetry, web};
@@ -101,12 +102,17 @@ impl Application {
         }
         let gc = tokio::spawn(collect_garbage(state.store.clone(), state.clock.clone()));
         let keys = tokio::spawn(maintain_keys(state.clone()));
+        let backchannel = tokio::spawn(crate::backchannel::run_worker(
+            state.store.clone(),
+            state.clock.clone(),
+        ));
         tracing::info!(issuer = %state.issuer(), port = self.port, "listening");
         let result = axum::serve(self.listener, app(state))
             .with_graceful_shutdown(shutdown)
             .await;
         gc.abort();
         keys.abort();
+        backchannel.abort();
         result
     }
 
@@ -213,7 +219,7 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         clients.insert(c.id.clone(), client);
     }
 
-    let mut connectors = Vec::new();
+    let mut oidc_connectors = Vec::new();
     for up in &config.upstreams {
         let secret = crate::config::resolve_secret(
             &up.client_secret,
@@ -223,22 +229,17 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         .map_err(anyhow::Error::msg)?;
         let oidc = OidcConnector::new(up, secret.map(|s| s.expose().to_owned()), clock.clone())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        connectors.push(Connector {
-            id: up.id.clone(),
-            name: up.name.clone().unwrap_or_else(|| up.id.clone()),
-            kind: ConnectorKind::Callback(Arc::new(oidc)),
-        });
+        oidc_connectors.push((up.id.clone(), up.name.clone(), oidc));
     }
-    if !config.local_users.is_empty() {
-        let local = LocalConnector::new(&config.local_users)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        connectors.push(Connector {
-            id: LOCAL_CONNECTOR_ID.into(),
-            name: "Username and password".into(),
-            kind: ConnectorKind::Password(Arc::new(local)),
-        });
-    }
+    let local = if config.local_users.is_empty() {
+        None
+    } else {
+        Some(
+            LocalConnector::new(&config.local_users)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        )
+    };
 
     let customizer = customizer::from_config(&config).map_err(anyhow::Error::msg)?;
     let store: Arc<dyn Store> =
@@ -252,6 +253,28 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
     )
     .await
     .context("signing keys")?;
+    // Upstream refresh tokens are sealed at rest with the key that seals
+    // the signing keys (resolved the same way, so it is the same key).
+    let mut connectors = Vec::new();
+    if !oidc_connectors.is_empty() {
+        let sealing =
+            EncryptionKey::resolve_shared(&config.keys, &config.database.url).context("keys")?;
+        for (id, name, mut oidc) in oidc_connectors {
+            oidc.set_sealing_key(sealing.clone());
+            connectors.push(Connector {
+                name: name.unwrap_or_else(|| id.clone()),
+                id,
+                kind: ConnectorKind::Callback(Arc::new(oidc)),
+            });
+        }
+    }
+    if let Some(local) = local {
+        connectors.push(Connector {
+            id: LOCAL_CONNECTOR_ID.into(),
+            name: "Username and password".into(),
+            kind: ConnectorKind::Password(Arc::new(local)),
+        });
+    }
     let cookie_secure = config
         .session
         .secure
@@ -342,6 +365,11 @@ pub fn app(state: AppState) -> Router {
             paths::LOGIN_FORM,
             get(login::login_form).post(login::login_submit),
         )
+        .route(
+            paths::END_SESSION,
+            get(logout::end_session_get).post(logout::end_session_post),
+        )
+        .route(paths::LOGOUT_CALLBACK, get(logout::logout_callback))
         .route(paths::HEALTH_LIVE, get(|| async { "ok" }))
         .route(paths::HEALTH_READY, get(ready))
         .route(paths::STYLE, get(web::style))

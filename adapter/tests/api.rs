@@ -19,6 +19,7 @@ use url::Url;
 
 mod keys;
 mod lifecycle;
+mod logout;
 mod races;
 mod support;
 use support::*;

@@ -32,6 +32,7 @@
 //!   with the right status.
 //! - [`telemetry`]: `tracing` subscriber set-up (`RUST_LOG`, `TEST_LOG`).
 
+pub mod backchannel;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -107,6 +107,9 @@ pub async fn home(State(state): State<AppState>, jar: CookieJar) -> HomePage {
         redirect_uri: state.redirect_uri.as_str().to_owned(),
         scopes: scopes_sent(&state).join(" "),
         provider_discovered: state.provider.cached().is_some(),
+        backchannel_notice: state
+            .backchannel
+            .notice_for(jar.get(&state.config.cookie_name).map(|c| c.value())),
     }
 }
 

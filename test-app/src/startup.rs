@@ -74,6 +74,8 @@ pub struct Inner {
     pub api_base: OnceLock<String>,
     /// The Content-Security-Policy sent with every response.
     pub csp: HeaderValue,
+    /// Back-channel logouts received (OIDC Back-Channel Logout 1.0).
+    pub backchannel: crate::backchannel::Received,
 }
 
 impl Deref for AppState {
@@ -124,6 +126,7 @@ impl AppState {
             clock,
             api_base: OnceLock::new(),
             csp: HeaderValue::from_str(&csp).context("building the CSP header")?,
+            backchannel: Default::default(),
             config,
         })))
     }
@@ -221,8 +224,10 @@ pub fn app(state: AppState) -> Router {
         .route(lifecycle::CALL_API_PATH, post(lifecycle::call_api))
         .route("/logout", get(routes::logout_page).post(routes::logout))
         .route(crate::LOGGED_OUT_PATH, get(routes::logged_out))
-        // OpenID Back-Channel Logout 1.0: `POST /backchannel-logout` is
-        // served by the receiver module, which calls `AppState::mark_backchannel`.
+        .route(
+            crate::backchannel::PATH,
+            axum::routing::post(crate::backchannel::receive),
+        )
         .route("/healthz/live", get(routes::live))
         .route("/healthz/ready", get(routes::ready))
         .route("/assets/app.css", get(routes::stylesheet))

@@ -305,11 +305,25 @@ impl<V: Clone> ExpiringMap<V> {
     }
 
     /// Removes every entry whose value satisfies `pred`; returns how many.
-    pub fn remove_where(&self, mut pred: impl FnMut(&V) -> bool) -> usize {
+    pub fn remove_matching(&self, mut pred: impl FnMut(&V) -> bool) -> usize {
         let mut map = self.lock();
         let before = map.len();
         map.retain(|_, (_, v)| !pred(v));
         before - map.len()
+    }
+
+    /// Removes every entry whose value matches `pred`; returns their keys.
+    pub fn remove_where(&self, pred: impl Fn(&V) -> bool) -> Vec<String> {
+        let mut map = self.lock();
+        let keys: Vec<String> = map
+            .iter()
+            .filter(|(_, (_, v))| pred(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &keys {
+            map.remove(k);
+        }
+        keys
     }
 
     /// Number of stored entries (live or not yet purged).
@@ -327,7 +341,7 @@ impl ExpiringMap<std::sync::Arc<Session>> {
     /// Ends the sessions a back-channel logout for `sid`/`sub` targets
     /// ([`Session::matches_logout`]); returns how many ended.
     pub fn end_sessions_of(&self, sid: Option<&str>, sub: Option<&str>) -> usize {
-        self.remove_where(|s| s.matches_logout(sid, sub))
+        self.remove_matching(|s| s.matches_logout(sid, sub))
     }
 }
 
@@ -438,7 +452,7 @@ mod tests {
         assert_eq!(map.update("k", |v| v + 1), Some(2));
         assert_eq!(map.get("k"), Some(2));
         assert_eq!(map.update("missing", |v| v + 1), None);
-        assert_eq!(map.remove_where(|v| *v == 2), 1);
+        assert_eq!(map.remove_matching(|v| *v == 2), 1);
         assert!(map.is_empty());
     }
 

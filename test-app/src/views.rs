@@ -55,6 +55,8 @@ pub struct HomePage {
     pub scopes: String,
     /// Whether discovery has succeeded at least once.
     pub provider_discovered: bool,
+    /// Set when a back-channel logout ended this browser's session.
+    pub backchannel_notice: Option<String>,
 }
 
 /// `GET /authenticated` with a session.

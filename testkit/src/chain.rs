@@ -247,14 +247,18 @@ impl ChainBuilder {
                 config.server.listen = addr;
                 config.server.issuer = Some(issuer.clone());
                 config.database.url = db;
-                config.clients = vec![client_config(
+                let mut adapter_client = client_config(
                     &RpClient {
                         id: ADAPTER_CLIENT_ID.into(),
                         secret: secret.clone(),
                         redirect_uri: upstream_callback.clone(),
                     },
                     "Auth Adapter",
-                )?];
+                )?;
+                // The adapter's logout callback (OIDC RP-Initiated Logout 1.0 §3).
+                adapter_client.post_logout_redirect_uris =
+                    vec![format!("{adapter_issuer}/logout/callback")];
+                config.clients = vec![adapter_client];
                 let running =
                     spawn::provider(config, listener, shared.clone(), "upstream-test-server")
                         .await?;
@@ -292,8 +296,12 @@ impl ChainBuilder {
         config.server.listen = adapter_addr;
         config.server.issuer = Some(adapter_issuer.clone());
         config.database.url = db;
+        let mut test_app_client = client_config(&app, "Test App")?;
+        // The test-app's logout page and back-channel receiver.
+        test_app_client.post_logout_redirect_uris = vec![format!("{app_url}/logged-out")];
+        test_app_client.backchannel_logout_uri = Some(format!("{app_url}/backchannel-logout"));
         config.clients = vec![
-            client_config(&app, "Test App")?,
+            test_app_client,
             client_config(&second, "Second App")?,
             client_config(&special, "Special Secret App")?,
         ];

@@ -50,7 +50,8 @@ pub fn default_config() -> Config {
             secret: Some("auth-adapter-demo-secret".into()),
             secret_env: None,
             redirect_uris: vec!["http://127.0.0.1:9000/login/oauth2/code/test-auth-server".into()],
-            post_logout_redirect_uris: vec![],
+            // The adapter's logout callback (OIDC RP-Initiated Logout 1.0 §3).
+            post_logout_redirect_uris: vec!["http://127.0.0.1:9000/logout/callback".into()],
             allowed_scopes: vec!["openid".into(), "profile".into(), "email".into()],
             public: false,
             require_pkce: true,

@@ -131,6 +131,7 @@ impl PasswordConnector for LocalConnector {
                 claims: a.claims.clone(),
                 // The provider stamps the time of this very login.
                 auth_time: None,
+                upstream: None,
             }),
             _ => None,
         })

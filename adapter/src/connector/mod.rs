@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 pub use crate::customizer::Identity;
 
@@ -100,6 +101,47 @@ pub trait CallbackConnector: Send + Sync + 'static {
 
     /// Warms caches (discovery) in the background; failures are logged.
     async fn warm_up(&self) {}
+
+    /// Where to send the browser to end its session at the upstream (OIDC
+    /// RP-Initiated Logout 1.0 §2), when the upstream offers an
+    /// `end_session_endpoint`: `id_token_hint`, `client_id`,
+    /// `post_logout_redirect_uri` and `state`. `None` when it does not.
+    async fn end_session_url(
+        &self,
+        _upstream: &UpstreamTokens,
+        _post_logout_redirect_uri: &str,
+        _state: &str,
+    ) -> Result<Option<String>, ConnectorError> {
+        Ok(None)
+    }
+
+    /// Revokes the upstream refresh token at the upstream's RFC 7009
+    /// `revocation_endpoint`. True when a revocation was sent and accepted;
+    /// false when there is nothing to revoke or nowhere to revoke it.
+    async fn revoke_upstream(&self, _upstream: &UpstreamTokens) -> Result<bool, ConnectorError> {
+        Ok(false)
+    }
+}
+
+/// What an OIDC upstream issued at login that logout needs again: its raw
+/// ID token (the `id_token_hint` of OIDC RP-Initiated Logout 1.0 §2) and its
+/// refresh token, sealed with the configured encryption key
+/// ([`crate::keys::EncryptionKey::seal_value`]) so it is never stored in
+/// the clear.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamTokens {
+    pub id_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_refresh_token: Option<String>,
+}
+
+impl std::fmt::Debug for UpstreamTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Tokens never reach a log line.
+        f.debug_struct("UpstreamTokens")
+            .field("refresh_token", &self.sealed_refresh_token.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 #[async_trait]

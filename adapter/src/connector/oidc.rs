@@ -14,6 +14,7 @@
 //! response sizes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -35,9 +36,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::{Mutex, RwLock};
 
-use super::{BeginRequest, BeginResponse, CallbackConnector, ConnectorError, Identity};
+use super::{
+    BeginRequest, BeginResponse, CallbackConnector, ConnectorError, Identity, UpstreamTokens,
+};
 use crate::clock::SharedClock;
 use crate::config::UpstreamConfig;
+use crate::keys::EncryptionKey;
 
 /// Cap on any upstream response body.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -138,6 +142,12 @@ pub struct ExtraProviderMetadata {
     /// RFC 9207 §3: the upstream puts `iss` in every authorization response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization_response_iss_parameter_supported: Option<bool>,
+    /// OIDC RP-Initiated Logout 1.0 §2.1: where to end the user's session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_session_endpoint: Option<String>,
+    /// RFC 8414 §2 / RFC 7009 §2: where to revoke tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_endpoint: Option<String>,
 }
 
 impl AdditionalProviderMetadata for ExtraProviderMetadata {}
@@ -277,6 +287,9 @@ pub struct OidcConnector {
     /// Held while a discovery runs.
     discovering: Mutex<()>,
     last_forced: Mutex<Option<Instant>>,
+    /// Seals the upstream refresh token at rest; without it the refresh
+    /// token is not kept at all.
+    sealing: Option<Arc<EncryptionKey>>,
 }
 
 impl std::fmt::Debug for OidcConnector {
@@ -309,7 +322,19 @@ impl OidcConnector {
             cache: RwLock::new(None),
             discovering: Mutex::new(()),
             last_forced: Mutex::new(None),
+            sealing: None,
         })
+    }
+
+    /// Keeps the upstream refresh token, sealed with `key`, in the identity
+    /// (to revoke it at logout, RFC 7009).
+    pub fn set_sealing_key(&mut self, key: Arc<EncryptionKey>) {
+        self.sealing = Some(key);
+    }
+
+    /// Associated data of this upstream's sealed refresh tokens.
+    fn sealing_context(&self) -> String {
+        format!("upstream-refresh-token:{}", self.id)
     }
 
     async fn cached(&self) -> Option<UpstreamMetadata> {
@@ -616,12 +641,90 @@ impl CallbackConnector for OidcConnector {
                 claims.entry(k).or_insert(v);
             }
         }
+        // Kept for logout: the ID token as `id_token_hint` (OIDC
+        // RP-Initiated Logout 1.0 §2), the refresh token, sealed, for its
+        // revocation (RFC 7009).
+        let sealed_refresh_token = match (token.refresh_token(), &self.sealing) {
+            (Some(rt), Some(key)) => Some(
+                key.seal_value(&self.sealing_context(), rt.secret())
+                    .map_err(|e| ConnectorError::Config(e.to_string()))?,
+            ),
+            _ => None,
+        };
         Ok(Identity {
             connector_id: self.id.clone(),
             subject: verified.subject,
             claims,
             auth_time: verified.auth_time,
+            upstream: Some(UpstreamTokens {
+                id_token: raw,
+                sealed_refresh_token,
+            }),
         })
+    }
+
+    async fn end_session_url(
+        &self,
+        upstream: &UpstreamTokens,
+        post_logout_redirect_uri: &str,
+        state: &str,
+    ) -> Result<Option<String>, ConnectorError> {
+        let metadata = self.metadata().await?;
+        let Some(endpoint) = &metadata.additional_metadata().end_session_endpoint else {
+            return Ok(None);
+        };
+        let mut url = url::Url::parse(endpoint)
+            .map_err(|e| ConnectorError::Invalid(format!("end_session_endpoint: {e}")))?;
+        // OIDC RP-Initiated Logout 1.0 §2.
+        url.query_pairs_mut()
+            .append_pair("id_token_hint", &upstream.id_token)
+            .append_pair("client_id", &self.client_id)
+            .append_pair("post_logout_redirect_uri", post_logout_redirect_uri)
+            .append_pair("state", state);
+        Ok(Some(url.to_string()))
+    }
+
+    async fn revoke_upstream(&self, upstream: &UpstreamTokens) -> Result<bool, ConnectorError> {
+        let (Some(sealed), Some(key)) = (&upstream.sealed_refresh_token, &self.sealing) else {
+            return Ok(false);
+        };
+        let metadata = self.metadata().await?;
+        let Some(endpoint) = &metadata.additional_metadata().revocation_endpoint else {
+            return Ok(false);
+        };
+        let refresh_token = key
+            .open_value(&self.sealing_context(), sealed)
+            .map_err(|e| ConnectorError::Config(e.to_string()))?;
+        // RFC 7009 §2.1, with the client authentication of the token
+        // endpoint (RFC 6749 §2.3.1: form-urlencoded, then Basic).
+        let mut request = self.http.post(endpoint);
+        let mut form = vec![
+            ("token", refresh_token),
+            ("token_type_hint", "refresh_token".to_string()),
+        ];
+        match &self.client_secret {
+            Some(secret) => {
+                let enc = |s: &str| {
+                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                };
+                request = request.basic_auth(enc(&self.client_id), Some(enc(secret)));
+            }
+            None => form.push(("client_id", self.client_id.clone())),
+        }
+        let response = request
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| ConnectorError::Unavailable(format!("revocation endpoint: {e}")))?;
+        // RFC 7009 §2.2: 200 whether or not the token was still valid.
+        if response.status().is_success() {
+            Ok(true)
+        } else {
+            Err(ConnectorError::Invalid(format!(
+                "revocation endpoint answered {}",
+                response.status()
+            )))
+        }
     }
 
     async fn warm_up(&self) {
@@ -803,6 +906,30 @@ mod tests {
     }
 
     #[test]
+    fn upstream_refresh_tokens_are_sealed_under_their_upstream() {
+        let key = EncryptionKey::generate().unwrap();
+        let sealed = key.seal_value("upstream-refresh-token:a", "rt-1").unwrap();
+        assert!(sealed.starts_with("enc:v1:") && !sealed.contains("rt-1"));
+        assert_eq!(
+            key.open_value("upstream-refresh-token:a", &sealed).unwrap(),
+            "rt-1"
+        );
+        // Bound to its context, its key, and its bytes.
+        assert!(key.open_value("upstream-refresh-token:b", &sealed).is_err());
+        let other = EncryptionKey::generate().unwrap();
+        assert!(other
+            .open_value("upstream-refresh-token:a", &sealed)
+            .is_err());
+        assert!(key.open_value("upstream-refresh-token:a", "rt-1").is_err());
+        // The upstream tokens never show in Debug.
+        let t = UpstreamTokens {
+            id_token: "the-id-token".into(),
+            sealed_refresh_token: Some(sealed),
+        };
+        assert!(!format!("{t:?}").contains("the-id-token"));
+    }
+
+    #[test]
     fn metadata_reads_the_rfc9207_flag() {
         let doc = |extra: Value| {
             let mut d = json!({
@@ -818,6 +945,19 @@ mod tests {
                 .extend(extra.as_object().unwrap().clone());
             serde_json::from_value::<UpstreamMetadata>(d).unwrap()
         };
+        let m = doc(json!({
+            "end_session_endpoint": "https://up.example/logout",
+            "revocation_endpoint": "https://up.example/revoke",
+        }));
+        let extra = m.additional_metadata();
+        assert_eq!(
+            extra.end_session_endpoint.as_deref(),
+            Some("https://up.example/logout")
+        );
+        assert_eq!(
+            extra.revocation_endpoint.as_deref(),
+            Some("https://up.example/revoke")
+        );
         let m = doc(json!({"authorization_response_iss_parameter_supported": true}));
         assert_eq!(
             m.additional_metadata()

@@ -98,6 +98,10 @@ fn metadata(st: &AppState) -> Value {
         "request_parameter_supported": false,
         "request_uri_parameter_supported": false,
         "claims_parameter_supported": false,
+        // OIDC RP-Initiated Logout 1.0 §2.1, Back-Channel Logout 1.0 §2.1.
+        "end_session_endpoint": format!("{i}{}", paths::END_SESSION),
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
     })
 }
 

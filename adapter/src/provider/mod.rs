@@ -11,6 +11,7 @@
 //!   [`introspect`]: `/oauth2/introspect`; [`client_auth`]: their client
 //!   authentication; [`userinfo`]: `/userinfo`;
 //! - [`discovery`]: discovery metadata and the JWKS.
+//! - [`logout`]: RP-Initiated Logout and the upstream logout callback.
 
 pub mod authorize;
 pub mod browser;
@@ -19,6 +20,7 @@ pub mod client_auth;
 pub mod discovery;
 pub mod introspect;
 pub mod login;
+pub mod logout;
 pub mod redirect;
 pub mod request;
 pub mod revocation;

@@ -23,6 +23,8 @@ pub async fn run_all(store: Arc<dyn Store>) {
     refresh_status_reports_state(&*store).await;
     sessions_deleted_by_sid(&*store).await;
     key_rotation_schedule(&*store).await;
+    logout_states_are_single_use(&*store).await;
+    backchannel_queue_claims_once(store.clone()).await;
     store.ping().await.unwrap();
 }
 
@@ -481,6 +483,115 @@ async fn key_rotation_schedule(s: &dyn Store) {
     assert!(kids.contains(&"rot-new".to_string()), "{kids:?}");
     assert!(!kids.contains(&"rot-old".to_string()), "{kids:?}");
     assert_eq!(s.delete_retired_keys(i64::MAX).await.unwrap(), 0);
+}
+
+// ---- logout ------------------------------------------------------------------
+
+async fn logout_states_are_single_use(s: &dyn Store) {
+    s.insert_logout_state("ls1", "where-to", 100).await.unwrap();
+    assert_eq!(
+        s.take_logout_state("ls1", 10).await.unwrap().as_deref(),
+        Some("where-to")
+    );
+    assert_eq!(s.take_logout_state("ls1", 10).await.unwrap(), None);
+    assert_eq!(s.take_logout_state("never", 10).await.unwrap(), None);
+    // Expired: gone, and not handed out.
+    s.insert_logout_state("ls2", "late", 100).await.unwrap();
+    assert_eq!(s.take_logout_state("ls2", 100).await.unwrap(), None);
+    // An insert never overwrites.
+    s.insert_logout_state("ls3", "first", 100).await.unwrap();
+    assert!(s.insert_logout_state("ls3", "second", 100).await.is_err());
+    s.insert_logout_state("ls4", "old", 50).await.unwrap();
+    assert!(s.delete_expired_logouts(60).await.unwrap() >= 1);
+    assert_eq!(s.take_logout_state("ls4", 0).await.unwrap(), None);
+    assert_eq!(
+        s.take_logout_state("ls3", 10).await.unwrap().as_deref(),
+        Some("first")
+    );
+}
+
+fn delivery(id: &str, sid: &str, client: &str, due: i64) -> BackchannelRow {
+    BackchannelRow {
+        id: id.into(),
+        sid: sid.into(),
+        client_id: client.into(),
+        uri: "https://rp.example/bc".into(),
+        token: "logout-token".into(),
+        attempts: 0,
+        next_attempt_at: due,
+        created_at: due,
+        expires_at: due + 1000,
+        done_at: None,
+        outcome: None,
+    }
+}
+
+async fn backchannel_queue_claims_once(store: Arc<dyn Store>) {
+    let s = &*store;
+    s.enqueue_backchannel(&delivery("b1", "sid-b", "app", 10))
+        .await
+        .unwrap();
+    s.enqueue_backchannel(&delivery("b2", "sid-b", "other", 20))
+        .await
+        .unwrap();
+    let due: Vec<String> = s
+        .due_backchannel(10, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(due, vec!["b1".to_string()]);
+    assert_eq!(s.due_backchannel(20, 10).await.unwrap().len(), 2);
+    assert_eq!(s.due_backchannel(20, 1).await.unwrap().len(), 1);
+    // Concurrent claims of one attempt: one winner.
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let st = store.clone();
+        handles.push(tokio::spawn(async move {
+            st.claim_backchannel("b1", 0, 40).await.unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for h in handles {
+        wins += h.await.unwrap() as u32;
+    }
+    assert_eq!(wins, 1);
+    let b1 = s.backchannel("b1").await.unwrap().unwrap();
+    assert_eq!((b1.attempts, b1.next_attempt_at), (1, 40));
+    // Not due again before retry_at.
+    assert!(s
+        .due_backchannel(39, 10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| r.id != "b1"));
+    s.finish_backchannel("b1", 41, "delivered").await.unwrap();
+    // Finished: never due, never claimed, and the outcome is kept.
+    assert!(s
+        .due_backchannel(1000, 10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| r.id != "b1"));
+    assert!(!s.claim_backchannel("b1", 1, 50).await.unwrap());
+    s.finish_backchannel("b1", 42, "failed").await.unwrap();
+    let b1 = s.backchannel("b1").await.unwrap().unwrap();
+    assert_eq!(
+        (b1.done_at, b1.outcome.as_deref()),
+        (Some(41), Some("delivered"))
+    );
+    let of_session: Vec<String> = s
+        .backchannel_of_session("sid-b")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.client_id)
+        .collect();
+    assert_eq!(of_session, vec!["app".to_string(), "other".to_string()]);
+    assert!(s.backchannel("nope").await.unwrap().is_none());
+    assert!(s.delete_expired_logouts(2000).await.unwrap() >= 2);
+    assert!(s.backchannel_of_session("sid-b").await.unwrap().is_empty());
 }
 
 /// A [`SqlStore`] in a schema of its own on the project's PostgreSQL server

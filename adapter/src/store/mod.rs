@@ -333,4 +333,88 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the keys whose retirement time is at or before `now`;
     /// returns how many. Keys without a retirement time are never deleted.
     async fn delete_retired_keys(&self, now: i64) -> Result<u64, StoreError>;
+
+    // ---- logout (OIDC RP-Initiated and Back-Channel Logout 1.0) ---------------
+
+    /// Stores what a logout that went to the upstream needs afterwards,
+    /// under the hash of the state sent there.
+    async fn insert_logout_state(
+        &self,
+        state_hash: &str,
+        data: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Consumes a logout state exactly once; `None` when unknown, used or
+    /// expired.
+    async fn take_logout_state(
+        &self,
+        state_hash: &str,
+        now: i64,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// Queues a back-channel logout delivery.
+    async fn enqueue_backchannel(&self, row: &BackchannelRow) -> Result<(), StoreError>;
+
+    /// Deliveries not done whose next attempt is due at `now`, oldest first.
+    async fn due_backchannel(
+        &self,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<BackchannelRow>, StoreError>;
+
+    /// Claims a due delivery for one attempt: compare-and-swap on
+    /// `attempts`, which becomes `attempts + 1`, and `next_attempt_at`
+    /// becomes `retry_at` (so a replica that dies mid-attempt leaves a
+    /// retry behind). False when another worker claimed it first.
+    async fn claim_backchannel(
+        &self,
+        id: &str,
+        attempts: i64,
+        retry_at: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Ends a delivery with `outcome` (`delivered` or `failed`).
+    async fn finish_backchannel(&self, id: &str, now: i64, outcome: &str)
+        -> Result<(), StoreError>;
+
+    /// One delivery by id.
+    async fn backchannel(&self, id: &str) -> Result<Option<BackchannelRow>, StoreError>;
+
+    /// Every delivery of session `sid`, in creation order.
+    async fn backchannel_of_session(&self, sid: &str) -> Result<Vec<BackchannelRow>, StoreError>;
+
+    /// Deletes expired logout states and deliveries; returns how many.
+    async fn delete_expired_logouts(&self, before: i64) -> Result<u64, StoreError>;
+}
+
+/// A queued back-channel logout delivery (OIDC Back-Channel Logout 1.0 §2.5).
+#[derive(Clone, PartialEq, Eq)]
+pub struct BackchannelRow {
+    pub id: String,
+    pub sid: String,
+    pub client_id: String,
+    /// The client's `backchannel_logout_uri`.
+    pub uri: String,
+    /// The signed logout token (never logged).
+    pub token: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub done_at: Option<i64>,
+    pub outcome: Option<String>,
+}
+
+impl std::fmt::Debug for BackchannelRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackchannelRow")
+            .field("id", &self.id)
+            .field("client_id", &self.client_id)
+            .field("attempts", &self.attempts)
+            .field("next_attempt_at", &self.next_attempt_at)
+            .field("done_at", &self.done_at)
+            .field("outcome", &self.outcome)
+            .finish_non_exhaustive()
+    }
 }

@@ -12,8 +12,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
 use super::{
-    AccountRow, KeyRecord, LoginRow, Lookup, Redeemed, RefreshRow, RefreshStatus, RefreshUse,
-    SessionRow, Store, StoreError,
+    AccountRow, BackchannelRow, KeyRecord, LoginRow, Lookup, Redeemed, RefreshRow, RefreshStatus,
+    RefreshUse, SessionRow, Store, StoreError,
 };
 
 /// SQL implementation for SQLite and PostgreSQL.
@@ -664,6 +664,169 @@ impl Store for SqlStore {
         .await?;
         Ok(r.rows_affected())
     }
+
+    // ---- logout (OIDC RP-Initiated and Back-Channel Logout 1.0) ---------------
+
+    async fn insert_logout_state(
+        &self,
+        state_hash: &str,
+        data: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO logout_states (state_hash, data, expires_at) VALUES ($1, $2, $3)")
+            .bind(state_hash)
+            .bind(data)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn take_logout_state(
+        &self,
+        state_hash: &str,
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        // One statement: two callbacks racing on one state get one winner.
+        let row = sqlx::query(
+            "DELETE FROM logout_states WHERE state_hash = $1 RETURNING data, expires_at",
+        )
+        .bind(state_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let expires_at: i64 = r.try_get("expires_at")?;
+        Ok((expires_at > now).then(|| r.try_get("data")).transpose()?)
+    }
+
+    async fn enqueue_backchannel(&self, b: &BackchannelRow) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO backchannel_logouts ({BACKCHANNEL_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        ))
+        .bind(&b.id)
+        .bind(&b.sid)
+        .bind(&b.client_id)
+        .bind(&b.uri)
+        .bind(&b.token)
+        .bind(b.attempts)
+        .bind(b.next_attempt_at)
+        .bind(b.created_at)
+        .bind(b.expires_at)
+        .bind(b.done_at)
+        .bind(b.outcome.as_deref())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn due_backchannel(
+        &self,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<BackchannelRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {BACKCHANNEL_COLUMNS} FROM backchannel_logouts \
+             WHERE done_at IS NULL AND next_attempt_at <= $1 \
+             ORDER BY next_attempt_at, id LIMIT $2"
+        ))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(backchannel_row).collect()
+    }
+
+    async fn claim_backchannel(
+        &self,
+        id: &str,
+        attempts: i64,
+        retry_at: i64,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE backchannel_logouts SET attempts = attempts + 1, next_attempt_at = $3 \
+             WHERE id = $1 AND attempts = $2 AND done_at IS NULL",
+        )
+        .bind(id)
+        .bind(attempts)
+        .bind(retry_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn finish_backchannel(
+        &self,
+        id: &str,
+        now: i64,
+        outcome: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE backchannel_logouts SET done_at = $2, outcome = $3 \
+             WHERE id = $1 AND done_at IS NULL",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(outcome)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn backchannel(&self, id: &str) -> Result<Option<BackchannelRow>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {BACKCHANNEL_COLUMNS} FROM backchannel_logouts WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(backchannel_row)
+        .transpose()
+    }
+
+    async fn backchannel_of_session(&self, sid: &str) -> Result<Vec<BackchannelRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {BACKCHANNEL_COLUMNS} FROM backchannel_logouts WHERE sid = $1 \
+             ORDER BY created_at, client_id"
+        ))
+        .bind(sid)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(backchannel_row).collect()
+    }
+
+    async fn delete_expired_logouts(&self, before: i64) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for table in ["logout_states", "backchannel_logouts"] {
+            let sql = format!("DELETE FROM {table} WHERE expires_at < $1");
+            removed += sqlx::query(&sql)
+                .bind(before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(removed)
+    }
+}
+
+const BACKCHANNEL_COLUMNS: &str = "id, sid, client_id, uri, token, attempts, next_attempt_at, \
+     created_at, expires_at, done_at, outcome";
+
+fn backchannel_row(r: &AnyRow) -> Result<BackchannelRow, StoreError> {
+    Ok(BackchannelRow {
+        id: r.try_get("id")?,
+        sid: r.try_get("sid")?,
+        client_id: r.try_get("client_id")?,
+        uri: r.try_get("uri")?,
+        token: r.try_get("token")?,
+        attempts: r.try_get("attempts")?,
+        next_attempt_at: r.try_get("next_attempt_at")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        done_at: r.try_get("done_at")?,
+        outcome: r.try_get("outcome")?,
+    })
 }
 
 #[cfg(test)]
