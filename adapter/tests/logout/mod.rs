@@ -606,6 +606,62 @@ async fn logout_goes_through_the_upstream_end_session_endpoint_and_back() {
 
 // ------------------------------------------------ back-channel logout ----
 
+/// The upstream's refresh token, kept sealed in the session, is revoked at
+/// the upstream's RFC 7009 revocation endpoint when the user logs out: it
+/// no longer refreshes at the upstream afterwards.
+#[tokio::test]
+async fn logout_revokes_the_upstream_refresh_token() {
+    let mut options = FakeOpOptions::new(UPSTREAM_CLIENT_ID);
+    options.client_secret = Some(UPSTREAM_SECRET.into());
+    options.refresh_tokens = true;
+    options.revocation = true;
+    let fake = FakeOp::start_with(options).await.unwrap();
+    let issuer = fake.issuer.clone();
+    let app = spawn_app_with(move |c| {
+        c.local_users.clear();
+        c.upstreams = vec![clients::upstream(
+            UPSTREAM_ID,
+            "Fake OP",
+            &issuer,
+            UPSTREAM_CLIENT_ID,
+            UPSTREAM_SECRET,
+        )
+        .unwrap()];
+    })
+    .await;
+    let to_client = app
+        .login_through_upstream(&fake.authorization_endpoint())
+        .await;
+    let code = query(&to_client)["code"].as_str().unwrap().to_string();
+    let t: Value = app.redeem(&code).await.json().await.unwrap();
+    let id_token = t["id_token"].as_str().unwrap();
+    let upstream_refresh = fake
+        .last_refresh_token()
+        .expect("the fake upstream issued a refresh token");
+
+    let r = app
+        .browser
+        .get(logout_url(&app, &[("id_token_hint", id_token)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the logged-out page");
+
+    let r = reqwest::Client::new()
+        .post(format!("{}/token", fake.issuer))
+        .basic_auth(UPSTREAM_CLIENT_ID, Some(UPSTREAM_SECRET))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", upstream_refresh.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant");
+}
+
 /// Logs in, redeems, and ends the session with an RP-initiated logout.
 /// Returns the ID token's claims.
 async fn login_and_logout(app: &TestApp) -> Value {
