@@ -505,14 +505,16 @@ impl Policy {
     }
 
     /// The policy of a configuration: `tokens.signing_alg`, the clients'
-    /// algorithms, `keys.*` and the token lifetimes.
+    /// algorithms, `keys.*` and the token lifetimes. RS256 always has a key:
+    /// OIDC Discovery §3 requires it in `id_token_signing_alg_values_supported`.
     pub fn from_config(config: &Config) -> Result<Self, KeyError> {
         Self::new(
             &config.tokens.signing_alg,
             config
                 .clients
                 .iter()
-                .filter_map(|c| c.id_token_signed_response_alg.as_deref()),
+                .filter_map(|c| c.id_token_signed_response_alg.as_deref())
+                .chain(std::iter::once("RS256")),
             Schedule::new(&config.keys, &config.tokens),
         )
     }

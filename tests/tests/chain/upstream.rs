@@ -152,7 +152,12 @@ async fn upstream_signing_with(alg: &str) {
         .json()
         .await
         .unwrap();
-    assert_eq!(meta["id_token_signing_alg_values_supported"], json!([alg]));
+    // The configured algorithm signs; RS256 is always offered too (OIDC
+    // Discovery §3).
+    assert_eq!(
+        meta["id_token_signing_alg_values_supported"],
+        json!([alg, "RS256"])
+    );
 
     let agent = Agent::new().unwrap();
     let req = AuthRequest::new(&chain.app);
