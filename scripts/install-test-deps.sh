@@ -81,7 +81,7 @@ if [ -d "$RP_DIR/node_modules/openid-client" ]; then
     echo "install-test-deps: openid-client present ($RP_DIR/node_modules)"
 elif command -v npm >/dev/null 2>&1; then
     echo "install-test-deps: npm ci in $RP_DIR"
-    (cd "$RP_DIR" && npm ci --no-audit --no-fund --registry=https://registry.npmjs.org/)
+    (cd "$RP_DIR" && npm ci --no-audit --no-fund)
 else
     echo "install-test-deps: NOTE: npm is missing; the openid_client e2e test will fail" \
          "(install Node.js 20+ and run: cd tests/rp-conformance && npm ci)." >&2

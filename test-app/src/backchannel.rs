@@ -200,6 +200,15 @@ pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: By
             .ended
             .insert(id.clone(), sid.unwrap_or("-").to_owned());
     }
+    // The pages' record of logouts (also read by `/logged-out`).
+    state
+        .backchannel_logouts
+        .mark(crate::store::BackchannelLogout {
+            sid: sid.map(str::to_owned),
+            sub: sub.map(str::to_owned),
+            received_at: state.clock.now(),
+            sessions_ended: dropped.len(),
+        });
     tracing::info!(sessions = dropped.len(), "back-channel logout");
     (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")]).into_response()
 }
