@@ -1676,23 +1676,8 @@ mod tests {
     /// `test`), in a schema of its own.
     #[tokio::test]
     async fn encrypted_keys_on_postgres() {
-        let base = std::env::var("AUTH_ADAPTER_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let schema = format!(
-            "keys_test_{}",
-            crate::secret::random_token()[..12].to_lowercase()
-        )
-        .replace('-', "_");
-        sqlx::any::install_default_drivers();
-        let admin = sqlx::AnyPool::connect(&base)
-            .await
-            .expect("PostgreSQL must run at 127.0.0.1:5432 (see scripts/install-test-deps.sh)");
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        let url = format!("{base}?options=-c%20search_path%3D{schema}");
-        let store = SqlStore::connect(&url, 4).await.unwrap();
+        let pg = crate::store::conformance::TestPostgres::new().await;
+        let (url, store) = (pg.url.clone(), pg.store.clone());
 
         let err = load_on(&store, &url, "RS256", &KeysConfig::default(), NOW)
             .await
@@ -1728,11 +1713,7 @@ mod tests {
         assert_eq!(jwks(&a), jwks(&c.unwrap()));
         a.verify(&token, "JWT", "http://i", NOW).await.unwrap();
 
-        store.pool().close().await;
-        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&admin)
-            .await
-            .unwrap();
+        pg.drop_schema().await;
     }
 
     // ---- rotation ------------------------------------------------------------

@@ -598,6 +598,8 @@ async fn backchannel_queue_claims_once(store: Arc<dyn Store>) {
 /// (127.0.0.1:5432, database `test`; `AUTH_ADAPTER_TEST_POSTGRES` overrides).
 pub struct TestPostgres {
     pub store: SqlStore,
+    /// The database URL whose connections use the schema.
+    pub url: String,
     admin: sqlx::AnyPool,
     schema: String,
 }
@@ -623,6 +625,7 @@ impl TestPostgres {
         let store = SqlStore::connect(&url, 8).await.unwrap();
         TestPostgres {
             store,
+            url,
             admin,
             schema,
         }

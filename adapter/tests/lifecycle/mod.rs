@@ -309,46 +309,9 @@ async fn parallel_refresh_has_one_winner_on_sqlite() {
 
 #[tokio::test]
 async fn parallel_refresh_has_one_winner_on_postgres() {
-    let schema = PgSchema::new().await;
+    let schema = testkit::pg::PgSchema::create().await.unwrap();
     parallel_refresh_has_one_winner(&schema.url, "AUTH_ADAPTER_TEST_LIFECYCLE_PG_KEY").await;
-    schema.drop().await;
-}
-
-/// A schema of its own on the project's PostgreSQL server.
-struct PgSchema {
-    admin: sqlx::AnyPool,
-    name: String,
-    url: String,
-}
-
-impl PgSchema {
-    async fn new() -> PgSchema {
-        let base = std::env::var("AUTH_ADAPTER_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        sqlx::any::install_default_drivers();
-        let admin = sqlx::AnyPool::connect(&base)
-            .await
-            .expect("PostgreSQL must run at 127.0.0.1:5432");
-        let name = format!(
-            "lifecycle_{}",
-            adapter::secret::random_token()[..12]
-                .to_lowercase()
-                .replace('-', "_")
-        );
-        sqlx::query(&format!("CREATE SCHEMA {name}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        let url = format!("{base}?options=-c%20search_path%3D{name}");
-        PgSchema { admin, name, url }
-    }
-
-    async fn drop(self) {
-        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.name))
-            .execute(&self.admin)
-            .await
-            .unwrap();
-    }
+    schema.drop_schema().await.unwrap();
 }
 
 /// RFC 9700 §4.14.2: a refresh token unused for the idle lifetime expires.
