@@ -2,6 +2,7 @@
 # Installs what the test suite needs on a fresh Debian machine, idempotently:
 #   - Debian's `chromium` and `chromium-driver` (the browser end-to-end test;
 #     nothing is ever downloaded from anywhere but the Debian archive);
+#   - Debian's `prometheus` package for its `promtool` (the `/metrics` lint);
 #   - checks that PostgreSQL answers at 127.0.0.1:5432 (tests that need it fail
 #     loudly when it does not; they are never skipped);
 #   - `npm ci` of tests/rp-conformance (openid-client, pinned by its
@@ -43,6 +44,24 @@ else
 fi
 "$CHROMIUM_BIN" --version 2>/dev/null || true
 "$CHROMEDRIVER_BIN" --version 2>/dev/null || true
+
+# promtool (Debian's `prometheus` package; only this binary is used): the
+# `/metrics` test lints the exposition with `promtool check metrics`.
+if command -v promtool >/dev/null 2>&1; then
+    echo "install-test-deps: promtool present ($(command -v promtool))"
+elif command -v apt-get >/dev/null 2>&1; then
+    echo "install-test-deps: installing Debian package prometheus (for promtool)"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update
+    as_root apt-get install -y prometheus
+    command -v promtool >/dev/null 2>&1 || {
+        echo "install-test-deps: promtool still missing after apt-get install prometheus" >&2
+        exit 1
+    }
+else
+    echo "install-test-deps: NOTE: promtool is missing and apt-get is not available;" \
+         "the /metrics lint test will fail (install Prometheus's promtool)." >&2
+fi
 
 # PostgreSQL: checked; started when a stopped local cluster exists (as on
 # this project's machines), never installed here.

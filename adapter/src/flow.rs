@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::SharedClock;
 use crate::connector::{BeginRequest, Connector, ConnectorKind, Identity};
 use crate::error::{ErrorCode, OAuthError};
+use crate::metrics::{Metrics, UNKNOWN_CONNECTOR};
 use crate::paths;
 use crate::provider::redirect::{code_redirect, error_redirect};
 use crate::provider::request::{AuthorizeRequest, Prompt};
@@ -121,6 +122,17 @@ pub enum Next {
     ErrorToClient(String),
 }
 
+impl Event<'_> {
+    /// The connector the event names (as the request named it).
+    fn connector_id(&self) -> &str {
+        match self {
+            Event::Chose { connector_id }
+            | Event::UpstreamCallback { connector_id, .. }
+            | Event::Credentials { connector_id, .. } => connector_id,
+        }
+    }
+}
+
 /// Why a step cannot go on. Each becomes an error page: none of these can
 /// be redirected to a client safely or usefully.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +163,27 @@ pub enum FlowError {
     BadRedirect,
     #[error(transparent)]
     Storage(#[from] StoreError),
+}
+
+impl FlowError {
+    /// A fixed name for metrics (the variant, snake case).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FlowError::UnknownLogin => "unknown_login",
+            FlowError::AlreadyUsed => "already_used",
+            FlowError::MissingState => "missing_state",
+            FlowError::UnknownState => "unknown_state",
+            FlowError::OtherBrowser => "other_browser",
+            FlowError::MixUp => "mix_up",
+            FlowError::UnknownConnector => "unknown_connector",
+            FlowError::WrongStep => "wrong_step",
+            FlowError::Conflict => "conflict",
+            FlowError::NoConnectors => "no_connectors",
+            FlowError::ConnectorFailed(_) => "connector_failed",
+            FlowError::BadRedirect => "bad_redirect",
+            FlowError::Storage(_) => "storage",
+        }
+    }
 }
 
 /// Lifetimes the engine enforces, seconds.
@@ -210,6 +243,7 @@ pub struct Flows {
     clock: SharedClock,
     issuer: String,
     ttl: Lifetimes,
+    metrics: Metrics,
 }
 
 impl Flows {
@@ -228,7 +262,32 @@ impl Flows {
             clock,
             issuer,
             ttl,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Records logins started, succeeded and failed in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// `id` as a metric label: a configured connector's id, never an
+    /// arbitrary value from the request.
+    fn connector_label<'a>(&'a self, id: &'a str) -> &'a str {
+        match self.connector(id) {
+            Some(c) => &c.id,
+            None => UNKNOWN_CONNECTOR,
+        }
+    }
+
+    /// Counts a failed step of a login at `connector`.
+    fn counted(&self, connector: &str, result: Result<Next, FlowError>) -> Result<Next, FlowError> {
+        if let Err(e) = &result {
+            self.metrics
+                .login_failed(self.connector_label(connector), e.reason());
+        }
+        result
     }
 
     pub fn connectors(&self) -> &[Connector] {
@@ -326,14 +385,16 @@ impl Flows {
             [] => Err(FlowError::NoConnectors),
             [only] => {
                 let connector_id = only.id.clone();
-                self.advance(
-                    loaded,
-                    browser,
-                    Event::Chose {
-                        connector_id: &connector_id,
-                    },
-                )
-                .await
+                let result = self
+                    .advance(
+                        loaded,
+                        browser,
+                        Event::Chose {
+                            connector_id: &connector_id,
+                        },
+                    )
+                    .await;
+                self.counted(&connector_id, result)
             }
             many => Ok(Next::ShowChooser(
                 many.iter()
@@ -350,9 +411,13 @@ impl Flows {
         browser: Browser<'_>,
         event: Event<'_>,
     ) -> Result<Next, FlowError> {
-        let lookup = self.store.login(&hash(login_id), self.clock.now()).await?;
-        let loaded = self.loaded(Some(login_id), lookup, browser)?;
-        self.advance(loaded, browser, event).await
+        let result = async {
+            let lookup = self.store.login(&hash(login_id), self.clock.now()).await?;
+            let loaded = self.loaded(Some(login_id), lookup, browser)?;
+            self.advance(loaded, browser, event).await
+        }
+        .await;
+        self.counted(event.connector_id(), result)
     }
 
     /// The upstream sent the browser back to `connector_id`'s callback.
@@ -362,26 +427,30 @@ impl Flows {
         params: &HashMap<String, String>,
         browser: Browser<'_>,
     ) -> Result<Next, FlowError> {
-        let state = params.get("state").ok_or(FlowError::MissingState)?;
-        let lookup = match self
-            .store
-            .login_by_state(&hash(state), self.clock.now())
-            .await?
-        {
-            Lookup::Finished => return Err(FlowError::AlreadyUsed),
-            Lookup::Missing => return Err(FlowError::UnknownState),
-            other => other,
-        };
-        let loaded = self.loaded(None, lookup, browser)?;
-        self.advance(
-            loaded,
-            browser,
-            Event::UpstreamCallback {
-                connector_id,
-                params,
-            },
-        )
-        .await
+        let result = async {
+            let state = params.get("state").ok_or(FlowError::MissingState)?;
+            let lookup = match self
+                .store
+                .login_by_state(&hash(state), self.clock.now())
+                .await?
+            {
+                Lookup::Finished => return Err(FlowError::AlreadyUsed),
+                Lookup::Missing => return Err(FlowError::UnknownState),
+                other => other,
+            };
+            let loaded = self.loaded(None, lookup, browser)?;
+            self.advance(
+                loaded,
+                browser,
+                Event::UpstreamCallback {
+                    connector_id,
+                    params,
+                },
+            )
+            .await
+        }
+        .await;
+        self.counted(connector_id, result)
     }
 
     /// The login form of `connector_id` for the login `login_id`.
@@ -474,7 +543,10 @@ impl Flows {
                     Ok(identity) => self.logged_in(&cur.login.request, identity, browser).await,
                     Err(e) => {
                         tracing::warn!(connector = %connector_id, error = %e, "upstream login failed");
-                        self.error_to_client(&cur.login.request, &e.oauth_error())
+                        let error = e.oauth_error();
+                        self.metrics
+                            .login_failed(self.connector_label(connector_id), error.code.as_str());
+                        self.error_to_client(&cur.login.request, &error)
                     }
                 }
             }
@@ -504,6 +576,8 @@ impl Flows {
                     }
                     Ok(None) => {
                         tracing::info!(connector = %connector_id, "login failed: bad credentials");
+                        self.metrics
+                            .login_failed(self.connector_label(connector_id), "bad_credentials");
                         let id = cur.id.as_deref().ok_or(FlowError::WrongStep)?;
                         Ok(Next::ShowForm(self.form_view(
                             id,
@@ -523,6 +597,7 @@ impl Flows {
     /// Starts `connector` for a login.
     async fn begin(&self, cur: Loaded, connector: &Connector) -> Result<Next, FlowError> {
         let mut login = cur.login.clone();
+        self.metrics.login_started(&connector.id);
         match &connector.kind {
             ConnectorKind::Password(_) => {
                 let id = cur.id.as_deref().ok_or(FlowError::WrongStep)?;
@@ -560,8 +635,11 @@ impl Flows {
                     }
                     Err(e) => {
                         tracing::warn!(connector = %connector.id, error = %e, "upstream login could not start");
+                        let error = e.oauth_error();
+                        self.metrics
+                            .login_failed(&connector.id, error.code.as_str());
                         self.save(&cur, &login, None, true).await?;
-                        self.error_to_client(&login.request, &e.oauth_error())
+                        self.error_to_client(&login.request, &error)
                     }
                 }
             }
@@ -625,6 +703,8 @@ impl Flows {
             expires_at: now.saturating_add(self.ttl.session),
         };
         self.store.insert_session(&row).await?;
+        self.metrics
+            .login_succeeded(self.connector_label(&identity.connector_id));
         tracing::info!(connector = %identity.connector_id, client = %request.client_id, "login succeeded");
         let redirect = self
             .issue_code(request, &identity, auth_time, &row.sid, row.expires_at)

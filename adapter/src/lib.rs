@@ -10,6 +10,7 @@
 //!   upstream callbacks, token, userinfo, discovery/JWKS.
 //! - [`backchannel`]: OIDC Back-Channel Logout 1.0 (queue and worker).
 //! - [`paths`]: every route path, defined once.
+//! - [`metrics`]: `/metrics` (Prometheus text format), one registry per application.
 //! - [`connector`]: identity sources: the OIDC upstream (federation) and
 //!   local accounts (passwords).
 //! - [`customizer`]: maps an identity to the claims of issued tokens.
@@ -28,6 +29,7 @@ pub mod customizer;
 pub mod error;
 pub mod flow;
 pub mod keys;
+pub mod metrics;
 pub mod paths;
 pub mod provider;
 pub mod secret;

@@ -18,6 +18,8 @@ pub const LOGIN_FORM: &str = "/login/{connector}";
 pub const HEALTH_LIVE: &str = "/healthz/live";
 pub const HEALTH_READY: &str = "/healthz/ready";
 pub const STYLE: &str = "/assets/style.css";
+/// Prometheus text exposition format 0.0.4 (the scrape target).
+pub const METRICS: &str = "/metrics";
 /// RFC 7009 §2.
 pub const REVOKE: &str = "/oauth2/revoke";
 /// RFC 7662 §2.

@@ -100,7 +100,11 @@ impl Application {
                 tokio::spawn(async move { cb.warm_up().await });
             }
         }
-        let gc = tokio::spawn(collect_garbage(state.store.clone(), state.clock.clone()));
+        let gc = tokio::spawn(collect_garbage(
+            state.store.clone(),
+            state.clock.clone(),
+            state.metrics.clone(),
+        ));
         let keys = tokio::spawn(maintain_keys(state.clone()));
         let backchannel = tokio::spawn(crate::backchannel::run_worker(
             state.store.clone(),
@@ -141,11 +145,18 @@ pub async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-async fn collect_garbage(store: Arc<dyn Store>, clock: SharedClock) {
+async fn collect_garbage(
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+    metrics: crate::metrics::Metrics,
+) {
     let mut tick = tokio::time::interval(GC_INTERVAL);
     loop {
         tick.tick().await;
-        match store.delete_expired(clock.now()).await {
+        match metrics
+            .store("delete_expired", store.delete_expired(clock.now()))
+            .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::debug!(removed = n, "expired artifacts removed"),
             Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
@@ -242,6 +253,7 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
     };
 
     let customizer = customizer::from_config(&config).map_err(anyhow::Error::msg)?;
+    let metrics = crate::metrics::Metrics::new();
     let store: Arc<dyn Store> =
         Arc::new(connect_store(&config.database.url, config.database.max_connections).await?);
     let keys = KeyManager::open(
@@ -261,6 +273,7 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
             EncryptionKey::resolve_shared(&config.keys, &config.database.url).context("keys")?;
         for (id, name, mut oidc) in oidc_connectors {
             oidc.set_sealing_key(sealing.clone());
+            oidc.set_metrics(metrics.clone());
             connectors.push(Connector {
                 name: name.unwrap_or_else(|| id.clone()),
                 id,
@@ -291,7 +304,8 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
             code: config.tokens.code_ttl_seconds,
             session: config.session.ttl_seconds,
         },
-    );
+    )
+    .with_metrics(metrics.clone());
     // Secrets were hashed or handed to their connectors above; the state
     // kept for the lifetime of the process holds none, and handlers see
     // only what they need.
@@ -311,13 +325,14 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         flows,
         customizer,
         clock,
+        metrics,
     })))
 }
 
 async fn ready(axum::extract::State(st): axum::extract::State<AppState>) -> impl IntoResponse {
     // Readiness depends on our own storage only, never on an upstream: an
     // upstream outage must not take the adapter out of its load balancer.
-    match st.store.ping().await {
+    match st.metrics.store("ping", st.store.ping()).await {
         Ok(()) => (StatusCode::OK, "ready"),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"),
     }
@@ -373,6 +388,7 @@ pub fn app(state: AppState) -> Router {
         .route(paths::HEALTH_LIVE, get(|| async { "ok" }))
         .route(paths::HEALTH_READY, get(ready))
         .route(paths::STYLE, get(web::style))
+        .route(paths::METRICS, get(crate::metrics::scrape))
         .fallback(not_found)
         .layer(axum::middleware::map_response_with_state(
             title,
@@ -401,5 +417,10 @@ pub fn app(state: AppState) -> Router {
                 ))
                 .layer(RequestBodyLimitLayer::new(BODY_LIMIT)),
         )
+        // Outermost: sees the final status (error pages, timeouts).
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track,
+        ))
         .with_state(state)
 }

@@ -20,6 +20,7 @@ use url::Url;
 mod keys;
 mod lifecycle;
 mod logout;
+mod metrics;
 mod races;
 mod support;
 use support::*;

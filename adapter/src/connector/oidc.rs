@@ -290,6 +290,7 @@ pub struct OidcConnector {
     /// Seals the upstream refresh token at rest; without it the refresh
     /// token is not kept at all.
     sealing: Option<Arc<EncryptionKey>>,
+    metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for OidcConnector {
@@ -323,6 +324,7 @@ impl OidcConnector {
             discovering: Mutex::new(()),
             last_forced: Mutex::new(None),
             sealing: None,
+            metrics: crate::metrics::Metrics::default(),
         })
     }
 
@@ -330,6 +332,11 @@ impl OidcConnector {
     /// (to revoke it at logout, RFC 7009).
     pub fn set_sealing_key(&mut self, key: Arc<EncryptionKey>) {
         self.sealing = Some(key);
+    }
+
+    /// Records this upstream's call latencies and errors in `metrics`.
+    pub fn set_metrics(&mut self, metrics: crate::metrics::Metrics) {
+        self.metrics = metrics;
     }
 
     /// Associated data of this upstream's sealed refresh tokens.
@@ -365,7 +372,13 @@ impl OidcConnector {
         let issuer = IssuerUrl::new(self.issuer.clone())
             .map_err(|e| ConnectorError::Config(e.to_string()))?;
         let http = |r| bridge(self.http.clone(), r);
-        let metadata = UpstreamMetadata::discover_async(issuer, &http)
+        let metadata = self
+            .metrics
+            .upstream(
+                &self.id,
+                "discovery",
+                UpstreamMetadata::discover_async(issuer, &http),
+            )
             .await
             .map_err(|e| match e {
                 openidconnect::DiscoveryError::Validation(v) => {
@@ -584,11 +597,13 @@ impl CallbackConnector for OidcConnector {
 
         let client = self.client(metadata.clone(), callback_url)?;
         let http = |r| bridge(self.http.clone(), r);
-        let token = client
+        let exchange = client
             .exchange_code(AuthorizationCode::new(code.clone()))
             .map_err(|e| ConnectorError::Config(e.to_string()))?
-            .set_pkce_verifier(PkceCodeVerifier::new(pending.pkce_verifier))
-            .request_async(&http)
+            .set_pkce_verifier(PkceCodeVerifier::new(pending.pkce_verifier));
+        let token = self
+            .metrics
+            .upstream(&self.id, "token", exchange.request_async(&http))
             .await
             .map_err(|e| match e {
                 RequestTokenError::Request(e) => {
@@ -635,7 +650,12 @@ impl CallbackConnector for OidcConnector {
         let mut claims = verified_payload(&raw)?;
         if self.fetch_userinfo {
             let info = self
-                .userinfo(&metadata, access_token.secret(), &verified.subject)
+                .metrics
+                .upstream(
+                    &self.id,
+                    "userinfo",
+                    self.userinfo(&metadata, access_token.secret(), &verified.subject),
+                )
                 .await?;
             for (k, v) in info {
                 claims.entry(k).or_insert(v);

@@ -215,6 +215,8 @@ pub struct Inner {
     pub flows: Flows,
     pub customizer: Box<dyn TokenCustomizer>,
     pub clock: SharedClock,
+    /// This application's own registry (`/metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl std::ops::Deref for AppState {

@@ -80,11 +80,13 @@ async fn handle(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Value
         )
         .into());
     }
-    match grant {
+    let response = match grant {
         GrantType::AuthorizationCode => authorization_code(st, client, &params).await,
         GrantType::RefreshToken => refresh_token(st, client, &params).await,
         GrantType::ClientCredentials => client_credentials(st, client, &params),
-    }
+    }?;
+    st.metrics.tokens_issued(grant.as_str(), &response);
+    Ok(response)
 }
 
 async fn authorization_code(
@@ -299,6 +301,7 @@ async fn reuse_detected(
     now: i64,
 ) -> Result<(), StoreError> {
     tracing::warn!("refresh token reused; revoking its family and its session");
+    st.metrics.refresh_reuse_detected();
     revoke_refresh_family(&*st.store, family_id, data.absolute_expires_at, now).await?;
     st.store.delete_session_by_sid(&data.sid).await?;
     let until = now + st.tokens.access_token_ttl_seconds + crate::keys::LEEWAY_SECONDS as i64;

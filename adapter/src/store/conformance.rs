@@ -25,6 +25,8 @@ pub async fn run_all(store: Arc<dyn Store>) {
     key_rotation_schedule(&*store).await;
     logout_states_are_single_use(&*store).await;
     backchannel_queue_claims_once(store.clone()).await;
+    // ---- metrics ----
+    sessions_are_counted_while_unexpired(&*store).await;
     store.ping().await.unwrap();
 }
 
@@ -638,4 +640,22 @@ impl TestPostgres {
             .await
             .unwrap();
     }
+}
+
+// ---- metrics ----
+
+async fn sessions_are_counted_while_unexpired(s: &dyn Store) {
+    // Far in the future of every other test's sessions.
+    let now = 1_000_000;
+    let before = s.count_sessions(now).await.unwrap();
+    let mut live = session("h-count-1", "sid-count-1", "dave", now);
+    live.expires_at = now + 10;
+    let mut expired = session("h-count-2", "sid-count-2", "dave", now);
+    expired.expires_at = now;
+    s.insert_session(&live).await.unwrap();
+    s.insert_session(&expired).await.unwrap();
+    assert_eq!(s.count_sessions(now).await.unwrap(), before + 1);
+    assert_eq!(s.count_sessions(now + 10).await.unwrap(), 0);
+    s.delete_session("h-count-1").await.unwrap();
+    assert_eq!(s.count_sessions(now).await.unwrap(), before);
 }

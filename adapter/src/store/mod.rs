@@ -386,6 +386,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes expired logout states and deliveries; returns how many.
     async fn delete_expired_logouts(&self, before: i64) -> Result<u64, StoreError>;
+
+    // ---- metrics ----
+
+    /// How many sessions are unexpired at `now` (the active-sessions gauge).
+    async fn count_sessions(&self, now: i64) -> Result<u64, StoreError>;
 }
 
 /// A queued back-channel logout delivery (OIDC Back-Channel Logout 1.0 §2.5).

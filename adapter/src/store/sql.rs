@@ -808,6 +808,16 @@ impl Store for SqlStore {
         }
         Ok(removed)
     }
+
+    // ---- metrics ----
+
+    async fn count_sessions(&self, now: i64) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE expires_at > $1")
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
 }
 
 const BACKCHANNEL_COLUMNS: &str = "id, sid, client_id, uri, token, attempts, next_attempt_at, \

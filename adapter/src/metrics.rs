@@ -1,0 +1,251 @@
+//! `/metrics` in the Prometheus text exposition format (version 0.0.4).
+//!
+//! Each [`crate::Application`] owns its own `PrometheusRecorder`; none is
+//! installed globally, so several applications in one process (the tests)
+//! keep separate registries. The `metrics` macros record into whatever
+//! recorder is current on the thread, so every record goes through
+//! [`metrics::with_local_recorder`] with this application's recorder, inside
+//! a synchronous closure (never across an `.await`).
+//!
+//! Labels are bounded: route templates (axum's `MatchedPath`, never the raw
+//! path), methods, status codes, configured connector and upstream ids,
+//! grant types, algorithms and fixed reason names. Never a user name, a
+//! token, a code or anything else a request chooses.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use serde_json::Value;
+
+use crate::provider::AppState;
+
+/// Seconds; from a cached lookup to a slow upstream.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub const HTTP_REQUESTS: &str = "adapter_http_requests_total";
+pub const HTTP_DURATION: &str = "adapter_http_request_duration_seconds";
+pub const LOGINS_STARTED: &str = "adapter_logins_started_total";
+pub const LOGINS_SUCCEEDED: &str = "adapter_logins_succeeded_total";
+pub const LOGINS_FAILED: &str = "adapter_logins_failed_total";
+pub const TOKENS_ISSUED: &str = "adapter_tokens_issued_total";
+pub const REFRESH_REUSE: &str = "adapter_refresh_token_reuse_detected_total";
+pub const UPSTREAM_DURATION: &str = "adapter_upstream_request_duration_seconds";
+pub const UPSTREAM_ERRORS: &str = "adapter_upstream_errors_total";
+pub const STORE_DURATION: &str = "adapter_store_operation_duration_seconds";
+pub const STORE_ERRORS: &str = "adapter_store_errors_total";
+pub const ACTIVE_SESSIONS: &str = "adapter_active_sessions";
+
+/// Label of a route no template matched (404s): never the raw path.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+/// Label of a connector id the request named but no connector has.
+pub const UNKNOWN_CONNECTOR: &str = "unknown";
+
+struct Registry {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+/// One application's metrics. Cheap to clone; [`Metrics::default`] records
+/// nothing (for engines and connectors built outside an application).
+#[derive(Clone, Default)]
+pub struct Metrics(Option<Arc<Registry>>);
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Metrics").field(&self.0.is_some()).finish()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every series described.
+    pub fn new() -> Self {
+        // Histograms (not the exporter's default summaries), so replicas
+        // can be aggregated.
+        let builder = PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let m = Metrics(Some(Arc::new(Registry { recorder, handle })));
+        m.record(|| {
+            use metrics::Unit;
+            metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by route template, method and status.");
+            metrics::describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request latency by route template, method and status.");
+            metrics::describe_counter!(LOGINS_STARTED, "Logins started at a connector.");
+            metrics::describe_counter!(LOGINS_SUCCEEDED, "Logins that opened a session, by connector.");
+            metrics::describe_counter!(LOGINS_FAILED, "Logins that failed, by connector and reason.");
+            metrics::describe_counter!(TOKENS_ISSUED, "Signed tokens issued at the token endpoint, by grant type, token and JWS alg.");
+            metrics::describe_counter!(REFRESH_REUSE, "Rotated refresh tokens presented again (RFC 9700 section 4.14.2); each revokes a family.");
+            metrics::describe_histogram!(UPSTREAM_DURATION, Unit::Seconds, "Latency of calls to upstream providers, by upstream and operation.");
+            metrics::describe_counter!(UPSTREAM_ERRORS, "Failed calls to upstream providers, by upstream and operation.");
+            metrics::describe_histogram!(STORE_DURATION, Unit::Seconds, "Latency of measured store operations (readiness ping, garbage collection, session count).");
+            metrics::describe_counter!(STORE_ERRORS, "Failed store operations, by operation.");
+            metrics::describe_gauge!(ACTIVE_SESSIONS, "Unexpired browser sessions in the store, counted at scrape time.");
+        });
+        m
+    }
+
+    /// Runs `f` with this application's recorder current (no-op when
+    /// disabled). `f` is synchronous: the recorder is thread-local.
+    fn record(&self, f: impl FnOnce()) {
+        if let Some(r) = &self.0 {
+            metrics::with_local_recorder(&r.recorder, f);
+        }
+    }
+
+    /// The text exposition of every series.
+    pub fn render(&self) -> String {
+        self.0
+            .as_ref()
+            .map(|r| r.handle.render())
+            .unwrap_or_default()
+    }
+
+    pub fn http_request(&self, method: &str, route: &str, status: StatusCode, elapsed: Duration) {
+        let labels = [
+            ("method", method.to_owned()),
+            ("route", route.to_owned()),
+            ("status", status.as_u16().to_string()),
+        ];
+        self.record(|| {
+            metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
+            metrics::histogram!(HTTP_DURATION, &labels).record(elapsed.as_secs_f64());
+        });
+    }
+
+    pub fn login_started(&self, connector: &str) {
+        let connector = connector.to_owned();
+        self.record(|| metrics::counter!(LOGINS_STARTED, "connector" => connector).increment(1));
+    }
+
+    pub fn login_succeeded(&self, connector: &str) {
+        let connector = connector.to_owned();
+        self.record(|| metrics::counter!(LOGINS_SUCCEEDED, "connector" => connector).increment(1));
+    }
+
+    /// `reason` is a fixed name (a `FlowError` variant or an RFC 6749
+    /// error code), never a message.
+    pub fn login_failed(&self, connector: &str, reason: &'static str) {
+        let connector = connector.to_owned();
+        self.record(|| {
+            metrics::counter!(LOGINS_FAILED, "connector" => connector, "reason" => reason)
+                .increment(1)
+        });
+    }
+
+    /// Counts the JWTs of a successful token response: the access token
+    /// and, when present, the ID token, each with its header's `alg`.
+    pub fn tokens_issued(&self, grant_type: &'static str, response: &Value) {
+        for token in ["access_token", "id_token"] {
+            let Some(jwt) = response.get(token).and_then(Value::as_str) else {
+                continue;
+            };
+            let alg = jsonwebtoken::decode_header(jwt)
+                .map(|h| format!("{:?}", h.alg))
+                .unwrap_or_else(|_| "unknown".into());
+            self.record(|| {
+                metrics::counter!(TOKENS_ISSUED, "grant_type" => grant_type, "token" => token, "alg" => alg)
+                    .increment(1)
+            });
+        }
+    }
+
+    pub fn refresh_reuse_detected(&self) {
+        self.record(|| metrics::counter!(REFRESH_REUSE).increment(1));
+    }
+
+    /// Awaits a call to upstream `upstream` (a configured id), recording
+    /// its latency and, when it fails, an error.
+    pub async fn upstream<T, E>(
+        &self,
+        upstream: &str,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = Instant::now();
+        let result = call.await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let upstream = upstream.to_owned();
+        let failed = result.is_err();
+        self.record(|| {
+            let labels = [("upstream", upstream), ("operation", operation.to_owned())];
+            metrics::histogram!(UPSTREAM_DURATION, &labels).record(elapsed);
+            if failed {
+                metrics::counter!(UPSTREAM_ERRORS, &labels).increment(1);
+            }
+        });
+        result
+    }
+
+    /// Awaits a store operation, recording its latency and its failure.
+    pub async fn store<T, E>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = Instant::now();
+        let result = call.await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let failed = result.is_err();
+        self.record(|| {
+            metrics::histogram!(STORE_DURATION, "operation" => operation).record(elapsed);
+            if failed {
+                metrics::counter!(STORE_ERRORS, "operation" => operation).increment(1);
+            }
+        });
+        result
+    }
+
+    fn active_sessions(&self, count: u64) {
+        self.record(|| metrics::gauge!(ACTIVE_SESSIONS).set(count as f64));
+    }
+}
+
+/// Middleware: counts and times every request under its route template.
+pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    // Extension methods are one label value, so a client cannot mint series.
+    let method = match request.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED_ROUTE, MatchedPath::as_str)
+        .to_owned();
+    let response = next.run(request).await;
+    metrics.http_request(&method, &route, response.status(), started.elapsed());
+    response
+}
+
+/// `GET /metrics`: the active-session gauge is counted now, then every
+/// series is rendered.
+pub async fn scrape(State(st): State<AppState>) -> Response {
+    let now = st.now();
+    match st
+        .metrics
+        .store("count_sessions", st.store.count_sessions(now))
+        .await
+    {
+        Ok(n) => st.metrics.active_sessions(n),
+        Err(e) => tracing::warn!(error = %e, "active sessions not counted"),
+    }
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        st.metrics.render(),
+    )
+        .into_response()
+}
