@@ -65,7 +65,7 @@ async fn wrong_password(app: &TestApp) {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::OK, "the form again");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "the form again");
 }
 
 /// After one failed and one successful login and one code redemption, the
@@ -113,7 +113,7 @@ async fn metrics_count_logins_tokens_and_requests_by_route() {
         "1",
     );
     // The form was shown twice (GET) and posted twice: once answered with
-    // the form again, once with 303 to the client.
+    // the form again (401), once with 303 to the client.
     assert_series(
         &body,
         r#"adapter_http_requests_total{method="GET",route="/login/{connector}",status="200"}"#,
@@ -122,6 +122,11 @@ async fn metrics_count_logins_tokens_and_requests_by_route() {
     assert_series(
         &body,
         r#"adapter_http_requests_total{method="POST",route="/login/{connector}",status="303"}"#,
+        "1",
+    );
+    assert_series(
+        &body,
+        r#"adapter_http_requests_total{method="POST",route="/login/{connector}",status="401"}"#,
         "1",
     );
     assert_series(&body, "adapter_active_sessions", "1");
