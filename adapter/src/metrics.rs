@@ -51,6 +51,52 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 /// Label of a connector id the request named but no connector has.
 pub const UNKNOWN_CONNECTOR: &str = "unknown";
 
+/// HELP texts of the counters.
+const COUNTERS: &[(&str, &str)] = &[
+    (
+        HTTP_REQUESTS,
+        "HTTP requests by route template, method and status.",
+    ),
+    (LOGINS_STARTED, "Logins started at a connector."),
+    (
+        LOGINS_SUCCEEDED,
+        "Logins that opened a session, by connector.",
+    ),
+    (
+        LOGINS_FAILED,
+        "Logins that failed, by connector and reason.",
+    ),
+    (
+        TOKENS_ISSUED,
+        "Signed tokens issued at the token endpoint, by grant type, token and JWS alg.",
+    ),
+    (
+        REFRESH_REUSE,
+        "Rotated refresh tokens presented again (RFC 9700 section 4.14.2); each revokes a family.",
+    ),
+    (
+        UPSTREAM_ERRORS,
+        "Failed calls to upstream providers, by upstream and operation.",
+    ),
+    (STORE_ERRORS, "Failed store operations, by operation."),
+];
+
+/// HELP texts of the latency histograms (seconds).
+const HISTOGRAMS: &[(&str, &str)] = &[
+    (
+        HTTP_DURATION,
+        "HTTP request latency by route template, method and status.",
+    ),
+    (
+        UPSTREAM_DURATION,
+        "Latency of calls to upstream providers, by upstream and operation.",
+    ),
+    (
+        STORE_DURATION,
+        "Latency of measured store operations (readiness ping, garbage collection, session count).",
+    ),
+];
+
 struct Registry {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
@@ -79,19 +125,16 @@ impl Metrics {
         let handle = recorder.handle();
         let m = Metrics(Some(Arc::new(Registry { recorder, handle })));
         m.record(|| {
-            use metrics::Unit;
-            metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by route template, method and status.");
-            metrics::describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request latency by route template, method and status.");
-            metrics::describe_counter!(LOGINS_STARTED, "Logins started at a connector.");
-            metrics::describe_counter!(LOGINS_SUCCEEDED, "Logins that opened a session, by connector.");
-            metrics::describe_counter!(LOGINS_FAILED, "Logins that failed, by connector and reason.");
-            metrics::describe_counter!(TOKENS_ISSUED, "Signed tokens issued at the token endpoint, by grant type, token and JWS alg.");
-            metrics::describe_counter!(REFRESH_REUSE, "Rotated refresh tokens presented again (RFC 9700 section 4.14.2); each revokes a family.");
-            metrics::describe_histogram!(UPSTREAM_DURATION, Unit::Seconds, "Latency of calls to upstream providers, by upstream and operation.");
-            metrics::describe_counter!(UPSTREAM_ERRORS, "Failed calls to upstream providers, by upstream and operation.");
-            metrics::describe_histogram!(STORE_DURATION, Unit::Seconds, "Latency of measured store operations (readiness ping, garbage collection, session count).");
-            metrics::describe_counter!(STORE_ERRORS, "Failed store operations, by operation.");
-            metrics::describe_gauge!(ACTIVE_SESSIONS, "Unexpired browser sessions in the store, counted at scrape time.");
+            for (name, help) in COUNTERS {
+                metrics::describe_counter!(*name, *help);
+            }
+            for (name, help) in HISTOGRAMS {
+                metrics::describe_histogram!(*name, metrics::Unit::Seconds, *help);
+            }
+            metrics::describe_gauge!(
+                ACTIVE_SESSIONS,
+                "Unexpired browser sessions in the store, counted at scrape time."
+            );
         });
         m
     }
@@ -154,10 +197,12 @@ impl Metrics {
             let alg = jsonwebtoken::decode_header(jwt)
                 .map(|h| format!("{:?}", h.alg))
                 .unwrap_or_else(|_| "unknown".into());
-            self.record(|| {
-                metrics::counter!(TOKENS_ISSUED, "grant_type" => grant_type, "token" => token, "alg" => alg)
-                    .increment(1)
-            });
+            let labels = [
+                ("grant_type", grant_type.to_owned()),
+                ("token", token.to_owned()),
+                ("alg", alg),
+            ];
+            self.record(|| metrics::counter!(TOKENS_ISSUED, &labels).increment(1));
         }
     }
 
@@ -243,9 +288,5 @@ pub async fn scrape(State(st): State<AppState>) -> Response {
         Ok(n) => st.metrics.active_sessions(n),
         Err(e) => tracing::warn!(error = %e, "active sessions not counted"),
     }
-    (
-        [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        st.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], st.metrics.render()).into_response()
 }

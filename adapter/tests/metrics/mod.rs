@@ -42,7 +42,12 @@ fn assert_series(body: &str, series: &str, expected: &str) {
 
 /// Browser: a wrong password on the local form (one failed attempt).
 async fn wrong_password(app: &TestApp) {
-    let r = app.browser.get(app.authorize_url(&[])).send().await.unwrap();
+    let r = app
+        .browser
+        .get(app.authorize_url(&[]))
+        .send()
+        .await
+        .unwrap();
     let form_url = location(&r);
     let html = app
         .browser
@@ -82,7 +87,11 @@ async fn metrics_count_logins_tokens_and_requests_by_route() {
 
     let body = scrape(&app).await;
     // Two logins started at `local` (the failed one, then the good one).
-    assert_series(&body, r#"adapter_logins_started_total{connector="local"}"#, "2");
+    assert_series(
+        &body,
+        r#"adapter_logins_started_total{connector="local"}"#,
+        "2",
+    );
     assert_series(
         &body,
         r#"adapter_logins_succeeded_total{connector="local"}"#,
@@ -135,7 +144,10 @@ async fn metrics_count_logins_tokens_and_requests_by_route() {
         r#"adapter_store_operation_duration_seconds_count{operation="count_sessions"}"#,
         "1",
     );
-    assert_eq!(value(&body, "adapter_refresh_token_reuse_detected_total"), None);
+    assert_eq!(
+        value(&body, "adapter_refresh_token_reuse_detected_total"),
+        None
+    );
 
     // Bounded labels: nothing the user or the request chose.
     for secret in [
