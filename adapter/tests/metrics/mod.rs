@@ -244,3 +244,47 @@ async fn metrics_pass_promtool_check() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+async fn refresh(app: &TestApp, token: &str) -> reqwest::Response {
+    app.token(
+        &[("grant_type", "refresh_token"), ("refresh_token", token)],
+        Some(("app", SECRET)),
+    )
+    .await
+}
+
+/// RFC 9700 §4.14.2: a rotated refresh token presented again is counted
+/// once as a reuse; the refresh grant's tokens are counted under
+/// `refresh_token`, and the session the reuse ended is no longer active.
+#[tokio::test]
+async fn metrics_count_refresh_tokens_and_reuse() {
+    let app = spawn_app_with(|c| c.clients[0].allowed_scopes.push("offline_access".into())).await;
+    let loc = app.login(&[("scope", "openid offline_access")]).await;
+    let code = query(&loc)["code"].as_str().unwrap().to_string();
+    let t0: Value = app.redeem(&code).await.json().await.unwrap();
+    let r0 = t0["refresh_token"].as_str().unwrap().to_string();
+    assert_eq!(refresh(&app, &r0).await.status(), StatusCode::OK);
+    assert_eq!(
+        scrape(&app)
+            .await
+            .lines()
+            .find(|l| l.starts_with("adapter_active_sessions ")),
+        Some("adapter_active_sessions 1")
+    );
+    assert_eq!(refresh(&app, &r0).await.status(), StatusCode::BAD_REQUEST);
+
+    let body = scrape(&app).await;
+    assert_series(&body, "adapter_refresh_token_reuse_detected_total", "1");
+    assert_series(
+        &body,
+        r#"adapter_tokens_issued_total{grant_type="refresh_token",token="access_token",alg="RS256"}"#,
+        "1",
+    );
+    assert_series(
+        &body,
+        r#"adapter_http_requests_total{method="POST",route="/oauth2/token",status="400"}"#,
+        "1",
+    );
+    assert_series(&body, "adapter_active_sessions", "0");
+    assert!(!body.contains(&r0), "{body}");
+}
