@@ -20,6 +20,8 @@ use url::Url;
 mod keys;
 mod lifecycle;
 mod logout;
+mod ops;
+mod outage;
 mod races;
 mod support;
 use support::*;
