@@ -76,7 +76,15 @@ pub struct ServerConfig {
     pub issuer: Option<String>,
     /// Log format: `text` or `json`.
     pub log_format: LogFormat,
+    /// On shutdown, how long `/healthz/ready` answers 503 while requests
+    /// are still served, so load balancers stop sending new ones before the
+    /// listener closes and in-flight requests drain. At most
+    /// [`MAX_SHUTDOWN_GRACE_SECONDS`].
+    pub shutdown_grace_seconds: u64,
 }
+
+/// Upper bound of `server.shutdown_grace_seconds`.
+pub const MAX_SHUTDOWN_GRACE_SECONDS: u64 = 300;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -84,6 +92,7 @@ impl Default for ServerConfig {
             listen: DEFAULT_LISTEN,
             issuer: None,
             log_format: LogFormat::Text,
+            shutdown_grace_seconds: 5,
         }
     }
 }
@@ -633,6 +642,15 @@ impl Config {
     /// query or fragment (OIDC Discovery §3); it is set whenever `listen`
     /// is not the default.
     fn validate_server(&self) -> Result<(), ConfigError> {
+        if self.server.shutdown_grace_seconds > MAX_SHUTDOWN_GRACE_SECONDS {
+            return Err(ConfigError::new(
+                "server.shutdown_grace_seconds",
+                format!(
+                    "{} is more than the maximum of {MAX_SHUTDOWN_GRACE_SECONDS}",
+                    self.server.shutdown_grace_seconds
+                ),
+            ));
+        }
         let key = "server.issuer";
         let Some(issuer) = &self.server.issuer else {
             if self.server.listen != DEFAULT_LISTEN {
@@ -1083,6 +1101,20 @@ mod tests {
         c.session.secure = Some(false);
         error_of(&c, "session.secure");
         c.session.secure = None;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn shutdown_grace_defaults_and_is_bounded() {
+        let parse = |toml: &str| -> Config { Figment::from(Toml::string(toml)).extract().unwrap() };
+        assert_eq!(parse("[server]\n").server.shutdown_grace_seconds, 5);
+        let c = parse("[server]\nshutdown_grace_seconds = 2\n");
+        assert_eq!(c.server.shutdown_grace_seconds, 2);
+        let mut c = Config::default();
+        c.server.shutdown_grace_seconds = MAX_SHUTDOWN_GRACE_SECONDS + 1;
+        let text = error_of(&c, "server.shutdown_grace_seconds");
+        assert!(text.contains("maximum of 300"), "{text}");
+        c.server.shutdown_grace_seconds = 0;
         c.validate().unwrap();
     }
 

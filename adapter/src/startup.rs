@@ -4,14 +4,16 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use axum::http::{HeaderName, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use axum::{Extension, Json};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -31,7 +33,7 @@ use crate::provider::{
     authorize, callback, discovery, login, logout, token, userinfo, AppState, Client,
     CookieSettings, Inner,
 };
-use crate::store::{SqlStore, Store};
+use crate::store::{SqlStore, Store, StoreError};
 use crate::{customizer, paths, telemetry, web};
 
 /// Largest accepted request body.
@@ -40,12 +42,23 @@ const BODY_LIMIT: usize = 64 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often expired records are deleted.
 const GC_INTERVAL: Duration = Duration::from_secs(60);
+/// Most records one garbage-collection round deletes.
+pub const GC_BATCH: i64 = 500;
+/// Most rounds per [`GC_INTERVAL`]: one tick's work is bounded even when a
+/// backlog is large; the rest waits for the next tick.
+const GC_MAX_ROUNDS: u32 = 20;
+/// Longest the readiness probe waits for the database.
+const READY_DB_TIMEOUT: Duration = Duration::from_secs(2);
+/// Discovery retries of an upstream not discovered yet back off up to this.
+const DISCOVERY_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// A bound, ready-to-run provider.
 pub struct Application {
     listener: TcpListener,
     port: u16,
     state: AppState,
+    /// `server.shutdown_grace_seconds`.
+    grace: Duration,
 }
 
 impl Application {
@@ -72,11 +85,13 @@ impl Application {
         clock: SharedClock,
     ) -> anyhow::Result<Self> {
         let port = listener.local_addr()?.port();
+        let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
         let state = build_state(config, clock).await?;
         Ok(Application {
             listener,
             port,
             state,
+            grace,
         })
     }
 
@@ -88,16 +103,18 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves, then drains in-flight requests.
+    /// Serves until `shutdown` resolves; then `/healthz/ready` answers 503
+    /// for `server.shutdown_grace_seconds` while requests are still served,
+    /// then the listener closes and in-flight requests drain.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let state = self.state.clone();
+        let mut discovery = Vec::new();
         for c in state.flows.connectors() {
             if let ConnectorKind::Callback(cb) = &c.kind {
-                let cb = cb.clone();
-                tokio::spawn(async move { cb.warm_up().await });
+                discovery.push(tokio::spawn(discover_until_done(cb.clone())));
             }
         }
         let gc = tokio::spawn(collect_garbage(
@@ -111,9 +128,26 @@ impl Application {
             state.clock.clone(),
         ));
         tracing::info!(issuer = %state.issuer(), port = self.port, "listening");
-        let result = axum::serve(self.listener, app(state))
-            .with_graceful_shutdown(shutdown)
+        let draining = Draining::default();
+        let grace = self.grace;
+        let signal = {
+            let draining = draining.clone();
+            async move {
+                shutdown.await;
+                draining.0.store(true, Ordering::SeqCst);
+                tracing::info!(
+                    grace_seconds = grace.as_secs(),
+                    "shutting down: not ready; draining after the grace period"
+                );
+                tokio::time::sleep(grace).await;
+            }
+        };
+        let result = axum::serve(self.listener, app(state).layer(Extension(draining)))
+            .with_graceful_shutdown(signal)
             .await;
+        for task in discovery {
+            task.abort();
+        }
         gc.abort();
         keys.abort();
         backchannel.abort();
@@ -145,21 +179,64 @@ pub async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
+/// Set once shutdown began: readiness answers 503 from then on.
+#[derive(Debug, Clone, Default)]
+struct Draining(Arc<AtomicBool>);
+
+/// Discovers an upstream in the background until it succeeded once, with
+/// a doubling pause between attempts (readiness waits for it).
+async fn discover_until_done(cb: Arc<dyn crate::connector::CallbackConnector>) {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        cb.warm_up().await;
+        if cb.discovered() {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(DISCOVERY_RETRY_MAX);
+    }
+}
+
+/// One garbage-collection round: deletes at most `batch` records that
+/// expired before `now`; returns how many.
+pub async fn collect_garbage_once(
+    store: &dyn Store,
+    now: i64,
+    batch: i64,
+) -> Result<u64, StoreError> {
+    let removed = store.delete_expired(now, batch).await?;
+    if removed > 0 {
+        tracing::debug!(removed, "expired records removed");
+    }
+    Ok(removed)
+}
+
+/// Every [`GC_INTERVAL`], rounds of [`GC_BATCH`] records until a round
+/// comes back short, at most [`GC_MAX_ROUNDS`] of them.
 async fn collect_garbage(
     store: Arc<dyn Store>,
     clock: SharedClock,
     metrics: crate::metrics::Metrics,
 ) {
     let mut tick = tokio::time::interval(GC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match metrics
-            .store("delete_expired", store.delete_expired(clock.now()))
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(removed = n, "expired artifacts removed"),
-            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+        for _ in 0..GC_MAX_ROUNDS {
+            match metrics
+                .store(
+                    "delete_expired",
+                    collect_garbage_once(&*store, clock.now(), GC_BATCH),
+                )
+                .await
+            {
+                Ok(n) if n < GC_BATCH.unsigned_abs() => break,
+                Ok(_) => tokio::task::yield_now().await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "garbage collection failed");
+                    break;
+                }
+            }
         }
     }
 }
@@ -329,12 +406,44 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
     })))
 }
 
-async fn ready(axum::extract::State(st): axum::extract::State<AppState>) -> impl IntoResponse {
-    // Readiness depends on our own storage only, never on an upstream: an
-    // upstream outage must not take the adapter out of its load balancer.
-    match st.metrics.store("ping", st.store.ping()).await {
-        Ok(()) => (StatusCode::OK, "ready"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"),
+/// `GET /healthz/ready`: 200 when the database answers, a signing key is
+/// loaded and every upstream was discovered at least once (a later upstream
+/// outage does not make the adapter unready); otherwise 503 naming what is
+/// missing. 503 from the start of a shutdown on.
+async fn ready(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    draining: Option<Extension<Draining>>,
+) -> Response {
+    let mut missing: Vec<String> = Vec::new();
+    if draining.is_some_and(|d| d.0 .0.load(Ordering::SeqCst)) {
+        missing.push("shutting_down".into());
+    }
+    match tokio::time::timeout(READY_DB_TIMEOUT, st.metrics.store("ping", st.store.ping())).await {
+        Ok(Ok(())) => {}
+        _ => missing.push("database".into()),
+    }
+    if st.keys.algorithms().is_empty() {
+        missing.push("signing_key".into());
+    }
+    for c in st.flows.connectors() {
+        if let ConnectorKind::Callback(cb) = &c.kind {
+            if !cb.discovered() {
+                missing.push(format!("upstream:{}", c.id));
+            }
+        }
+    }
+    if missing.is_empty() {
+        (
+            StatusCode::OK,
+            Json(serde_json::json!({ "status": "ready" })),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "unavailable", "missing": missing })),
+        )
+            .into_response()
     }
 }
 

@@ -21,6 +21,8 @@ mod keys;
 mod lifecycle;
 mod logout;
 mod metrics;
+mod ops;
+mod outage;
 mod races;
 mod support;
 use support::*;

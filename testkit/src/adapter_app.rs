@@ -43,6 +43,8 @@ pub fn test_config(db_url: &str) -> Config {
     c.server.listen = "127.0.0.1:0".parse().unwrap();
     // A placeholder: `start` puts the bound port in before building.
     c.server.issuer = Some("http://127.0.0.1:1".into());
+    // Tests stop at once; the ops tests set their own grace.
+    c.server.shutdown_grace_seconds = 0;
     c.database.url = db_url.to_string();
     c.claims.customizer = CustomizerKind::Passthrough;
     c.clients = vec![

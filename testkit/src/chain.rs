@@ -246,6 +246,7 @@ impl ChainBuilder {
                 let mut config = upstream_test_server::default_config();
                 config.server.listen = addr;
                 config.server.issuer = Some(issuer.clone());
+                config.server.shutdown_grace_seconds = 0;
                 config.database.url = db;
                 let mut adapter_client = client_config(
                     &RpClient {
@@ -295,6 +296,7 @@ impl ChainBuilder {
         let mut config = adapter::Config::default();
         config.server.listen = adapter_addr;
         config.server.issuer = Some(adapter_issuer.clone());
+        config.server.shutdown_grace_seconds = 0;
         config.database.url = db;
         let mut test_app_client = client_config(&app, "Test App")?;
         // The test-app's logout page and back-channel receiver.

@@ -1299,8 +1299,9 @@ async fn upstream_id_token_hmac_with_client_secret_is_access_denied() {
 }
 
 /// RFC 6749 §4.1.2.1: the upstream is down (closed port). The adapter still
-/// starts and is ready; a login gets `temporarily_unavailable` with the RP's
-/// state and the adapter's iss — never a 500.
+/// starts, but is not ready before the upstream was discovered once (its
+/// readiness names the upstream); a login gets `temporarily_unavailable`
+/// with the RP's state and the adapter's iss — never a 500.
 #[tokio::test]
 async fn upstream_down_gives_temporarily_unavailable() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1320,8 +1321,13 @@ async fn upstream_down_gives_temporarily_unavailable() {
     let ready = agent.get(&chain.adapter("/healthz/ready")).await.unwrap();
     assert_eq!(
         ready.status(),
-        200,
-        "an upstream being down does not make the adapter unready"
+        503,
+        "an upstream never discovered makes the adapter unready"
+    );
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(
+        body["missing"],
+        serde_json::json!([format!("upstream:{UPSTREAM_ID}")])
     );
 
     let req = AuthRequest::new(&chain.app);

@@ -102,6 +102,12 @@ pub trait CallbackConnector: Send + Sync + 'static {
     /// Warms caches (discovery) in the background; failures are logged.
     async fn warm_up(&self) {}
 
+    /// True once the upstream's metadata was fetched at least once (OIDC
+    /// Discovery §4); readiness waits for it. Cheap: no I/O.
+    fn discovered(&self) -> bool {
+        true
+    }
+
     /// Where to send the browser to end its session at the upstream (OIDC
     /// RP-Initiated Logout 1.0 §2), when the upstream offers an
     /// `end_session_endpoint`: `id_token_hint`, `client_id`,

@@ -34,6 +34,7 @@ use openidconnect::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{Mutex, RwLock};
 
 use super::{
@@ -287,6 +288,8 @@ pub struct OidcConnector {
     /// Held while a discovery runs.
     discovering: Mutex<()>,
     last_forced: Mutex<Option<Instant>>,
+    /// Set by the first successful discovery, never cleared.
+    discovered: AtomicBool,
     /// Seals the upstream refresh token at rest; without it the refresh
     /// token is not kept at all.
     sealing: Option<Arc<EncryptionKey>>,
@@ -323,6 +326,7 @@ impl OidcConnector {
             cache: RwLock::new(None),
             discovering: Mutex::new(()),
             last_forced: Mutex::new(None),
+            discovered: AtomicBool::new(false),
             sealing: None,
             metrics: crate::metrics::Metrics::default(),
         })
@@ -392,6 +396,7 @@ impl OidcConnector {
             metadata: metadata.clone(),
             fetched: Instant::now(),
         });
+        self.discovered.store(true, Ordering::Release);
         Ok(metadata)
     }
 
@@ -751,6 +756,10 @@ impl CallbackConnector for OidcConnector {
         if let Err(e) = self.metadata().await {
             tracing::warn!(upstream = %self.id, error = %e, "upstream discovery failed; will retry at the next login");
         }
+    }
+
+    fn discovered(&self) -> bool {
+        self.discovered.load(Ordering::Acquire)
     }
 }
 

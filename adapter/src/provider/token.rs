@@ -472,9 +472,12 @@ fn client_credentials(
     }))
 }
 
+/// The storage is away (an outage, a full pool): 503 with
+/// `temporarily_unavailable` (RFC 6749 §4.1.2.1's code, as JSON per §5.2),
+/// so the client retries instead of failing the grant.
 fn storage_failure(e: &StoreError) -> WebError {
     tracing::error!(error = %e, "storage failure at the token endpoint");
-    WebError::Token(OAuthError::server_error("storage failure"))
+    WebError::Token(OAuthError::temporarily_unavailable("storage unavailable"))
 }
 
 fn signing_failure(e: crate::keys::KeyError) -> WebError {

@@ -27,6 +27,8 @@ pub async fn run_all(store: Arc<dyn Store>) {
     backchannel_queue_claims_once(store.clone()).await;
     // ---- metrics ----
     sessions_are_counted_while_unexpired(&*store).await;
+    // ---- operations (bounded garbage collection) ----
+    gc_is_bounded_and_covers_every_table(&*store).await;
     store.ping().await.unwrap();
 }
 
@@ -345,7 +347,7 @@ async fn gc_removes_expired(s: &dyn Store) {
     s.insert_login("old", "x", 10).await.unwrap();
     s.insert_login("new", "x", 10_000).await.unwrap();
     s.insert_code("old-code", "x", 10).await.unwrap();
-    assert!(s.delete_expired(20).await.unwrap() >= 2);
+    assert!(s.delete_expired(20, 1000).await.unwrap() >= 2);
     assert_eq!(s.login("old", 5).await.unwrap(), Lookup::Missing);
     assert_eq!(
         s.redeem_code("old-code", "g", 5).await.unwrap(),
@@ -658,4 +660,72 @@ async fn sessions_are_counted_while_unexpired(s: &dyn Store) {
     assert_eq!(s.count_sessions(now + 10).await.unwrap(), 0);
     s.delete_session("h-count-1").await.unwrap();
     assert_eq!(s.count_sessions(now).await.unwrap(), before);
+}
+
+// ---- operations (bounded garbage collection) --------------------------------
+
+/// `delete_expired` removes at most `limit` records per call, from every
+/// table with an expiry, and never one that has not expired.
+async fn gc_is_bounded_and_covers_every_table(s: &dyn Store) {
+    const FAR: i64 = 1 << 50;
+    // What the earlier cases left behind goes first.
+    while s.delete_expired(FAR, 100).await.unwrap() > 0 {}
+    let expiring = |prefix: &str, i: i64| (format!("gc-{prefix}-{i}"), 10 + i);
+    for i in 0..2 {
+        let (id, exp) = expiring("login", i);
+        s.insert_login(&id, "x", exp).await.unwrap();
+        let (id, exp) = expiring("code", i);
+        s.insert_code(&id, "x", exp).await.unwrap();
+        let (id, exp) = expiring("session", i);
+        let mut row = session(&id, &format!("{id}-sid"), "gc", 1);
+        row.expires_at = exp;
+        s.insert_session(&row).await.unwrap();
+        s.add_session_client(&format!("{id}-sid"), "app", 1, exp)
+            .await
+            .unwrap();
+        let (id, exp) = expiring("jti", i);
+        s.revoke_token(&id, exp).await.unwrap();
+        let (id, exp) = expiring("refresh", i);
+        let mut row = refresh(&id, &format!("{id}-family"), None);
+        row.expires_at = exp;
+        s.insert_refresh(&row).await.unwrap();
+        let (id, exp) = expiring("logout", i);
+        s.insert_logout_state(&id, "x", exp).await.unwrap();
+        let (id, exp) = expiring("bcl", i);
+        let mut row = delivery(&id, "gc-sid", &id, 1);
+        row.expires_at = exp;
+        s.enqueue_backchannel(&row).await.unwrap();
+    }
+    // One fresh record per table type that must survive.
+    s.insert_login("gc-fresh", "x", FAR + 1).await.unwrap();
+    s.revoke_token("gc-fresh", FAR + 1).await.unwrap();
+
+    // 8 tables x 2 expired records, in batches of 5: 5, 5, 5, 1, 0.
+    let mut batches = Vec::new();
+    loop {
+        let n = s.delete_expired(100, 5).await.unwrap();
+        batches.push(n);
+        if n == 0 {
+            break;
+        }
+    }
+    assert_eq!(batches, vec![5, 5, 5, 1, 0]);
+    assert_eq!(s.login("gc-login-0", 0).await.unwrap(), Lookup::Missing);
+    assert_eq!(s.take_logout_state("gc-logout-1", 0).await.unwrap(), None);
+    assert_eq!(s.backchannel("gc-bcl-1").await.unwrap(), None);
+    assert_eq!(s.refresh_status("gc-refresh-1").await.unwrap(), None);
+    assert!(s
+        .session_clients("gc-session-1-sid")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        s.login("gc-fresh", 0).await.unwrap(),
+        Lookup::Found(_)
+    ));
+    assert!(s.is_revoked("gc-fresh", 0).await.unwrap());
+    // A zero limit removes nothing.
+    s.insert_code("gc-late", "x", 10).await.unwrap();
+    assert_eq!(s.delete_expired(100, 0).await.unwrap(), 0);
+    assert_eq!(s.delete_expired(100, 1).await.unwrap(), 1);
 }

@@ -306,8 +306,11 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- housekeeping and keys -----------------------------------------------
 
-    /// Deletes records whose expiry is before `before`; returns how many.
-    async fn delete_expired(&self, before: i64) -> Result<u64, StoreError>;
+    /// Deletes at most `limit` records, over every table with an expiry
+    /// (logins, codes, sessions, session clients, revoked tokens, refresh
+    /// tokens, logout states, back-channel deliveries), whose expiry is
+    /// before `before`; returns how many.
+    async fn delete_expired(&self, before: i64, limit: i64) -> Result<u64, StoreError>;
 
     /// All signing keys, oldest generation first.
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;

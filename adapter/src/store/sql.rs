@@ -22,6 +22,9 @@ pub struct SqlStore {
     pool: AnyPool,
 }
 
+/// Longest a query waits for a pooled connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 impl SqlStore {
@@ -38,7 +41,9 @@ impl SqlStore {
             } else {
                 max_connections
             })
-            .acquire_timeout(Duration::from_secs(10))
+            // A request fails within seconds when the database is away,
+            // instead of hanging (answered 503 by the web layer).
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
                     if conn.backend_name() == "SQLite" {
@@ -550,19 +555,23 @@ impl Store for SqlStore {
         }
     }
 
-    async fn delete_expired(&self, before: i64) -> Result<u64, StoreError> {
-        let mut removed = 0;
-        for table in [
-            "logins",
-            "codes",
-            "sessions",
-            "session_clients",
-            "revoked_tokens",
-            "refresh_tokens",
-        ] {
-            let sql = format!("DELETE FROM {table} WHERE expires_at < $1");
+    async fn delete_expired(&self, before: i64, limit: i64) -> Result<u64, StoreError> {
+        let mut removed: u64 = 0;
+        for (table, key) in EXPIRING_TABLES {
+            let budget = limit.saturating_sub(i64::try_from(removed).unwrap_or(i64::MAX));
+            if budget <= 0 {
+                break;
+            }
+            // A bounded batch, portable between SQLite and PostgreSQL (neither
+            // `DELETE … LIMIT` nor `ctid`/`rowid` are): delete by key from a
+            // limited sub-select.
+            let sql = format!(
+                "DELETE FROM {table} WHERE ({key}) IN \
+                 (SELECT {key} FROM {table} WHERE expires_at < $1 LIMIT $2)"
+            );
             removed += sqlx::query(&sql)
                 .bind(before)
+                .bind(budget)
                 .execute(&self.pool)
                 .await?
                 .rows_affected();
@@ -819,6 +828,18 @@ impl Store for SqlStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 }
+
+/// Every table with an `expires_at`, with its primary key.
+const EXPIRING_TABLES: [(&str, &str); 8] = [
+    ("logins", "id_hash"),
+    ("codes", "code_hash"),
+    ("sessions", "id_hash"),
+    ("session_clients", "sid, client_id"),
+    ("revoked_tokens", "jti"),
+    ("refresh_tokens", "token_hash"),
+    ("logout_states", "state_hash"),
+    ("backchannel_logouts", "id"),
+];
 
 const BACKCHANNEL_COLUMNS: &str = "id, sid, client_id, uri, token, attempts, next_attempt_at, \
      created_at, expires_at, done_at, outcome";
