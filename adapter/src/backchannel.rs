@@ -40,8 +40,6 @@ const KEEP_SECONDS: i64 = 24 * 3600;
 pub const WORKER_INTERVAL: Duration = Duration::from_secs(1);
 /// Deliveries per pass.
 const BATCH: i64 = 100;
-/// The worker's garbage collection runs every this many passes.
-const GC_EVERY: u32 = 60;
 
 /// Seconds to wait after attempt number `attempt` (1-based) failed.
 pub fn backoff(attempt: i64) -> i64 {
@@ -182,8 +180,9 @@ async fn post(http: &reqwest::Client, row: &BackchannelRow) -> Result<(), String
     }
 }
 
-/// Delivers due logout tokens every [`WORKER_INTERVAL`] until aborted, and
-/// removes old deliveries and logout states now and then.
+/// Delivers due logout tokens every [`WORKER_INTERVAL`] until aborted. Old
+/// deliveries and logout states go with the provider's garbage collection
+/// (`Store::delete_expired`).
 pub async fn run_worker(store: Arc<dyn Store>, clock: SharedClock) {
     let http = match http_client() {
         Ok(h) => h,
@@ -193,17 +192,10 @@ pub async fn run_worker(store: Arc<dyn Store>, clock: SharedClock) {
         }
     };
     let mut tick = tokio::time::interval(WORKER_INTERVAL);
-    let mut passes: u32 = 0;
     loop {
         tick.tick().await;
         if let Err(e) = deliver_due(&*store, &http, clock.now()).await {
             tracing::warn!(error = %e, "back-channel logout delivery pass failed");
-        }
-        passes = passes.wrapping_add(1);
-        if passes.is_multiple_of(GC_EVERY) {
-            if let Err(e) = store.delete_expired_logouts(clock.now()).await {
-                tracing::warn!(error = %e, "removing old logout records failed");
-            }
         }
     }
 }

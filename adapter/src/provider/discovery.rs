@@ -13,11 +13,16 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{AppState, GrantType};
+use crate::keys::JWKS_CACHE_SECONDS;
 use crate::paths;
 
-/// Caches may keep metadata and keys this long: short, so a key rotation
-/// (RFC 7517 §5, OIDC Core §10.1.1) reaches relying parties quickly.
-const CACHE: HeaderValue = HeaderValue::from_static("public, max-age=300");
+/// Caches may keep metadata and keys [`JWKS_CACHE_SECONDS`]: short, so a key
+/// rotation (RFC 7517 §5, OIDC Core §10.1.1) reaches relying parties
+/// quickly; the rotation schedule publishes a new key that long before use.
+fn cache() -> HeaderValue {
+    HeaderValue::from_str(&format!("public, max-age={JWKS_CACHE_SECONDS}"))
+        .unwrap_or(HeaderValue::from_static("no-cache"))
+}
 
 /// Claims the provider itself puts in ID tokens and userinfo (OIDC Core §2,
 /// §5.3.2), whatever the customizer does.
@@ -107,14 +112,14 @@ fn metadata(st: &AppState) -> Value {
 
 /// `/.well-known/openid-configuration` (OIDC Discovery §4).
 pub async fn openid_configuration(State(st): State<AppState>) -> impl IntoResponse {
-    ([(header::CACHE_CONTROL, CACHE)], Json(metadata(&st)))
+    ([(header::CACHE_CONTROL, cache())], Json(metadata(&st)))
 }
 
 /// `/.well-known/oauth-authorization-server` (RFC 8414 §3).
 pub async fn oauth_authorization_server(State(st): State<AppState>) -> impl IntoResponse {
-    ([(header::CACHE_CONTROL, CACHE)], Json(metadata(&st)))
+    ([(header::CACHE_CONTROL, cache())], Json(metadata(&st)))
 }
 
 pub async fn jwks(State(st): State<AppState>) -> impl IntoResponse {
-    ([(header::CACHE_CONTROL, CACHE)], Json(st.keys.jwks()))
+    ([(header::CACHE_CONTROL, cache())], Json(st.keys.jwks()))
 }

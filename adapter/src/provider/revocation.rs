@@ -20,15 +20,13 @@ pub async fn access_token_revoked(
     claims: &Map<String, Value>,
     now: i64,
 ) -> Result<bool, StoreError> {
-    if let Some(jti) = claims.get("jti").and_then(Value::as_str) {
-        if store.is_revoked(jti, now).await? {
-            return Ok(true);
-        }
-    }
-    match claims.get("sid").and_then(Value::as_str) {
-        Some(sid) => store.is_revoked(&session_marker(sid), now).await,
-        None => Ok(false),
-    }
+    let jti = claims.get("jti").and_then(Value::as_str);
+    let marker = claims
+        .get("sid")
+        .and_then(Value::as_str)
+        .map(session_marker);
+    let ids: Vec<&str> = jti.into_iter().chain(marker.as_deref()).collect();
+    store.any_revoked(&ids, now).await
 }
 
 /// Revokes every access token of session `sid` that could still be valid

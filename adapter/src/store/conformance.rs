@@ -239,6 +239,10 @@ async fn revoked_tokens(s: &dyn Store) {
     s.revoke_token("j1", 100).await.unwrap();
     assert!(s.is_revoked("j1", 99).await.unwrap());
     assert!(!s.is_revoked("j1", 100).await.unwrap(), "marker expired");
+    // Several ids in one query: true when any one is revoked.
+    assert!(s.any_revoked(&["nope", "j1"], 99).await.unwrap());
+    assert!(!s.any_revoked(&["nope", "other"], 99).await.unwrap());
+    assert!(!s.any_revoked(&[], 99).await.unwrap());
 }
 
 fn refresh(hash: &str, family: &str, sid: Option<&str>) -> RefreshRow {
@@ -506,7 +510,7 @@ async fn logout_states_are_single_use(s: &dyn Store) {
     s.insert_logout_state("ls3", "first", 100).await.unwrap();
     assert!(s.insert_logout_state("ls3", "second", 100).await.is_err());
     s.insert_logout_state("ls4", "old", 50).await.unwrap();
-    assert!(s.delete_expired_logouts(60).await.unwrap() >= 1);
+    assert!(s.delete_expired(60, 1000).await.unwrap() >= 1);
     assert_eq!(s.take_logout_state("ls4", 0).await.unwrap(), None);
     assert_eq!(
         s.take_logout_state("ls3", 10).await.unwrap().as_deref(),
@@ -594,7 +598,7 @@ async fn backchannel_queue_claims_once(store: Arc<dyn Store>) {
         .collect();
     assert_eq!(of_session, vec!["app".to_string(), "other".to_string()]);
     assert!(s.backchannel("nope").await.unwrap().is_none());
-    assert!(s.delete_expired_logouts(2000).await.unwrap() >= 2);
+    assert!(s.delete_expired(2000, 1000).await.unwrap() >= 2);
     assert!(s.backchannel_of_session("sid-b").await.unwrap().is_empty());
 }
 

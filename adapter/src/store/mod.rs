@@ -276,7 +276,13 @@ pub trait Store: Send + Sync + 'static {
     /// Marks an access token revoked until `expires_at` (idempotent).
     async fn revoke_token(&self, jti: &str, expires_at: i64) -> Result<(), StoreError>;
 
-    async fn is_revoked(&self, jti: &str, now: i64) -> Result<bool, StoreError>;
+    /// True when any of `ids` (a `jti`, or a marker such as a session's)
+    /// is revoked at `now`: one query for all of them.
+    async fn any_revoked(&self, ids: &[&str], now: i64) -> Result<bool, StoreError>;
+
+    async fn is_revoked(&self, jti: &str, now: i64) -> Result<bool, StoreError> {
+        self.any_revoked(&[jti], now).await
+    }
 
     // ---- refresh tokens ------------------------------------------------------
 
@@ -386,9 +392,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every delivery of session `sid`, in creation order.
     async fn backchannel_of_session(&self, sid: &str) -> Result<Vec<BackchannelRow>, StoreError>;
-
-    /// Deletes expired logout states and deliveries; returns how many.
-    async fn delete_expired_logouts(&self, before: i64) -> Result<u64, StoreError>;
 
     // ---- metrics ----
 

@@ -427,14 +427,20 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn is_revoked(&self, jti: &str, now: i64) -> Result<bool, StoreError> {
-        let row =
-            sqlx::query("SELECT 1 AS one FROM revoked_tokens WHERE jti = $1 AND expires_at > $2")
-                .bind(jti)
-                .bind(now)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.is_some())
+    async fn any_revoked(&self, ids: &[&str], now: i64) -> Result<bool, StoreError> {
+        if ids.is_empty() {
+            return Ok(false);
+        }
+        let placeholders: Vec<String> = (2..ids.len() + 2).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT 1 AS one FROM revoked_tokens WHERE expires_at > $1 AND jti IN ({}) LIMIT 1",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(now);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        Ok(query.fetch_optional(&self.pool).await?.is_some())
     }
 
     async fn insert_refresh(&self, t: &RefreshRow) -> Result<(), StoreError> {
@@ -803,19 +809,6 @@ impl Store for SqlStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(backchannel_row).collect()
-    }
-
-    async fn delete_expired_logouts(&self, before: i64) -> Result<u64, StoreError> {
-        let mut removed = 0;
-        for table in ["logout_states", "backchannel_logouts"] {
-            let sql = format!("DELETE FROM {table} WHERE expires_at < $1");
-            removed += sqlx::query(&sql)
-                .bind(before)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-        }
-        Ok(removed)
     }
 
     // ---- metrics ----
