@@ -58,6 +58,14 @@ pub struct Identity {
     /// logout (OIDC RP-Initiated Logout 1.0 §2: `id_token_hint`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<crate::connector::UpstreamTokens>,
+    /// How the user authenticated (OIDC Core §2 `amr`, values from RFC
+    /// 8176 §2: `pwd`, `otp`, `mfa`, …); an upstream's own `amr` is passed
+    /// through. Empty when unknown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// The authentication context class satisfied (OIDC Core §2 `acr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr: Option<String>,
 }
 
 /// Which token a set of claims is for.
@@ -371,6 +379,8 @@ mod tests {
             claims: claims.as_object().unwrap().clone(),
             auth_time: None,
             upstream: None,
+            amr: Vec::new(),
+            acr: None,
         }
     }
 

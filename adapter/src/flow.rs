@@ -209,6 +209,14 @@ pub struct Session {
     pub expires_at: i64,
 }
 
+/// A session just started: the cookie value to set, and the session.
+#[derive(Debug, Clone)]
+pub struct StartedSession {
+    /// The new session cookie's value (only its hash is stored).
+    pub cookie: String,
+    pub session: Session,
+}
+
 /// What an authorization code stands for (persisted under its hash).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CodeRecord {
@@ -682,6 +690,27 @@ impl Flows {
         identity: Identity,
         browser: Browser<'_>,
     ) -> Result<Next, FlowError> {
+        let started = self.start_session(identity, browser).await?;
+        tracing::info!(connector = %started.session.identity.connector_id, client = %request.client_id, "login succeeded");
+        let s = &started.session;
+        let redirect = self
+            .issue_code(request, &s.identity, s.auth_time, &s.sid, s.expires_at)
+            .await?;
+        Ok(Next::LoggedIn {
+            session_cookie: started.cookie,
+            redirect,
+        })
+    }
+
+    /// Starts a browser session for `identity`, replacing the session the
+    /// browser had (a new id at every login: no fixation, OWASP ASVS 5.0
+    /// V7.2.4). Every login, through an authorization request or a
+    /// connector's own pages and API, ends here.
+    pub async fn start_session(
+        &self,
+        identity: Identity,
+        browser: Browser<'_>,
+    ) -> Result<StartedSession, FlowError> {
         let now = self.clock.now();
         if let Some(old) = browser.session {
             self.store.delete_session(&hash(old)).await?;
@@ -705,13 +734,14 @@ impl Flows {
         self.store.insert_session(&row).await?;
         self.metrics
             .login_succeeded(self.connector_label(&identity.connector_id));
-        tracing::info!(connector = %identity.connector_id, client = %request.client_id, "login succeeded");
-        let redirect = self
-            .issue_code(request, &identity, auth_time, &row.sid, row.expires_at)
-            .await?;
-        Ok(Next::LoggedIn {
-            session_cookie: cookie,
-            redirect,
+        Ok(StartedSession {
+            cookie,
+            session: Session {
+                sid: row.sid,
+                identity,
+                auth_time,
+                expires_at: row.expires_at,
+            },
         })
     }
 
@@ -853,6 +883,8 @@ mod tests {
                 claims: json!({"sub": "u-1"}).as_object().unwrap().clone(),
                 auth_time: self.auth_time,
                 upstream: None,
+                amr: Vec::new(),
+                acr: None,
             })
         }
     }

@@ -132,6 +132,9 @@ impl PasswordConnector for LocalConnector {
                 // The provider stamps the time of this very login.
                 auth_time: None,
                 upstream: None,
+                // RFC 8176 §2: a password.
+                amr: vec!["pwd".into()],
+                acr: None,
             }),
             _ => None,
         })

@@ -676,11 +676,25 @@ impl CallbackConnector for OidcConnector {
             ),
             _ => None,
         };
+        // OIDC Core §2: how the user authenticated upstream travels on to
+        // our own tokens.
+        let amr = claims
+            .get("amr")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let acr = claims.get("acr").and_then(Value::as_str).map(String::from);
         Ok(Identity {
             connector_id: self.id.clone(),
             subject: verified.subject,
             claims,
             auth_time: verified.auth_time,
+            amr,
+            acr,
             upstream: Some(UpstreamTokens {
                 id_token: raw,
                 sealed_refresh_token,

@@ -502,6 +502,17 @@ pub struct Grant<'a> {
     pub jti: &'a str,
 }
 
+/// How the user authenticated (OIDC Core §2 `amr` and `acr`), when known:
+/// a local login's factors, or what the upstream said of its own login.
+fn authn_claims(claims: &mut Map<String, Value>, identity: &Identity) {
+    if !identity.amr.is_empty() {
+        claims.insert("amr".into(), json!(identity.amr));
+    }
+    if let Some(acr) = &identity.acr {
+        claims.insert("acr".into(), json!(acr));
+    }
+}
+
 /// Signs the access token (RFC 9068) and, when `openid` is among the
 /// scopes, the ID token (OIDC Core §2).
 fn mint(
@@ -539,6 +550,7 @@ fn mint(
     if g.in_session {
         access.insert("sid".into(), json!(g.sid));
     }
+    authn_claims(&mut access, g.identity);
     let access_token = st.keys.sign("at+jwt", &access)?;
     let mut response = Map::new();
     response.insert("access_token".into(), json!(access_token));
@@ -571,6 +583,7 @@ fn mint(
     if let Some(nonce) = g.nonce {
         id.insert("nonce".into(), json!(nonce));
     }
+    authn_claims(&mut id, g.identity);
     let id_token = st
         .keys
         .sign_with(g.client.id_token_alg.as_deref(), "JWT", &id)?;
