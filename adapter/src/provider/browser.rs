@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::CookieJar;
 
 use super::AppState;
-use crate::flow::{Browser, FlowError, FormView, Next};
+use crate::flow::{Browser, FlowError, FormStage, FormView, Next};
 use crate::paths;
 use crate::secret::{hash, random_token};
 use crate::web::{self, found, see_other, ChoosePage, LoginPage, PageError, WebError};
@@ -128,6 +128,16 @@ impl From<FlowError> for WebError {
                     "Please try again shortly.",
                 ))
             }
+            FlowError::Throttled { .. } => WebError::Page(PageError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many attempts",
+                "Too many attempts. Wait a moment and try again.",
+            )),
+            FlowError::Busy => WebError::Page(PageError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Temporarily unavailable",
+                "Too many logins are in progress. Please try again shortly.",
+            )),
             FlowError::Storage(e) => WebError::Storage(e),
         }
     }
@@ -144,6 +154,12 @@ pub fn login_page(st: &AppState, view: FormView, transaction: &str) -> LoginPage
         username: view.username,
         error: view.error,
         hint: st.ui.login_hint.clone(),
+        stage: match view.stage {
+            FormStage::Password => "password",
+            FormStage::Totp => "totp",
+            FormStage::EmailCode => "email_code",
+        },
+        email_codes: view.email_codes,
     }
 }
 

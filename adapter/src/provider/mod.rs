@@ -19,6 +19,7 @@ pub mod callback;
 pub mod client_auth;
 pub mod discovery;
 pub mod introspect;
+pub mod local_auth;
 pub mod login;
 pub mod logout;
 pub mod redirect;

@@ -820,6 +820,17 @@ impl Store for SqlStore {
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+
+    async fn list_accounts(&self) -> Result<Vec<AccountRow>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY username"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(account_row)
+        .collect()
+    }
 }
 
 /// Every table with an `expires_at`, with its primary key.
