@@ -298,6 +298,25 @@ pub async fn connect_store(url: &str, max_connections: u32) -> anyhow::Result<Sq
         })
 }
 
+/// The local accounts of `config` on `store` (the server and the command
+/// line's `users` share it).
+pub fn accounts_from_config(
+    config: &Config,
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+) -> anyhow::Result<Accounts> {
+    let hasher = crate::password::Hasher::new(2, 64)
+        .map_err(|e| anyhow::anyhow!("password hashing: {e}"))?;
+    Ok(Accounts::new(
+        store,
+        Arc::new(hasher),
+        EncryptionKey::resolve_shared(&config.keys, &config.database.url).context("keys")?,
+        clock,
+        config.accounts.clone(),
+        config.ui.title.clone(),
+    ))
+}
+
 /// Validates the configuration and assembles the shared state.
 pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<AppState> {
     config.validate()?;
@@ -352,17 +371,7 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         }
     }
     if local_accounts {
-        let accounts = Arc::new(Accounts::new(
-            store.clone(),
-            Arc::new(
-                crate::password::Hasher::new(2, 64)
-                    .map_err(|e| anyhow::anyhow!("password hashing: {e}"))?,
-            ),
-            EncryptionKey::resolve_shared(&config.keys, &config.database.url).context("keys")?,
-            clock.clone(),
-            config.accounts.clone(),
-            config.ui.title.clone(),
-        ));
+        let accounts = Arc::new(accounts_from_config(&config, store.clone(), clock.clone())?);
         let seeded = accounts
             .seed(&config.local_users)
             .await
