@@ -570,3 +570,101 @@ async fn cross_site_posts_are_refused_before_any_session() {
         assert_eq!(v["error"], "csrf_failed", "{path}");
     }
 }
+
+/// The login form of an authorization request runs the same state machine:
+/// password, then a TOTP form, then the code for the client; the ID token
+/// says how (OIDC Core §2 `amr`, `acr`).
+#[tokio::test]
+async fn the_login_form_asks_for_the_totp_code_and_tokens_carry_amr() {
+    let app = spawn_app().await;
+    let (secret, _) = enrol_totp(&app, "alice").await;
+    app.clock.advance(30);
+    let r = app
+        .browser
+        .get(app.authorize_url(&[]))
+        .send()
+        .await
+        .unwrap();
+    let form_url = location(&r);
+    let r = app.submit_login(&form_url).await;
+    assert_eq!(r.status(), StatusCode::OK, "the TOTP form, not a redirect");
+    let html = r.text().await.unwrap();
+    assert!(html.contains("id=\"code-form\""), "{html}");
+    assert!(html.contains("authenticator app"), "{html}");
+    let post = |code: String, html: String| {
+        let app = &app;
+        async move {
+            app.browser
+                .post(format!("{}/login/local", app.base))
+                .form(&[
+                    ("req", hidden(&html, "req")),
+                    ("csrf_token", hidden(&html, "csrf_token")),
+                    ("action", "code".into()),
+                    ("code", code),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // A wrong code shows the form again with the error.
+    let r = post("000000".into(), html.clone()).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let again = r.text().await.unwrap();
+    assert!(again.contains("id=\"code-form\""));
+    assert!(again.contains("the code is not valid"), "{again}");
+    let r = post(secret.code_at(app.clock.now()), again).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let loc = location(&r);
+    assert!(loc.starts_with(REDIRECT), "{loc}");
+    let code = query(&loc)["code"].as_str().unwrap().to_string();
+    let tokens: Value = app.redeem(&code).await.json().await.unwrap();
+    let (_, id) = jwt_parts(tokens["id_token"].as_str().unwrap());
+    assert_eq!(id["amr"], json!(["pwd", "otp", "mfa"]));
+    assert_eq!(id["acr"], "2");
+    let (_, access) = jwt_parts(tokens["access_token"].as_str().unwrap());
+    assert_eq!(access["amr"], json!(["pwd", "otp", "mfa"]));
+}
+
+/// A code posted to a login that is not waiting for one is refused, and a
+/// password login without TOTP says `pwd` only.
+#[tokio::test]
+async fn the_login_form_refuses_a_code_out_of_turn() {
+    let app = spawn_app().await;
+    let r = app
+        .browser
+        .get(app.authorize_url(&[]))
+        .send()
+        .await
+        .unwrap();
+    let form_url = location(&r);
+    let html = app
+        .browser
+        .get(format!("{}{form_url}", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let r = app
+        .browser
+        .post(format!("{}/login/local", app.base))
+        .form(&[
+            ("req", hidden(&html, "req")),
+            ("csrf_token", hidden(&html, "csrf_token")),
+            ("action", "code".to_string()),
+            ("code", "123456".to_string()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("not waiting for this step"), "{body}");
+    let code = app.code().await;
+    let tokens: Value = app.redeem(&code).await.json().await.unwrap();
+    let (_, id) = jwt_parts(tokens["id_token"].as_str().unwrap());
+    assert_eq!(id["amr"], json!(["pwd"]));
+    assert_eq!(id["acr"], "1");
+}
