@@ -36,6 +36,9 @@ pub const VERIFY_OTP: &str = "/verify-otp";
 /// Local accounts: who is logged in (the seed's protected call on POST).
 pub const DASHBOARD: &str = "/dashboard";
 
+/// Local accounts: TOTP enrolment of the signed-in account.
+pub const ACCOUNT_TOTP: &str = "/account/totp";
+
 /// Path of the upstream callback of connector `id`.
 pub fn upstream_callback(id: &str) -> String {
     UPSTREAM_CALLBACK.replace("{connector}", id)

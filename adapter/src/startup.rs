@@ -519,6 +519,11 @@ pub fn app(state: AppState) -> Router {
         .route(paths::LOGOUT_CALLBACK, get(logout::logout_callback))
         .route(paths::API_AUTH, post(local_auth::api_auth))
         .route(
+            paths::ACCOUNT_TOTP,
+            get(crate::provider::totp_pages::totp_page)
+                .post(crate::provider::totp_pages::totp_confirm),
+        )
+        .route(
             paths::REGISTER,
             get(local_auth::register_page).post(local_auth::register),
         )

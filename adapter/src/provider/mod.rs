@@ -27,6 +27,7 @@ pub mod request;
 pub mod revocation;
 pub mod revoke;
 pub mod token;
+pub mod totp_pages;
 pub mod userinfo;
 
 use std::collections::HashMap;

@@ -668,3 +668,92 @@ async fn the_login_form_refuses_a_code_out_of_turn() {
     assert_eq!(id["amr"], json!(["pwd"]));
     assert_eq!(id["acr"], "1");
 }
+
+/// The enrolment pages: a QR code and the secret, a session-bound CSRF
+/// token, a first code confirms, recovery codes are shown once; replacing
+/// the authenticator needs a session made with it.
+#[tokio::test]
+async fn totp_enrolment_pages() {
+    let app = spawn_app().await;
+    let page = format!("{}/account/totp", app.base);
+    // Not signed in.
+    let r = app.browser.get(&page).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let (s, login) = post_json(
+        &app,
+        "/login",
+        json!({"username": "alice", "password": "correct horse"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let html = app
+        .browser
+        .get(&page)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("<svg"), "a QR code: {html}");
+    let secret = html
+        .split("id=\"totp-secret\">")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_string();
+    let secret = TotpSecret::from_base32(&secret).unwrap();
+    let csrf = hidden(&html, "csrf_token");
+    assert_eq!(
+        csrf,
+        login["csrf_token"].as_str().unwrap(),
+        "the login's CSRF token"
+    );
+    let confirm = |csrf: String, code: String, origin: Option<&'static str>| {
+        let app = &app;
+        let page = page.clone();
+        async move {
+            let mut req = app
+                .browser
+                .post(page)
+                .form(&[("csrf_token", csrf), ("code", code)]);
+            if let Some(o) = origin {
+                req = req.header("origin", o);
+            }
+            req.send().await.unwrap()
+        }
+    };
+    let now = app.clock.now();
+    let r = confirm("wrong".into(), secret.code_at(now), None).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "wrong CSRF token");
+    let r = confirm(
+        csrf.clone(),
+        secret.code_at(now),
+        Some("https://evil.example"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "cross-site");
+    let r = confirm(csrf.clone(), "000000".into(), None).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("That code is not valid"));
+    let r = confirm(csrf.clone(), secret.code_at(now), None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let html = r.text().await.unwrap();
+    assert_eq!(html.matches("<li><code>").count(), 10, "{html}");
+    // This session was made with a password only: it cannot replace the app.
+    let r = app.browser.get(&page).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // A session made with the app can.
+    app.clock.advance(30);
+    let (s, _) = post_json(
+        &app,
+        "/login",
+        json!({"username": "alice", "password": "correct horse", "totp": secret.code_at(app.clock.now())}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let r = app.browser.get(&page).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
