@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::accounts::NewAccount;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{self, Config};
+use crate::config::{self, Config, LoginPolicy};
 use crate::keys::{describe_keys, KeyManager, Policy};
 use crate::startup::{accounts_from_config, connect_store, Application};
 use crate::store::Store;
@@ -69,6 +69,9 @@ pub enum UsersAction {
     Enable { username: String },
     /// Set a new password, read from standard input.
     ResetPassword { username: String },
+    /// Set how one user logs in: `password`, `password_totp`,
+    /// `email_code`, or `default` (the deployment's `accounts.policy`).
+    SetPolicy { username: String, policy: String },
 }
 
 /// One line of standard input, without its line ending.
@@ -109,8 +112,14 @@ async fn users(config: &Config, action: UsersAction) -> anyhow::Result<()> {
         }
         UsersAction::List => {
             for a in accounts.list().await? {
+                let policy = match a.data.policy {
+                    Some(LoginPolicy::Password) => "password",
+                    Some(LoginPolicy::PasswordTotp) => "password_totp",
+                    Some(LoginPolicy::EmailCode) => "email_code",
+                    None => "default",
+                };
                 println!(
-                    "{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{policy}",
                     a.username(),
                     a.row.email.as_deref().unwrap_or("-"),
                     if a.data.disabled {
@@ -129,6 +138,21 @@ async fn users(config: &Config, action: UsersAction) -> anyhow::Result<()> {
         UsersAction::Enable { username } => {
             accounts.set_disabled(&username, false).await?;
             println!("enabled {username}");
+        }
+        UsersAction::SetPolicy { username, policy } => {
+            let parsed = match policy.as_str() {
+                "default" => None,
+                other => Some(
+                    serde_json::from_value::<LoginPolicy>(serde_json::Value::String(other.into()))
+                        .map_err(|_| {
+                            anyhow::anyhow!(
+                                "policy must be password, password_totp, email_code or default"
+                            )
+                        })?,
+                ),
+            };
+            accounts.set_policy(&username, parsed).await?;
+            println!("policy of {username}: {policy}");
         }
         UsersAction::ResetPassword { username } => {
             accounts

@@ -170,17 +170,26 @@ async fn users_add_list_disable_and_reset_password() {
     let out = users(d, &["list"], "");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "alice\talice@example.org\tactive\t-\n"
+        "alice\talice@example.org\tactive\t-\tdefault\n"
     );
+    let out = users(d, &["set-policy", "alice", "sms"], "");
+    assert_eq!(
+        stderr(&out).trim(),
+        "Error: policy must be password, password_totp, email_code or default"
+    );
+    let out = users(d, &["set-policy", "alice", "password_totp"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
     let out = users(d, &["disable", "alice"], "");
     assert!(out.status.success(), "{}", stderr(&out));
     let out = users(d, &["list"], "");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "alice\talice@example.org\tdisabled\t-\n"
+        "alice\talice@example.org\tdisabled\t-\tpassword_totp\n"
     );
     let out = users(d, &["reset-password", "nobody"], "long enough pw\n");
     assert_eq!(stderr(&out).trim(), "Error: no such account");
+    let out = users(d, &["set-policy", "alice", "default"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
     let out = users(d, &["enable", "alice"], "");
     assert!(out.status.success(), "{}", stderr(&out));
     let out = users(d, &["reset-password", "alice"], "a brand new passphrase\n");

@@ -528,6 +528,13 @@ impl Authenticator {
                 let Some(account) = account else {
                     return Ok(Verdict::Denied(DENIED));
                 };
+                if account.data.totp.is_none() {
+                    // The policy asks for TOTP, and none is enrolled: the
+                    // user enrols while signed in under the password policy.
+                    return Ok(Verdict::Denied(
+                        "no authenticator app is enrolled for this account",
+                    ));
+                }
                 if self.accounts.use_second_factor(account, code).await? {
                     Ok(Verdict::Accepted)
                 } else {

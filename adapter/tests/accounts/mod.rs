@@ -757,3 +757,47 @@ async fn totp_enrolment_pages() {
     let r = app.browser.get(&page).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// A per-user policy overrides the deployment's: `password_totp` asks for
+/// TOTP after the password, and without an enrolled app the login is denied.
+#[tokio::test]
+async fn a_users_policy_overrides_the_deployments() {
+    let app = spawn_app().await;
+    accounts(&app)
+        .await
+        .set_policy("alice", Some(adapter::config::LoginPolicy::PasswordTotp))
+        .await
+        .unwrap();
+    let (_, v) = step(&app, json!({"step": "init", "username": "alice"})).await;
+    assert_eq!(v["mechs"], json!(["password_mfa"]));
+    let id = begun(&app, "alice", "password_mfa").await;
+    let (_, v) = step(
+        &app,
+        json!({"step": "cred", "session_id": id, "password": "correct horse"}),
+    )
+    .await;
+    assert_eq!(v["allowed"], json!(["totp"]));
+    let (_, v) = step(
+        &app,
+        json!({"step": "cred", "session_id": id, "totp": "123456"}),
+    )
+    .await;
+    assert_eq!(
+        v,
+        json!({"state": "denied", "reason": "no authenticator app is enrolled for this account"})
+    );
+    // A disabled account is denied like an unknown one.
+    let accounts = accounts(&app).await;
+    accounts.set_policy("alice", None).await.unwrap();
+    accounts.set_disabled("alice", true).await.unwrap();
+    let id = begun(&app, "alice", "password").await;
+    let (_, v) = step(
+        &app,
+        json!({"step": "cred", "session_id": id, "password": "correct horse"}),
+    )
+    .await;
+    assert_eq!(
+        v,
+        json!({"state": "denied", "reason": "invalid username or password"})
+    );
+}
