@@ -29,6 +29,7 @@ use crate::connector::oidc::OidcConnector;
 use crate::connector::{Connector, ConnectorKind};
 use crate::flow::{Flows, Lifetimes};
 use crate::keys::{EncryptionKey, KeyManager, Policy as KeyPolicy};
+use crate::mail::{EmailCodes, MailSender, Mailer, SmtpSender};
 use crate::provider::{
     authorize, callback, discovery, login, logout, token, userinfo, AppState, Client,
     CookieSettings, Inner,
@@ -127,6 +128,10 @@ impl Application {
             state.store.clone(),
             state.clock.clone(),
         ));
+        let mail = state
+            .mailer
+            .has_smtp()
+            .then(|| tokio::spawn(crate::mail::run_worker(state.mailer.clone())));
         tracing::info!(issuer = %state.issuer(), port = self.port, "listening");
         let draining = Draining::default();
         let grace = self.grace;
@@ -151,6 +156,9 @@ impl Application {
         gc.abort();
         keys.abort();
         backchannel.abort();
+        if let Some(mail) = mail {
+            mail.abort();
+        }
         result
     }
 
@@ -383,6 +391,13 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         },
     )
     .with_metrics(metrics.clone());
+    let mailer = Arc::new(build_mailer(&config, store.clone(), clock.clone())?);
+    let email_codes = EmailCodes::new(
+        store.clone(),
+        mailer.clone(),
+        clock.clone(),
+        config.ui.title.clone(),
+    );
     // Secrets were hashed or handed to their connectors above; the state
     // kept for the lifetime of the process holds none, and handlers see
     // only what they need.
@@ -403,7 +418,40 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         customizer,
         clock,
         metrics,
+        mailer,
+        email_codes,
     })))
+}
+
+/// The mailer `[mail]` configures: SMTP when `mail.smtp_host` is set;
+/// otherwise mails stay in the outbox, which `/dev/outbox` shows, and a
+/// warning says so.
+fn build_mailer(
+    config: &Config,
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+) -> anyhow::Result<Mailer> {
+    let sender = SmtpSender::from_config(&config.mail)?;
+    match &sender {
+        Some(_) => tracing::info!(
+            host = config.mail.smtp_host.as_deref().unwrap_or_default(),
+            port = config.mail.port(),
+            tls = config.mail.smtp_tls.as_str(),
+            "mail goes out through SMTP"
+        ),
+        None => tracing::warn!(
+            "no SMTP server is configured (mail.smtp_host): mails are not sent; they stay \
+             in the outbox and {}{} shows them to anyone who can reach this service. \
+             Development only: configure [mail] before real use",
+            config.server.issuer(),
+            paths::DEV_OUTBOX
+        ),
+    }
+    Ok(Mailer::new(
+        store,
+        sender.map(|s| Arc::new(s) as Arc<dyn MailSender>),
+        clock,
+    ))
 }
 
 /// `GET /healthz/ready`: 200 when the database answers, a signing key is
@@ -498,6 +546,7 @@ pub fn app(state: AppState) -> Router {
         .route(paths::HEALTH_READY, get(ready))
         .route(paths::STYLE, get(web::style))
         .route(paths::METRICS, get(crate::metrics::scrape))
+        .merge(crate::mail::dev::routes(&state))
         .fallback(not_found)
         .layer(axum::middleware::map_response_with_state(
             title,

@@ -20,6 +20,7 @@ use url::Url;
 mod keys;
 mod lifecycle;
 mod logout;
+mod mail;
 mod metrics;
 mod ops;
 mod outage;
