@@ -174,7 +174,7 @@ impl EmailCodes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::clock::{Clock, ManualClock};
 
     #[test]
     fn codes_are_six_digits_and_spread_over_every_digit() {
@@ -224,6 +224,13 @@ mod tests {
     }
 
     impl Setup {
+        /// Issues a code one second after the last mail, so "newest" is
+        /// unambiguous.
+        async fn issue(&self, purpose: &str, to: &str) {
+            self.clock.advance(1);
+            self.codes.issue(purpose, to).await.unwrap();
+        }
+
         /// The code of the newest mail in the outbox (the mail to `to`).
         async fn mailed_code(&self, to: &str) -> String {
             let newest = self.store.recent_mail(1).await.unwrap().remove(0);
@@ -245,7 +252,7 @@ mod tests {
     }
 
     async fn issue_and_verify(s: &Setup) {
-        s.codes.issue("login", "ann@example.org").await.unwrap();
+        s.issue("login", "ann@example.org").await;
         let code = s.mailed_code("ann@example.org").await;
         // Only the hash is stored: no column holds the code.
         let row = s.store.recent_mail(1).await.unwrap().remove(0);
@@ -273,7 +280,7 @@ mod tests {
     }
 
     async fn wrong_codes_count_down_then_the_code_is_dead(s: &Setup) {
-        s.codes.issue("login", "cat@example.org").await.unwrap();
+        s.issue("login", "cat@example.org").await;
         let code = s.mailed_code("cat@example.org").await;
         let wrong = other(&code);
         for left in [4, 3, 2, 1] {
@@ -298,7 +305,7 @@ mod tests {
             Err(CodeError::TooManyAttempts)
         );
         // A new code starts over.
-        s.codes.issue("login", "cat@example.org").await.unwrap();
+        s.issue("login", "cat@example.org").await;
         let code = s.mailed_code("cat@example.org").await;
         assert_eq!(
             s.codes.verify("login", "cat@example.org", &other(&code)).await,
@@ -308,33 +315,42 @@ mod tests {
     }
 
     async fn codes_expire_after_exactly_300_seconds(s: &Setup) {
+        s.issue("login", "dan@example.org").await;
         let start = s.clock.now();
-        s.codes.issue("login", "dan@example.org").await.unwrap();
         let code = s.mailed_code("dan@example.org").await;
-        s.clock.set(start + 299);
-        // A wrong code at 299 is counted; the right one still works.
+        s.clock.set(start + 298);
+        s.issue("login", "eve@example.org").await;
+        let eve = s.mailed_code("eve@example.org").await;
+        // At 299 a wrong code is still counted: the code is live.
+        assert_eq!(s.clock.now(), start + 299);
         assert_eq!(
             s.codes.verify("login", "dan@example.org", &other(&code)).await,
             Err(CodeError::Invalid { attempts_left: 4 })
         );
-        s.codes.issue("login", "eve@example.org").await.unwrap();
-        let eve = s.mailed_code("eve@example.org").await;
         s.clock.set(start + 300);
         assert_eq!(
             s.codes.verify("login", "dan@example.org", &code).await,
             Err(CodeError::Expired)
         );
-        // Eve's code was issued at 299: live until 599.
-        s.clock.set(start + 299 + 299);
+        // Eve's code, issued at 299, is live until 599 and valid at 598.
+        s.clock.set(start + 598);
         assert_eq!(s.codes.verify("login", "eve@example.org", &eve).await, Ok(()));
-        s.clock.set(start);
+    }
+
+    /// At 299 seconds the right code is still accepted.
+    async fn the_right_code_works_until_the_last_second(s: &Setup) {
+        s.issue("login", "hal@example.org").await;
+        let start = s.clock.now();
+        let code = s.mailed_code("hal@example.org").await;
+        s.clock.set(start + 299);
+        assert_eq!(s.codes.verify("login", "hal@example.org", &code).await, Ok(()));
     }
 
     async fn a_new_code_replaces_the_old_one(s: &Setup) {
-        s.codes.issue("register", "fay@example.org").await.unwrap();
+        s.issue("register", "fay@example.org").await;
         let first = s.mailed_code("fay@example.org").await;
         let second = loop {
-            s.codes.issue("register", "fay@example.org").await.unwrap();
+            s.issue("register", "fay@example.org").await;
             let c = s.mailed_code("fay@example.org").await;
             if c != first {
                 break c;
@@ -352,7 +368,7 @@ mod tests {
 
     async fn concurrent_correct_codes_have_one_winner(s: Setup) {
         let s = Arc::new(s);
-        s.codes.issue("login", "gus@example.org").await.unwrap();
+        s.issue("login", "gus@example.org").await;
         let code = s.mailed_code("gus@example.org").await;
         let mut handles = Vec::new();
         for _ in 0..8 {
@@ -379,6 +395,7 @@ mod tests {
         issue_and_verify(&s).await;
         wrong_codes_count_down_then_the_code_is_dead(&s).await;
         codes_expire_after_exactly_300_seconds(&s).await;
+        the_right_code_works_until_the_last_second(&s).await;
         a_new_code_replaces_the_old_one(&s).await;
         concurrent_correct_codes_have_one_winner(s).await;
     }

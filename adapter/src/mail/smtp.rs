@@ -34,7 +34,8 @@ impl std::fmt::Debug for SmtpSender {
 
 impl SmtpSender {
     /// A sender to `host:port` with `tls`, logging in with `credentials`
-    /// (user name, password) when given, sending from `from`.
+    /// (user name, password) when given, sending from `from`. Call it on
+    /// the tokio runtime: the connection pool runs there.
     pub fn new(
         host: &str,
         port: u16,
@@ -120,8 +121,9 @@ impl MailSender for SmtpSender {
 mod tests {
     use super::*;
 
-    #[test]
-    fn bad_addresses_are_refused() {
+    // The transport's connection pool lives on the tokio runtime.
+    #[tokio::test]
+    async fn bad_addresses_are_refused() {
         let sender = SmtpSender::new("127.0.0.1", 25, SmtpTls::None, None, "Auth <auth@x.example>")
             .unwrap();
         let mail = Mail {
@@ -136,8 +138,8 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn the_message_is_plain_text_with_the_configured_sender() {
+    #[tokio::test]
+    async fn the_message_is_plain_text_with_the_configured_sender() {
         let sender =
             SmtpSender::new("127.0.0.1", 25, SmtpTls::Starttls, None, "Auth <auth@x.example>")
                 .unwrap();
