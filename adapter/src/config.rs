@@ -465,12 +465,14 @@ impl MailConfig {
                 "mail.smtp_password_env",
                 "mail.smtp_password_env and mail.smtp_password_file are both set: set one",
             )),
-            (Some(var), None) => std::env::var(var).map(|v| Some(Secret::from(v))).map_err(|_| {
-                ConfigError::new(
-                    "mail.smtp_password_env",
-                    format!("environment variable {var} is not set"),
-                )
-            }),
+            (Some(var), None) => std::env::var(var)
+                .map(|v| Some(Secret::from(v)))
+                .map_err(|_| {
+                    ConfigError::new(
+                        "mail.smtp_password_env",
+                        format!("environment variable {var} is not set"),
+                    )
+                }),
             (None, Some(path)) => std::fs::read_to_string(path)
                 .map(|v| Some(Secret::from(v.trim_end_matches(['\r', '\n']))))
                 .map_err(|e| {
@@ -1459,7 +1461,10 @@ mod tests {
             .extract::<Config>()
             .unwrap_err()
             .to_string();
-        assert!(err.contains("mail.smtp_tls") && err.contains("ssl"), "{err}");
+        assert!(
+            err.contains("mail.smtp_tls") && err.contains("ssl"),
+            "{err}"
+        );
         let err = Figment::from(Toml::string("[mail]\nsmtp_pasword_env = \"X\"\n"))
             .extract::<Config>()
             .unwrap_err()
@@ -1528,7 +1533,10 @@ mod tests {
         c.validate().unwrap();
         let password = c.mail.smtp_password().unwrap().unwrap();
         assert_eq!(password.expose(), "smtp-password-value");
-        let printed = format!("{c:?} {password:?} {}", serde_json::to_string(&c.redacted()).unwrap());
+        let printed = format!(
+            "{c:?} {password:?} {}",
+            serde_json::to_string(&c.redacted()).unwrap()
+        );
         assert!(!printed.contains("smtp-password-value"), "{printed}");
     }
 }

@@ -219,13 +219,10 @@ async fn mail_logs_name_the_domain_only() {
         "http://127.0.0.1:{}",
         listener.local_addr().unwrap().port()
     ));
-    let app = adapter::Application::build_with_clock(
-        config,
-        listener,
-        Arc::new(ManualClock::new()),
-    )
-    .await
-    .unwrap();
+    let app =
+        adapter::Application::build_with_clock(config, listener, Arc::new(ManualClock::new()))
+            .await
+            .unwrap();
     let st = app.state();
     st.email_codes
         .issue("login", "zed.secret-name@mail.example")
@@ -249,6 +246,9 @@ async fn mail_logs_name_the_domain_only() {
         .unwrap_or_else(|| panic!("no queued line:\n{text}"));
     assert!(queued.contains("domain=mail.example"), "{queued}");
     assert!(queued.contains("/dev/outbox"), "{queued}");
-    assert!(!text.contains("zed.secret-name"), "the address reached the logs:\n{text}");
+    assert!(
+        !text.contains("zed.secret-name"),
+        "the address reached the logs:\n{text}"
+    );
     assert!(!text.contains(&code), "the code reached the logs:\n{text}");
 }

@@ -268,7 +268,11 @@ mod tests {
         );
         assert_eq!(
             s.codes
-                .verify("login", "Ann@Example.org", &format!(" {} {} ", &code[..3], &code[3..]))
+                .verify(
+                    "login",
+                    "Ann@Example.org",
+                    &format!(" {} {} ", &code[..3], &code[3..])
+                )
                 .await,
             Ok(())
         );
@@ -308,10 +312,15 @@ mod tests {
         s.issue("login", "cat@example.org").await;
         let code = s.mailed_code("cat@example.org").await;
         assert_eq!(
-            s.codes.verify("login", "cat@example.org", &other(&code)).await,
+            s.codes
+                .verify("login", "cat@example.org", &other(&code))
+                .await,
             Err(CodeError::Invalid { attempts_left: 4 })
         );
-        assert_eq!(s.codes.verify("login", "cat@example.org", &code).await, Ok(()));
+        assert_eq!(
+            s.codes.verify("login", "cat@example.org", &code).await,
+            Ok(())
+        );
     }
 
     async fn codes_expire_after_exactly_300_seconds(s: &Setup) {
@@ -324,7 +333,9 @@ mod tests {
         // At 299 a wrong code is still counted: the code is live.
         assert_eq!(s.clock.now(), start + 299);
         assert_eq!(
-            s.codes.verify("login", "dan@example.org", &other(&code)).await,
+            s.codes
+                .verify("login", "dan@example.org", &other(&code))
+                .await,
             Err(CodeError::Invalid { attempts_left: 4 })
         );
         s.clock.set(start + 300);
@@ -334,7 +345,10 @@ mod tests {
         );
         // Eve's code, issued at 299, is live until 599 and valid at 598.
         s.clock.set(start + 598);
-        assert_eq!(s.codes.verify("login", "eve@example.org", &eve).await, Ok(()));
+        assert_eq!(
+            s.codes.verify("login", "eve@example.org", &eve).await,
+            Ok(())
+        );
     }
 
     /// At 299 seconds the right code is still accepted.
@@ -343,7 +357,10 @@ mod tests {
         let start = s.clock.now();
         let code = s.mailed_code("hal@example.org").await;
         s.clock.set(start + 299);
-        assert_eq!(s.codes.verify("login", "hal@example.org", &code).await, Ok(()));
+        assert_eq!(
+            s.codes.verify("login", "hal@example.org", &code).await,
+            Ok(())
+        );
     }
 
     async fn a_new_code_replaces_the_old_one(s: &Setup) {
@@ -381,7 +398,11 @@ mod tests {
         for h in handles {
             results.push(h.await.unwrap());
         }
-        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
         assert!(
             results
                 .iter()

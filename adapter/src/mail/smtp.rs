@@ -46,9 +46,8 @@ impl SmtpSender {
         let from: Mailbox = from
             .parse()
             .map_err(|e| MailError::Address(format!("{from:?}: {e}")))?;
-        let parameters = || {
-            TlsParameters::new(host.to_owned()).map_err(|e| MailError::Transport(e.to_string()))
-        };
+        let parameters =
+            || TlsParameters::new(host.to_owned()).map_err(|e| MailError::Transport(e.to_string()));
         let tls = match tls {
             SmtpTls::None => Tls::None,
             SmtpTls::Starttls => Tls::Required(parameters()?),
@@ -124,8 +123,14 @@ mod tests {
     // The transport's connection pool lives on the tokio runtime.
     #[tokio::test]
     async fn bad_addresses_are_refused() {
-        let sender = SmtpSender::new("127.0.0.1", 25, SmtpTls::None, None, "Auth <auth@x.example>")
-            .unwrap();
+        let sender = SmtpSender::new(
+            "127.0.0.1",
+            25,
+            SmtpTls::None,
+            None,
+            "Auth <auth@x.example>",
+        )
+        .unwrap();
         let mail = Mail {
             to: "not an address".into(),
             subject: "s".into(),
@@ -140,9 +145,14 @@ mod tests {
 
     #[tokio::test]
     async fn the_message_is_plain_text_with_the_configured_sender() {
-        let sender =
-            SmtpSender::new("127.0.0.1", 25, SmtpTls::Starttls, None, "Auth <auth@x.example>")
-                .unwrap();
+        let sender = SmtpSender::new(
+            "127.0.0.1",
+            25,
+            SmtpTls::Starttls,
+            None,
+            "Auth <auth@x.example>",
+        )
+        .unwrap();
         let mail = Mail {
             to: "u@example.org".into(),
             subject: "Your code".into(),
@@ -152,7 +162,10 @@ mod tests {
         assert!(text.contains("From: Auth <auth@x.example>\r\n"), "{text}");
         assert!(text.contains("To: u@example.org\r\n"), "{text}");
         assert!(text.contains("Subject: Your code\r\n"), "{text}");
-        assert!(text.contains("Content-Type: text/plain; charset=utf-8\r\n"), "{text}");
+        assert!(
+            text.contains("Content-Type: text/plain; charset=utf-8\r\n"),
+            "{text}"
+        );
         assert!(text.ends_with("Code: 123456"), "{text}");
     }
 }

@@ -788,9 +788,9 @@ async fn outbox_claims_once_and_retries(store: Arc<dyn Store>) {
     let mut handles = Vec::new();
     for _ in 0..4 {
         let st = store.clone();
-        handles.push(tokio::spawn(
-            async move { st.claim_mail("m1", 0, 40).await.unwrap() },
-        ));
+        handles.push(tokio::spawn(async move {
+            st.claim_mail("m1", 0, 40).await.unwrap()
+        }));
     }
     let mut wins = 0;
     for h in handles {
@@ -962,7 +962,10 @@ async fn concurrent_wrong_guesses_never_pass_the_limit(store: Arc<dyn Store>) {
     assert_eq!(counted, vec![1, 2, 3, 4, 5]);
     assert_eq!(exhausted, 7);
     assert_eq!(
-        store.check_email_code("guess", "right", 5, 10).await.unwrap(),
+        store
+            .check_email_code("guess", "right", 5, 10)
+            .await
+            .unwrap(),
         CodeCheck::Exhausted
     );
 }

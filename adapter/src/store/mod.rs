@@ -411,8 +411,7 @@ pub trait Store: Send + Sync + 'static {
     /// which becomes `attempts + 1`, and `next_attempt_at` becomes
     /// `retry_at` (a replica that dies mid-attempt leaves a retry behind).
     /// False when another worker claimed it first.
-    async fn claim_mail(&self, id: &str, attempts: i64, retry_at: i64)
-        -> Result<bool, StoreError>;
+    async fn claim_mail(&self, id: &str, attempts: i64, retry_at: i64) -> Result<bool, StoreError>;
 
     /// Ends a mail as sent at `now`, and empties its body: it carried a
     /// code that must not outlive its delivery.

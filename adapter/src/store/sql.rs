@@ -985,10 +985,11 @@ impl Store for SqlStore {
                     attempts: r.try_get("attempts")?,
                 });
             }
-            let Some(r) = sqlx::query("SELECT attempts, expires_at FROM email_codes WHERE key_hash = $1")
-                .bind(key_hash)
-                .fetch_optional(&self.pool)
-                .await?
+            let Some(r) =
+                sqlx::query("SELECT attempts, expires_at FROM email_codes WHERE key_hash = $1")
+                    .bind(key_hash)
+                    .fetch_optional(&self.pool)
+                    .await?
             else {
                 return Ok(CodeCheck::Missing);
             };
