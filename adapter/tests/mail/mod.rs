@@ -9,8 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use adapter::clock::Clock;
 use adapter::config::SmtpTls;
-use adapter::mail::{backoff, CodeError, Mail};
+use adapter::mail::{backoff, CodeError, Mail, MAX_ATTEMPTS};
 use adapter::provider::AppState;
 use adapter::{Application, Config};
 use reqwest::StatusCode;
@@ -284,4 +285,42 @@ async fn dev_outbox_is_not_served_with_smtp() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// A mail whose every attempt fails is given up after `MAX_ATTEMPTS`, each
+/// retry after its backoff; it is never due again and keeps its last error.
+#[tokio::test]
+async fn mail_is_given_up_after_the_last_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&format!("sqlite://{}/m.db", dir.path().display()));
+    with_smtp(&mut config, free_port());
+    let clock = Arc::new(ManualClock::new());
+    let (st, _app) = state_of(config, clock.clone()).await;
+    st.mailer
+        .enqueue(Mail {
+            to: "di@example.org".into(),
+            subject: "s".into(),
+            body: "b".into(),
+        })
+        .await
+        .unwrap();
+    let id = st.store.recent_mail(1).await.unwrap().remove(0).id;
+    for attempt in 1..=MAX_ATTEMPTS {
+        assert_eq!(st.mailer.deliver_due(10).await.unwrap(), 0);
+        let row = st.store.mail(&id).await.unwrap().unwrap();
+        assert_eq!(row.attempts, attempt);
+        if attempt < MAX_ATTEMPTS {
+            assert_eq!(row.failed_at, None, "attempt {attempt}");
+            clock.advance(backoff(attempt));
+        } else {
+            assert_eq!(row.failed_at, Some(clock.now()));
+            assert!(row.last_error.unwrap().starts_with("SMTP: "));
+        }
+    }
+    clock.advance(3600 - 1);
+    assert_eq!(st.mailer.deliver_due(10).await.unwrap(), 0);
+    assert_eq!(
+        st.store.mail(&id).await.unwrap().unwrap().attempts,
+        MAX_ATTEMPTS
+    );
 }
