@@ -324,3 +324,36 @@ async fn mail_is_given_up_after_the_last_attempt() {
         MAX_ATTEMPTS
     );
 }
+
+/// The running service's worker sends a queued mail at once (woken by the
+/// enqueue, not by its next tick).
+#[tokio::test]
+async fn the_running_worker_sends_queued_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let smtp = SmtpServer::start(dir.path(), port).await;
+    let mut config = test_config(&format!("sqlite://{}/m.db", dir.path().display()));
+    with_smtp(&mut config, port);
+    let (st, app) = state_of(config, Arc::new(ManualClock::new())).await;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    st.email_codes
+        .issue("login", "el@example.org")
+        .await
+        .unwrap();
+    // Well within the worker's 5 s tick.
+    let mut messages = Vec::new();
+    for _ in 0..60 {
+        messages = smtp.messages();
+        if !messages.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(messages.len(), 1, "not sent within 3 s");
+    assert_eq!(header(&messages[0], "X-RcptTo"), "el@example.org");
+    let _ = tx.send(());
+    server.await.unwrap().unwrap();
+}
