@@ -7,9 +7,9 @@
 //! can send it. [`Mailer::deliver_due`] sends what is due; each attempt is
 //! claimed first with compare-and-swap on the attempt counter, so two
 //! replicas never send one attempt twice. A failed attempt is retried with
-//! exponential backoff ([`backoff`]) up to [`MAX_ATTEMPTS`] attempts; the
-//! injected clock decides when a retry is due. [`run_worker`] delivers in
-//! the background.
+//! exponential backoff ([`backoff`]) up to [`MAX_DELIVERY_ATTEMPTS`]
+//! attempts; the injected clock decides when a retry is due. [`run_worker`]
+//! delivers in the background.
 //!
 //! Without an SMTP server nothing is sent: mails stay in the outbox and
 //! `GET /dev/outbox` lists them. Log lines name the recipient's domain
@@ -33,7 +33,7 @@ pub use codes::{CodeError, EmailCodes};
 pub use smtp::SmtpSender;
 
 /// Attempts per mail, the first included.
-pub const MAX_ATTEMPTS: i64 = 6;
+pub const MAX_DELIVERY_ATTEMPTS: i64 = 6;
 /// Wait after the first failed attempt, seconds; doubled after each, so
 /// every retry (5 + 10 + 20 + 40 + 80 s) falls within a code's 5 minutes.
 pub const FIRST_RETRY_SECONDS: i64 = 5;
@@ -193,7 +193,7 @@ impl Mailer {
                     tracing::info!(%domain, attempt, "mail sent");
                 }
                 Err(e) => {
-                    let give_up = attempt >= MAX_ATTEMPTS;
+                    let give_up = attempt >= MAX_DELIVERY_ATTEMPTS;
                     self.store
                         .mail_failed(&row.id, &e.to_string(), give_up.then_some(now))
                         .await?;
@@ -251,10 +251,10 @@ mod tests {
     #[test]
     fn backoff_doubles_and_all_retries_fit_in_a_codes_lifetime() {
         assert_eq!(
-            (1..MAX_ATTEMPTS).map(backoff).collect::<Vec<_>>(),
+            (1..MAX_DELIVERY_ATTEMPTS).map(backoff).collect::<Vec<_>>(),
             vec![5, 10, 20, 40, 80]
         );
-        let total: i64 = (1..MAX_ATTEMPTS).map(backoff).sum();
+        let total: i64 = (1..MAX_DELIVERY_ATTEMPTS).map(backoff).sum();
         assert!(total < codes::CODE_TTL_SECONDS, "{total}");
     }
 

@@ -4,7 +4,7 @@
 //! survives a restart and (with PostgreSQL) can finish on another replica:
 //! logins in progress, authorization codes, browser sessions and the clients
 //! each session logged in to, revoked access tokens, refresh-token families,
-//! local accounts and signing keys.
+//! local accounts, signing keys, the mail outbox and e-mail one-time codes.
 //!
 //! Rules every implementation keeps (the [`conformance`] suite checks them on
 //! SQLite and PostgreSQL alike):

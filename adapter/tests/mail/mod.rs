@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use adapter::clock::Clock;
 use adapter::config::SmtpTls;
-use adapter::mail::{backoff, CodeError, Mail, MAX_ATTEMPTS};
+use adapter::mail::{backoff, CodeError, Mail, MAX_DELIVERY_ATTEMPTS};
 use adapter::provider::AppState;
 use adapter::{Application, Config};
 use reqwest::StatusCode;
@@ -287,7 +287,7 @@ async fn dev_outbox_is_not_served_with_smtp() {
     assert_eq!(r.status(), StatusCode::OK);
 }
 
-/// A mail whose every attempt fails is given up after `MAX_ATTEMPTS`, each
+/// A mail whose every attempt fails is given up after `MAX_DELIVERY_ATTEMPTS`, each
 /// retry after its backoff; it is never due again and keeps its last error.
 #[tokio::test]
 async fn mail_is_given_up_after_the_last_attempt() {
@@ -305,11 +305,11 @@ async fn mail_is_given_up_after_the_last_attempt() {
         .await
         .unwrap();
     let id = st.store.recent_mail(1).await.unwrap().remove(0).id;
-    for attempt in 1..=MAX_ATTEMPTS {
+    for attempt in 1..=MAX_DELIVERY_ATTEMPTS {
         assert_eq!(st.mailer.deliver_due(10).await.unwrap(), 0);
         let row = st.store.mail(&id).await.unwrap().unwrap();
         assert_eq!(row.attempts, attempt);
-        if attempt < MAX_ATTEMPTS {
+        if attempt < MAX_DELIVERY_ATTEMPTS {
             assert_eq!(row.failed_at, None, "attempt {attempt}");
             clock.advance(backoff(attempt));
         } else {
@@ -321,7 +321,7 @@ async fn mail_is_given_up_after_the_last_attempt() {
     assert_eq!(st.mailer.deliver_due(10).await.unwrap(), 0);
     assert_eq!(
         st.store.mail(&id).await.unwrap().unwrap().attempts,
-        MAX_ATTEMPTS
+        MAX_DELIVERY_ATTEMPTS
     );
 }
 
