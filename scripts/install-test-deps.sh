@@ -3,6 +3,8 @@
 #   - Debian's `chromium` and `chromium-driver` (the browser end-to-end test;
 #     nothing is ever downloaded from anywhere but the Debian archive);
 #   - Debian's `prometheus` package for its `promtool` (the `/metrics` lint);
+#   - Debian's `python3-aiosmtpd` (the real SMTP server of the mail tests,
+#     run as `/usr/bin/python3 -m aiosmtpd`);
 #   - checks that PostgreSQL answers at 127.0.0.1:5432 (tests that need it fail
 #     loudly when it does not; they are never skipped);
 #   - `npm ci` of tests/rp-conformance (openid-client, pinned by its
@@ -61,6 +63,24 @@ elif command -v apt-get >/dev/null 2>&1; then
 else
     echo "install-test-deps: NOTE: promtool is missing and apt-get is not available;" \
          "the /metrics lint test will fail (install Prometheus's promtool)." >&2
+fi
+
+# aiosmtpd (Debian's `python3-aiosmtpd`, for Debian's /usr/bin/python3): the
+# mail tests deliver to a real SMTP server that writes a maildir.
+if /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+    echo "install-test-deps: python3-aiosmtpd present"
+elif command -v apt-get >/dev/null 2>&1; then
+    echo "install-test-deps: installing Debian package python3-aiosmtpd"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update
+    as_root apt-get install -y python3-aiosmtpd
+    /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || {
+        echo "install-test-deps: /usr/bin/python3 cannot import aiosmtpd after apt-get install python3-aiosmtpd" >&2
+        exit 1
+    }
+else
+    echo "install-test-deps: NOTE: python3-aiosmtpd is missing and apt-get is not available;" \
+         "the mail tests will fail (install Debian's python3-aiosmtpd)." >&2
 fi
 
 # PostgreSQL: checked; started when a stopped local cluster exists (as on

@@ -13,7 +13,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -63,6 +63,8 @@ pub struct Config {
     pub keys: KeysConfig,
     /// Local accounts in the store: registration, policies, second factors.
     pub accounts: AccountsConfig,
+    /// Outgoing mail (one-time codes): the SMTP server and the sender.
+    pub mail: MailConfig,
 }
 
 /// How local accounts log in, for a deployment or one user.
@@ -465,6 +467,100 @@ pub struct LocalUserConfig {
     pub groups: Vec<String>,
 }
 
+/// Outgoing mail. Without `smtp_host` no mail leaves the process: mails
+/// stay in the outbox and `GET /dev/outbox` shows them (development only).
+///
+/// The password is read from an environment variable (`smtp_password_env`)
+/// or a file (`smtp_password_file`, e.g. a mounted secret), never inline.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// The `From` address (RFC 5322 §3.4: `addr@host` or
+    /// `Name <addr@host>`); required with `smtp_host`.
+    pub from: Option<String>,
+    /// The SMTP server (submission host). Unset: nothing is sent.
+    pub smtp_host: Option<String>,
+    /// Its port; unset: 25 with `smtp_tls = "none"`, 587 with `starttls`,
+    /// 465 with `tls`.
+    pub smtp_port: Option<u16>,
+    /// Transport security: `none`, `starttls` (default) or `tls`.
+    pub smtp_tls: SmtpTls,
+    /// User name for SMTP AUTH (RFC 4954); needs a password and TLS.
+    pub smtp_username: Option<String>,
+    /// Name of an environment variable holding the SMTP password.
+    pub smtp_password_env: Option<String>,
+    /// Path of a file holding the SMTP password (trailing newline ignored).
+    pub smtp_password_file: Option<PathBuf>,
+}
+
+/// Transport security of the SMTP connection.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain text (a relay on the same host or network only).
+    None,
+    /// RFC 3207: plain connection upgraded with STARTTLS, which is required.
+    #[default]
+    Starttls,
+    /// RFC 8314 §3.3: TLS from the first byte (implicit TLS).
+    Tls,
+}
+
+impl SmtpTls {
+    /// `none`, `starttls` or `tls`, as in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmtpTls::None => "none",
+            SmtpTls::Starttls => "starttls",
+            SmtpTls::Tls => "tls",
+        }
+    }
+
+    /// The usual port of this mode (RFC 5321 §4.5.4, RFC 6409 §3.1, RFC 8314 §7.3).
+    pub fn default_port(self) -> u16 {
+        match self {
+            SmtpTls::None => 25,
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+        }
+    }
+}
+
+impl MailConfig {
+    /// The effective SMTP port.
+    pub fn port(&self) -> u16 {
+        self.smtp_port.unwrap_or(self.smtp_tls.default_port())
+    }
+
+    /// The SMTP password from `smtp_password_env` or `smtp_password_file`
+    /// (not both); `None` when neither is set. Errors name the key.
+    pub fn smtp_password(&self) -> Result<Option<Secret>, ConfigError> {
+        match (&self.smtp_password_env, &self.smtp_password_file) {
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                "mail.smtp_password_env",
+                "mail.smtp_password_env and mail.smtp_password_file are both set: set one",
+            )),
+            (Some(var), None) => std::env::var(var)
+                .map(|v| Some(Secret::from(v)))
+                .map_err(|_| {
+                    ConfigError::new(
+                        "mail.smtp_password_env",
+                        format!("environment variable {var} is not set"),
+                    )
+                }),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|v| Some(Secret::from(v.trim_end_matches(['\r', '\n']))))
+                .map_err(|e| {
+                    ConfigError::new(
+                        "mail.smtp_password_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                }),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
 thread_local! {
     /// Set while [`load_from`] turns the defaults into figment values, the
     /// only serialization that must carry the real secrets.
@@ -691,6 +787,111 @@ impl Config {
         self.validate_upstreams()?;
         self.validate_components()?;
         self.accounts.validate()?;
+        self.validate_mail()?;
+        self.validate_email_login()?;
+        Ok(())
+    }
+
+    /// Without SMTP, codes wait on the development outbox page, which anyone
+    /// who reaches the service can read: e-mail-code login is refused then,
+    /// unless the issuer is plain http on a loopback address (a developer's
+    /// machine).
+    fn validate_email_login(&self) -> Result<(), ConfigError> {
+        let codes = self.accounts.email_codes || self.accounts.policy == LoginPolicy::EmailCode;
+        if !codes || self.mail.smtp_host.is_some() {
+            return Ok(());
+        }
+        let local = url::Url::parse(self.server.issuer()).ok().is_some_and(|u| {
+            u.scheme() == "http"
+                && match u.host() {
+                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                    Some(url::Host::Domain(d)) => d == "localhost",
+                    None => false,
+                }
+        });
+        if local {
+            return Ok(());
+        }
+        let key = if self.accounts.email_codes {
+            "accounts.email_codes"
+        } else {
+            "accounts.policy"
+        };
+        Err(ConfigError::new(
+            key,
+            "e-mail codes need mail.smtp_host: without SMTP they would wait on the \
+             public development outbox page",
+        ))
+    }
+
+    /// `[mail]`: a sender address with a server, credentials only in pairs
+    /// and never over plain text, no server settings without a server.
+    fn validate_mail(&self) -> Result<(), ConfigError> {
+        let m = &self.mail;
+        if let Some(from) = &m.from {
+            from.parse::<lettre::message::Mailbox>().map_err(|e| {
+                ConfigError::new(
+                    "mail.from",
+                    format!("{from:?} is not an address (addr@host or Name <addr@host>): {e}"),
+                )
+            })?;
+        }
+        let password = m.smtp_password()?;
+        let Some(host) = &m.smtp_host else {
+            for (key, set) in [
+                ("mail.smtp_port", m.smtp_port.is_some()),
+                ("mail.smtp_username", m.smtp_username.is_some()),
+                ("mail.smtp_password_env", m.smtp_password_env.is_some()),
+                ("mail.smtp_password_file", m.smtp_password_file.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::new(
+                        key,
+                        "is set, but mail.smtp_host is not: set the SMTP server too \
+                         (without it no mail is sent)",
+                    ));
+                }
+            }
+            return Ok(());
+        };
+        if host.trim().is_empty() || host.contains(['/', ' ', ':']) {
+            return Err(ConfigError::new(
+                "mail.smtp_host",
+                format!("{host:?} is not a host name or address (the port goes in mail.smtp_port)"),
+            ));
+        }
+        if m.smtp_port == Some(0) {
+            return Err(ConfigError::new("mail.smtp_port", "must not be 0"));
+        }
+        if m.from.is_none() {
+            return Err(ConfigError::new(
+                "mail.from",
+                "required with mail.smtp_host: the sender address of every mail",
+            ));
+        }
+        match (&m.smtp_username, &password) {
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "mail.smtp_password_env",
+                    "mail.smtp_username is set without a password: set \
+                     mail.smtp_password_env or mail.smtp_password_file",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "mail.smtp_username",
+                    "a password is set without a user name",
+                ))
+            }
+            (Some(_), Some(_)) if m.smtp_tls == SmtpTls::None => {
+                return Err(ConfigError::new(
+                    "mail.smtp_tls",
+                    "\"none\" would send the SMTP password in clear: use \"starttls\" or \"tls\"",
+                ))
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -954,6 +1155,24 @@ pub enum SubjectStrategy {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn email_codes_without_smtp_only_on_a_loopback_issuer() {
+        let mut c = Config::default();
+        c.accounts.email_codes = true;
+        c.validate().unwrap();
+        c.server.listen = "0.0.0.0:443".parse().unwrap();
+        c.server.issuer = Some("https://login.example.org".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("accounts.email_codes: e-mail codes need mail.smtp_host"),
+            "{e}"
+        );
+        c.mail.from = Some("login@example.org".into());
+        c.mail.smtp_host = Some("smtp.example.org".into());
+        c.validate().unwrap();
+    }
+
     use super::*;
 
     #[test]
@@ -1347,5 +1566,105 @@ mod tests {
         assert!(!serde_json::to_string(&c)
             .unwrap()
             .contains("client-secret-value"));
+    }
+
+    fn smtp_config() -> Config {
+        let mut c = Config::default();
+        c.mail.smtp_host = Some("smtp.example.org".into());
+        c.mail.from = Some("Auth <login@example.org>".into());
+        c
+    }
+
+    #[test]
+    fn mail_section_is_read_with_its_defaults() {
+        let parse = |toml: &str| -> Config { Figment::from(Toml::string(toml)).extract().unwrap() };
+        let c = parse("[mail]\nsmtp_host = \"smtp.example.org\"\nfrom = \"a@example.org\"\n");
+        assert_eq!(c.mail.smtp_tls, SmtpTls::Starttls);
+        assert_eq!(c.mail.port(), 587);
+        let c = parse("[mail]\nsmtp_tls = \"tls\"\n");
+        assert_eq!(c.mail.port(), 465);
+        let c = parse("[mail]\nsmtp_tls = \"none\"\nsmtp_port = 2525\n");
+        assert_eq!(c.mail.port(), 2525);
+        let err = Figment::from(Toml::string("[mail]\nsmtp_tls = \"ssl\"\n"))
+            .extract::<Config>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mail.smtp_tls") && err.contains("ssl"),
+            "{err}"
+        );
+        let err = Figment::from(Toml::string("[mail]\nsmtp_pasword_env = \"X\"\n"))
+            .extract::<Config>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("smtp_pasword_env"), "{err}");
+        Config::default().validate().unwrap();
+        smtp_config().validate().unwrap();
+    }
+
+    #[test]
+    fn mail_settings_are_validated_naming_the_key() {
+        let mut c = smtp_config();
+        c.mail.from = None;
+        error_of(&c, "mail.from");
+        c.mail.from = Some("not an address".into());
+        error_of(&c, "mail.from");
+        let mut c = smtp_config();
+        c.mail.smtp_host = Some("smtp.example.org:587".into());
+        error_of(&c, "mail.smtp_host");
+        let mut c = smtp_config();
+        c.mail.smtp_port = Some(0);
+        error_of(&c, "mail.smtp_port");
+        // Server settings without a server would silently send nothing.
+        let mut c = Config::default();
+        c.mail.smtp_port = Some(25);
+        error_of(&c, "mail.smtp_port");
+        let mut c = Config::default();
+        c.mail.smtp_username = Some("u".into());
+        error_of(&c, "mail.smtp_username");
+        // Credentials come in pairs.
+        let mut c = smtp_config();
+        c.mail.smtp_username = Some("u".into());
+        error_of(&c, "mail.smtp_password_env");
+        let mut c = smtp_config();
+        c.mail.smtp_password_env = Some("PATH".into());
+        error_of(&c, "mail.smtp_username");
+        c.mail.smtp_username = Some("u".into());
+        c.validate().unwrap();
+        // Never a password in clear.
+        c.mail.smtp_tls = SmtpTls::None;
+        let text = error_of(&c, "mail.smtp_tls");
+        assert!(text.contains("starttls"), "{text}");
+        // env and file: one of them, and each must be readable.
+        let mut c = smtp_config();
+        c.mail.smtp_username = Some("u".into());
+        c.mail.smtp_password_env = Some("PATH".into());
+        c.mail.smtp_password_file = Some("/nonexistent".into());
+        error_of(&c, "mail.smtp_password_env");
+        c.mail.smtp_password_env = None;
+        let text = error_of(&c, "mail.smtp_password_file");
+        assert!(text.contains("/nonexistent"), "{text}");
+        c.mail.smtp_password_file = None;
+        c.mail.smtp_password_env = Some("AUTH_ADAPTER_TEST_SURELY_UNSET".into());
+        let text = error_of(&c, "mail.smtp_password_env");
+        assert!(text.contains("AUTH_ADAPTER_TEST_SURELY_UNSET"), "{text}");
+    }
+
+    #[test]
+    fn smtp_password_is_read_from_a_file_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("smtp");
+        std::fs::write(&path, "smtp-password-value\n").unwrap();
+        let mut c = smtp_config();
+        c.mail.smtp_username = Some("u".into());
+        c.mail.smtp_password_file = Some(path);
+        c.validate().unwrap();
+        let password = c.mail.smtp_password().unwrap().unwrap();
+        assert_eq!(password.expose(), "smtp-password-value");
+        let printed = format!(
+            "{c:?} {password:?} {}",
+            serde_json::to_string(&c.redacted()).unwrap()
+        );
+        assert!(!printed.contains("smtp-password-value"), "{printed}");
     }
 }

@@ -9,6 +9,8 @@
 //! - [`provider`]: the OpenID Provider's web layer: authorize, login pages,
 //!   upstream callbacks, token, userinfo, discovery/JWKS.
 //! - [`backchannel`]: OIDC Back-Channel Logout 1.0 (queue and worker).
+//! - [`mail`]: outgoing mail (outbox, SMTP, worker, development outbox
+//!   page) and e-mail one-time codes.
 //! - [`paths`]: every route path, defined once.
 //! - [`metrics`]: `/metrics` (Prometheus text format), one registry per application.
 //! - [`connector`]: identity sources: the OIDC upstream (federation) and
@@ -32,6 +34,7 @@ pub mod customizer;
 pub mod error;
 pub mod flow;
 pub mod keys;
+pub mod mail;
 pub mod metrics;
 pub mod password;
 pub mod paths;

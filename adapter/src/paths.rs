@@ -59,6 +59,9 @@ pub const END_SESSION: &str = "/oauth2/logout";
 /// Where an upstream sends the browser back after its own logout (the
 /// adapter's `post_logout_redirect_uri` there).
 pub const LOGOUT_CALLBACK: &str = "/logout/callback";
+/// The development outbox: mails not sent for want of an SMTP server
+/// (served only then).
+pub const DEV_OUTBOX: &str = "/dev/outbox";
 
 #[cfg(test)]
 mod tests {

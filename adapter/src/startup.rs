@@ -30,6 +30,7 @@ use crate::connector::oidc::OidcConnector;
 use crate::connector::{Connector, ConnectorKind};
 use crate::flow::{Flows, Lifetimes};
 use crate::keys::{EncryptionKey, KeyManager, Policy as KeyPolicy};
+use crate::mail::{EmailCodes, MailSender, Mailer, SmtpSender};
 use crate::provider::{
     authorize, callback, discovery, local_auth, login, logout, token, userinfo, AppState, Client,
     CookieSettings, Inner,
@@ -128,6 +129,10 @@ impl Application {
             state.store.clone(),
             state.clock.clone(),
         ));
+        let mail = state
+            .mailer
+            .has_smtp()
+            .then(|| tokio::spawn(crate::mail::run_worker(state.mailer.clone())));
         tracing::info!(issuer = %state.issuer(), port = self.port, "listening");
         let draining = Draining::default();
         let grace = self.grace;
@@ -152,6 +157,9 @@ impl Application {
         gc.abort();
         keys.abort();
         backchannel.abort();
+        if let Some(mail) = mail {
+            mail.abort();
+        }
         result
     }
 
@@ -370,7 +378,18 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
             });
         }
     }
+    let mailer = Arc::new(build_mailer(&config, store.clone(), clock.clone())?);
+    let email_codes = Arc::new(EmailCodes::new(
+        store.clone(),
+        mailer.clone(),
+        clock.clone(),
+        config.ui.title.clone(),
+    ));
     if local_accounts {
+        // E-mail codes as a way in: as the policy, or offered beside it.
+        let codes = (config.accounts.email_codes
+            || config.accounts.policy == crate::config::LoginPolicy::EmailCode)
+            .then(|| email_codes.clone() as Arc<dyn crate::accounts::authn::OneTimeCodes>);
         let accounts = Arc::new(accounts_from_config(&config, store.clone(), clock.clone())?);
         let seeded = accounts
             .seed(&config.local_users)
@@ -385,7 +404,7 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         connectors.push(Connector {
             id: LOCAL_CONNECTOR_ID.into(),
             name: "Username and password".into(),
-            kind: ConnectorKind::Local(Arc::new(Authenticator::new(accounts, None))),
+            kind: ConnectorKind::Local(Arc::new(Authenticator::new(accounts, codes))),
         });
     }
     let cookie_secure = config
@@ -426,7 +445,40 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         customizer,
         clock,
         metrics,
+        mailer,
+        email_codes,
     })))
+}
+
+/// The mailer `[mail]` configures: SMTP when `mail.smtp_host` is set;
+/// otherwise mails stay in the outbox, which `/dev/outbox` shows, and a
+/// warning says so.
+fn build_mailer(
+    config: &Config,
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+) -> anyhow::Result<Mailer> {
+    let sender = SmtpSender::from_config(&config.mail)?;
+    match &sender {
+        Some(_) => tracing::info!(
+            host = config.mail.smtp_host.as_deref().unwrap_or_default(),
+            port = config.mail.port(),
+            tls = config.mail.smtp_tls.as_str(),
+            "mail goes out through SMTP"
+        ),
+        None => tracing::warn!(
+            "no SMTP server is configured (mail.smtp_host): mails are not sent; they stay \
+             in the outbox and {}{} shows them to anyone who can reach this service. \
+             Development only: configure [mail] before real use",
+            config.server.issuer(),
+            paths::DEV_OUTBOX
+        ),
+    }
+    Ok(Mailer::new(
+        store,
+        sender.map(|s| Arc::new(s) as Arc<dyn MailSender>),
+        clock,
+    ))
 }
 
 /// `GET /healthz/ready`: 200 when the database answers, a signing key is
@@ -539,6 +591,7 @@ pub fn app(state: AppState) -> Router {
         .route(paths::HEALTH_READY, get(ready))
         .route(paths::STYLE, get(web::style))
         .route(paths::METRICS, get(crate::metrics::scrape))
+        .merge(crate::mail::dev::routes(&state))
         .fallback(not_found)
         .layer(axum::middleware::map_response_with_state(
             title,

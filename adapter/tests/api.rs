@@ -21,6 +21,7 @@ mod accounts;
 mod keys;
 mod lifecycle;
 mod logout;
+mod mail;
 mod metrics;
 mod ops;
 mod outage;

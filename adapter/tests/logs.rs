@@ -198,3 +198,57 @@ fn cookie_value(r: &reqwest::Response, name: &str) -> String {
 fn random_string(bytes: usize) -> String {
     testkit::rp::random_string(bytes)
 }
+
+/// Mail logs name the recipient's domain and, without SMTP, where to read
+/// the mail; never the address, the body or the code in it.
+#[tokio::test]
+async fn mail_logs_name_the_domain_only() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        // Timestamps carry 6-digit fractions: none may pass for the code.
+        .without_time()
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = test_config(&format!("sqlite://{}/m.db", dir.path().display()));
+    config.server.issuer = Some(format!(
+        "http://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    ));
+    let app =
+        adapter::Application::build_with_clock(config, listener, Arc::new(ManualClock::new()))
+            .await
+            .unwrap();
+    let st = app.state();
+    st.email_codes
+        .issue("login", "zed.secret-name@mail.example")
+        .await
+        .unwrap();
+    let body = st.store.recent_mail(1).await.unwrap().remove(0).body;
+    let code = body
+        .split_whitespace()
+        .find(|w| w.len() == 6 && w.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap()
+        .to_owned();
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("no SMTP server is configured") && text.contains("/dev/outbox"),
+        "the start-up warning:\n{text}"
+    );
+    let queued = text
+        .lines()
+        .find(|l| l.contains("mail queued"))
+        .unwrap_or_else(|| panic!("no queued line:\n{text}"));
+    assert!(queued.contains("domain=mail.example"), "{queued}");
+    assert!(queued.contains("/dev/outbox"), "{queued}");
+    assert!(
+        !text.contains("zed.secret-name"),
+        "the address reached the logs:\n{text}"
+    );
+    assert!(!text.contains(&code), "the code reached the logs:\n{text}");
+}

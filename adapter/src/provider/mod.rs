@@ -219,6 +219,10 @@ pub struct Inner {
     pub clock: SharedClock,
     /// This application's own registry (`/metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// Outgoing mail: the outbox and its delivery.
+    pub mailer: Arc<crate::mail::Mailer>,
+    /// E-mail one-time codes (registration and login of local accounts).
+    pub email_codes: Arc<crate::mail::EmailCodes>,
 }
 
 impl std::ops::Deref for AppState {

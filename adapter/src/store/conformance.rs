@@ -29,6 +29,12 @@ pub async fn run_all(store: Arc<dyn Store>) {
     sessions_are_counted_while_unexpired(&*store).await;
     // ---- operations (bounded garbage collection) ----
     gc_is_bounded_and_covers_every_table(&*store).await;
+    // ---- mail (outbox and e-mail one-time codes) ----
+    outbox_claims_once_and_retries(store.clone()).await;
+    outbox_lists_newest_first(&*store).await;
+    email_codes_count_attempts_and_are_single_use(&*store).await;
+    concurrent_email_code_checks_have_one_winner(store.clone()).await;
+    concurrent_wrong_guesses_never_pass_the_limit(store.clone()).await;
     store.ping().await.unwrap();
 }
 
@@ -714,21 +720,34 @@ async fn gc_is_bounded_and_covers_every_table(s: &dyn Store) {
         let mut row = delivery(&id, "gc-sid", &id, 1);
         row.expires_at = exp;
         s.enqueue_backchannel(&row).await.unwrap();
+        let (id, exp) = expiring("mail", i);
+        let mut row = outbox(&id, 1);
+        row.expires_at = exp;
+        s.enqueue_mail(&row).await.unwrap();
+        let (id, exp) = expiring("email-code", i);
+        s.put_email_code(&id, "x", exp).await.unwrap();
     }
     // One fresh record per table type that must survive.
     s.insert_login("gc-fresh", "x", FAR + 1).await.unwrap();
     s.revoke_token("gc-fresh", FAR + 1).await.unwrap();
 
-    // 8 tables x 2 expired records, in batches of 5: 5, 5, 5, 1, 0.
+    // 10 tables x 2 expired records, in batches of 7: 7, 7, 6, 0.
     let mut batches = Vec::new();
     loop {
-        let n = s.delete_expired(100, 5).await.unwrap();
+        let n = s.delete_expired(100, 7).await.unwrap();
         batches.push(n);
         if n == 0 {
             break;
         }
     }
-    assert_eq!(batches, vec![5, 5, 5, 1, 0]);
+    assert_eq!(batches, vec![7, 7, 6, 0]);
+    assert_eq!(s.mail("gc-mail-1").await.unwrap(), None);
+    assert_eq!(
+        s.check_email_code("gc-email-code-1", "x", 5, 0)
+            .await
+            .unwrap(),
+        CodeCheck::Missing
+    );
     assert_eq!(s.login("gc-login-0", 0).await.unwrap(), Lookup::Missing);
     assert_eq!(s.take_logout_state("gc-logout-1", 0).await.unwrap(), None);
     assert_eq!(s.backchannel("gc-bcl-1").await.unwrap(), None);
@@ -747,4 +766,221 @@ async fn gc_is_bounded_and_covers_every_table(s: &dyn Store) {
     s.insert_code("gc-late", "x", 10).await.unwrap();
     assert_eq!(s.delete_expired(100, 0).await.unwrap(), 0);
     assert_eq!(s.delete_expired(100, 1).await.unwrap(), 1);
+}
+
+// ---- mail (outbox and e-mail one-time codes) --------------------------------
+
+fn outbox(id: &str, due: i64) -> OutboxRow {
+    OutboxRow {
+        id: id.into(),
+        recipient: "user@example.org".into(),
+        subject: "Subject".into(),
+        body: "Your code is 123456.".into(),
+        created_at: due,
+        attempts: 0,
+        next_attempt_at: due,
+        sent_at: None,
+        failed_at: None,
+        last_error: None,
+        expires_at: due + 1000,
+    }
+}
+
+fn ids(rows: Vec<OutboxRow>) -> Vec<String> {
+    rows.into_iter().map(|r| r.id).collect()
+}
+
+/// The outbox: due mails oldest first, one claim per attempt, a failure
+/// waits for its retry time, sent and given-up mails are never due again.
+async fn outbox_claims_once_and_retries(store: Arc<dyn Store>) {
+    let s = &*store;
+    s.enqueue_mail(&outbox("m1", 10)).await.unwrap();
+    s.enqueue_mail(&outbox("m2", 20)).await.unwrap();
+    assert_eq!(ids(s.due_mail(10, 10).await.unwrap()), vec!["m1"]);
+    assert_eq!(ids(s.due_mail(20, 10).await.unwrap()), vec!["m1", "m2"]);
+    assert_eq!(ids(s.due_mail(20, 1).await.unwrap()), vec!["m1"]);
+    // Concurrent claims of one attempt: one winner.
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let st = store.clone();
+        handles.push(tokio::spawn(async move {
+            st.claim_mail("m1", 0, 40).await.unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for h in handles {
+        wins += h.await.unwrap() as u32;
+    }
+    assert_eq!(wins, 1);
+    let m1 = s.mail("m1").await.unwrap().unwrap();
+    assert_eq!((m1.attempts, m1.next_attempt_at), (1, 40));
+    // The attempt failed: recorded, and not due before its retry time.
+    s.mail_failed("m1", "connection refused", None)
+        .await
+        .unwrap();
+    assert_eq!(ids(s.due_mail(39, 10).await.unwrap()), vec!["m2"]);
+    assert_eq!(ids(s.due_mail(40, 10).await.unwrap()), vec!["m2", "m1"]);
+    let m1 = s.mail("m1").await.unwrap().unwrap();
+    assert_eq!(m1.last_error.as_deref(), Some("connection refused"));
+    assert_eq!((m1.sent_at, m1.failed_at), (None, None));
+    // The retry succeeds: sent, body emptied, never due or claimed again.
+    assert!(s.claim_mail("m1", 1, 80).await.unwrap());
+    s.mail_sent("m1", 41).await.unwrap();
+    let m1 = s.mail("m1").await.unwrap().unwrap();
+    assert_eq!(
+        (m1.attempts, m1.sent_at, m1.body.as_str(), m1.last_error),
+        (2, Some(41), "", None)
+    );
+    assert_eq!(ids(s.due_mail(1000, 10).await.unwrap()), vec!["m2"]);
+    assert!(!s.claim_mail("m1", 2, 90).await.unwrap());
+    // A mail given up is never due again and keeps its last error.
+    assert!(s.claim_mail("m2", 0, 60).await.unwrap());
+    s.mail_failed("m2", "554 rejected", Some(21)).await.unwrap();
+    assert!(s.due_mail(1000, 10).await.unwrap().is_empty());
+    assert!(!s.claim_mail("m2", 1, 70).await.unwrap());
+    let m2 = s.mail("m2").await.unwrap().unwrap();
+    assert_eq!(
+        (m2.failed_at, m2.last_error.as_deref(), m2.body.as_str()),
+        (Some(21), Some("554 rejected"), "Your code is 123456.")
+    );
+    // A sent mail cannot be failed afterwards, nor a given-up one sent.
+    s.mail_failed("m1", "late", Some(50)).await.unwrap();
+    assert_eq!(s.mail("m1").await.unwrap().unwrap().failed_at, None);
+    assert!(s.mail("nope").await.unwrap().is_none());
+    // Ids are unique.
+    assert!(s.enqueue_mail(&outbox("m1", 10)).await.is_err());
+    assert!(s.delete_expired(2000, 1000).await.unwrap() >= 2);
+    assert!(s.mail("m1").await.unwrap().is_none());
+}
+
+async fn outbox_lists_newest_first(s: &dyn Store) {
+    for (id, at) in [("n-old", 100), ("n-new", 300), ("n-mid", 200)] {
+        s.enqueue_mail(&outbox(id, at)).await.unwrap();
+    }
+    assert_eq!(
+        ids(s.recent_mail(3).await.unwrap()),
+        vec!["n-new", "n-mid", "n-old"]
+    );
+    assert_eq!(ids(s.recent_mail(1).await.unwrap()), vec!["n-new"]);
+    while s.delete_expired(1 << 40, 100).await.unwrap() > 0 {}
+}
+
+/// E-mail codes: a wrong code counts one attempt, the limit kills the code
+/// (even for the right one), expiry is exact, a match consumes the code, and
+/// a new code replaces the old one with a fresh count.
+async fn email_codes_count_attempts_and_are_single_use(s: &dyn Store) {
+    s.put_email_code("k1", "right", 100).await.unwrap();
+    for n in 1..=3 {
+        assert_eq!(
+            s.check_email_code("k1", "wrong", 3, 10).await.unwrap(),
+            CodeCheck::Wrong { attempts: n }
+        );
+    }
+    assert_eq!(
+        s.check_email_code("k1", "right", 3, 10).await.unwrap(),
+        CodeCheck::Exhausted
+    );
+    assert_eq!(
+        s.check_email_code("k1", "wrong", 3, 10).await.unwrap(),
+        CodeCheck::Exhausted
+    );
+    // Replaced: a fresh count, and the old code no longer matches.
+    s.put_email_code("k1", "new", 100).await.unwrap();
+    assert_eq!(
+        s.check_email_code("k1", "right", 3, 10).await.unwrap(),
+        CodeCheck::Wrong { attempts: 1 }
+    );
+    // Expiry: live before `expires_at`, expired at it, for any code.
+    assert_eq!(
+        s.check_email_code("k1", "new", 3, 100).await.unwrap(),
+        CodeCheck::Expired
+    );
+    assert_eq!(
+        s.check_email_code("k1", "other", 3, 100).await.unwrap(),
+        CodeCheck::Expired
+    );
+    assert_eq!(
+        s.check_email_code("k1", "new", 3, 99).await.unwrap(),
+        CodeCheck::Accepted
+    );
+    // Single use.
+    assert_eq!(
+        s.check_email_code("k1", "new", 3, 99).await.unwrap(),
+        CodeCheck::Missing
+    );
+    assert_eq!(
+        s.check_email_code("never", "x", 3, 0).await.unwrap(),
+        CodeCheck::Missing
+    );
+    // Keys are independent.
+    s.put_email_code("k2", "a", 100).await.unwrap();
+    s.put_email_code("k3", "a", 100).await.unwrap();
+    assert_eq!(
+        s.check_email_code("k2", "a", 3, 0).await.unwrap(),
+        CodeCheck::Accepted
+    );
+    assert_eq!(
+        s.check_email_code("k3", "a", 3, 0).await.unwrap(),
+        CodeCheck::Accepted
+    );
+}
+
+async fn concurrent_email_code_checks_have_one_winner(store: Arc<dyn Store>) {
+    store.put_email_code("race", "right", 100).await.unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let st = store.clone();
+        handles.push(tokio::spawn(async move {
+            st.check_email_code("race", "right", 5, 10).await.unwrap()
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for h in handles {
+        outcomes.push(h.await.unwrap());
+    }
+    let accepted = outcomes
+        .iter()
+        .filter(|o| **o == CodeCheck::Accepted)
+        .count();
+    assert_eq!(accepted, 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, CodeCheck::Accepted | CodeCheck::Missing)),
+        "{outcomes:?}"
+    );
+}
+
+/// Concurrent wrong guesses are each counted: exactly `max_attempts` get
+/// `Wrong`, the rest `Exhausted`.
+async fn concurrent_wrong_guesses_never_pass_the_limit(store: Arc<dyn Store>) {
+    store.put_email_code("guess", "right", 100).await.unwrap();
+    let mut handles = Vec::new();
+    for i in 0..12 {
+        let st = store.clone();
+        handles.push(tokio::spawn(async move {
+            st.check_email_code("guess", &format!("wrong-{i}"), 5, 10)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut counted = Vec::new();
+    let mut exhausted = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            CodeCheck::Wrong { attempts } => counted.push(attempts),
+            CodeCheck::Exhausted => exhausted += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    counted.sort();
+    assert_eq!(counted, vec![1, 2, 3, 4, 5]);
+    assert_eq!(exhausted, 7);
+    assert_eq!(
+        store
+            .check_email_code("guess", "right", 5, 10)
+            .await
+            .unwrap(),
+        CodeCheck::Exhausted
+    );
 }

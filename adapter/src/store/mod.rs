@@ -4,7 +4,7 @@
 //! survives a restart and (with PostgreSQL) can finish on another replica:
 //! logins in progress, authorization codes, browser sessions and the clients
 //! each session logged in to, revoked access tokens, refresh-token families,
-//! local accounts and signing keys.
+//! local accounts, signing keys, the mail outbox and e-mail one-time codes.
 //!
 //! Rules every implementation keeps (the [`conformance`] suite checks them on
 //! SQLite and PostgreSQL alike):
@@ -314,8 +314,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes at most `limit` records, over every table with an expiry
     /// (logins, codes, sessions, session clients, revoked tokens, refresh
-    /// tokens, logout states, back-channel deliveries), whose expiry is
-    /// before `before`; returns how many.
+    /// tokens, logout states, back-channel deliveries, mails, e-mail
+    /// codes), whose expiry is before `before`; returns how many.
     async fn delete_expired(&self, before: i64, limit: i64) -> Result<u64, StoreError>;
 
     /// All signing keys, oldest generation first.
@@ -402,6 +402,110 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every account, by username (the command line's `users list`).
     async fn list_accounts(&self) -> Result<Vec<AccountRow>, StoreError>;
+    // ---- mail (outbox and e-mail one-time codes) -------------------------------
+
+    /// Stores a mail in the outbox (durable when this returns).
+    async fn enqueue_mail(&self, row: &OutboxRow) -> Result<(), StoreError>;
+
+    /// Mails neither sent nor given up whose next attempt is due at `now`,
+    /// oldest first.
+    async fn due_mail(&self, now: i64, limit: i64) -> Result<Vec<OutboxRow>, StoreError>;
+
+    /// Claims a due mail for one attempt: compare-and-swap on `attempts`,
+    /// which becomes `attempts + 1`, and `next_attempt_at` becomes
+    /// `retry_at` (a replica that dies mid-attempt leaves a retry behind).
+    /// False when another worker claimed it first.
+    async fn claim_mail(&self, id: &str, attempts: i64, retry_at: i64) -> Result<bool, StoreError>;
+
+    /// Ends a mail as sent at `now`, and empties its body: it carried a
+    /// code that must not outlive its delivery.
+    async fn mail_sent(&self, id: &str, now: i64) -> Result<(), StoreError>;
+
+    /// Records a failed attempt's `error`; `failed_at` ends the mail as
+    /// given up (no attempt is due again).
+    async fn mail_failed(
+        &self,
+        id: &str,
+        error: &str,
+        failed_at: Option<i64>,
+    ) -> Result<(), StoreError>;
+
+    /// One mail by id.
+    async fn mail(&self, id: &str) -> Result<Option<OutboxRow>, StoreError>;
+
+    /// The newest `limit` mails, newest first (the development outbox).
+    async fn recent_mail(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError>;
+
+    /// Stores the code of `key_hash` with no attempts made, replacing any
+    /// earlier code of that key.
+    async fn put_email_code(
+        &self,
+        key_hash: &str,
+        code_hash: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Checks `code_hash` against the code of `key_hash`: a match consumes
+    /// it (one `DELETE … RETURNING`: two concurrent correct submissions get
+    /// one [`CodeCheck::Accepted`]); a mismatch counts one attempt (one
+    /// conditional `UPDATE … RETURNING`), and once `max_attempts` were
+    /// counted the code accepts nothing more.
+    async fn check_email_code(
+        &self,
+        key_hash: &str,
+        code_hash: &str,
+        max_attempts: i64,
+        now: i64,
+    ) -> Result<CodeCheck, StoreError>;
+}
+
+/// A mail in the outbox.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub id: String,
+    pub recipient: String,
+    pub subject: String,
+    /// Plain text; may carry a code (never logged). Emptied once sent.
+    pub body: String,
+    pub created_at: i64,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub sent_at: Option<i64>,
+    /// When delivery was given up.
+    pub failed_at: Option<i64>,
+    /// Why the last attempt failed (never a secret).
+    pub last_error: Option<String>,
+    pub expires_at: i64,
+}
+
+impl std::fmt::Debug for OutboxRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxRow")
+            .field("id", &self.id)
+            .field("recipient", &self.recipient)
+            .field("subject", &self.subject)
+            .field("attempts", &self.attempts)
+            .field("next_attempt_at", &self.next_attempt_at)
+            .field("sent_at", &self.sent_at)
+            .field("failed_at", &self.failed_at)
+            .field("last_error", &self.last_error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a check of an e-mail code came out ([`Store::check_email_code`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeCheck {
+    /// It matched and is now consumed.
+    Accepted,
+    /// It did not match; `attempts` wrong ones were counted so far.
+    Wrong { attempts: i64 },
+    /// `max_attempts` wrong ones were counted before: the code is dead.
+    Exhausted,
+    /// Past its expiry.
+    Expired,
+    /// No code (never issued, consumed, replaced or collected).
+    Missing,
 }
 
 /// A queued back-channel logout delivery (OIDC Back-Channel Logout 1.0 §2.5).

@@ -12,8 +12,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
 use super::{
-    AccountRow, BackchannelRow, KeyRecord, LoginRow, Lookup, Redeemed, RefreshRow, RefreshStatus,
-    RefreshUse, SessionRow, Store, StoreError,
+    AccountRow, BackchannelRow, CodeCheck, KeyRecord, LoginRow, Lookup, OutboxRow, Redeemed,
+    RefreshRow, RefreshStatus, RefreshUse, SessionRow, Store, StoreError,
 };
 
 /// SQL implementation for SQLite and PostgreSQL.
@@ -831,10 +831,194 @@ impl Store for SqlStore {
         .map(account_row)
         .collect()
     }
+
+    // ---- mail (outbox and e-mail one-time codes) -------------------------------
+
+    async fn enqueue_mail(&self, m: &OutboxRow) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO mail_outbox ({OUTBOX_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        ))
+        .bind(&m.id)
+        .bind(&m.recipient)
+        .bind(&m.subject)
+        .bind(&m.body)
+        .bind(m.created_at)
+        .bind(m.attempts)
+        .bind(m.next_attempt_at)
+        .bind(m.sent_at)
+        .bind(m.failed_at)
+        .bind(m.last_error.as_deref())
+        .bind(m.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn due_mail(&self, now: i64, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM mail_outbox \
+             WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $1 \
+             ORDER BY next_attempt_at, id LIMIT $2"
+        ))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(outbox_row).collect()
+    }
+
+    async fn claim_mail(&self, id: &str, attempts: i64, retry_at: i64) -> Result<bool, StoreError> {
+        // One statement: of two workers claiming one attempt, one wins.
+        let r = sqlx::query(
+            "UPDATE mail_outbox SET attempts = attempts + 1, next_attempt_at = $3 \
+             WHERE id = $1 AND attempts = $2 AND sent_at IS NULL AND failed_at IS NULL",
+        )
+        .bind(id)
+        .bind(attempts)
+        .bind(retry_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn mail_sent(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE mail_outbox SET sent_at = $2, body = '', last_error = NULL \
+             WHERE id = $1 AND sent_at IS NULL",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn mail_failed(
+        &self,
+        id: &str,
+        error: &str,
+        failed_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE mail_outbox SET last_error = $2, failed_at = $3 \
+             WHERE id = $1 AND sent_at IS NULL AND failed_at IS NULL",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(failed_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn mail(&self, id: &str) -> Result<Option<OutboxRow>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM mail_outbox WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(outbox_row)
+        .transpose()
+    }
+
+    async fn recent_mail(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM mail_outbox ORDER BY created_at DESC, id DESC LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(outbox_row).collect()
+    }
+
+    async fn put_email_code(
+        &self,
+        key_hash: &str,
+        code_hash: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        // One statement: a new code replaces the old one and its attempts.
+        sqlx::query(
+            "INSERT INTO email_codes (key_hash, code_hash, attempts, expires_at) \
+             VALUES ($1, $2, 0, $3) \
+             ON CONFLICT (key_hash) DO UPDATE SET code_hash = excluded.code_hash, \
+             attempts = 0, expires_at = excluded.expires_at",
+        )
+        .bind(key_hash)
+        .bind(code_hash)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn check_email_code(
+        &self,
+        key_hash: &str,
+        code_hash: &str,
+        max_attempts: i64,
+        now: i64,
+    ) -> Result<CodeCheck, StoreError> {
+        // A replacement between two statements can make the classification
+        // below see a live, matching code; a few rounds settle it.
+        for _ in 0..3 {
+            // The right code, live: consumed by exactly one caller.
+            let consumed = sqlx::query(
+                "DELETE FROM email_codes WHERE key_hash = $1 AND code_hash = $2 \
+                 AND attempts < $3 AND expires_at > $4 RETURNING attempts",
+            )
+            .bind(key_hash)
+            .bind(code_hash)
+            .bind(max_attempts)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+            if consumed.is_some() {
+                return Ok(CodeCheck::Accepted);
+            }
+            // A wrong code, live: one attempt counted, never past the limit.
+            let counted = sqlx::query(
+                "UPDATE email_codes SET attempts = attempts + 1 \
+                 WHERE key_hash = $1 AND code_hash <> $2 AND attempts < $3 AND expires_at > $4 \
+                 RETURNING attempts",
+            )
+            .bind(key_hash)
+            .bind(code_hash)
+            .bind(max_attempts)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(r) = counted {
+                return Ok(CodeCheck::Wrong {
+                    attempts: r.try_get("attempts")?,
+                });
+            }
+            let Some(r) =
+                sqlx::query("SELECT attempts, expires_at FROM email_codes WHERE key_hash = $1")
+                    .bind(key_hash)
+                    .fetch_optional(&self.pool)
+                    .await?
+            else {
+                return Ok(CodeCheck::Missing);
+            };
+            let attempts: i64 = r.try_get("attempts")?;
+            let expires_at: i64 = r.try_get("expires_at")?;
+            if attempts >= max_attempts {
+                return Ok(CodeCheck::Exhausted);
+            }
+            if expires_at <= now {
+                return Ok(CodeCheck::Expired);
+            }
+        }
+        Ok(CodeCheck::Missing)
+    }
 }
 
 /// Every table with an `expires_at`, with its primary key.
-const EXPIRING_TABLES: [(&str, &str); 8] = [
+const EXPIRING_TABLES: [(&str, &str); 10] = [
     ("logins", "id_hash"),
     ("codes", "code_hash"),
     ("sessions", "id_hash"),
@@ -843,6 +1027,8 @@ const EXPIRING_TABLES: [(&str, &str); 8] = [
     ("refresh_tokens", "token_hash"),
     ("logout_states", "state_hash"),
     ("backchannel_logouts", "id"),
+    ("mail_outbox", "id"),
+    ("email_codes", "key_hash"),
 ];
 
 const BACKCHANNEL_COLUMNS: &str = "id, sid, client_id, uri, token, attempts, next_attempt_at, \
@@ -861,6 +1047,25 @@ fn backchannel_row(r: &AnyRow) -> Result<BackchannelRow, StoreError> {
         expires_at: r.try_get("expires_at")?,
         done_at: r.try_get("done_at")?,
         outcome: r.try_get("outcome")?,
+    })
+}
+
+const OUTBOX_COLUMNS: &str = "id, recipient, subject, body, created_at, attempts, \
+     next_attempt_at, sent_at, failed_at, last_error, expires_at";
+
+fn outbox_row(r: &AnyRow) -> Result<OutboxRow, StoreError> {
+    Ok(OutboxRow {
+        id: r.try_get("id")?,
+        recipient: r.try_get("recipient")?,
+        subject: r.try_get("subject")?,
+        body: r.try_get("body")?,
+        created_at: r.try_get("created_at")?,
+        attempts: r.try_get("attempts")?,
+        next_attempt_at: r.try_get("next_attempt_at")?,
+        sent_at: r.try_get("sent_at")?,
+        failed_at: r.try_get("failed_at")?,
+        last_error: r.try_get("last_error")?,
+        expires_at: r.try_get("expires_at")?,
     })
 }
 

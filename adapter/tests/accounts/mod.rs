@@ -801,3 +801,241 @@ async fn a_users_policy_overrides_the_deployments() {
         json!({"state": "denied", "reason": "invalid username or password"})
     );
 }
+
+/// The code of the newest mail to `to`, read from the outbox (no SMTP is
+/// configured: the development outbox holds it).
+async fn code_mailed_to(app: &TestApp, to: &str) -> String {
+    let store = SqlStore::connect(&app.db_url, 1).await.unwrap();
+    let mail = store
+        .recent_mail(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.recipient == to)
+        .unwrap_or_else(|| panic!("no mail to {to}"));
+    mail.body
+        .split_whitespace()
+        .find(|w| w.len() == 6 && w.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap()
+        .to_string()
+}
+
+async fn mails_to(app: &TestApp, to: &str) -> usize {
+    let store = SqlStore::connect(&app.db_url, 1).await.unwrap();
+    store
+        .recent_mail(100)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|m| m.recipient == to)
+        .count()
+}
+
+fn email_policy(c: &mut adapter::Config) {
+    c.accounts.registration = true;
+    c.accounts.policy = adapter::config::LoginPolicy::EmailCode;
+}
+
+/// The seed's e-mail-code mode: registration by address alone sends a
+/// code, `/verify-otp` proves the address and starts a session; later
+/// logins by address alone work the same way. `amr` says `otp`.
+#[tokio::test]
+async fn email_code_registration_and_login() {
+    let app = spawn_app_with(email_policy).await;
+    let (s, v) = post_json(&app, "/register", json!({"email": "Erin@Example.org"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        v,
+        json!({"username": "erin@example.org", "status": "code_sent"})
+    );
+    let code = code_mailed_to(&app, "erin@example.org").await;
+    // A wrong code first: the attempts left are named.
+    let r = app
+        .browser
+        .post(format!("{}/verify-otp", app.base))
+        .form(&[("email", "erin@example.org"), ("otp_code", "000000")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "invalid_code");
+    assert_eq!(
+        v["error_description"],
+        "the code is not valid; 4 attempts left"
+    );
+    let r = app
+        .browser
+        .post(format!("{}/verify-otp", app.base))
+        .form(&[("email", "erin@example.org"), ("otp_code", code.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["username"], "erin@example.org");
+    assert_eq!(v["amr"], json!(["otp"]));
+    assert_eq!(v["csrf_token"].as_str().unwrap().len(), 43);
+    // The code is single-use, and the flow is over.
+    let r = app
+        .browser
+        .post(format!("{}/verify-otp", app.base))
+        .form(&[("otp_code", code.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // A later login by address.
+    let (s, v) = post_json(&app, "/login", json!({"email": "erin@example.org"})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["status"], "code_sent");
+    assert_eq!(mails_to(&app, "erin@example.org").await, 2);
+    let code = code_mailed_to(&app, "erin@example.org").await;
+    let (s, v) = post_json(&app, "/verify-otp", json!({"otp_code": code})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["amr"], json!(["otp"]));
+}
+
+/// At most 5 attempts, then a new code is needed; a code expires after 5
+/// minutes (injected clock); an unknown address gets the same answer and
+/// no mail.
+#[tokio::test]
+async fn email_codes_limit_attempts_and_expire() {
+    let app = spawn_app_with(email_policy).await;
+    post_json(&app, "/register", json!({"email": "erin@example.org"})).await;
+    let id = begun(&app, "erin@example.org", "email_code").await;
+    for left in (1..=4).rev() {
+        let (_, v) = step(
+            &app,
+            json!({"step": "cred", "session_id": id, "email_code": "000000"}),
+        )
+        .await;
+        assert_eq!(
+            v["retry"],
+            format!("the code is not valid; {left} attempts left")
+        );
+    }
+    let (_, v) = step(
+        &app,
+        json!({"step": "cred", "session_id": id, "email_code": "000000"}),
+    )
+    .await;
+    // The fifth wrong code uses the code up.
+    assert_eq!(
+        v,
+        json!({"state": "denied", "reason": "too many wrong codes; ask for a new one"})
+    );
+    // The right code no longer helps: the flow is over.
+    let code = code_mailed_to(&app, "erin@example.org").await;
+    let (s, v) = step(
+        &app,
+        json!({"step": "cred", "session_id": id, "email_code": code}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("finished"))
+    );
+    // A new code; it expires after 300 s.
+    let id = begun(&app, "erin@example.org", "email_code").await;
+    let code = code_mailed_to(&app, "erin@example.org").await;
+    app.clock.advance(300);
+    let (_, v) = step(
+        &app,
+        json!({"step": "cred", "session_id": id, "email_code": code}),
+    )
+    .await;
+    assert_eq!(
+        v,
+        json!({"state": "denied", "reason": "the code has expired; ask for a new one"})
+    );
+    // Within 5 minutes it works.
+    let id = begun(&app, "erin@example.org", "email_code").await;
+    let code = code_mailed_to(&app, "erin@example.org").await;
+    app.clock.advance(299);
+    let (_, v) = step(
+        &app,
+        json!({"step": "cred", "session_id": id, "email_code": code}),
+    )
+    .await;
+    assert_eq!(v["state"], "success");
+    // Unknown address: the same answers, no mail.
+    let (_, known) = step(
+        &app,
+        json!({"step": "init", "username": "erin@example.org"}),
+    )
+    .await;
+    let (_, unknown) = step(
+        &app,
+        json!({"step": "init", "username": "nobody@example.org"}),
+    )
+    .await;
+    assert_eq!(known["mechs"], unknown["mechs"]);
+    let id = begun(&app, "nobody@example.org", "email_code").await;
+    assert_eq!(mails_to(&app, "nobody@example.org").await, 0);
+    let (_, v) = step(
+        &app,
+        json!({"step": "cred", "session_id": id, "email_code": "123456"}),
+    )
+    .await;
+    assert_eq!(v["state"], "denied");
+}
+
+/// The login form of an authorization request offers "e-mail me a code"
+/// when the deployment allows codes beside passwords.
+#[tokio::test]
+async fn the_login_form_logs_in_by_email_code() {
+    let app = spawn_app_with(|c| c.accounts.email_codes = true).await;
+    let r = app
+        .browser
+        .get(app.authorize_url(&[]))
+        .send()
+        .await
+        .unwrap();
+    let form_url = location(&r);
+    let html = app
+        .browser
+        .get(format!("{}{form_url}", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("id=\"email-code-submit\""), "{html}");
+    let r = app
+        .browser
+        .post(format!("{}/login/local", app.base))
+        .form(&[
+            ("req", hidden(&html, "req")),
+            ("csrf_token", hidden(&html, "csrf_token")),
+            ("action", "email_code".to_string()),
+            ("username", "alice".to_string()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("a 6-digit code is on its way"), "{html}");
+    let code = code_mailed_to(&app, "alice@example.org").await;
+    let r = app
+        .browser
+        .post(format!("{}/login/local", app.base))
+        .form(&[
+            ("req", hidden(&html, "req")),
+            ("csrf_token", hidden(&html, "csrf_token")),
+            ("action", "code".to_string()),
+            ("code", code),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let code = query(&location(&r))["code"].as_str().unwrap().to_string();
+    let tokens: Value = app.redeem(&code).await.json().await.unwrap();
+    let (_, id) = jwt_parts(tokens["id_token"].as_str().unwrap());
+    assert_eq!(id["amr"], json!(["otp"]));
+    assert_eq!(id["email_verified"], true);
+}
