@@ -61,6 +61,38 @@ pub struct Config {
     pub local_users: Vec<LocalUserConfig>,
     /// Encryption at rest of the private signing keys.
     pub keys: KeysConfig,
+    /// Password hashing: how many argon2id computations run and wait.
+    pub passwords: PasswordsConfig,
+}
+
+/// `[passwords]`: bounds of argon2id hashing (each computation takes
+/// 19 MiB and a core for tens of milliseconds).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordsConfig {
+    /// Hashes computed at the same time; default: the number of CPUs.
+    pub max_concurrent_hashes: usize,
+    /// Further password checks allowed to wait for a turn; beyond them a
+    /// check is refused at once (`temporarily_unavailable`), so a login
+    /// flood cannot grow memory. Default 64.
+    pub max_waiting_hashes: usize,
+}
+
+/// Most `passwords.max_concurrent_hashes` (19 MiB each: 1 GiB at 54).
+pub const MAX_CONCURRENT_HASHES: usize = 256;
+/// Most `passwords.max_waiting_hashes`.
+pub const MAX_WAITING_HASHES: usize = 100_000;
+
+impl Default for PasswordsConfig {
+    fn default() -> Self {
+        PasswordsConfig {
+            max_concurrent_hashes: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .max(1),
+            max_waiting_hashes: 64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -615,6 +647,30 @@ impl Config {
         self.validate_clients()?;
         self.validate_upstreams()?;
         self.validate_components()?;
+        self.validate_passwords()?;
+        Ok(())
+    }
+
+    fn validate_passwords(&self) -> Result<(), ConfigError> {
+        let p = &self.passwords;
+        if !(1..=MAX_CONCURRENT_HASHES).contains(&p.max_concurrent_hashes) {
+            return Err(ConfigError::new(
+                "passwords.max_concurrent_hashes",
+                format!(
+                    "{} must be between 1 and {MAX_CONCURRENT_HASHES}",
+                    p.max_concurrent_hashes
+                ),
+            ));
+        }
+        if p.max_waiting_hashes > MAX_WAITING_HASHES {
+            return Err(ConfigError::new(
+                "passwords.max_waiting_hashes",
+                format!(
+                    "{} is more than the maximum of {MAX_WAITING_HASHES}",
+                    p.max_waiting_hashes
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -1116,6 +1172,23 @@ mod tests {
         assert!(text.contains("maximum of 300"), "{text}");
         c.server.shutdown_grace_seconds = 0;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn password_hashing_bounds() {
+        let parse = |toml: &str| -> Config { Figment::from(Toml::string(toml)).extract().unwrap() };
+        let c = parse("[passwords]\n");
+        assert!(c.passwords.max_concurrent_hashes >= 1);
+        assert_eq!(c.passwords.max_waiting_hashes, 64);
+        let c = parse("[passwords]\nmax_concurrent_hashes = 3\nmax_waiting_hashes = 0\n");
+        assert_eq!(c.passwords.max_concurrent_hashes, 3);
+        c.validate().unwrap();
+        let mut c = Config::default();
+        c.passwords.max_concurrent_hashes = 0;
+        error_of(&c, "passwords.max_concurrent_hashes");
+        let mut c = Config::default();
+        c.passwords.max_waiting_hashes = MAX_WAITING_HASHES + 1;
+        error_of(&c, "passwords.max_waiting_hashes");
     }
 
     #[test]

@@ -953,14 +953,17 @@ mod tests {
             kind: ConnectorKind::Callback(upstream.clone()),
         }];
         if with_local {
-            let local = LocalConnector::new(&[LocalUserConfig {
-                username: "alice".into(),
-                password_hash: None,
-                password: Some("pw".into()),
-                name: None,
-                email: None,
-                groups: vec![],
-            }])
+            let local = LocalConnector::new(
+                &[LocalUserConfig {
+                    username: "alice".into(),
+                    password_hash: None,
+                    password: Some("pw".into()),
+                    name: None,
+                    email: None,
+                    groups: vec![],
+                }],
+                Arc::new(crate::password::Hasher::new(1, 8).unwrap()),
+            )
             .await
             .unwrap();
             connectors.push(Connector {

@@ -16,6 +16,8 @@
 //! - [`customizer`]: maps an identity to the claims of issued tokens.
 //! - [`keys`]: signing keys (generated at first start, kept in the store).
 //! - [`store`]: the storage trait and its SQLite/PostgreSQL implementation.
+//! - [`password`]: argon2id hashing, bounded; [`totp`]: RFC 6238 codes
+//!   and recovery codes.
 //! - [`clock`]: the injected clock; [`secret`]: randomness and hashing;
 //!   [`error`]: protocol error codes; [`web`]: pages and response helpers;
 //!   [`telemetry`]: logging; [`cli`]: the command line shared by binaries.
@@ -30,12 +32,14 @@ pub mod error;
 pub mod flow;
 pub mod keys;
 pub mod metrics;
+pub mod password;
 pub mod paths;
 pub mod provider;
 pub mod secret;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod totp;
 pub mod web;
 
 pub use config::Config;

@@ -29,6 +29,7 @@ use crate::connector::oidc::OidcConnector;
 use crate::connector::{Connector, ConnectorKind};
 use crate::flow::{Flows, Lifetimes};
 use crate::keys::{EncryptionKey, KeyManager, Policy as KeyPolicy};
+use crate::password::Hasher;
 use crate::provider::{
     authorize, callback, discovery, login, logout, token, userinfo, AppState, Client,
     CookieSettings, Inner,
@@ -319,11 +320,25 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         oidc_connectors.push((up.id.clone(), up.name.clone(), oidc));
     }
+    // One argon2id pool for the whole process (local accounts now, the
+    // accounts core later); its dummy hash is computed off the workers.
+    let passwords = config.passwords.clone();
+    let hasher = Arc::new(
+        tokio::task::spawn_blocking(move || {
+            Hasher::new(
+                passwords.max_concurrent_hashes,
+                passwords.max_waiting_hashes,
+            )
+        })
+        .await
+        .context("password hasher")?
+        .map_err(|e| anyhow::anyhow!("passwords: {e}"))?,
+    );
     let local = if config.local_users.is_empty() {
         None
     } else {
         Some(
-            LocalConnector::new(&config.local_users)
+            LocalConnector::new(&config.local_users, hasher.clone())
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
         )
@@ -403,6 +418,7 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         customizer,
         clock,
         metrics,
+        hasher,
     })))
 }
 

@@ -1,20 +1,19 @@
 //! Local accounts: users from configuration, passwords hashed with argon2id.
 //!
-//! Hashing runs on the blocking pool behind a semaphore, so a flood of
-//! logins cannot exhaust memory (each argon2id hash takes 19 MiB, RFC 9106
-//! §4). Unknown users get a dummy verification so they take as long as
+//! Hashing and verification go through the provider's shared
+//! [`Hasher`]: off the async workers, bounded in concurrency and queue, and
+//! unknown users are verified against a dummy hash so they take as long as
 //! a wrong password (no account enumeration by timing).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
-use tokio::sync::Semaphore;
 
 use super::{ConnectorError, Identity, PasswordConnector};
 use crate::config::LocalUserConfig;
+use crate::password::{HashError, Hasher};
 
 /// Id of the local connector.
 pub const LOCAL_CONNECTOR_ID: &str = "local";
@@ -26,40 +25,31 @@ struct Account {
 
 pub struct LocalConnector {
     accounts: HashMap<String, Account>,
-    /// A hash of a random password, verified for unknown users.
-    dummy_hash: String,
-    permits: Arc<Semaphore>,
+    hasher: Arc<Hasher>,
 }
 
-/// Hashes a password with argon2id at the OWASP parameters (m=19 MiB, t=2, p=1).
-pub fn hash_password(password: &str) -> Result<String, ConnectorError> {
-    let hash: argon2::PasswordHash = Argon2::default()
-        .hash_password(password.as_bytes())
-        .map_err(|e| ConnectorError::Config(format!("argon2: {e}")))?;
-    Ok(hash.to_string())
-}
-
-fn verify(password: &str, hash: &str) -> bool {
-    Argon2::default()
-        .verify_password(password.as_bytes(), hash)
-        .is_ok()
+impl From<HashError> for ConnectorError {
+    fn from(e: HashError) -> Self {
+        match e {
+            // A login flood: the relying party hears `temporarily_unavailable`.
+            HashError::Busy => ConnectorError::Unavailable(e.to_string()),
+            HashError::Internal(m) => ConnectorError::Config(format!("argon2: {m}")),
+        }
+    }
 }
 
 impl LocalConnector {
-    /// Hashes inline demo passwords; refuses users with neither a hash nor a password.
-    pub async fn new(users: &[LocalUserConfig]) -> Result<Self, ConnectorError> {
-        let users = users.to_vec();
-        tokio::task::spawn_blocking(move || Self::new_blocking(&users))
-            .await
-            .map_err(|e| ConnectorError::Config(e.to_string()))?
-    }
-
-    fn new_blocking(users: &[LocalUserConfig]) -> Result<Self, ConnectorError> {
+    /// Hashes inline demo passwords; refuses users with neither a hash nor
+    /// a password, and hashes that are not argon2id PHC strings.
+    pub async fn new(
+        users: &[LocalUserConfig],
+        hasher: Arc<Hasher>,
+    ) -> Result<Self, ConnectorError> {
         let mut accounts = HashMap::new();
         for u in users {
             let password_hash = match (&u.password_hash, &u.password) {
                 (Some(h), _) => {
-                    argon2::PasswordHash::new(h).map_err(|e| {
+                    crate::password::validate_phc(h).map_err(|e| {
                         ConnectorError::Config(format!(
                             "local_users[{}].password_hash: {e}",
                             u.username
@@ -67,7 +57,7 @@ impl LocalConnector {
                     })?;
                     h.clone()
                 }
-                (None, Some(p)) => hash_password(p.expose())?,
+                (None, Some(p)) => hasher.hash(p.expose()).await?,
                 (None, None) => {
                     return Err(ConnectorError::Config(format!(
                         "local_users[{}]: set password_hash (or password for demos)",
@@ -96,11 +86,7 @@ impl LocalConnector {
                 },
             );
         }
-        Ok(LocalConnector {
-            accounts,
-            dummy_hash: hash_password(&crate::secret::random_token())?,
-            permits: Arc::new(Semaphore::new(2)),
-        })
+        Ok(LocalConnector { accounts, hasher })
     }
 }
 
@@ -112,18 +98,10 @@ impl PasswordConnector for LocalConnector {
         password: &str,
     ) -> Result<Option<Identity>, ConnectorError> {
         let account = self.accounts.get(username);
-        let hash = account
-            .map(|a| a.password_hash.clone())
-            .unwrap_or_else(|| self.dummy_hash.clone());
-        let password = password.to_string();
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| ConnectorError::Config(e.to_string()))?;
-        let ok = tokio::task::spawn_blocking(move || verify(&password, &hash))
-            .await
-            .map_err(|e| ConnectorError::Config(e.to_string()))?;
+        let ok = self
+            .hasher
+            .verify(password, account.map(|a| a.password_hash.as_str()))
+            .await?;
         Ok(match (ok, account) {
             (true, Some(a)) => Some(Identity {
                 connector_id: LOCAL_CONNECTOR_ID.into(),
@@ -145,6 +123,10 @@ impl PasswordConnector for LocalConnector {
 mod tests {
     use super::*;
 
+    fn hasher() -> Arc<Hasher> {
+        Arc::new(Hasher::new(2, 8).unwrap())
+    }
+
     fn user(password: Option<&str>, hash: Option<String>) -> LocalUserConfig {
         LocalUserConfig {
             username: "testuser".into(),
@@ -158,7 +140,7 @@ mod tests {
 
     #[tokio::test]
     async fn login_checks_password() {
-        let c = LocalConnector::new(&[user(Some("password"), None)])
+        let c = LocalConnector::new(&[user(Some("password"), None)], hasher())
             .await
             .unwrap();
         let id = c.login("testuser", "password").await.unwrap().unwrap();
@@ -171,10 +153,12 @@ mod tests {
 
     #[tokio::test]
     async fn stored_hash_is_argon2id_and_used() {
-        let h = hash_password("correct horse battery staple").unwrap();
+        let h = crate::password::hash_blocking("correct horse battery staple").unwrap();
         assert!(h.starts_with("$argon2id$"), "{h}");
         assert!(h.contains("m=19456,t=2,p=1"), "{h}");
-        let c = LocalConnector::new(&[user(None, Some(h))]).await.unwrap();
+        let c = LocalConnector::new(&[user(None, Some(h))], hasher())
+            .await
+            .unwrap();
         assert!(c
             .login("testuser", "correct horse battery staple")
             .await
@@ -184,9 +168,13 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_user_without_credentials_or_bad_hash() {
-        assert!(LocalConnector::new(&[user(None, None)]).await.is_err());
-        assert!(LocalConnector::new(&[user(None, Some("nope".into()))])
+        assert!(LocalConnector::new(&[user(None, None)], hasher())
             .await
             .is_err());
+        assert!(
+            LocalConnector::new(&[user(None, Some("nope".into()))], hasher())
+                .await
+                .is_err()
+        );
     }
 }

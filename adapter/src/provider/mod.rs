@@ -217,6 +217,8 @@ pub struct Inner {
     pub clock: SharedClock,
     /// This application's own registry (`/metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// The argon2id pool every password check goes through.
+    pub hasher: Arc<crate::password::Hasher>,
 }
 
 impl std::ops::Deref for AppState {
