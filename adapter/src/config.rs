@@ -63,6 +63,65 @@ pub struct Config {
     pub keys: KeysConfig,
     /// Password hashing: how many argon2id computations run and wait.
     pub passwords: PasswordsConfig,
+    /// Per-IP quotas of the attempt endpoints (the per-account throttle
+    /// follows a fixed policy, see [`crate::ratelimit`]).
+    pub rate_limits: RateLimitsConfig,
+}
+
+/// `[rate_limits]`: per-IP quotas, one per attempt kind, each a burst and
+/// a steady rate (GCRA: one more attempt every `60 / per_minute` seconds,
+/// at most `burst` at once).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// Off only for load tests: both the per-IP quotas and the per-account
+    /// throttle. Default true.
+    pub enabled: bool,
+    /// Password submissions.
+    pub login: IpQuotaConfig,
+    /// Account registrations.
+    pub register: IpQuotaConfig,
+    /// E-mailed one-time codes entered.
+    pub verify_code: IpQuotaConfig,
+    /// TOTP (and recovery) codes entered.
+    pub verify_totp: IpQuotaConfig,
+}
+
+/// One per-IP quota.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IpQuotaConfig {
+    /// Attempts allowed at once.
+    pub burst: u32,
+    /// Attempts regained per minute.
+    pub per_minute: u32,
+}
+
+/// Largest `burst` and `per_minute` of a quota.
+pub const MAX_QUOTA: u32 = 100_000;
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        RateLimitsConfig {
+            enabled: true,
+            login: IpQuotaConfig {
+                burst: 20,
+                per_minute: 20,
+            },
+            register: IpQuotaConfig {
+                burst: 5,
+                per_minute: 5,
+            },
+            verify_code: IpQuotaConfig {
+                burst: 10,
+                per_minute: 10,
+            },
+            verify_totp: IpQuotaConfig {
+                burst: 10,
+                per_minute: 10,
+            },
+        }
+    }
 }
 
 /// `[passwords]`: bounds of argon2id hashing (each computation takes
@@ -113,6 +172,11 @@ pub struct ServerConfig {
     /// listener closes and in-flight requests drain. At most
     /// [`MAX_SHUTDOWN_GRACE_SECONDS`].
     pub shutdown_grace_seconds: u64,
+    /// Reverse proxies (IP addresses or CIDR blocks, e.g. `10.0.0.0/8`)
+    /// whose `X-Forwarded-For` is believed: the client is the rightmost
+    /// address in it that is not one of these. From any other peer the
+    /// header is ignored (it is the client's to forge). Empty by default.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Upper bound of `server.shutdown_grace_seconds`.
@@ -125,6 +189,7 @@ impl Default for ServerConfig {
             issuer: None,
             log_format: LogFormat::Text,
             shutdown_grace_seconds: 5,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -648,6 +713,27 @@ impl Config {
         self.validate_upstreams()?;
         self.validate_components()?;
         self.validate_passwords()?;
+        self.validate_rate_limits()?;
+        Ok(())
+    }
+
+    fn validate_rate_limits(&self) -> Result<(), ConfigError> {
+        let r = &self.rate_limits;
+        for (scope, q) in [
+            ("login", r.login),
+            ("register", r.register),
+            ("verify_code", r.verify_code),
+            ("verify_totp", r.verify_totp),
+        ] {
+            for (key, value) in [("burst", q.burst), ("per_minute", q.per_minute)] {
+                if !(1..=MAX_QUOTA).contains(&value) {
+                    return Err(ConfigError::new(
+                        format!("rate_limits.{scope}.{key}"),
+                        format!("{value} must be between 1 and {MAX_QUOTA}"),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -707,6 +793,8 @@ impl Config {
                 ),
             ));
         }
+        crate::ratelimit::TrustedProxies::parse(&self.server.trusted_proxies)
+            .map_err(|m| ConfigError::new("server.trusted_proxies", m))?;
         let key = "server.issuer";
         let Some(issuer) = &self.server.issuer else {
             if self.server.listen != DEFAULT_LISTEN {
@@ -1189,6 +1277,31 @@ mod tests {
         let mut c = Config::default();
         c.passwords.max_waiting_hashes = MAX_WAITING_HASHES + 1;
         error_of(&c, "passwords.max_waiting_hashes");
+    }
+
+    #[test]
+    fn rate_limits_and_trusted_proxies_are_validated() {
+        let parse = |toml: &str| -> Config { Figment::from(Toml::string(toml)).extract().unwrap() };
+        let c = parse("[rate_limits]\n");
+        assert!(c.rate_limits.enabled);
+        assert_eq!(c.rate_limits.login.burst, 20);
+        let c = parse(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n\
+             [rate_limits]\nenabled = false\n[rate_limits.verify_totp]\nburst = 3\nper_minute = 1\n",
+        );
+        assert!(!c.rate_limits.enabled);
+        assert_eq!(c.rate_limits.verify_totp.per_minute, 1);
+        c.validate().unwrap();
+        let mut c = Config::default();
+        c.rate_limits.register.per_minute = 0;
+        error_of(&c, "rate_limits.register.per_minute");
+        let mut c = Config::default();
+        c.rate_limits.login.burst = MAX_QUOTA + 1;
+        error_of(&c, "rate_limits.login.burst");
+        let mut c = Config::default();
+        c.server.trusted_proxies = vec!["10.0.0.0/33".into()];
+        let text = error_of(&c, "server.trusted_proxies");
+        assert!(text.contains("10.0.0.0/33"), "{text}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! - [`customizer`]: maps an identity to the claims of issued tokens.
 //! - [`keys`]: signing keys (generated at first start, kept in the store).
 //! - [`store`]: the storage trait and its SQLite/PostgreSQL implementation.
+//! - [`ratelimit`]: per-IP and per-account limits of attempts.
 //! - [`password`]: argon2id hashing, bounded; [`totp`]: RFC 6238 codes
 //!   and recovery codes.
 //! - [`clock`]: the injected clock; [`secret`]: randomness and hashing;
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod password;
 pub mod paths;
 pub mod provider;
+pub mod ratelimit;
 pub mod secret;
 pub mod startup;
 pub mod store;

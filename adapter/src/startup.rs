@@ -34,6 +34,7 @@ use crate::provider::{
     authorize, callback, discovery, login, logout, token, userinfo, AppState, Client,
     CookieSettings, Inner,
 };
+use crate::ratelimit::{RateLimits, TrustedProxies};
 use crate::store::{SqlStore, Store, StoreError};
 use crate::{customizer, paths, telemetry, web};
 
@@ -143,7 +144,11 @@ impl Application {
                 tokio::time::sleep(grace).await;
             }
         };
-        let result = axum::serve(self.listener, app(state).layer(Extension(draining)))
+        // The peer address reaches handlers as `ConnectInfo` (rate limits).
+        let service = app(state)
+            .layer(Extension(draining))
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let result = axum::serve(self.listener, service)
             .with_graceful_shutdown(signal)
             .await;
         for task in discovery {
@@ -398,6 +403,14 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         },
     )
     .with_metrics(metrics.clone());
+    let rate_limits = RateLimits::new(
+        &config.rate_limits,
+        TrustedProxies::parse(&config.server.trusted_proxies)
+            .map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}"))?,
+        store.clone(),
+        clock.clone(),
+        metrics.clone(),
+    );
     // Secrets were hashed or handed to their connectors above; the state
     // kept for the lifetime of the process holds none, and handlers see
     // only what they need.
@@ -416,6 +429,7 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         clients,
         flows,
         customizer,
+        rate_limits,
         clock,
         metrics,
         hasher,

@@ -1,5 +1,7 @@
 //! The login pages: the connector chooser's links and the password form of
-//! a password connector. Both are steps of the login-flow engine.
+//! a password connector. Both are steps of the login-flow engine. The
+//! password form's POST is rate-limited per client address and per typed
+//! user name ([`crate::ratelimit`]) before any password is hashed.
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -10,7 +12,8 @@ use serde::Deserialize;
 
 use super::browser::{cookies, cross_site, csrf_token, login_page, render};
 use super::AppState;
-use crate::flow::{Event, FlowError};
+use crate::flow::{Event, FlowError, Next};
+use crate::ratelimit::{ClientIp, Scope};
 use crate::secret::ct_eq;
 use crate::web::{PageError, WebError};
 
@@ -66,15 +69,21 @@ pub struct LoginForm {
     password: String,
 }
 
-/// `POST /login/{connector}`: the credentials.
+/// `POST /login/{connector}`: the credentials. Per-IP quota first, then
+/// the typed user name's throttle, both before any hashing; the outcome
+/// feeds the throttle back.
 pub async fn login_submit(
     State(st): State<AppState>,
     jar: CookieJar,
     Path(connector_id): Path<String>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, WebError> {
     known_connector(&st, &connector_id)?;
+    if let Err(limited) = st.rate_limits.check_ip(Scope::Login, ip) {
+        return Ok(limited.respond(&headers));
+    }
     let form = serde_urlencoded::from_bytes::<LoginForm>(&body)
         .map_err(|_| PageError::bad_request("Invalid request", "The login form is incomplete."))?;
     let cookies = cookies(&st, &jar);
@@ -89,11 +98,28 @@ pub async fn login_submit(
         )
         .into());
     }
+    if let Err(limited) = st
+        .rate_limits
+        .check_account(Scope::Login, &form.username)
+        .await
+    {
+        return Ok(limited.respond(&headers));
+    }
     let event = Event::Credentials {
         connector_id: &connector_id,
         username: &form.username,
         password: &form.password,
     };
     let next = st.flows.step(&form.req, cookies.browser(), event).await?;
+    match &next {
+        // The form again: the credentials were refused.
+        Next::ShowForm(_) => st.rate_limits.failed(Scope::Login, &form.username).await?,
+        Next::LoggedIn { .. } => {
+            st.rate_limits
+                .succeeded(Scope::Login, &form.username)
+                .await?
+        }
+        _ => {}
+    }
     Ok(render(&st, jar, &cookies, next, true))
 }

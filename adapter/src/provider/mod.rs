@@ -219,6 +219,8 @@ pub struct Inner {
     pub metrics: crate::metrics::Metrics,
     /// The argon2id pool every password check goes through.
     pub hasher: Arc<crate::password::Hasher>,
+    /// Per-IP quotas and per-account throttles of attempts.
+    pub rate_limits: crate::ratelimit::RateLimits,
 }
 
 impl std::ops::Deref for AppState {

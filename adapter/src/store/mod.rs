@@ -397,6 +397,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many sessions are unexpired at `now` (the active-sessions gauge).
     async fn count_sessions(&self, now: i64) -> Result<u64, StoreError>;
+
+    // ---- rate limits (per-account throttles) ----------------------------------
+
+    /// Counts one failure of `key` at `now` in a single atomic upsert and
+    /// returns the count: the first failure, or the first once `window`
+    /// seconds passed since the window started, opens a new window at 1;
+    /// otherwise the count goes up by one (concurrent failures each count).
+    async fn throttle_failure(&self, key: &str, now: i64, window: i64) -> Result<i64, StoreError>;
+
+    /// Blocks `key` until `until`, unless it is blocked longer already (a
+    /// monotone update, so concurrent blocks keep the longest).
+    async fn throttle_block(&self, key: &str, until: i64) -> Result<(), StoreError>;
+
+    /// Until when `key` is blocked (0 when never blocked); `None` without a
+    /// record.
+    async fn throttle_blocked_until(&self, key: &str) -> Result<Option<i64>, StoreError>;
+
+    /// Forgets `key` (a success ends the throttle).
+    async fn clear_throttle(&self, key: &str) -> Result<(), StoreError>;
 }
 
 /// A queued back-channel logout delivery (OIDC Back-Channel Logout 1.0 §2.5).
