@@ -24,6 +24,7 @@ mod metrics;
 mod ops;
 mod outage;
 mod races;
+mod ratelimit;
 mod support;
 use support::*;
 
