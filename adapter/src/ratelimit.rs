@@ -370,8 +370,8 @@ impl RateLimits {
         if !self.enabled {
             return Ok(());
         }
-        self.purge_idle();
         let limiter = &self.per_ip[scope.index()];
+        self.purge_idle(limiter.len());
         match limiter.check_key(&ip_key(ip)) {
             Ok(()) => Ok(()),
             Err(not_until) => {
@@ -446,12 +446,12 @@ impl RateLimits {
     }
 
     /// Drops per-IP states that are back to fresh, every
-    /// [`PURGE_INTERVAL_SECONDS`] or when a scope tracks too many keys.
-    fn purge_idle(&self) {
+    /// [`PURGE_INTERVAL_SECONDS`] or when the scope at hand tracks
+    /// `tracked` > [`MAX_TRACKED_KEYS`] addresses.
+    fn purge_idle(&self, tracked: usize) {
         let now = self.clock.now();
         let last = self.last_purge.load(Ordering::Relaxed);
-        let due = now.saturating_sub(last) >= PURGE_INTERVAL_SECONDS
-            || self.per_ip.iter().any(|l| l.len() > MAX_TRACKED_KEYS);
+        let due = now.saturating_sub(last) >= PURGE_INTERVAL_SECONDS || tracked > MAX_TRACKED_KEYS;
         // One caller purges; the others go on.
         if due
             && self
@@ -466,7 +466,7 @@ impl RateLimits {
         }
     }
 
-    /// Addresses tracked by the per-IP limiter of `scope` (tests, metrics).
+    /// Addresses tracked by the per-IP limiter of `scope`.
     pub fn tracked_ips(&self, scope: Scope) -> usize {
         self.per_ip[scope.index()].len()
     }
