@@ -87,7 +87,9 @@ fn read_password() -> anyhow::Result<String> {
 
 async fn users(config: &Config, action: UsersAction) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = Arc::new(connect_store(&config.database.url, 1).await?);
-    let accounts = accounts_from_config(config, store, Arc::new(SystemClock))?;
+    let hasher =
+        crate::password::Hasher::new(1, 4).map_err(|e| anyhow::anyhow!("password hashing: {e}"))?;
+    let accounts = accounts_from_config(config, store, Arc::new(SystemClock), Arc::new(hasher))?;
     match action {
         UsersAction::Add {
             username,

@@ -65,6 +65,11 @@ pub struct Config {
     pub accounts: AccountsConfig,
     /// Outgoing mail (one-time codes): the SMTP server and the sender.
     pub mail: MailConfig,
+    /// Password hashing: how many argon2id computations run and wait.
+    pub passwords: PasswordsConfig,
+    /// Per-IP quotas of the attempt endpoints (the per-account throttle
+    /// follows a fixed policy, see [`crate::ratelimit`]).
+    pub rate_limits: RateLimitsConfig,
 }
 
 /// How local accounts log in, for a deployment or one user.
@@ -116,6 +121,62 @@ impl Default for AccountsConfig {
     }
 }
 
+/// `[rate_limits]`: per-IP quotas, one per attempt kind, each a burst and
+/// a steady rate (GCRA: one more attempt every `60 / per_minute` seconds,
+/// at most `burst` at once).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// Off only for load tests: both the per-IP quotas and the per-account
+    /// throttle. Default true.
+    pub enabled: bool,
+    /// Password submissions.
+    pub login: IpQuotaConfig,
+    /// Account registrations.
+    pub register: IpQuotaConfig,
+    /// E-mailed one-time codes entered.
+    pub verify_code: IpQuotaConfig,
+    /// TOTP (and recovery) codes entered.
+    pub verify_totp: IpQuotaConfig,
+}
+
+/// One per-IP quota.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IpQuotaConfig {
+    /// Attempts allowed at once.
+    pub burst: u32,
+    /// Attempts regained per minute.
+    pub per_minute: u32,
+}
+
+/// Largest `burst` and `per_minute` of a quota.
+pub const MAX_QUOTA: u32 = 100_000;
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        RateLimitsConfig {
+            enabled: true,
+            login: IpQuotaConfig {
+                burst: 20,
+                per_minute: 20,
+            },
+            register: IpQuotaConfig {
+                burst: 5,
+                per_minute: 5,
+            },
+            verify_code: IpQuotaConfig {
+                burst: 10,
+                per_minute: 10,
+            },
+            verify_totp: IpQuotaConfig {
+                burst: 10,
+                per_minute: 10,
+            },
+        }
+    }
+}
+
 impl AccountsConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if !(8..=128).contains(&self.min_password_length) {
@@ -140,6 +201,36 @@ impl AccountsConfig {
     }
 }
 
+/// `[passwords]`: bounds of argon2id hashing (each computation takes
+/// 19 MiB and a core for tens of milliseconds).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordsConfig {
+    /// Hashes computed at the same time; default: the number of CPUs.
+    pub max_concurrent_hashes: usize,
+    /// Further password checks allowed to wait for a turn; beyond them a
+    /// check is refused at once (`temporarily_unavailable`), so a login
+    /// flood cannot grow memory. Default 64.
+    pub max_waiting_hashes: usize,
+}
+
+/// Most `passwords.max_concurrent_hashes` (19 MiB each: 1 GiB at 54).
+pub const MAX_CONCURRENT_HASHES: usize = 256;
+/// Most `passwords.max_waiting_hashes`.
+pub const MAX_WAITING_HASHES: usize = 100_000;
+
+impl Default for PasswordsConfig {
+    fn default() -> Self {
+        PasswordsConfig {
+            max_concurrent_hashes: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .max(1),
+            max_waiting_hashes: 64,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -158,6 +249,11 @@ pub struct ServerConfig {
     /// listener closes and in-flight requests drain. At most
     /// [`MAX_SHUTDOWN_GRACE_SECONDS`].
     pub shutdown_grace_seconds: u64,
+    /// Reverse proxies (IP addresses or CIDR blocks, e.g. `10.0.0.0/8`)
+    /// whose `X-Forwarded-For` is believed: the client is the rightmost
+    /// address in it that is not one of these. From any other peer the
+    /// header is ignored (it is the client's to forge). Empty by default.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Upper bound of `server.shutdown_grace_seconds`.
@@ -170,6 +266,7 @@ impl Default for ServerConfig {
             issuer: None,
             log_format: LogFormat::Text,
             shutdown_grace_seconds: 5,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -789,6 +886,8 @@ impl Config {
         self.accounts.validate()?;
         self.validate_mail()?;
         self.validate_email_login()?;
+        self.validate_passwords()?;
+        self.validate_rate_limits()?;
         Ok(())
     }
 
@@ -892,6 +991,51 @@ impl Config {
             }
             _ => {}
         }
+        self.validate_passwords()?;
+        self.validate_rate_limits()?;
+        Ok(())
+    }
+
+    fn validate_rate_limits(&self) -> Result<(), ConfigError> {
+        let r = &self.rate_limits;
+        for (scope, q) in [
+            ("login", r.login),
+            ("register", r.register),
+            ("verify_code", r.verify_code),
+            ("verify_totp", r.verify_totp),
+        ] {
+            for (key, value) in [("burst", q.burst), ("per_minute", q.per_minute)] {
+                if !(1..=MAX_QUOTA).contains(&value) {
+                    return Err(ConfigError::new(
+                        format!("rate_limits.{scope}.{key}"),
+                        format!("{value} must be between 1 and {MAX_QUOTA}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_passwords(&self) -> Result<(), ConfigError> {
+        let p = &self.passwords;
+        if !(1..=MAX_CONCURRENT_HASHES).contains(&p.max_concurrent_hashes) {
+            return Err(ConfigError::new(
+                "passwords.max_concurrent_hashes",
+                format!(
+                    "{} must be between 1 and {MAX_CONCURRENT_HASHES}",
+                    p.max_concurrent_hashes
+                ),
+            ));
+        }
+        if p.max_waiting_hashes > MAX_WAITING_HASHES {
+            return Err(ConfigError::new(
+                "passwords.max_waiting_hashes",
+                format!(
+                    "{} is more than the maximum of {MAX_WAITING_HASHES}",
+                    p.max_waiting_hashes
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -928,6 +1072,8 @@ impl Config {
                 ),
             ));
         }
+        crate::ratelimit::TrustedProxies::parse(&self.server.trusted_proxies)
+            .map_err(|m| ConfigError::new("server.trusted_proxies", m))?;
         let key = "server.issuer";
         let Some(issuer) = &self.server.issuer else {
             if self.server.listen != DEFAULT_LISTEN {
@@ -1411,6 +1557,48 @@ mod tests {
         assert!(text.contains("maximum of 300"), "{text}");
         c.server.shutdown_grace_seconds = 0;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn password_hashing_bounds() {
+        let parse = |toml: &str| -> Config { Figment::from(Toml::string(toml)).extract().unwrap() };
+        let c = parse("[passwords]\n");
+        assert!(c.passwords.max_concurrent_hashes >= 1);
+        assert_eq!(c.passwords.max_waiting_hashes, 64);
+        let c = parse("[passwords]\nmax_concurrent_hashes = 3\nmax_waiting_hashes = 0\n");
+        assert_eq!(c.passwords.max_concurrent_hashes, 3);
+        c.validate().unwrap();
+        let mut c = Config::default();
+        c.passwords.max_concurrent_hashes = 0;
+        error_of(&c, "passwords.max_concurrent_hashes");
+        let mut c = Config::default();
+        c.passwords.max_waiting_hashes = MAX_WAITING_HASHES + 1;
+        error_of(&c, "passwords.max_waiting_hashes");
+    }
+
+    #[test]
+    fn rate_limits_and_trusted_proxies_are_validated() {
+        let parse = |toml: &str| -> Config { Figment::from(Toml::string(toml)).extract().unwrap() };
+        let c = parse("[rate_limits]\n");
+        assert!(c.rate_limits.enabled);
+        assert_eq!(c.rate_limits.login.burst, 20);
+        let c = parse(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n\
+             [rate_limits]\nenabled = false\n[rate_limits.verify_totp]\nburst = 3\nper_minute = 1\n",
+        );
+        assert!(!c.rate_limits.enabled);
+        assert_eq!(c.rate_limits.verify_totp.per_minute, 1);
+        c.validate().unwrap();
+        let mut c = Config::default();
+        c.rate_limits.register.per_minute = 0;
+        error_of(&c, "rate_limits.register.per_minute");
+        let mut c = Config::default();
+        c.rate_limits.login.burst = MAX_QUOTA + 1;
+        error_of(&c, "rate_limits.login.burst");
+        let mut c = Config::default();
+        c.server.trusted_proxies = vec!["10.0.0.0/33".into()];
+        let text = error_of(&c, "server.trusted_proxies");
+        assert!(text.contains("10.0.0.0/33"), "{text}");
     }
 
     #[test]

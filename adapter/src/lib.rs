@@ -20,6 +20,9 @@
 //! - [`customizer`]: maps an identity to the claims of issued tokens.
 //! - [`keys`]: signing keys (generated at first start, kept in the store).
 //! - [`store`]: the storage trait and its SQLite/PostgreSQL implementation.
+//! - [`ratelimit`]: per-IP and per-account limits of attempts.
+//! - [`password`]: argon2id hashing, bounded; [`totp`]: RFC 6238 codes
+//!   and recovery codes.
 //! - [`clock`]: the injected clock; [`secret`]: randomness and hashing;
 //!   [`error`]: protocol error codes; [`web`]: pages and response helpers;
 //!   [`telemetry`]: logging; [`cli`]: the command line shared by binaries.
@@ -39,6 +42,7 @@ pub mod metrics;
 pub mod password;
 pub mod paths;
 pub mod provider;
+pub mod ratelimit;
 pub mod secret;
 pub mod startup;
 pub mod store;

@@ -45,6 +45,7 @@ pub const UPSTREAM_ERRORS: &str = "adapter_upstream_errors_total";
 pub const STORE_DURATION: &str = "adapter_store_operation_duration_seconds";
 pub const STORE_ERRORS: &str = "adapter_store_errors_total";
 pub const ACTIVE_SESSIONS: &str = "adapter_active_sessions";
+pub const RATE_LIMITED: &str = "adapter_rate_limited_total";
 
 /// Label of a route no template matched (404s): never the raw path.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -79,6 +80,10 @@ const COUNTERS: &[(&str, &str)] = &[
         "Failed calls to upstream providers, by upstream and operation.",
     ),
     (STORE_ERRORS, "Failed store operations, by operation."),
+    (
+        RATE_LIMITED,
+        "Attempts refused with 429 by a per-IP quota or a per-account throttle, by scope.",
+    ),
 ];
 
 /// HELP texts of the latency histograms (seconds).
@@ -250,6 +255,11 @@ impl Metrics {
             }
         });
         result
+    }
+
+    /// `scope` is a fixed name ([`crate::ratelimit::Scope::as_str`]).
+    pub fn rate_limited(&self, scope: &'static str) {
+        self.record(|| metrics::counter!(RATE_LIMITED, "scope" => scope).increment(1));
     }
 
     fn active_sessions(&self, count: u64) {

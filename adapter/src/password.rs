@@ -236,12 +236,13 @@ mod tests {
         while hasher.admitted.available_permits() > 0 {
             tokio::task::yield_now().await;
         }
-        // The queue is full: the next checks are refused at once.
-        assert!(matches!(
-            hasher.verify("pw", None).await,
-            Err(HashError::Busy)
-        ));
-        assert!(matches!(hasher.hash("pw").await, Err(HashError::Busy)));
+        // The queue is full: the next checks are refused at once (the
+        // timeout only turns a wrongly queued check into a failure).
+        let at_once = std::time::Duration::from_secs(5);
+        let verify = tokio::time::timeout(at_once, hasher.verify("pw", None)).await;
+        assert!(matches!(verify, Ok(Err(HashError::Busy))), "{verify:?}");
+        let hash = tokio::time::timeout(at_once, hasher.hash("pw")).await;
+        assert!(matches!(hash, Ok(Err(HashError::Busy))), "{hash:?}");
         drop(held);
         for q in queued {
             q.await.unwrap().unwrap();

@@ -31,10 +31,12 @@ use crate::connector::{Connector, ConnectorKind};
 use crate::flow::{Flows, Lifetimes};
 use crate::keys::{EncryptionKey, KeyManager, Policy as KeyPolicy};
 use crate::mail::{EmailCodes, MailSender, Mailer, SmtpSender};
+use crate::password::Hasher;
 use crate::provider::{
     authorize, callback, discovery, local_auth, login, logout, token, userinfo, AppState, Client,
     CookieSettings, Inner,
 };
+use crate::ratelimit::{RateLimits, TrustedProxies};
 use crate::store::{SqlStore, Store, StoreError};
 use crate::{customizer, paths, telemetry, web};
 
@@ -148,7 +150,11 @@ impl Application {
                 tokio::time::sleep(grace).await;
             }
         };
-        let result = axum::serve(self.listener, app(state).layer(Extension(draining)))
+        // The peer address reaches handlers as `ConnectInfo` (rate limits).
+        let service = app(state)
+            .layer(Extension(draining))
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let result = axum::serve(self.listener, service)
             .with_graceful_shutdown(signal)
             .await;
         for task in discovery {
@@ -312,12 +318,11 @@ pub fn accounts_from_config(
     config: &Config,
     store: Arc<dyn Store>,
     clock: SharedClock,
+    hasher: Arc<Hasher>,
 ) -> anyhow::Result<Accounts> {
-    let hasher = crate::password::Hasher::new(2, 64)
-        .map_err(|e| anyhow::anyhow!("password hashing: {e}"))?;
     Ok(Accounts::new(
         store,
-        Arc::new(hasher),
+        hasher,
         EncryptionKey::resolve_shared(&config.keys, &config.database.url).context("keys")?,
         clock,
         config.accounts.clone(),
@@ -348,6 +353,20 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         oidc_connectors.push((up.id.clone(), up.name.clone(), oidc));
     }
     let local_accounts = config.accounts.enabled || !config.local_users.is_empty();
+    // One argon2id pool for the whole process; its dummy hash is computed
+    // off the workers.
+    let passwords = config.passwords.clone();
+    let hasher = Arc::new(
+        tokio::task::spawn_blocking(move || {
+            Hasher::new(
+                passwords.max_concurrent_hashes,
+                passwords.max_waiting_hashes,
+            )
+        })
+        .await
+        .context("password hasher")?
+        .map_err(|e| anyhow::anyhow!("passwords: {e}"))?,
+    );
 
     let customizer = customizer::from_config(&config).map_err(anyhow::Error::msg)?;
     let metrics = crate::metrics::Metrics::new();
@@ -378,6 +397,14 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
             });
         }
     }
+    let rate_limits = Arc::new(RateLimits::new(
+        &config.rate_limits,
+        TrustedProxies::parse(&config.server.trusted_proxies)
+            .map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}"))?,
+        store.clone(),
+        clock.clone(),
+        metrics.clone(),
+    ));
     let mailer = Arc::new(build_mailer(&config, store.clone(), clock.clone())?);
     let email_codes = Arc::new(EmailCodes::new(
         store.clone(),
@@ -390,7 +417,12 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         let codes = (config.accounts.email_codes
             || config.accounts.policy == crate::config::LoginPolicy::EmailCode)
             .then(|| email_codes.clone() as Arc<dyn crate::accounts::authn::OneTimeCodes>);
-        let accounts = Arc::new(accounts_from_config(&config, store.clone(), clock.clone())?);
+        let accounts = Arc::new(accounts_from_config(
+            &config,
+            store.clone(),
+            clock.clone(),
+            hasher.clone(),
+        )?);
         let seeded = accounts
             .seed(&config.local_users)
             .await
@@ -404,7 +436,9 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         connectors.push(Connector {
             id: LOCAL_CONNECTOR_ID.into(),
             name: "Username and password".into(),
-            kind: ConnectorKind::Local(Arc::new(Authenticator::new(accounts, codes))),
+            kind: ConnectorKind::Local(Arc::new(
+                Authenticator::new(accounts, codes).with_rate_limits(rate_limits.clone()),
+            )),
         });
     }
     let cookie_secure = config
@@ -443,10 +477,12 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         clients,
         flows,
         customizer,
+        rate_limits,
         clock,
         metrics,
         mailer,
         email_codes,
+        hasher,
     })))
 }
 

@@ -165,7 +165,16 @@ pub async fn render_error_pages(
     mut response: Response,
 ) -> Response {
     match response.extensions_mut().remove::<PageError>() {
-        Some(page) => error_page(&title, page.status, page.heading, &page.message),
+        Some(page) => {
+            let mut rendered = error_page(&title, page.status, page.heading, &page.message);
+            // A 429's or 503's Retry-After (RFC 9110 §10.2.3) survives.
+            if let Some(retry) = response.headers().get(header::RETRY_AFTER) {
+                rendered
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, retry.clone());
+            }
+            rendered
+        }
         None => response,
     }
 }

@@ -26,6 +26,7 @@ mod metrics;
 mod ops;
 mod outage;
 mod races;
+mod ratelimit;
 mod support;
 use support::*;
 

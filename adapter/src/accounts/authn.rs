@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use super::{Account, AccountError, Accounts};
 use crate::config::LoginPolicy;
 use crate::connector::Identity;
+use crate::ratelimit::{RateLimits, Scope};
 
 /// A mechanism, as offered by `choose` and picked by `begin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,11 +291,24 @@ pub const DENIED: &str = "invalid username or password";
 pub struct Authenticator {
     accounts: Arc<Accounts>,
     codes: Option<Arc<dyn OneTimeCodes>>,
+    /// The per-account throttle of credential checks (shared through the
+    /// store, so it holds across replicas).
+    limits: Option<Arc<RateLimits>>,
 }
 
 impl Authenticator {
     pub fn new(accounts: Arc<Accounts>, codes: Option<Arc<dyn OneTimeCodes>>) -> Self {
-        Authenticator { accounts, codes }
+        Authenticator {
+            accounts,
+            codes,
+            limits: None,
+        }
+    }
+
+    /// Throttles credential checks per account (OWASP ASVS 5.0 V6.3.1).
+    pub fn with_rate_limits(mut self, limits: Arc<RateLimits>) -> Self {
+        self.limits = Some(limits);
+        self
     }
 
     pub fn accounts(&self) -> &Arc<Accounts> {
@@ -413,7 +427,34 @@ impl Authenticator {
                     });
                 }
                 let account = self.current(username, account_id.as_deref()).await?;
-                match self.verify(account.as_ref(), &cred).await? {
+                // The throttle is keyed by the name typed, known or not, so
+                // it says nothing about which accounts exist.
+                let scope = match next_kind {
+                    CredKind::Password => Scope::Login,
+                    CredKind::Totp => Scope::VerifyTotp,
+                    CredKind::EmailCode => Scope::VerifyCode,
+                };
+                if let Some(limits) = &self.limits {
+                    limits.check_account(scope, username).await.map_err(|l| {
+                        AuthError::Throttled {
+                            retry_after: l.retry_after,
+                        }
+                    })?;
+                }
+                let verdict = self.verify(account.as_ref(), &cred).await?;
+                if let Some(limits) = &self.limits {
+                    let counted = match &verdict {
+                        Verdict::Accepted => limits.succeeded(scope, username).await,
+                        Verdict::Retry(_) | Verdict::Denied(_) => {
+                            limits.failed(scope, username).await
+                        }
+                    };
+                    if let Err(e) = counted {
+                        // An outage of the throttle must not become a lockout.
+                        tracing::warn!(error = %e, "login throttle not updated");
+                    }
+                }
+                match verdict {
                     Verdict::Accepted => {
                         let mut state = cur.clone();
                         if let AuthState::InProgress { needed, done, .. } = &mut state {

@@ -35,6 +35,7 @@ use crate::accounts::{AccountError, NewAccount, LOCAL_CONNECTOR_ID};
 use crate::connector::ConnectorKind;
 use crate::flow::{Browser, FlowError};
 use crate::paths;
+use crate::ratelimit::{ClientIp, Scope};
 use crate::web;
 
 /// An error of these endpoints, as JSON (`{"error", "error_description"}`)
@@ -45,6 +46,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub description: String,
     pub html: bool,
+    /// Seconds for `Retry-After` (RFC 9110 §10.2.3) of a 429.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -54,6 +57,18 @@ impl ApiError {
             code,
             description: description.into(),
             html: false,
+            retry_after: None,
+        }
+    }
+
+    fn rate_limited(retry_after: u64) -> Self {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many attempts; retry in {retry_after} s"),
+            )
         }
     }
 
@@ -69,6 +84,18 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut response = self.response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl ApiError {
+    fn response(&self) -> Response {
         if self.html {
             let heading = match self.status {
                 StatusCode::TOO_MANY_REQUESTS => "Too many attempts",
@@ -77,7 +104,8 @@ impl IntoResponse for ApiError {
                 StatusCode::NOT_FOUND => "Not found",
                 _ => "Invalid request",
             };
-            return web::PageError::new(self.status, heading, self.description).into_response();
+            return web::PageError::new(self.status, heading, self.description.clone())
+                .into_response();
         }
         (
             self.status,
@@ -90,9 +118,7 @@ impl IntoResponse for ApiError {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match &e {
-            AuthError::Throttled { .. } => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.code(), e.to_string())
-            }
+            AuthError::Throttled { retry_after } => ApiError::rate_limited(*retry_after),
             AuthError::Account(AccountError::Hash(_)) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 e.code(),
@@ -200,6 +226,13 @@ fn parse_body<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T
         serde_urlencoded::from_bytes(body).map_err(|e| e.to_string())
     };
     parsed.map_err(|e| ApiError::bad("invalid_request", format!("malformed request: {e}")))
+}
+
+/// The per-client-address quota of `scope` (RFC 6585 §4).
+fn ip_quota(st: &AppState, scope: Scope, ip: std::net::IpAddr) -> Result<(), ApiError> {
+    st.rate_limits
+        .check_ip(scope, ip)
+        .map_err(|l| ApiError::rate_limited(l.retry_after))
 }
 
 fn same_site(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -342,12 +375,26 @@ impl ApiStep {
 pub async fn api_auth(
     State(st): State<AppState>,
     jar: CookieJar,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     same_site(&st, &headers)?;
     let authn = authenticator(&st)?;
     let (session_id, step) = parse_body::<ApiStep>(&headers, &body)?.parse()?;
+    // The per-address quotas count what costs or risks something: a
+    // credential checked, or a code mailed; not the steps around them.
+    let scope = match &step {
+        Step::Cred(Credential::Password(_)) => Some(Scope::Login),
+        Step::Cred(Credential::Totp(_)) => Some(Scope::VerifyTotp),
+        Step::Cred(Credential::EmailCode(_)) | Step::Begin(Mech::EmailCode) => {
+            Some(Scope::VerifyCode)
+        }
+        _ => None,
+    };
+    if let Some(scope) = scope {
+        ip_quota(&st, scope, ip)?;
+    }
     let flows = pending(&st, authn);
     let (id, reply, next) = match (session_id, step) {
         (None, step @ Step::Init { .. }) => {
@@ -415,10 +462,12 @@ fn pending_cookie(st: &AppState) -> String {
 pub async fn login(
     State(st): State<AppState>,
     jar: CookieJar,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let html = wants_html(&headers);
+    ip_quota(&st, Scope::Login, ip).map_err(|e| e.html(html))?;
     same_site(&st, &headers).map_err(|e| e.html(html))?;
     let authn = authenticator(&st).map_err(|e| e.html(html))?;
     let form: PlainLogin = parse_body(&headers, &body).map_err(|e| e.html(html))?;
@@ -535,10 +584,12 @@ pub struct VerifyOtp {
 pub async fn verify_otp(
     State(st): State<AppState>,
     jar: CookieJar,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let html = wants_html(&headers);
+    ip_quota(&st, Scope::VerifyCode, ip).map_err(|e| e.html(html))?;
     same_site(&st, &headers).map_err(|e| e.html(html))?;
     let authn = authenticator(&st).map_err(|e| e.html(html))?;
     let form: VerifyOtp = parse_body(&headers, &body).map_err(|e| e.html(html))?;
@@ -613,10 +664,12 @@ pub struct Registration {
 pub async fn register(
     State(st): State<AppState>,
     jar: CookieJar,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let html = wants_html(&headers);
+    ip_quota(&st, Scope::Register, ip).map_err(|e| e.html(html))?;
     same_site(&st, &headers).map_err(|e| e.html(html))?;
     let authn = authenticator(&st).map_err(|e| e.html(html))?;
     let form: Registration = parse_body(&headers, &body).map_err(|e| e.html(html))?;

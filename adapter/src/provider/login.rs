@@ -1,6 +1,8 @@
 //! The login pages: the connector chooser's links and the forms of the
 //! local-accounts connector (password, TOTP code, e-mail code). All are
-//! steps of the login-flow engine.
+//! steps of the login-flow engine. A form's POST is rate-limited per client
+//! address here and per typed user name by the authentication state machine
+//! ([`crate::ratelimit`]), both before any password is hashed.
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -12,6 +14,7 @@ use serde::Deserialize;
 use super::browser::{cookies, cross_site, csrf_token, login_page, render};
 use super::AppState;
 use crate::flow::{Event, FlowError, LocalInput};
+use crate::ratelimit::{ClientIp, RateLimited, Scope};
 use crate::secret::ct_eq;
 use crate::web::{PageError, WebError};
 
@@ -98,10 +101,15 @@ pub async fn login_submit(
     State(st): State<AppState>,
     jar: CookieJar,
     Path(connector_id): Path<String>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, WebError> {
     known_connector(&st, &connector_id)?;
+    // The client address's quota first, before any hashing (RFC 6585 §4).
+    if let Err(limited) = st.rate_limits.check_ip(Scope::Login, ip) {
+        return Ok(limited.respond(&headers));
+    }
     let form = serde_urlencoded::from_bytes::<LoginForm>(&body)
         .map_err(|_| PageError::bad_request("Invalid request", "The login form is incomplete."))?;
     let cookies = cookies(&st, &jar);
@@ -120,6 +128,16 @@ pub async fn login_submit(
         connector_id: &connector_id,
         input: form.input()?,
     };
-    let next = st.flows.step(&form.req, cookies.browser(), event).await?;
+    // The per-account throttle is the authentication state machine's.
+    let next = match st.flows.step(&form.req, cookies.browser(), event).await {
+        Err(FlowError::Throttled { retry_after }) => {
+            let limited = RateLimited {
+                scope: Scope::Login,
+                retry_after,
+            };
+            return Ok(limited.respond(&headers));
+        }
+        other => other?,
+    };
     Ok(render(&st, jar, &cookies, next, true))
 }

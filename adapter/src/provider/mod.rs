@@ -223,6 +223,10 @@ pub struct Inner {
     pub mailer: Arc<crate::mail::Mailer>,
     /// E-mail one-time codes (registration and login of local accounts).
     pub email_codes: Arc<crate::mail::EmailCodes>,
+    /// The argon2id pool every password check goes through.
+    pub hasher: Arc<crate::password::Hasher>,
+    /// Per-IP quotas and per-account throttles of attempts.
+    pub rate_limits: Arc<crate::ratelimit::RateLimits>,
 }
 
 impl std::ops::Deref for AppState {

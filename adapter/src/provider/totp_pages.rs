@@ -23,6 +23,7 @@ use crate::accounts::{AccountError, Accounts, LOCAL_CONNECTOR_ID};
 use crate::connector::ConnectorKind;
 use crate::flow::Session;
 use crate::paths;
+use crate::ratelimit::{ClientIp, Scope};
 use crate::secret::ct_eq;
 use crate::web::{PageError, WebError};
 
@@ -143,9 +144,13 @@ pub struct ConfirmForm {
 pub async fn totp_confirm(
     State(st): State<AppState>,
     jar: CookieJar,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, WebError> {
+    if let Err(limited) = st.rate_limits.check_ip(Scope::VerifyTotp, ip) {
+        return Ok(limited.respond(&headers));
+    }
     let accounts = accounts(&st)?;
     let (session, cookie) = signed_in(&st, &jar).await?;
     let form = serde_urlencoded::from_bytes::<ConfirmForm>(&body)

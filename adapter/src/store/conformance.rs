@@ -17,6 +17,9 @@ pub async fn run_all(store: Arc<dyn Store>) {
     refresh_rotation_and_families(&*store).await;
     concurrent_refresh_has_one_winner(store.clone()).await;
     accounts_by_username_and_email(&*store).await;
+    // ---- rate limits (per-account throttles) ----
+    throttles_count_block_and_clear(&*store).await;
+    concurrent_throttle_failures_all_count(store.clone()).await;
     gc_removes_expired(&*store).await;
     keys_roundtrip(&*store).await;
     // ---- token lifecycle (refresh, revocation, introspection) ----
@@ -983,4 +986,89 @@ async fn concurrent_wrong_guesses_never_pass_the_limit(store: Arc<dyn Store>) {
             .unwrap(),
         CodeCheck::Exhausted
     );
+}
+
+// ---- rate limits (per-account throttles) ----
+
+async fn throttles_count_block_and_clear(s: &dyn Store) {
+    const WINDOW: i64 = 900;
+    assert_eq!(s.throttle_blocked_until("th-a").await.unwrap(), None);
+    for expected in 1..=3 {
+        assert_eq!(
+            s.throttle_failure("th-a", 1000 + expected, WINDOW)
+                .await
+                .unwrap(),
+            expected
+        );
+    }
+    assert_eq!(s.throttle_blocked_until("th-a").await.unwrap(), Some(0));
+    // Keys are separate.
+    assert_eq!(s.throttle_failure("th-b", 1000, WINDOW).await.unwrap(), 1);
+    // Blocks only ever lengthen.
+    s.throttle_block("th-a", 1010).await.unwrap();
+    s.throttle_block("th-a", 1005).await.unwrap();
+    assert_eq!(s.throttle_blocked_until("th-a").await.unwrap(), Some(1010));
+    // Blocking an unknown key creates nothing.
+    s.throttle_block("th-none", 1010).await.unwrap();
+    assert_eq!(s.throttle_blocked_until("th-none").await.unwrap(), None);
+    // Still inside the window (started at 1001): counting goes on...
+    assert_eq!(
+        s.throttle_failure("th-a", 1001 + WINDOW - 1, WINDOW)
+            .await
+            .unwrap(),
+        4
+    );
+    // ...and once the window is over, a new one starts at 1.
+    assert_eq!(
+        s.throttle_failure("th-a", 1001 + WINDOW, WINDOW)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.throttle_failure("th-a", 1001 + WINDOW, WINDOW)
+            .await
+            .unwrap(),
+        2
+    );
+    // A success forgets the key, and only it.
+    s.clear_throttle("th-a").await.unwrap();
+    assert_eq!(s.throttle_blocked_until("th-a").await.unwrap(), None);
+    assert_eq!(s.throttle_failure("th-a", 5000, WINDOW).await.unwrap(), 1);
+    assert_eq!(s.throttle_blocked_until("th-b").await.unwrap(), Some(0));
+    // Garbage collection: a row goes when both its window and its block
+    // are over.
+    s.throttle_failure("th-gc", 10_000, WINDOW).await.unwrap();
+    s.throttle_block("th-gc", 10_000 + 2 * WINDOW)
+        .await
+        .unwrap();
+    while s.delete_expired(10_000 + WINDOW + 1, 100).await.unwrap() > 0 {}
+    assert_eq!(
+        s.throttle_blocked_until("th-gc").await.unwrap(),
+        Some(10_000 + 2 * WINDOW),
+        "blocked rows outlive their window"
+    );
+    while s
+        .delete_expired(10_000 + 2 * WINDOW + 1, 100)
+        .await
+        .unwrap()
+        > 0
+    {}
+    assert_eq!(s.throttle_blocked_until("th-gc").await.unwrap(), None);
+}
+
+async fn concurrent_throttle_failures_all_count(s: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.throttle_failure("th-race", 100, 900).await.unwrap() })
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for t in tasks {
+        counts.push(t.await.unwrap());
+    }
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=16).collect::<Vec<i64>>(), "no failure is lost");
+    s.clear_throttle("th-race").await.unwrap();
 }

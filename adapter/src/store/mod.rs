@@ -402,6 +402,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every account, by username (the command line's `users list`).
     async fn list_accounts(&self) -> Result<Vec<AccountRow>, StoreError>;
+
     // ---- mail (outbox and e-mail one-time codes) -------------------------------
 
     /// Stores a mail in the outbox (durable when this returns).
@@ -457,6 +458,25 @@ pub trait Store: Send + Sync + 'static {
         max_attempts: i64,
         now: i64,
     ) -> Result<CodeCheck, StoreError>;
+
+    // ---- rate limits (per-account throttles) ----------------------------------
+
+    /// Counts one failure of `key` at `now` in a single atomic upsert and
+    /// returns the count: the first failure, or the first once `window`
+    /// seconds passed since the window started, opens a new window at 1;
+    /// otherwise the count goes up by one (concurrent failures each count).
+    async fn throttle_failure(&self, key: &str, now: i64, window: i64) -> Result<i64, StoreError>;
+
+    /// Blocks `key` until `until`, unless it is blocked longer already (a
+    /// monotone update, so concurrent blocks keep the longest).
+    async fn throttle_block(&self, key: &str, until: i64) -> Result<(), StoreError>;
+
+    /// Until when `key` is blocked (0 when never blocked); `None` without a
+    /// record.
+    async fn throttle_blocked_until(&self, key: &str) -> Result<Option<i64>, StoreError>;
+
+    /// Forgets `key` (a success ends the throttle).
+    async fn clear_throttle(&self, key: &str) -> Result<(), StoreError>;
 }
 
 /// A mail in the outbox.

@@ -1015,10 +1015,69 @@ impl Store for SqlStore {
         }
         Ok(CodeCheck::Missing)
     }
+
+    // ---- rate limits (per-account throttles) ----
+
+    async fn throttle_failure(&self, key: &str, now: i64, window: i64) -> Result<i64, StoreError> {
+        // One statement, so concurrent failures serialise on the row. The
+        // SET expressions all read the row as it was (SQLite and
+        // PostgreSQL alike).
+        let failures: i64 = sqlx::query_scalar(
+            "INSERT INTO throttles \
+             (throttle_key, failures, window_start, blocked_until, expires_at) \
+             VALUES ($1, 1, $2, 0, $3) \
+             ON CONFLICT (throttle_key) DO UPDATE SET \
+             failures = CASE WHEN throttles.window_start <= $4 THEN 1 \
+                             ELSE throttles.failures + 1 END, \
+             window_start = CASE WHEN throttles.window_start <= $4 THEN $2 \
+                                 ELSE throttles.window_start END, \
+             expires_at = CASE WHEN throttles.window_start <= $4 THEN $3 \
+                               ELSE throttles.expires_at END \
+             RETURNING failures",
+        )
+        .bind(key)
+        .bind(now)
+        .bind(now.saturating_add(window))
+        .bind(now.saturating_sub(window))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(failures)
+    }
+
+    async fn throttle_block(&self, key: &str, until: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE throttles SET \
+             blocked_until = CASE WHEN blocked_until < $2 THEN $2 ELSE blocked_until END, \
+             expires_at = CASE WHEN expires_at < $2 THEN $2 ELSE expires_at END \
+             WHERE throttle_key = $1",
+        )
+        .bind(key)
+        .bind(until)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn throttle_blocked_until(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT blocked_until FROM throttles WHERE throttle_key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn clear_throttle(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM throttles WHERE throttle_key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }
 
 /// Every table with an `expires_at`, with its primary key.
-const EXPIRING_TABLES: [(&str, &str); 10] = [
+const EXPIRING_TABLES: [(&str, &str); 11] = [
     ("logins", "id_hash"),
     ("codes", "code_hash"),
     ("sessions", "id_hash"),
@@ -1029,6 +1088,7 @@ const EXPIRING_TABLES: [(&str, &str); 10] = [
     ("backchannel_logouts", "id"),
     ("mail_outbox", "id"),
     ("email_codes", "key_hash"),
+    ("throttles", "throttle_key"),
 ];
 
 const BACKCHANNEL_COLUMNS: &str = "id, sid, client_id, uri, token, attempts, next_attempt_at, \

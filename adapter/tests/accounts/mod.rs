@@ -18,7 +18,8 @@ use super::*;
 async fn accounts(app: &TestApp) -> Accounts {
     let store: Arc<dyn Store> = Arc::new(SqlStore::connect(&app.db_url, 2).await.unwrap());
     let config = test_config(&app.db_url);
-    adapter::startup::accounts_from_config(&config, store, app.clock.clone()).unwrap()
+    let hasher = Arc::new(adapter::password::Hasher::new(1, 8).unwrap());
+    adapter::startup::accounts_from_config(&config, store, app.clock.clone(), hasher).unwrap()
 }
 
 /// Enrols TOTP for `user` and returns the secret (as an authenticator app
@@ -886,7 +887,9 @@ async fn email_code_registration_and_login() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
-    // A later login by address.
+    // A later login by address. (Mails of one second have no order: the
+    // clock moves on so that the newest mail is the new code's.)
+    app.clock.advance(1);
     let (s, v) = post_json(&app, "/login", json!({"email": "erin@example.org"})).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     assert_eq!(v["status"], "code_sent");
@@ -938,6 +941,7 @@ async fn email_codes_limit_attempts_and_expire() {
         (StatusCode::BAD_REQUEST, Some("finished"))
     );
     // A new code; it expires after 300 s.
+    app.clock.advance(1);
     let id = begun(&app, "erin@example.org", "email_code").await;
     let code = code_mailed_to(&app, "erin@example.org").await;
     app.clock.advance(300);
@@ -951,6 +955,7 @@ async fn email_codes_limit_attempts_and_expire() {
         json!({"state": "denied", "reason": "the code has expired; ask for a new one"})
     );
     // Within 5 minutes it works.
+    app.clock.advance(1);
     let id = begun(&app, "erin@example.org", "email_code").await;
     let code = code_mailed_to(&app, "erin@example.org").await;
     app.clock.advance(299);
@@ -1038,4 +1043,100 @@ async fn the_login_form_logs_in_by_email_code() {
     let (_, id) = jwt_parts(tokens["id_token"].as_str().unwrap());
     assert_eq!(id["amr"], json!(["otp"]));
     assert_eq!(id["email_verified"], true);
+}
+
+/// Guessing is slowed per account in the state machine, whatever the front
+/// end: after 5 free failures the API answers 429 with `Retry-After`
+/// (RFC 6585 §4) before any hashing, also for the right password, until
+/// the injected clock passes the wait; a success resets the count.
+#[tokio::test]
+async fn the_per_account_throttle_covers_the_api_and_the_plain_login() {
+    let app = spawn_app().await;
+    for _ in 0..5 {
+        let id = begun(&app, "alice", "password").await;
+        let (s, v) = step(
+            &app,
+            json!({"step": "cred", "session_id": id, "password": "guess"}),
+        )
+        .await;
+        assert_eq!((s, v["state"].as_str()), (StatusCode::OK, Some("denied")));
+    }
+    // The sixth failure starts a wait of 2 s.
+    let id = begun(&app, "alice", "password").await;
+    step(
+        &app,
+        json!({"step": "cred", "session_id": id, "password": "guess"}),
+    )
+    .await;
+    let id = begun(&app, "alice", "password").await;
+    let r = app
+        .browser
+        .post(format!("{}/api/auth", app.base))
+        .json(&json!({"step": "cred", "session_id": id, "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "2");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "rate_limited");
+    // The plain login shares the throttle.
+    let (s, v) = post_json(
+        &app,
+        "/login",
+        json!({"username": "alice", "password": "correct horse"}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"))
+    );
+    app.clock.advance(2);
+    // The refused step left the flow as it was.
+    let (s, v) = step(
+        &app,
+        json!({"step": "cred", "session_id": id, "password": "correct horse"}),
+    )
+    .await;
+    assert_eq!((s, v["state"].as_str()), (StatusCode::OK, Some("success")));
+    // Reset: one more failure is free again.
+    let id = begun(&app, "alice", "password").await;
+    let (_, v) = step(
+        &app,
+        json!({"step": "cred", "session_id": id, "password": "guess"}),
+    )
+    .await;
+    assert_eq!(v["state"], "denied");
+}
+
+/// Registration has its own per-address quota (default burst 5).
+#[tokio::test]
+async fn registration_is_rate_limited_per_address() {
+    let app = spawn_app_with(|c| c.accounts.registration = true).await;
+    for i in 0..5 {
+        let (s, v) = post_json(
+            &app,
+            "/register",
+            json!({"username": format!("user{i}"), "password": "long enough"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let r = app
+        .browser
+        .post(format!("{}/register", app.base))
+        .json(&json!({"username": "user5", "password": "long enough"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "12");
+    app.clock.advance(12);
+    let (s, _) = post_json(
+        &app,
+        "/register",
+        json!({"username": "user5", "password": "long enough"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
 }
