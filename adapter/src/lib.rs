@@ -9,6 +9,7 @@
 //! - [`provider`]: the OpenID Provider's web layer: authorize, login pages,
 //!   upstream callbacks, token, userinfo, discovery/JWKS.
 //! - [`backchannel`]: OIDC Back-Channel Logout 1.0 (queue and worker).
+//! - [`device`]: device cookies, labels and handles of sessions per device.
 //! - [`paths`]: every route path, defined once.
 //! - [`metrics`]: `/metrics` (Prometheus text format), one registry per application.
 //! - [`connector`]: identity sources: the OIDC upstream (federation) and
@@ -26,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod connector;
 pub mod customizer;
+pub mod device;
 pub mod error;
 pub mod flow;
 pub mod keys;

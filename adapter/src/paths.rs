@@ -46,6 +46,21 @@ pub const END_SESSION: &str = "/oauth2/logout";
 /// adapter's `post_logout_redirect_uri` there).
 pub const LOGOUT_CALLBACK: &str = "/logout/callback";
 
+/// The signed-in user's devices (sessions): HTML, or JSON on request.
+pub const ACCOUNT_DEVICES: &str = "/account/devices";
+/// Route that ends one of the user's sessions, by its handle.
+pub const ACCOUNT_DEVICE_REVOKE: &str = "/account/devices/{handle}/revoke";
+/// The local logout of the account pages (not the OIDC end-session
+/// endpoint [`END_SESSION`]).
+pub const LOGOUT: &str = "/logout";
+/// Who is signed in, and the protected call of the account API.
+pub const DASHBOARD: &str = "/dashboard";
+
+/// Path that ends the session with `handle`.
+pub fn device_revoke(handle: &str) -> String {
+    ACCOUNT_DEVICE_REVOKE.replace("{handle}", handle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +70,6 @@ mod tests {
         assert_eq!(upstream_callback("up-1"), "/login/oauth2/code/up-1");
         assert_eq!(login_start("local", "r"), "/login/start/local?req=r");
         assert_eq!(login_form("local"), "/login/local");
+        assert_eq!(device_revoke("h"), "/account/devices/h/revoke");
     }
 }

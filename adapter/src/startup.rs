@@ -142,7 +142,11 @@ impl Application {
                 tokio::time::sleep(grace).await;
             }
         };
-        let result = axum::serve(self.listener, app(state).layer(Extension(draining)))
+        // The peer address reaches handlers (the IP shown in the device list).
+        let service = app(state)
+            .layer(Extension(draining))
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let result = axum::serve(self.listener, service)
             .with_graceful_shutdown(signal)
             .await;
         for task in discovery {
@@ -365,10 +369,6 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
             kind: ConnectorKind::Password(Arc::new(local)),
         });
     }
-    let cookie_secure = config
-        .session
-        .secure
-        .unwrap_or(config.server.issuer().starts_with("https://"));
     let clients = Arc::new(clients);
     let flows = Flows::new(
         store.clone(),
@@ -389,12 +389,7 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
     Ok(AppState(Arc::new(Inner {
         issuer: config.server.issuer().to_string(),
         ui: config.ui.clone(),
-        cookies: CookieSettings {
-            session: config.session.cookie_name.clone(),
-            transaction: config.session.transaction_cookie_name.clone(),
-            secure: cookie_secure,
-            transaction_ttl: config.tokens.login_ttl_seconds,
-        },
+        cookies: CookieSettings::from_config(&config),
         tokens: config.tokens.clone(),
         store,
         keys,
@@ -494,6 +489,7 @@ pub fn app(state: AppState) -> Router {
             get(logout::end_session_get).post(logout::end_session_post),
         )
         .route(paths::LOGOUT_CALLBACK, get(logout::logout_callback))
+        .merge(crate::provider::account::routes())
         .route(paths::HEALTH_LIVE, get(|| async { "ok" }))
         .route(paths::HEALTH_READY, get(ready))
         .route(paths::STYLE, get(web::style))

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::CookieJar;
 use serde::Deserialize;
 
-use super::browser::{cookies, cross_site, csrf_token, login_page, render};
+use super::browser::{cookies, cross_site, csrf_token, login_page, render, Cookies};
 use super::AppState;
 use crate::flow::{Event, FlowError};
 use crate::secret::ct_eq;
@@ -70,6 +70,7 @@ pub struct LoginForm {
 pub async fn login_submit(
     State(st): State<AppState>,
     jar: CookieJar,
+    cookies: Cookies,
     Path(connector_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -77,7 +78,6 @@ pub async fn login_submit(
     known_connector(&st, &connector_id)?;
     let form = serde_urlencoded::from_bytes::<LoginForm>(&body)
         .map_err(|_| PageError::bad_request("Invalid request", "The login form is incomplete."))?;
-    let cookies = cookies(&st, &jar);
     if cross_site(&st, &headers)
         || cookies.transaction.is_empty()
         || !ct_eq(&csrf_token(&cookies.transaction), &form.csrf_token)
