@@ -1167,7 +1167,10 @@ mod tests {
     #[test]
     fn device_cookie_name_defaults_and_must_differ() {
         let mut c = Config::default();
-        assert_eq!(c.session.device_cookie_name(), "AUTH_ADAPTER_SESSION_DEVICE");
+        assert_eq!(
+            c.session.device_cookie_name(),
+            "AUTH_ADAPTER_SESSION_DEVICE"
+        );
         c.validate().unwrap();
         for clash in ["AUTH_ADAPTER_SESSION", "AUTH_ADAPTER_TX", "bad name"] {
             c.session.device_cookie_name = Some(clash.into());

@@ -363,7 +363,9 @@ impl Flows {
         // minute at most (decided on the value just read, so a fresh
         // session costs no write at all).
         let interval = device::LAST_SEEN_INTERVAL_SECONDS;
-        if row.last_seen_at.is_none_or(|t| now.saturating_sub(t) >= interval)
+        if row
+            .last_seen_at
+            .is_none_or(|t| now.saturating_sub(t) >= interval)
             && self
                 .store
                 .touch_session(&row.id_hash, now, now - interval + 1)

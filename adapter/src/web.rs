@@ -308,7 +308,14 @@ mod tests {
     #[test]
     fn removal_keeps_the_attributes_of_the_cookie() {
         let c = removal("__Host-S", true).to_string();
-        for part in ["__Host-S=", "Max-Age=0", "Secure", "HttpOnly", "Path=/", "SameSite=Lax"] {
+        for part in [
+            "__Host-S=",
+            "Max-Age=0",
+            "Secure",
+            "HttpOnly",
+            "Path=/",
+            "SameSite=Lax",
+        ] {
             assert!(c.contains(part), "{part} missing: {c}");
         }
         assert!(!c.contains("Domain"), "{c}");

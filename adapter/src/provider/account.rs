@@ -245,7 +245,10 @@ pub struct DeviceView {
 }
 
 /// The sessions of the user of `account`, oldest first.
-async fn device_list(st: &AppState, account: &AccountSession) -> Result<Vec<DeviceView>, AccountError> {
+async fn device_list(
+    st: &AppState,
+    account: &AccountSession,
+) -> Result<Vec<DeviceView>, AccountError> {
     let identity = &account.session.identity;
     let sessions = st
         .flows
@@ -455,7 +458,10 @@ mod tests {
         assert_eq!(session_csrf_token("a"), session_csrf_token("a"));
         assert_ne!(session_csrf_token("a"), session_csrf_token("b"));
         // Not the login form's token of the same value.
-        assert_ne!(session_csrf_token("a"), super::super::browser::csrf_token("a"));
+        assert_ne!(
+            session_csrf_token("a"),
+            super::super::browser::csrf_token("a")
+        );
     }
 
     #[test]

@@ -357,7 +357,11 @@ struct PendingLogout {
 /// purpose goes through here: this endpoint, the account pages' logout and
 /// a device signed out from the device list. When another request ended
 /// the session first, nothing is done twice.
-pub async fn end_local_session(st: &AppState, id_hash: &str, s: &Session) -> Result<(), StoreError> {
+pub async fn end_local_session(
+    st: &AppState,
+    id_hash: &str,
+    s: &Session,
+) -> Result<(), StoreError> {
     let now = st.now();
     // Read before the delete, which drops the index.
     let clients = st.store.session_clients(&s.sid).await?;
