@@ -1182,7 +1182,11 @@ mod tests {
 
     #[test]
     fn cookie_lifetime_defaults_to_persistent_and_parses() {
-        let parse = |toml: &str| Figment::from(Toml::string(toml)).extract::<Config>();
+        let parse = |toml: &str| {
+            Figment::from(Toml::string(toml))
+                .extract::<Config>()
+                .map_err(|e| e.to_string())
+        };
         let lifetime = |toml: &str| parse(toml).unwrap().session.cookie_lifetime;
         assert_eq!(lifetime("[session]\n"), CookieLifetime::Persistent);
         assert_eq!(
@@ -1194,7 +1198,7 @@ mod tests {
             CookieLifetime::Persistent
         );
         let err = parse("[session]\ncookie_lifetime = \"forever\"\n").unwrap_err();
-        assert!(err.to_string().contains("forever"), "{err}");
+        assert!(err.contains("forever"), "{err}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use super::AppState;
 use crate::flow::Session;
 use crate::secret::{ct_eq, hash};
 use crate::store::StoreError;
-use crate::web::{form_pairs, see_other, PageError};
+use crate::web::{form_pairs, found, see_other, PageError};
 use crate::{device, paths};
 
 /// The routes of this module.
@@ -405,7 +405,7 @@ async fn logout(
 async fn logout_page(State(st): State<AppState>, jar: CookieJar) -> Response {
     let values = cookies(&st, &jar);
     match st.flows.session(values.session.as_deref()).await {
-        Ok(Some(_)) => see_other(paths::DASHBOARD),
+        Ok(Some(_)) => found(paths::DASHBOARD),
         Ok(None) => LoggedOutPage {
             title: st.title().to_string(),
         }

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use adapter::clock::Clock;
 use adapter::config::CookieLifetime;
 use adapter::provider::account::session_csrf_token;
+use adapter::secret::hash;
+use adapter::store::{SqlStore, Store};
 use reqwest::cookie::{CookieStore, Jar};
 use reqwest::header::SET_COOKIE;
 use reqwest::redirect::Policy;
@@ -395,7 +397,15 @@ async fn revoking_a_device_ends_its_session_and_tokens() {
     )
     .await;
     assert_eq!(laptop.sessions().await.len(), 1);
-    // RFC 7009 §2: the refresh token of the ended session is revoked.
+    // The refresh token of the ended session is revoked (not merely
+    // orphaned), and the token endpoint refuses it.
+    let store = SqlStore::connect(&app.db_url, 1).await.unwrap();
+    let status = store
+        .refresh_status(&hash(refresh_token))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.revoked_at, Some(app.clock.now()));
     let r = app
         .token(
             &[
