@@ -276,12 +276,34 @@ async fn each_device_has_its_own_session_and_a_relogin_replaces_it() {
     )
     .await;
     assert_eq!(phone.sessions().await.len(), 2, "the phone's session stays");
+    // The browser restarts without its session cookie but with its device
+    // cookie: the new login replaces the session it had on this device.
+    let restarted = device(&app, LAPTOP);
+    restarted.plant(
+        "AUTH_ADAPTER_SESSION_DEVICE",
+        &laptop.cookie("AUTH_ADAPTER_SESSION_DEVICE").unwrap(),
+    );
+    restarted.login().await;
+    assert_eq!(restarted.sessions().await.len(), 2);
+    error_is(
+        with_session(&app.base, "/account/devices", &second).await,
+        StatusCode::UNAUTHORIZED,
+        "login_required",
+    )
+    .await;
+    // A device cookie we did not make is not adopted: a new one is set.
+    let forged = device(&app, PHONE);
+    forged.plant("AUTH_ADAPTER_SESSION_DEVICE", "forged");
+    forged.login().await;
+    let id = forged.cookie("AUTH_ADAPTER_SESSION_DEVICE").unwrap();
+    assert_eq!(id.len(), 43, "{id}");
+    assert_eq!(forged.sessions().await.len(), 3);
     // Another user on the same device does not replace alice's session
     // there: bob's login replaces only the browser's own cookie.
     let shared = device(&app, LAPTOP);
     shared.login().await;
     shared.login_as("bob", "battery staple").await;
-    assert_eq!(laptop.sessions().await.len(), 2);
+    assert_eq!(forged.sessions().await.len(), 3);
 }
 
 /// The device list: each session with an opaque handle, its device label
