@@ -1,16 +1,17 @@
 //! The command line shared by the provider binaries (the adapter and the
 //! upstream test server): `serve` (default), `config check`, `migrate`,
-//! `keys list`, `keys rotate`.
+//! `keys list`, `keys rotate`, `users add|list|disable|enable|reset-password`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use crate::accounts::NewAccount;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{self, Config};
+use crate::config::{self, Config, LoginPolicy};
 use crate::keys::{describe_keys, KeyManager, Policy};
-use crate::startup::{connect_store, Application};
+use crate::startup::{accounts_from_config, connect_store, Application};
 use crate::store::Store;
 
 #[derive(Debug, Parser)]
@@ -39,6 +40,128 @@ pub enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Local accounts in the store. Passwords are read from standard input
+    /// (one line), never from the command line, where `ps` would show them.
+    Users {
+        #[command(subcommand)]
+        action: UsersAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersAction {
+    /// Create an account; its password is read from standard input.
+    Add {
+        username: String,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// An account that logs in by e-mail codes only: no password is read.
+        #[arg(long)]
+        no_password: bool,
+    },
+    /// Print each account: username, e-mail, state, second factor.
+    List,
+    /// Stop an account from logging in.
+    Disable { username: String },
+    /// Let a disabled account log in again.
+    Enable { username: String },
+    /// Set a new password, read from standard input.
+    ResetPassword { username: String },
+    /// Set how one user logs in: `password`, `password_totp`,
+    /// `email_code`, or `default` (the deployment's `accounts.policy`).
+    SetPolicy { username: String, policy: String },
+}
+
+/// One line of standard input, without its line ending.
+fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\n', '\r']).to_string();
+    if password.is_empty() {
+        anyhow::bail!("no password on standard input");
+    }
+    Ok(password)
+}
+
+async fn users(config: &Config, action: UsersAction) -> anyhow::Result<()> {
+    let store: Arc<dyn Store> = Arc::new(connect_store(&config.database.url, 1).await?);
+    let accounts = accounts_from_config(config, store, Arc::new(SystemClock))?;
+    match action {
+        UsersAction::Add {
+            username,
+            email,
+            name,
+            no_password,
+        } => {
+            let password = if no_password {
+                None
+            } else {
+                Some(read_password()?)
+            };
+            let account = accounts
+                .create(NewAccount {
+                    username: &username,
+                    email: email.as_deref(),
+                    password: password.as_deref(),
+                    name: name.as_deref(),
+                })
+                .await?;
+            println!("added {}", account.username());
+        }
+        UsersAction::List => {
+            for a in accounts.list().await? {
+                let policy = match a.data.policy {
+                    Some(LoginPolicy::Password) => "password",
+                    Some(LoginPolicy::PasswordTotp) => "password_totp",
+                    Some(LoginPolicy::EmailCode) => "email_code",
+                    None => "default",
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{policy}",
+                    a.username(),
+                    a.row.email.as_deref().unwrap_or("-"),
+                    if a.data.disabled {
+                        "disabled"
+                    } else {
+                        "active"
+                    },
+                    if a.data.totp.is_some() { "totp" } else { "-" },
+                );
+            }
+        }
+        UsersAction::Disable { username } => {
+            accounts.set_disabled(&username, true).await?;
+            println!("disabled {username}");
+        }
+        UsersAction::Enable { username } => {
+            accounts.set_disabled(&username, false).await?;
+            println!("enabled {username}");
+        }
+        UsersAction::SetPolicy { username, policy } => {
+            let parsed = match policy.as_str() {
+                "default" => None,
+                other => Some(
+                    serde_json::from_value::<LoginPolicy>(serde_json::Value::String(other.into()))
+                        .map_err(|_| {
+                            anyhow::anyhow!(
+                                "policy must be password, password_totp, email_code or default"
+                            )
+                        })?,
+                ),
+            };
+            accounts.set_policy(&username, parsed).await?;
+            println!("policy of {username}: {policy}");
+        }
+        UsersAction::ResetPassword { username } => {
+            accounts
+                .reset_password(&username, &read_password()?)
+                .await?;
+            println!("password of {username} reset");
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,8 +204,13 @@ pub async fn run(defaults: Config, env_prefix: &str) -> anyhow::Result<()> {
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-    crate::telemetry::init(config.server.log_format.as_str());
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Only the server logs to standard output; a command's output is its result.
+    crate::telemetry::init_to(
+        config.server.log_format.as_str(),
+        !matches!(command, Command::Serve),
+    );
+    match command {
         Command::Serve => {
             let app = Application::build(config).await?;
             app.run_until_stopped().await?;
@@ -117,6 +245,7 @@ pub async fn run(defaults: Config, env_prefix: &str) -> anyhow::Result<()> {
             }
             print!("{}", describe_keys(&store.list_keys().await?, now));
         }
+        Command::Users { action } => users(&config, action).await?,
     }
     Ok(())
 }

@@ -61,6 +61,81 @@ pub struct Config {
     pub local_users: Vec<LocalUserConfig>,
     /// Encryption at rest of the private signing keys.
     pub keys: KeysConfig,
+    /// Local accounts in the store: registration, policies, second factors.
+    pub accounts: AccountsConfig,
+}
+
+/// How local accounts log in, for a deployment or one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginPolicy {
+    /// A password (two factors once the user enrolled TOTP).
+    Password,
+    /// A password and a TOTP code, always.
+    PasswordTotp,
+    /// A one-time code sent by e-mail, no password.
+    EmailCode,
+}
+
+/// `[accounts]`: local accounts kept in the store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountsConfig {
+    /// Offer the local-accounts connector even when `local_users` is empty
+    /// (accounts made by registration or `users add`).
+    pub enabled: bool,
+    /// Self-service registration (`/register`).
+    pub registration: bool,
+    /// Shortest password accepted, in characters (at least 8; no
+    /// composition rules, OWASP ASVS 5.0 V6.2).
+    pub min_password_length: usize,
+    /// The deployment's login policy; a user's own policy overrides it.
+    pub policy: LoginPolicy,
+    /// Log-in by a code sent by e-mail as a second way in (besides the
+    /// policy `email_code`, which makes it the only one).
+    pub email_codes: bool,
+    /// Lifetime of a session made by `init2` (privileged), seconds.
+    pub privileged_session_seconds: i64,
+    /// How long an abandoned authentication (API or form) lives, seconds.
+    pub flow_ttl_seconds: i64,
+}
+
+impl Default for AccountsConfig {
+    fn default() -> Self {
+        AccountsConfig {
+            enabled: false,
+            registration: false,
+            min_password_length: 8,
+            policy: LoginPolicy::Password,
+            email_codes: false,
+            privileged_session_seconds: 300,
+            flow_ttl_seconds: 600,
+        }
+    }
+}
+
+impl AccountsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(8..=128).contains(&self.min_password_length) {
+            return Err(ConfigError::new(
+                "accounts.min_password_length",
+                "must be from 8 to 128",
+            ));
+        }
+        if !(30..=3600).contains(&self.privileged_session_seconds) {
+            return Err(ConfigError::new(
+                "accounts.privileged_session_seconds",
+                "must be from 30 to 3600",
+            ));
+        }
+        if !(60..=3600).contains(&self.flow_ttl_seconds) {
+            return Err(ConfigError::new(
+                "accounts.flow_ttl_seconds",
+                "must be from 60 to 3600",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -653,6 +728,7 @@ impl Config {
         self.validate_clients()?;
         self.validate_upstreams()?;
         self.validate_components()?;
+        self.accounts.validate()?;
         Ok(())
     }
 
@@ -854,7 +930,7 @@ impl Config {
     }
 
     fn validate_upstreams(&self) -> Result<(), ConfigError> {
-        use crate::connector::local::LOCAL_CONNECTOR_ID;
+        use crate::accounts::LOCAL_CONNECTOR_ID;
         for (i, up) in self.upstreams.iter().enumerate() {
             let key = format!("upstreams[{}].id", up.id);
             if !crate::connector::valid_id(&up.id) {

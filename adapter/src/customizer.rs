@@ -349,8 +349,8 @@ impl TokenCustomizer for PassthroughCustomizer {
 pub fn from_config(config: &Config) -> Result<Box<dyn TokenCustomizer>, String> {
     let subjects = SubjectStrategies::from_upstreams(&config.upstreams)?;
     let mut connector_ids: Vec<String> = config.upstreams.iter().map(|u| u.id.clone()).collect();
-    if !config.local_users.is_empty() {
-        connector_ids.push(crate::connector::local::LOCAL_CONNECTOR_ID.to_string());
+    if config.accounts.enabled || !config.local_users.is_empty() {
+        connector_ids.push(crate::accounts::LOCAL_CONNECTOR_ID.to_string());
     }
     Ok(match config.claims.customizer {
         CustomizerKind::Mapped => Box::new(MappedCustomizer::new(

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::accounts::authn::{AuthError, AuthState, CredKind, Credential, Mech, Reply, Step};
 use crate::clock::SharedClock;
 use crate::connector::{BeginRequest, Connector, ConnectorKind, Identity};
 use crate::device;
@@ -59,8 +60,13 @@ pub enum LoginStep {
         connector_id: String,
         connector_state: String,
     },
-    /// Our own form asks for credentials.
-    AwaitingCredentials { connector_id: String },
+    /// Our own form asks for credentials; `auth` is the local-accounts
+    /// authentication under way (after a first credential of several).
+    AwaitingCredentials {
+        connector_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auth: Option<AuthState>,
+    },
 }
 
 /// What the browser did.
@@ -73,12 +79,36 @@ pub enum Event<'a> {
         connector_id: &'a str,
         params: &'a HashMap<String, String>,
     },
-    /// Submitted the password form of `connector_id`.
+    /// Submitted a form of the local-accounts connector `connector_id`.
     Credentials {
         connector_id: &'a str,
+        input: LocalInput<'a>,
+    },
+}
+
+/// What a local-accounts form carried.
+#[derive(Debug, Clone, Copy)]
+pub enum LocalInput<'a> {
+    /// Username (or e-mail) and password: starts an authentication over.
+    Password {
         username: &'a str,
         password: &'a str,
     },
+    /// "E-mail me a code" for this username or address.
+    RequestCode { username: &'a str },
+    /// The code the form asked for next (TOTP, recovery or e-mail code).
+    Code { code: &'a str },
+}
+
+/// Which form the local-accounts connector shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormStage {
+    /// Username and password (and the e-mail code button where offered).
+    Password,
+    /// A TOTP code (or a recovery code).
+    Totp,
+    /// The code sent by e-mail.
+    EmailCode,
 }
 
 /// The browser as the engine sees it: its cookies' values and what the
@@ -106,6 +136,9 @@ pub struct FormView {
     pub username: String,
     /// Set after a failed attempt.
     pub error: Option<String>,
+    pub stage: FormStage,
+    /// Offer "e-mail me a code" on the password form.
+    pub email_codes: bool,
 }
 
 /// What the web layer does next.
@@ -171,6 +204,10 @@ pub enum FlowError {
     NoConnectors,
     #[error("the connector failed: {0}")]
     ConnectorFailed(String),
+    #[error("too many attempts; retry in {retry_after} s")]
+    Throttled { retry_after: u64 },
+    #[error("too many logins in progress")]
+    Busy,
     #[error("the redirect URI cannot carry the response")]
     BadRedirect,
     #[error(transparent)]
@@ -192,6 +229,8 @@ impl FlowError {
             FlowError::Conflict => "conflict",
             FlowError::NoConnectors => "no_connectors",
             FlowError::ConnectorFailed(_) => "connector_failed",
+            FlowError::Throttled { .. } => "rate_limited",
+            FlowError::Busy => "busy",
             FlowError::BadRedirect => "bad_redirect",
             FlowError::Storage(_) => "storage",
         }
@@ -527,9 +566,17 @@ impl Flows {
         let lookup = self.store.login(&hash(login_id), self.clock.now()).await?;
         let loaded = self.loaded(Some(login_id), lookup, browser)?;
         match &loaded.login.step {
-            LoginStep::AwaitingCredentials { connector_id: c } if c == connector_id => {
-                Ok(self.form_view(login_id, &loaded.login, connector_id, "", None))
-            }
+            LoginStep::AwaitingCredentials {
+                connector_id: c,
+                auth,
+            } if c == connector_id => Ok(self.form_view(
+                login_id,
+                &loaded.login,
+                connector_id,
+                stage_of(auth.as_ref()),
+                username_of(auth.as_ref()),
+                None,
+            )),
             _ => Err(FlowError::WrongStep),
         }
     }
@@ -617,41 +664,75 @@ impl Flows {
             (
                 LoginStep::AwaitingCredentials {
                     connector_id: expected,
+                    auth,
                 },
                 Event::Credentials {
                     connector_id,
-                    username,
-                    password,
+                    input,
                 },
             ) => {
                 if expected != connector_id {
                     return Err(FlowError::WrongStep);
                 }
-                let Some(ConnectorKind::Password(connector)) =
+                let Some(ConnectorKind::Local(authn)) =
                     self.connector(connector_id).map(|c| &c.kind)
                 else {
                     return Err(FlowError::UnknownConnector);
                 };
-                match connector.login(username, password).await {
-                    Ok(Some(identity)) => {
+                let id = cur.id.as_deref().ok_or(FlowError::WrongStep)?;
+                let (state, reply) = local_steps(authn, auth.as_ref(), input)
+                    .await
+                    .map_err(flow_error)?;
+                let typed = match input {
+                    LocalInput::Password { username, .. }
+                    | LocalInput::RequestCode { username } => username.to_string(),
+                    LocalInput::Code { .. } => username_of(auth.as_ref()),
+                };
+                match reply {
+                    Reply::Success { identity, .. } => {
                         // A double submit: the second finds the login finished.
                         self.save(&cur, &cur.login, None, true).await?;
-                        self.logged_in(&cur.login.request, identity, browser).await
+                        self.logged_in(&cur.login.request, *identity, browser).await
                     }
-                    Ok(None) => {
-                        tracing::info!(connector = %connector_id, "login failed: bad credentials");
-                        self.metrics
-                            .login_failed(self.connector_label(connector_id), "bad_credentials");
-                        let id = cur.id.as_deref().ok_or(FlowError::WrongStep)?;
+                    Reply::Continue { retry, .. } => {
+                        let mut login = cur.login.clone();
+                        let stage = stage_of(Some(&state));
+                        login.step = LoginStep::AwaitingCredentials {
+                            connector_id: connector_id.to_string(),
+                            auth: Some(state),
+                        };
+                        self.save(&cur, &login, None, false).await?;
                         Ok(Next::ShowForm(self.form_view(
                             id,
                             &cur.login,
                             connector_id,
-                            username,
-                            Some("Invalid username or password."),
+                            stage,
+                            typed,
+                            retry.as_deref(),
                         )))
                     }
-                    Err(e) => Err(FlowError::ConnectorFailed(e.to_string())),
+                    Reply::Denied(reason) => {
+                        tracing::info!(connector = %connector_id, "login failed: bad credentials");
+                        self.metrics
+                            .login_failed(self.connector_label(connector_id), "bad_credentials");
+                        // The authentication ends; the login stays, so
+                        // the user can start over on the password form.
+                        let mut login = cur.login.clone();
+                        login.step = LoginStep::AwaitingCredentials {
+                            connector_id: connector_id.to_string(),
+                            auth: None,
+                        };
+                        self.save(&cur, &login, None, false).await?;
+                        Ok(Next::ShowForm(self.form_view(
+                            id,
+                            &cur.login,
+                            connector_id,
+                            FormStage::Password,
+                            typed,
+                            Some(&capitalized(&reason)),
+                        )))
+                    }
+                    Reply::Choose(_) => Err(FlowError::WrongStep),
                 }
             }
             _ => Err(FlowError::WrongStep),
@@ -663,10 +744,11 @@ impl Flows {
         let mut login = cur.login.clone();
         self.metrics.login_started(&connector.id);
         match &connector.kind {
-            ConnectorKind::Password(_) => {
+            ConnectorKind::Local(_) => {
                 let id = cur.id.as_deref().ok_or(FlowError::WrongStep)?;
                 login.step = LoginStep::AwaitingCredentials {
                     connector_id: connector.id.clone(),
+                    auth: None,
                 };
                 self.save(&cur, &login, None, false).await?;
                 Ok(Next::Redirect(format!(
@@ -771,6 +853,19 @@ impl Flows {
         identity: Identity,
         browser: Browser<'_>,
     ) -> Result<StartedSession, FlowError> {
+        self.start_session_for(identity, browser, self.ttl.session)
+            .await
+    }
+
+    /// [`Flows::start_session`] with a lifetime of `ttl` seconds (a
+    /// privileged session is short, at most the configured session's).
+    pub async fn start_session_for(
+        &self,
+        identity: Identity,
+        browser: Browser<'_>,
+        ttl: i64,
+    ) -> Result<StartedSession, FlowError> {
+        let ttl = ttl.min(self.ttl.session);
         let now = self.clock.now();
         if let Some(old) = browser.session {
             self.store.delete_session(&hash(old)).await?;
@@ -802,7 +897,7 @@ impl Flows {
                 identity: identity.clone(),
             })?,
             created_at: now,
-            expires_at: now.saturating_add(self.ttl.session),
+            expires_at: now.saturating_add(ttl),
             device_hash: Some(device_hash),
             device_label: Some(device::label(browser.user_agent)),
             ip: browser.ip.map(String::from),
@@ -879,19 +974,118 @@ impl Flows {
         login_id: &str,
         login: &Login,
         connector_id: &str,
-        username: &str,
+        stage: FormStage,
+        username: String,
         error: Option<&str>,
     ) -> FormView {
+        let email_codes = match self.connector(connector_id).map(|c| &c.kind) {
+            Some(ConnectorKind::Local(authn)) => {
+                authn.has_codes() && authn.accounts().config().email_codes
+            }
+            _ => false,
+        };
         FormView {
+            stage,
+            email_codes,
             login_id: login_id.to_string(),
             connector_id: connector_id.to_string(),
             client_name: self
                 .clients
                 .get(&login.request.client_id)
                 .map(|c| c.name.clone()),
-            username: username.to_string(),
+            username,
             error: error.map(String::from),
         }
+    }
+}
+
+/// Runs the local-accounts steps a form stands for through the one
+/// authentication state machine ([`crate::accounts::authn`]).
+async fn local_steps(
+    authn: &crate::accounts::authn::Authenticator,
+    auth: Option<&AuthState>,
+    input: LocalInput<'_>,
+) -> Result<(AuthState, Reply), AuthError> {
+    let init = |username: &str| Step::Init {
+        username: username.to_string(),
+        privileged: false,
+    };
+    match input {
+        LocalInput::Password { username, password } => {
+            // A password starts the authentication over.
+            let (state, reply) = authn.advance(None, init(username)).await?;
+            let Reply::Choose(mechs) = reply else {
+                return Err(AuthError::OutOfOrder { step: "init" });
+            };
+            let mech = [Mech::PasswordMfa, Mech::Password]
+                .into_iter()
+                .find(|m| mechs.contains(m))
+                .ok_or(AuthError::MechNotOffered)?;
+            let (state, _) = authn.advance(Some(&state), Step::Begin(mech)).await?;
+            authn
+                .advance(
+                    Some(&state),
+                    Step::Cred(Credential::Password(password.to_string())),
+                )
+                .await
+        }
+        LocalInput::RequestCode { username } => {
+            let (state, _) = authn.advance(None, init(username)).await?;
+            authn
+                .advance(Some(&state), Step::Begin(Mech::EmailCode))
+                .await
+        }
+        LocalInput::Code { code } => {
+            let state = auth.ok_or(AuthError::OutOfOrder { step: "cred" })?;
+            let cred = match state.allowed().first() {
+                Some(CredKind::Totp) => Credential::Totp(code.to_string()),
+                Some(CredKind::EmailCode) => Credential::EmailCode(code.to_string()),
+                _ => return Err(AuthError::OutOfOrder { step: "cred" }),
+            };
+            authn.advance(Some(state), Step::Cred(cred)).await
+        }
+    }
+}
+
+/// How an authentication step that does not fit ends a form post.
+fn flow_error(e: AuthError) -> FlowError {
+    match e {
+        AuthError::OutOfOrder { .. }
+        | AuthError::WrongCredential { .. }
+        | AuthError::Finished
+        | AuthError::MechNotOffered => FlowError::WrongStep,
+        AuthError::Throttled { retry_after } => FlowError::Throttled { retry_after },
+        AuthError::Account(crate::accounts::AccountError::Hash(
+            crate::password::HashError::Busy,
+        )) => FlowError::Busy,
+        other => FlowError::ConnectorFailed(other.to_string()),
+    }
+}
+
+/// The form an authentication state asks for next.
+fn stage_of(auth: Option<&AuthState>) -> FormStage {
+    match auth.and_then(|a| a.allowed().first().copied()) {
+        Some(CredKind::Totp) => FormStage::Totp,
+        Some(CredKind::EmailCode) => FormStage::EmailCode,
+        _ => FormStage::Password,
+    }
+}
+
+/// The username an authentication under way is for.
+fn username_of(auth: Option<&AuthState>) -> String {
+    match auth {
+        Some(AuthState::Choosing { username, .. } | AuthState::InProgress { username, .. }) => {
+            username.clone()
+        }
+        _ => String::new(),
+    }
+}
+
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(first) => format!("{}{}.", first.to_uppercase(), c.as_str()),
+        None => String::new(),
     }
 }
 
@@ -905,7 +1099,6 @@ mod tests {
     use super::*;
     use crate::clock::{Clock, ManualClock, SystemClock};
     use crate::config::LocalUserConfig;
-    use crate::connector::local::LocalConnector;
     use crate::connector::{BeginResponse, CallbackConnector, ConnectorError};
     use crate::store::{Redeemed, SqlStore};
 
@@ -1038,20 +1231,31 @@ mod tests {
             kind: ConnectorKind::Callback(upstream.clone()),
         }];
         if with_local {
-            let local = LocalConnector::new(&[LocalUserConfig {
-                username: "alice".into(),
-                password_hash: None,
-                password: Some("pw".into()),
-                name: None,
-                email: None,
-                groups: vec![],
-            }])
-            .await
-            .unwrap();
+            let accounts = Arc::new(crate::accounts::Accounts::new(
+                store.clone(),
+                Arc::new(crate::password::Hasher::new(2, 64).unwrap()),
+                Arc::new(crate::keys::EncryptionKey::generate().unwrap()),
+                clock.clone(),
+                crate::config::AccountsConfig::default(),
+                "Test".into(),
+            ));
+            accounts
+                .seed(&[LocalUserConfig {
+                    username: "alice".into(),
+                    password_hash: None,
+                    password: Some("pw".into()),
+                    name: None,
+                    email: None,
+                    groups: vec![],
+                }])
+                .await
+                .unwrap();
             connectors.push(Connector {
                 id: "local".into(),
                 name: "Local".into(),
-                kind: ConnectorKind::Password(Arc::new(local)),
+                kind: ConnectorKind::Local(Arc::new(crate::accounts::authn::Authenticator::new(
+                    accounts, None,
+                ))),
             });
         }
         let flows = Flows::new(
@@ -1242,8 +1446,10 @@ mod tests {
             handles.push(tokio::spawn(async move {
                 let event = Event::Credentials {
                     connector_id: "local",
-                    username: "alice",
-                    password: "pw",
+                    input: LocalInput::Password {
+                        username: "alice",
+                        password: "pw",
+                    },
                 };
                 flows.step(&id, browser(), event).await
             }));
@@ -1279,8 +1485,10 @@ mod tests {
             .unwrap();
         let bad = Event::Credentials {
             connector_id: "local",
-            username: "alice",
-            password: "nope",
+            input: LocalInput::Password {
+                username: "alice",
+                password: "nope",
+            },
         };
         let Next::ShowForm(view) = f.flows.step(&login_id, browser(), bad).await.unwrap() else {
             panic!()
@@ -1289,8 +1497,10 @@ mod tests {
         assert_eq!(view.username, "alice");
         let good = Event::Credentials {
             connector_id: "local",
-            username: "alice",
-            password: "pw",
+            input: LocalInput::Password {
+                username: "alice",
+                password: "pw",
+            },
         };
         assert!(matches!(
             f.flows.step(&login_id, browser(), good).await.unwrap(),
@@ -1309,8 +1519,10 @@ mod tests {
         // Credentials before any connector was chosen.
         let creds = Event::Credentials {
             connector_id: "local",
-            username: "alice",
-            password: "pw",
+            input: LocalInput::Password {
+                username: "alice",
+                password: "pw",
+            },
         };
         assert!(matches!(
             f.flows.step(&login_id, browser(), creds).await,

@@ -13,7 +13,9 @@
 //! - [`paths`]: every route path, defined once.
 //! - [`metrics`]: `/metrics` (Prometheus text format), one registry per application.
 //! - [`connector`]: identity sources: the OIDC upstream (federation) and
-//!   local accounts (passwords).
+//!   local accounts.
+//! - [`accounts`]: local accounts in the store and their multi-step
+//!   authentication (password, TOTP, e-mail codes).
 //! - [`customizer`]: maps an identity to the claims of issued tokens.
 //! - [`keys`]: signing keys (generated at first start, kept in the store).
 //! - [`store`]: the storage trait and its SQLite/PostgreSQL implementation.
@@ -21,6 +23,7 @@
 //!   [`error`]: protocol error codes; [`web`]: pages and response helpers;
 //!   [`telemetry`]: logging; [`cli`]: the command line shared by binaries.
 
+pub mod accounts;
 pub mod backchannel;
 pub mod cli;
 pub mod clock;
@@ -32,12 +35,14 @@ pub mod error;
 pub mod flow;
 pub mod keys;
 pub mod metrics;
+pub mod password;
 pub mod paths;
 pub mod provider;
 pub mod secret;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod totp;
 pub mod web;
 
 pub use config::Config;

@@ -25,6 +25,20 @@ pub const REVOKE: &str = "/oauth2/revoke";
 /// RFC 7662 §2.
 pub const INTROSPECT: &str = "/oauth2/introspect";
 
+/// Local accounts: the multi-step authentication API.
+pub const API_AUTH: &str = "/api/auth";
+/// Local accounts: self-service registration (page and post).
+pub const REGISTER: &str = "/register";
+/// Local accounts: the standalone sign-in page and the seed's `POST /login`.
+pub const SIGN_IN: &str = "/login";
+/// Local accounts: the code of an e-mail-code login.
+pub const VERIFY_OTP: &str = "/verify-otp";
+/// Local accounts: who is logged in (the seed's protected call on POST).
+pub const DASHBOARD: &str = "/dashboard";
+
+/// Local accounts: TOTP enrolment of the signed-in account.
+pub const ACCOUNT_TOTP: &str = "/account/totp";
+
 /// Path of the upstream callback of connector `id`.
 pub fn upstream_callback(id: &str) -> String {
     UPSTREAM_CALLBACK.replace("{connector}", id)
@@ -53,8 +67,6 @@ pub const ACCOUNT_DEVICE_REVOKE: &str = "/account/devices/{handle}/revoke";
 /// The local logout of the account pages (not the OIDC end-session
 /// endpoint [`END_SESSION`]).
 pub const LOGOUT: &str = "/logout";
-/// Who is signed in, and the protected call of the account API.
-pub const DASHBOARD: &str = "/dashboard";
 
 /// Path that ends the session with `handle`.
 pub fn device_revoke(handle: &str) -> String {

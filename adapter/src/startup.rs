@@ -22,15 +22,16 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
+use crate::accounts::authn::Authenticator;
+use crate::accounts::{Accounts, LOCAL_CONNECTOR_ID};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
-use crate::connector::local::{LocalConnector, LOCAL_CONNECTOR_ID};
 use crate::connector::oidc::OidcConnector;
 use crate::connector::{Connector, ConnectorKind};
 use crate::flow::{Flows, Lifetimes};
 use crate::keys::{EncryptionKey, KeyManager, Policy as KeyPolicy};
 use crate::provider::{
-    authorize, callback, discovery, login, logout, token, userinfo, AppState, Client,
+    authorize, callback, discovery, local_auth, login, logout, token, userinfo, AppState, Client,
     CookieSettings, Inner,
 };
 use crate::store::{SqlStore, Store, StoreError};
@@ -301,6 +302,25 @@ pub async fn connect_store(url: &str, max_connections: u32) -> anyhow::Result<Sq
         })
 }
 
+/// The local accounts of `config` on `store` (the server and the command
+/// line's `users` share it).
+pub fn accounts_from_config(
+    config: &Config,
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+) -> anyhow::Result<Accounts> {
+    let hasher = crate::password::Hasher::new(2, 64)
+        .map_err(|e| anyhow::anyhow!("password hashing: {e}"))?;
+    Ok(Accounts::new(
+        store,
+        Arc::new(hasher),
+        EncryptionKey::resolve_shared(&config.keys, &config.database.url).context("keys")?,
+        clock,
+        config.accounts.clone(),
+        config.ui.title.clone(),
+    ))
+}
+
 /// Validates the configuration and assembles the shared state.
 pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<AppState> {
     config.validate()?;
@@ -323,15 +343,7 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         oidc_connectors.push((up.id.clone(), up.name.clone(), oidc));
     }
-    let local = if config.local_users.is_empty() {
-        None
-    } else {
-        Some(
-            LocalConnector::new(&config.local_users)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        )
-    };
+    let local_accounts = config.accounts.enabled || !config.local_users.is_empty();
 
     let customizer = customizer::from_config(&config).map_err(anyhow::Error::msg)?;
     let metrics = crate::metrics::Metrics::new();
@@ -362,11 +374,22 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
             });
         }
     }
-    if let Some(local) = local {
+    if local_accounts {
+        let accounts = Arc::new(accounts_from_config(&config, store.clone(), clock.clone())?);
+        let seeded = accounts
+            .seed(&config.local_users)
+            .await
+            .context("local_users")?;
+        if seeded > 0 {
+            tracing::info!(
+                seeded,
+                "local users from the configuration added to the store"
+            );
+        }
         connectors.push(Connector {
             id: LOCAL_CONNECTOR_ID.into(),
             name: "Username and password".into(),
-            kind: ConnectorKind::Password(Arc::new(local)),
+            kind: ConnectorKind::Local(Arc::new(Authenticator::new(accounts, None))),
         });
     }
     let clients = Arc::new(clients);
@@ -489,6 +512,24 @@ pub fn app(state: AppState) -> Router {
             get(logout::end_session_get).post(logout::end_session_post),
         )
         .route(paths::LOGOUT_CALLBACK, get(logout::logout_callback))
+        .route(paths::API_AUTH, post(local_auth::api_auth))
+        .route(
+            paths::ACCOUNT_TOTP,
+            get(crate::provider::totp_pages::totp_page)
+                .post(crate::provider::totp_pages::totp_confirm),
+        )
+        .route(
+            paths::REGISTER,
+            get(local_auth::register_page).post(local_auth::register),
+        )
+        .route(
+            paths::SIGN_IN,
+            get(local_auth::sign_in_page).post(local_auth::login),
+        )
+        .route(
+            paths::VERIFY_OTP,
+            get(local_auth::verify_otp_page).post(local_auth::verify_otp),
+        )
         .merge(crate::provider::account::routes())
         .route(paths::HEALTH_LIVE, get(|| async { "ok" }))
         .route(paths::HEALTH_READY, get(ready))

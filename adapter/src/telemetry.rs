@@ -9,8 +9,21 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global subscriber once; later calls are no-ops.
 /// `RUST_LOG` filters (default `info`).
 pub fn init(format: &str) {
+    init_to(format, false)
+}
+
+/// [`init`], writing to standard error when `stderr` (commands whose
+/// standard output is their result, such as `users list`).
+pub fn init_to(format: &str, stderr: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let writer = if stderr {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
+    } else {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout)
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     let _ = if format == "json" {
         builder.json().try_init()
     } else {

@@ -198,6 +198,10 @@ pub struct LoginPage {
     pub username: String,
     pub error: Option<String>,
     pub hint: Option<String>,
+    /// `password`, `totp` or `email_code`: which form to show.
+    pub stage: &'static str,
+    /// Offer "e-mail me a code" on the password form.
+    pub email_codes: bool,
 }
 
 #[derive(Template, WebTemplate)]

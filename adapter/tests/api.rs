@@ -17,6 +17,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use url::Url;
 
+mod accounts;
 mod devices;
 mod keys;
 mod lifecycle;

@@ -109,3 +109,114 @@ async fn unreachable_database_is_named_within_seconds() {
     assert!(err.contains("refused"), "the cause: {err}");
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
 }
+
+/// Runs `users …` against the SQLite database `db`, with `stdin` as input.
+fn users(dir: &Path, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let path = dir.join("adapter.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[database]\nurl = \"sqlite://{}/users.db\"\n[accounts]\nenabled = true\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let mut child = adapter_command(&path)
+        .arg("users")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn users_add_list_disable_and_reset_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = users(
+        d,
+        &[
+            "add",
+            "alice",
+            "--email",
+            "Alice@Example.org",
+            "--name",
+            "Alice",
+        ],
+        "correct horse battery\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "added alice\n");
+    // The same name again is refused with one line.
+    let out = users(d, &["add", "alice"], "another password\n");
+    assert!(!out.status.success());
+    assert_eq!(stderr(&out).trim(), "Error: the username is taken");
+    // A short password is refused.
+    let out = users(d, &["add", "bob"], "short\n");
+    assert_eq!(
+        stderr(&out).trim(),
+        "Error: the password must have at least 8 characters"
+    );
+    let out = users(d, &["list"], "");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "alice\talice@example.org\tactive\t-\tdefault\n"
+    );
+    let out = users(d, &["set-policy", "alice", "sms"], "");
+    assert_eq!(
+        stderr(&out).trim(),
+        "Error: policy must be password, password_totp, email_code or default"
+    );
+    let out = users(d, &["set-policy", "alice", "password_totp"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = users(d, &["disable", "alice"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = users(d, &["list"], "");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "alice\talice@example.org\tdisabled\t-\tpassword_totp\n"
+    );
+    let out = users(d, &["reset-password", "nobody"], "long enough pw\n");
+    assert_eq!(stderr(&out).trim(), "Error: no such account");
+    let out = users(d, &["set-policy", "alice", "default"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = users(d, &["enable", "alice"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = users(d, &["reset-password", "alice"], "a brand new passphrase\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The server on that database logs alice in with the new password only.
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.issuer = Some("http://127.0.0.1:9000".into());
+    config.database.url = format!("sqlite://{}/users.db", d.display());
+    config.accounts.enabled = true;
+    let app = Application::build(config).await.unwrap();
+    let port = app.port();
+    tokio::spawn(app.run_until_stopped());
+    let http = reqwest::Client::new();
+    let login = |password: &'static str| {
+        let http = http.clone();
+        async move {
+            http.post(format!("http://127.0.0.1:{port}/login"))
+                .json(&serde_json::json!({"username": "alice", "password": password}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(login("correct horse battery").await, 401);
+    assert_eq!(login("a brand new passphrase").await, 200);
+}

@@ -653,6 +653,121 @@ async fn browser_chain_headless_chromium() {
     browser.close().await.unwrap();
 }
 
+/// The user enrols an authenticator app at the upstream (its TOTP page,
+/// with a QR code: screenshot `totp-enrolment`), then logs in through the
+/// whole chain with password + TOTP in headless Chromium; the test-app
+/// shows how the user authenticated upstream (`amr`, `acr`: OIDC Core §2),
+/// passed through the adapter's own tokens.
+#[tokio::test]
+async fn browser_chain_with_totp_at_the_upstream() {
+    let out = e2e::output::test_dir("browser_chain_totp").unwrap();
+    let chain = TestChain::start().await.unwrap();
+    let browser = Browser::start(&out).await.unwrap();
+    let c = &browser.client;
+    let wait = |id: &'static str| async move {
+        c.wait()
+            .at_most(std::time::Duration::from_secs(20))
+            .for_element(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("#{id}: {e}"))
+    };
+    let fill = |id: &'static str, value: String| async move {
+        c.find(Locator::Id(id))
+            .await
+            .unwrap()
+            .send_keys(&value)
+            .await
+            .unwrap();
+    };
+
+    // 1. Sign in at the upstream itself and enrol TOTP.
+    c.goto(&chain.upstream("/login")).await.unwrap();
+    wait("sign-in-form").await;
+    fill("username", USERNAME.into()).await;
+    fill("password", PASSWORD.into()).await;
+    c.find(Locator::Id("sign-in-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // Signed in: the upstream sends the browser to its dashboard.
+    c.wait()
+        .at_most(std::time::Duration::from_secs(20))
+        .for_url(&url::Url::parse(&chain.upstream("/dashboard")).unwrap())
+        .await
+        .unwrap();
+    c.goto(&chain.upstream("/account/totp")).await.unwrap();
+    wait("totp-qr").await;
+    let qr = c.find(Locator::Css("#totp-qr svg")).await.unwrap();
+    assert!(qr.is_displayed().await.unwrap(), "the QR code is shown");
+    browser.screenshot("totp-enrolment").await.unwrap();
+    let secret = c
+        .find(Locator::Id("totp-secret"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let secret = adapter::totp::TotpSecret::from_base32(secret.trim()).unwrap();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    fill("code", secret.code_at(now())).await;
+    c.find(Locator::Id("totp-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let codes = wait("recovery-codes").await;
+    assert_eq!(codes.find_all(Locator::Css("li")).await.unwrap().len(), 10);
+    browser.screenshot("totp-recovery-codes").await.unwrap();
+    // A fresh browser state: the password-only upstream session goes.
+    c.delete_all_cookies().await.unwrap();
+
+    // 2. The chain: the upstream asks for the password, then the code.
+    c.goto(&chain.app_path("/authenticated")).await.unwrap();
+    wait("login-form").await;
+    fill("username", USERNAME.into()).await;
+    fill("password", PASSWORD.into()).await;
+    c.find(Locator::Id("login-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait("code-form").await;
+    browser.screenshot("upstream-totp-step").await.unwrap();
+    // The enrolment used the current step; the app's next code is one
+    // step ahead, inside the allowed skew (RFC 6238 §5.2).
+    fill("code", secret.code_at(now() + 30)).await;
+    c.find(Locator::Id("code-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let sub = wait("claim-sub").await;
+    assert_eq!(sub.text().await.unwrap().trim(), USERNAME);
+    browser
+        .screenshot("test-app-authenticated-mfa")
+        .await
+        .unwrap();
+    let text = |id: &'static str| async move {
+        c.find(Locator::Id(id)).await.unwrap().text().await.unwrap()
+    };
+    let amr = text("idclaim-amr").await;
+    for m in ["pwd", "otp", "mfa"] {
+        assert!(amr.contains(m), "amr shows {m}: {amr}");
+    }
+    assert_eq!(text("idclaim-acr").await.trim(), "2");
+    browser.close().await.unwrap();
+}
+
 // --------------------------------------- authorization endpoint (A) ----
 
 /// RFC 6749 §4.1.2.1: an unknown client_id gets an error page, never a redirect.

@@ -10,8 +10,8 @@
 use std::net::SocketAddr;
 
 use adapter::config::{
-    ClientConfig, Config, CustomizerKind, DatabaseConfig, LocalUserConfig, ServerConfig,
-    SessionConfig, UiConfig,
+    AccountsConfig, ClientConfig, Config, CustomizerKind, DatabaseConfig, LocalUserConfig,
+    ServerConfig, SessionConfig, UiConfig,
 };
 
 /// Environment overrides: `TEST_AUTH_SERVER__SERVER__LISTEN=...`.
@@ -37,7 +37,17 @@ pub fn default_config() -> Config {
         },
         ui: UiConfig {
             title: "Test Auth Server".into(),
-            login_hint: Some("Demo account: testuser / password".into()),
+            login_hint: Some(
+                "Demo account: testuser / password. New here? Create an account at /register."
+                    .into(),
+            ),
+        },
+        // A realistic identity provider: self-service registration, TOTP
+        // for whoever enrols it (at /account/totp after signing in).
+        accounts: AccountsConfig {
+            enabled: true,
+            registration: true,
+            ..AccountsConfig::default()
         },
         claims: adapter::config::ClaimsConfig {
             customizer: CustomizerKind::Passthrough,
@@ -91,5 +101,6 @@ mod tests {
             c.local_users[0].password.as_ref().map(|s| s.expose()),
             Some("password")
         );
+        assert!(c.accounts.enabled && c.accounts.registration);
     }
 }

@@ -1,13 +1,12 @@
 //! Connectors: where identities come from (Dex's shape).
 //!
 //! A [`CallbackConnector`] sends the browser elsewhere and gets it back on
-//! its own callback path (the OIDC upstream, [`oidc::OidcConnector`]). A
-//! [`PasswordConnector`] checks credentials typed into our own login form
-//! (local accounts, [`local::LocalConnector`]). The opaque state a callback
+//! its own callback path (the OIDC upstream, [`oidc::OidcConnector`]). The
+//! local-accounts connector checks credentials typed into our own forms
+//! ([`crate::accounts`]). The opaque state a callback
 //! connector returns from `begin` is persisted with the login state, so a
 //! login survives a restart and can finish on another replica.
 
-pub mod local;
 pub mod oidc;
 
 use std::collections::HashMap;
@@ -150,22 +149,12 @@ impl std::fmt::Debug for UpstreamTokens {
     }
 }
 
-#[async_trait]
-pub trait PasswordConnector: Send + Sync + 'static {
-    /// `Ok(None)` for unknown user or wrong password alike, so a caller
-    /// cannot tell which (no account enumeration).
-    async fn login(
-        &self,
-        username: &str,
-        password: &str,
-    ) -> Result<Option<Identity>, ConnectorError>;
-}
-
 /// A configured connector.
 #[derive(Clone)]
 pub enum ConnectorKind {
     Callback(Arc<dyn CallbackConnector>),
-    Password(Arc<dyn PasswordConnector>),
+    /// Local accounts: our own forms and the multi-step authentication.
+    Local(Arc<crate::accounts::authn::Authenticator>),
 }
 
 /// A connector with its id and display name.

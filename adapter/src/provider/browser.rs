@@ -13,7 +13,7 @@ use axum_extra::extract::cookie::{Cookie, CookieJar};
 
 use super::AppState;
 use crate::config::CookieLifetime;
-use crate::flow::{Browser, FlowError, FormView, Next};
+use crate::flow::{Browser, FlowError, FormStage, FormView, Next};
 use crate::secret::{hash, random_token};
 use crate::web::{self, found, see_other, ChoosePage, LoginPage, PageError, WebError};
 use crate::{device, paths};
@@ -207,6 +207,16 @@ impl From<FlowError> for WebError {
                     "Please try again shortly.",
                 ))
             }
+            FlowError::Throttled { .. } => WebError::Page(PageError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many attempts",
+                "Too many attempts. Wait a moment and try again.",
+            )),
+            FlowError::Busy => WebError::Page(PageError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Temporarily unavailable",
+                "Too many logins are in progress. Please try again shortly.",
+            )),
             FlowError::Storage(e) => WebError::Storage(e),
         }
     }
@@ -223,6 +233,12 @@ pub fn login_page(st: &AppState, view: FormView, transaction: &str) -> LoginPage
         username: view.username,
         error: view.error,
         hint: st.ui.login_hint.clone(),
+        stage: match view.stage {
+            FormStage::Password => "password",
+            FormStage::Totp => "totp",
+            FormStage::EmailCode => "email_code",
+        },
+        email_codes: view.email_codes,
     }
 }
 

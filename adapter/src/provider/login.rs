@@ -1,5 +1,6 @@
-//! The login pages: the connector chooser's links and the password form of
-//! a password connector. Both are steps of the login-flow engine.
+//! The login pages: the connector chooser's links and the forms of the
+//! local-accounts connector (password, TOTP code, e-mail code). All are
+//! steps of the login-flow engine.
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -10,7 +11,7 @@ use serde::Deserialize;
 
 use super::browser::{cookies, cross_site, csrf_token, login_page, render, Cookies};
 use super::AppState;
-use crate::flow::{Event, FlowError};
+use crate::flow::{Event, FlowError, LocalInput};
 use crate::secret::ct_eq;
 use crate::web::{PageError, WebError};
 
@@ -58,12 +59,38 @@ pub async fn login_form(
     Ok(login_page(&st, view, &cookies.transaction).into_response())
 }
 
+/// A post of one of the local-accounts forms.
 #[derive(Deserialize)]
 pub struct LoginForm {
     req: String,
     csrf_token: String,
+    /// `password` (the default), `email_code` or `code`.
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
     username: String,
+    #[serde(default)]
     password: String,
+    #[serde(default)]
+    code: String,
+}
+
+impl LoginForm {
+    fn input(&self) -> Result<LocalInput<'_>, WebError> {
+        let incomplete =
+            || PageError::bad_request("Invalid request", "The login form is incomplete.");
+        Ok(match self.action.as_deref().unwrap_or("password") {
+            "password" if !self.username.is_empty() => LocalInput::Password {
+                username: &self.username,
+                password: &self.password,
+            },
+            "email_code" if !self.username.is_empty() => LocalInput::RequestCode {
+                username: &self.username,
+            },
+            "code" if !self.code.is_empty() => LocalInput::Code { code: &self.code },
+            _ => return Err(incomplete().into()),
+        })
+    }
 }
 
 /// `POST /login/{connector}`: the credentials.
@@ -91,8 +118,7 @@ pub async fn login_submit(
     }
     let event = Event::Credentials {
         connector_id: &connector_id,
-        username: &form.username,
-        password: &form.password,
+        input: form.input()?,
     };
     let next = st.flows.step(&form.req, cookies.browser(), event).await?;
     Ok(render(&st, jar, &cookies, next, true))

@@ -22,6 +22,7 @@ pub mod callback;
 pub mod client_auth;
 pub mod discovery;
 pub mod introspect;
+pub mod local_auth;
 pub mod login;
 pub mod logout;
 pub mod redirect;
@@ -29,6 +30,7 @@ pub mod request;
 pub mod revocation;
 pub mod revoke;
 pub mod token;
+pub mod totp_pages;
 pub mod userinfo;
 
 use std::collections::HashMap;

@@ -351,6 +351,21 @@ async fn accounts_by_username_and_email(s: &dyn Store) {
     assert!(!s.update_account(&renamed).await.unwrap());
     let now = s.account_by_username("alice").await.unwrap().unwrap();
     assert_eq!((now.version, now.data.as_str()), (1, "{\"n\":1}"));
+    let zed = AccountRow {
+        id: "a4".into(),
+        username: "zed".into(),
+        email: None,
+        ..alice.clone()
+    };
+    assert!(s.insert_account(&zed).await.unwrap());
+    let names: Vec<String> = s
+        .list_accounts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.username)
+        .collect();
+    assert_eq!(names, ["alice", "zed"]);
 }
 
 async fn gc_removes_expired(s: &dyn Store) {

@@ -407,6 +407,11 @@ pub trait Store: Send + Sync + 'static {
     /// How many sessions are unexpired at `now` (the active-sessions gauge).
     async fn count_sessions(&self, now: i64) -> Result<u64, StoreError>;
 
+    // ---- local accounts (listing) ---------------------------------------------
+
+    /// Every account, by username (the command line's `users list`).
+    async fn list_accounts(&self) -> Result<Vec<AccountRow>, StoreError>;
+
     // ---- devices (sessions per device) ----------------------------------------
 
     /// Deletes the sessions of one user of one connector on the device

@@ -830,6 +830,17 @@ impl Store for SqlStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    async fn list_accounts(&self) -> Result<Vec<AccountRow>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY username"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(account_row)
+        .collect()
+    }
+
     async fn delete_device_sessions(
         &self,
         connector_id: &str,

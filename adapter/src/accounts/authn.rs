@@ -1,0 +1,630 @@
+//! Multi-step authentication of local accounts, in the shape of Kanidm's
+//! auth flow: `init` (a username; `init2` asks for a privileged session) →
+//! `choose` (the mechanisms this account may use) → `begin` (one of them) →
+//! `continue` (the credential needed next) → `cred` … → `success` or
+//! `denied`. Password + TOTP loops until both are given.
+//!
+//! One transition function, [`Authenticator::advance`], decides every step
+//! for both front ends: the JSON API (`/api/auth`) keeps the [`AuthState`]
+//! in the store between requests, the HTML login form keeps it inside the
+//! login of an authorization request. A step that does not fit the state
+//! (out of order, replayed after the end, a mechanism not offered) is an
+//! [`AuthError`] and leaves the state as it was.
+//!
+//! An unknown username is answered like a known one (the deployment's
+//! mechanisms, a dummy password verification, the same denial), so the
+//! flow does not reveal which accounts exist.
+//!
+//! ```text
+//!  (none) ──Init/Init2──► Choosing ──Begin(mech)──► InProgress{needed}
+//!                                                     │ Cred ok, more needed ─► InProgress
+//!                                                     │ Cred ok, none left ───► Success
+//!                                                     │ Cred wrong (password) ► Denied
+//!                                                     └ Cred wrong (code) ────► InProgress (retry)
+//! ```
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::{Account, AccountError, Accounts};
+use crate::config::LoginPolicy;
+use crate::connector::Identity;
+
+/// A mechanism, as offered by `choose` and picked by `begin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mech {
+    Password,
+    /// Password and a TOTP code (RFC 6238).
+    PasswordMfa,
+    /// A one-time code sent by e-mail.
+    EmailCode,
+}
+
+impl Mech {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mech::Password => "password",
+            Mech::PasswordMfa => "password_mfa",
+            Mech::EmailCode => "email_code",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mech> {
+        match s {
+            "password" => Some(Mech::Password),
+            "password_mfa" => Some(Mech::PasswordMfa),
+            "email_code" => Some(Mech::EmailCode),
+            _ => None,
+        }
+    }
+
+    /// The credentials this mechanism needs, in order.
+    fn needs(self) -> Vec<CredKind> {
+        match self {
+            Mech::Password => vec![CredKind::Password],
+            Mech::PasswordMfa => vec![CredKind::Password, CredKind::Totp],
+            Mech::EmailCode => vec![CredKind::EmailCode],
+        }
+    }
+}
+
+/// A kind of credential (`continue` lists what is needed next).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredKind {
+    Password,
+    /// A TOTP code, or one of the recovery codes in its place.
+    Totp,
+    EmailCode,
+}
+
+impl CredKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredKind::Password => "password",
+            CredKind::Totp => "totp",
+            CredKind::EmailCode => "email_code",
+        }
+    }
+
+    /// RFC 8176 §2 method of a satisfied credential.
+    fn amr(self) -> &'static str {
+        match self {
+            CredKind::Password => "pwd",
+            CredKind::Totp | CredKind::EmailCode => "otp",
+        }
+    }
+}
+
+/// A credential presented by `cred`.
+#[derive(Clone)]
+pub enum Credential {
+    Password(String),
+    Totp(String),
+    EmailCode(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the value.
+        f.write_str(self.kind().as_str())
+    }
+}
+
+impl Credential {
+    pub fn kind(&self) -> CredKind {
+        match self {
+            Credential::Password(_) => CredKind::Password,
+            Credential::Totp(_) => CredKind::Totp,
+            Credential::EmailCode(_) => CredKind::EmailCode,
+        }
+    }
+}
+
+/// What the client does next.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// `init` (`privileged: false`) or `init2` (`privileged: true`).
+    Init {
+        username: String,
+        privileged: bool,
+    },
+    Begin(Mech),
+    Cred(Credential),
+}
+
+impl Step {
+    /// A fixed name, for errors and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::Init {
+                privileged: false, ..
+            } => "init",
+            Step::Init {
+                privileged: true, ..
+            } => "init2",
+            Step::Begin(_) => "begin",
+            Step::Cred(_) => "cred",
+        }
+    }
+}
+
+/// Where an authentication stands (persisted between steps).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum AuthState {
+    Choosing {
+        username: String,
+        /// `None` for an unknown username (never shown to the client).
+        account_id: Option<String>,
+        privileged: bool,
+        mechs: Vec<Mech>,
+    },
+    InProgress {
+        username: String,
+        account_id: Option<String>,
+        privileged: bool,
+        mech: Mech,
+        /// Still to give, first one next.
+        needed: Vec<CredKind>,
+        /// Given and accepted.
+        done: Vec<CredKind>,
+    },
+    Success {
+        account_id: String,
+        privileged: bool,
+        amr: Vec<String>,
+    },
+    Denied {
+        reason: String,
+    },
+}
+
+impl AuthState {
+    /// The `continue` list of this state.
+    pub fn allowed(&self) -> Vec<CredKind> {
+        match self {
+            AuthState::InProgress { needed, .. } => needed.first().copied().into_iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn is_final(&self) -> bool {
+        matches!(self, AuthState::Success { .. } | AuthState::Denied { .. })
+    }
+}
+
+/// The answer to a step.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// `choose`: the mechanisms on offer.
+    Choose(Vec<Mech>),
+    /// `continue`: the credential needed next; `retry` is set after a wrong
+    /// code that may be typed again.
+    Continue {
+        allowed: Vec<CredKind>,
+        retry: Option<String>,
+    },
+    /// `success`: the user is authenticated.
+    Success {
+        identity: Box<Identity>,
+        privileged: bool,
+    },
+    /// `denied`, with a reason fit for the user.
+    Denied(String),
+}
+
+/// A step that does not fit. The state is unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("the step `{step}` is not allowed now")]
+    OutOfOrder { step: &'static str },
+    #[error("the mechanism is not offered")]
+    MechNotOffered,
+    #[error("the credential `{given}` is not the one needed next")]
+    WrongCredential { given: &'static str },
+    #[error("the authentication is over")]
+    Finished,
+    #[error("too many attempts; retry in {retry_after} s")]
+    Throttled { retry_after: u64 },
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    #[error("e-mail codes: {0}")]
+    Codes(String),
+}
+
+impl AuthError {
+    /// A fixed name (JSON `error`, metrics).
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::OutOfOrder { .. } => "out_of_order",
+            AuthError::MechNotOffered => "mech_not_offered",
+            AuthError::WrongCredential { .. } => "wrong_credential",
+            AuthError::Finished => "finished",
+            AuthError::Throttled { .. } => "rate_limited",
+            AuthError::Account(AccountError::Hash(_)) => "temporarily_unavailable",
+            AuthError::Account(_) | AuthError::Codes(_) => "server_error",
+        }
+    }
+}
+
+/// Why an e-mail code was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeRejection {
+    /// Wrong; this many tries remain.
+    Invalid {
+        attempts_left: u32,
+    },
+    /// No code is waiting (never sent, used, or replaced).
+    Missing,
+    Expired,
+    /// The attempts are used up: a new code is needed.
+    TooManyAttempts,
+}
+
+/// One-time codes sent to an address (e-mail).
+#[async_trait]
+pub trait OneTimeCodes: Send + Sync + 'static {
+    /// Sends a fresh code for (`purpose`, `address`), replacing earlier ones.
+    async fn send(&self, purpose: &str, address: &str) -> Result<(), String>;
+    /// Checks (and on success consumes) a code.
+    async fn check(
+        &self,
+        purpose: &str,
+        address: &str,
+        code: &str,
+    ) -> Result<Result<(), CodeRejection>, String>;
+}
+
+/// Purpose of the codes of a login.
+pub const LOGIN_CODE: &str = "login";
+
+/// The one message of every denial of a credential: an unknown user, a
+/// wrong password and a disabled account look the same.
+pub const DENIED: &str = "invalid username or password";
+
+/// Runs authentication steps for local accounts.
+pub struct Authenticator {
+    accounts: Arc<Accounts>,
+    codes: Option<Arc<dyn OneTimeCodes>>,
+}
+
+impl Authenticator {
+    pub fn new(accounts: Arc<Accounts>, codes: Option<Arc<dyn OneTimeCodes>>) -> Self {
+        Authenticator { accounts, codes }
+    }
+
+    pub fn accounts(&self) -> &Arc<Accounts> {
+        &self.accounts
+    }
+
+    /// True when e-mail codes can be sent.
+    pub fn has_codes(&self) -> bool {
+        self.codes.is_some()
+    }
+
+    /// The mechanisms offered for `account` (the deployment's for an
+    /// unknown user). A privileged session asks for the strongest one.
+    fn mechs(&self, account: Option<&Account>, privileged: bool) -> Vec<Mech> {
+        let policy = self.accounts.policy(account);
+        let mut mechs = match policy {
+            LoginPolicy::Password => vec![Mech::Password],
+            LoginPolicy::PasswordTotp => vec![Mech::PasswordMfa],
+            LoginPolicy::EmailCode => vec![Mech::EmailCode],
+        };
+        // E-mail codes are a second way in where the deployment allows
+        // them and the account has an address (or might: unknown users
+        // get the same offer).
+        let email_ok = self.codes.is_some()
+            && self.accounts.config().email_codes
+            && account.is_none_or(|a| a.row.email.is_some());
+        if email_ok
+            && !privileged
+            && policy == LoginPolicy::Password
+            && !mechs.contains(&Mech::EmailCode)
+        {
+            mechs.push(Mech::EmailCode);
+        }
+        mechs
+    }
+
+    /// The one transition function. `state` is `None` before `init`.
+    pub async fn advance(
+        &self,
+        state: Option<&AuthState>,
+        step: Step,
+    ) -> Result<(AuthState, Reply), AuthError> {
+        match (state, step) {
+            (
+                None,
+                Step::Init {
+                    username,
+                    privileged,
+                },
+            ) => {
+                let username = username.trim().to_lowercase();
+                let account = self.accounts.find(&username).await?;
+                let mechs = self.mechs(account.as_ref(), privileged);
+                Ok((
+                    AuthState::Choosing {
+                        username,
+                        account_id: account.map(|a| a.id().to_string()),
+                        privileged,
+                        mechs: mechs.clone(),
+                    },
+                    Reply::Choose(mechs),
+                ))
+            }
+            (
+                Some(AuthState::Choosing {
+                    username,
+                    account_id,
+                    privileged,
+                    mechs,
+                }),
+                Step::Begin(mech),
+            ) => {
+                if !mechs.contains(&mech) {
+                    return Err(AuthError::MechNotOffered);
+                }
+                if mech == Mech::EmailCode {
+                    self.send_code(username, account_id.as_deref()).await?;
+                }
+                let needed = mech.needs();
+                let next = AuthState::InProgress {
+                    username: username.clone(),
+                    account_id: account_id.clone(),
+                    privileged: *privileged,
+                    mech,
+                    needed,
+                    done: Vec::new(),
+                };
+                let allowed = next.allowed();
+                Ok((
+                    next,
+                    Reply::Continue {
+                        allowed,
+                        retry: None,
+                    },
+                ))
+            }
+            (
+                Some(
+                    cur @ AuthState::InProgress {
+                        username,
+                        account_id,
+                        privileged,
+                        needed,
+                        done,
+                        ..
+                    },
+                ),
+                Step::Cred(cred),
+            ) => {
+                let Some(&next_kind) = needed.first() else {
+                    return Err(AuthError::Finished);
+                };
+                if cred.kind() != next_kind {
+                    return Err(AuthError::WrongCredential {
+                        given: cred.kind().as_str(),
+                    });
+                }
+                let account = self.current(username, account_id.as_deref()).await?;
+                match self.verify(account.as_ref(), &cred).await? {
+                    Verdict::Accepted => {
+                        let mut state = cur.clone();
+                        if let AuthState::InProgress { needed, done, .. } = &mut state {
+                            needed.remove(0);
+                            done.push(next_kind);
+                        }
+                        let (AuthState::InProgress { needed, .. }, Some(account)) =
+                            (&state, account)
+                        else {
+                            // Accepted implies an account (unknown users are never accepted).
+                            return Ok(denied(DENIED));
+                        };
+                        if !needed.is_empty() {
+                            let allowed = state.allowed();
+                            return Ok((
+                                state,
+                                Reply::Continue {
+                                    allowed,
+                                    retry: None,
+                                },
+                            ));
+                        }
+                        let mut all = done.clone();
+                        all.push(next_kind);
+                        let amr = amr_of(&all);
+                        Ok((
+                            AuthState::Success {
+                                account_id: account.id().to_string(),
+                                privileged: *privileged,
+                                amr: amr.clone(),
+                            },
+                            Reply::Success {
+                                identity: Box::new(account.identity(amr)),
+                                privileged: *privileged,
+                            },
+                        ))
+                    }
+                    Verdict::Retry(message) => {
+                        let allowed = cur.allowed();
+                        Ok((
+                            cur.clone(),
+                            Reply::Continue {
+                                allowed,
+                                retry: Some(message),
+                            },
+                        ))
+                    }
+                    Verdict::Denied(reason) => Ok(denied(reason)),
+                }
+            }
+            (Some(AuthState::Success { .. } | AuthState::Denied { .. }), _) => {
+                Err(AuthError::Finished)
+            }
+            (_, step) => Err(AuthError::OutOfOrder { step: step.name() }),
+        }
+    }
+
+    /// The account as it is now (a credential changes its version): the
+    /// one `init` found, still under that name, and not disabled.
+    async fn current(
+        &self,
+        username: &str,
+        id: Option<&str>,
+    ) -> Result<Option<Account>, AuthError> {
+        let Some(id) = id else { return Ok(None) };
+        Ok(self
+            .accounts
+            .find(username)
+            .await?
+            .filter(|a| a.id() == id && !a.data.disabled))
+    }
+
+    async fn send_code(&self, username: &str, account_id: Option<&str>) -> Result<(), AuthError> {
+        let Some(codes) = &self.codes else {
+            return Err(AuthError::MechNotOffered);
+        };
+        // Unknown users get the same answer, and no mail.
+        if let Some(account) = self.current(username, account_id).await? {
+            if let Some(email) = &account.row.email {
+                codes
+                    .send(LOGIN_CODE, email)
+                    .await
+                    .map_err(AuthError::Codes)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn verify(
+        &self,
+        account: Option<&Account>,
+        cred: &Credential,
+    ) -> Result<Verdict, AuthError> {
+        match cred {
+            Credential::Password(password) => {
+                let hash = account.and_then(|a| a.data.password_hash.as_deref());
+                // An unknown user (or one without a password) is checked
+                // against a dummy hash: same time, same answer.
+                let ok = self
+                    .accounts
+                    .hasher()
+                    .verify(password, hash)
+                    .await
+                    .map_err(AccountError::from)?;
+                Ok(if ok && account.is_some() {
+                    Verdict::Accepted
+                } else {
+                    Verdict::Denied(DENIED)
+                })
+            }
+            Credential::Totp(code) => {
+                let Some(account) = account else {
+                    return Ok(Verdict::Denied(DENIED));
+                };
+                if account.data.totp.is_none() {
+                    // The policy asks for TOTP, and none is enrolled: the
+                    // user enrols while signed in under the password policy.
+                    return Ok(Verdict::Denied(
+                        "no authenticator app is enrolled for this account",
+                    ));
+                }
+                if self.accounts.use_second_factor(account, code).await? {
+                    Ok(Verdict::Accepted)
+                } else {
+                    Ok(Verdict::Retry("the code is not valid".into()))
+                }
+            }
+            Credential::EmailCode(code) => {
+                let (Some(codes), Some(account)) = (&self.codes, account) else {
+                    return Ok(Verdict::Denied(DENIED));
+                };
+                let Some(email) = &account.row.email else {
+                    return Ok(Verdict::Denied(DENIED));
+                };
+                match codes
+                    .check(LOGIN_CODE, email, code)
+                    .await
+                    .map_err(AuthError::Codes)?
+                {
+                    Ok(()) => {
+                        self.accounts.mark_email_verified(account).await?;
+                        Ok(Verdict::Accepted)
+                    }
+                    Err(CodeRejection::Invalid { attempts_left }) => Ok(Verdict::Retry(format!(
+                        "the code is not valid; {attempts_left} attempts left"
+                    ))),
+                    Err(CodeRejection::Expired) => {
+                        Ok(Verdict::Denied("the code has expired; ask for a new one"))
+                    }
+                    Err(CodeRejection::TooManyAttempts) => {
+                        Ok(Verdict::Denied("too many wrong codes; ask for a new one"))
+                    }
+                    Err(CodeRejection::Missing) => {
+                        Ok(Verdict::Denied("no code is waiting; ask for a new one"))
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Verdict {
+    Accepted,
+    Retry(String),
+    Denied(&'static str),
+}
+
+fn denied(reason: &str) -> (AuthState, Reply) {
+    (
+        AuthState::Denied {
+            reason: reason.to_string(),
+        },
+        Reply::Denied(reason.to_string()),
+    )
+}
+
+/// RFC 8176 §2 methods of the credentials given, with `mfa` when there
+/// were several.
+fn amr_of(done: &[CredKind]) -> Vec<String> {
+    let mut amr: Vec<String> = Vec::new();
+    for kind in done {
+        let m = kind.amr().to_string();
+        if !amr.contains(&m) {
+            amr.push(m);
+        }
+    }
+    if done.len() > 1 {
+        amr.push("mfa".into());
+    }
+    amr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amr_values() {
+        assert_eq!(amr_of(&[CredKind::Password]), vec!["pwd"]);
+        assert_eq!(
+            amr_of(&[CredKind::Password, CredKind::Totp]),
+            vec!["pwd", "otp", "mfa"]
+        );
+        assert_eq!(amr_of(&[CredKind::EmailCode]), vec!["otp"]);
+    }
+
+    #[test]
+    fn mech_names_round_trip() {
+        for m in [Mech::Password, Mech::PasswordMfa, Mech::EmailCode] {
+            assert_eq!(Mech::parse(m.as_str()), Some(m));
+        }
+        assert_eq!(Mech::parse("webauthn"), None);
+    }
+}
