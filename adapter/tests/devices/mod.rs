@@ -695,3 +695,52 @@ async fn a_browser_session_cookie_has_no_max_age() {
     let device = set_cookie(&r, "AUTH_ADAPTER_SESSION_DEVICE").unwrap();
     assert!(device.contains("Max-Age=31536000"), "{device}");
 }
+
+/// The seed's curl flow on the account API: `POST /login` answers the
+/// session's CSRF token in its body and sets the session and device
+/// cookies; `POST /dashboard` with the cookie and `X-CSRF-Token` is the
+/// protected call; `POST /logout` ends it.
+#[tokio::test]
+async fn the_seeds_login_dashboard_logout_flow() {
+    let app = spawn().await;
+    let curl = device(&app, "curl/8.5.0");
+    let r = curl
+        .app
+        .browser
+        .post(curl.url("/login"))
+        .form(&[("username", "alice"), ("password", "correct horse")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(set_cookie(&r, "AUTH_ADAPTER_SESSION_DEVICE").is_some());
+    let body: Value = r.json().await.unwrap();
+    let token = body["csrf_token"].as_str().unwrap().to_string();
+    assert_eq!(token, session_csrf_token(&curl.session()));
+    let protected = || {
+        curl.app
+            .browser
+            .post(curl.url("/dashboard"))
+            .header("x-csrf-token", &token)
+    };
+    let r = protected().send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v, serde_json::json!({"username": "alice", "sub": "alice"}));
+    assert_eq!(curl.sessions().await[0]["device"], "curl");
+    let r = curl
+        .app
+        .browser
+        .post(curl.url("/logout"))
+        .header("x-csrf-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    error_is(
+        protected().send().await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "login_required",
+    )
+    .await;
+}
