@@ -342,6 +342,42 @@ pub struct SessionConfig {
     pub ttl_seconds: i64,
     /// `Secure` cookie attribute. Unset: secure exactly when the issuer is https.
     pub secure: Option<bool>,
+    /// Name of the long-lived cookie that identifies the browser (sessions
+    /// are kept per device); an RFC 6265 §4.1.1 token other than the two
+    /// above. Unset: `<cookie_name>_DEVICE`.
+    pub device_cookie_name: Option<String>,
+    /// How long the browser keeps the session cookie.
+    pub cookie_lifetime: CookieLifetime,
+}
+
+/// `session.cookie_lifetime`: whether the session cookie outlives the
+/// browser.
+///
+/// The default is `persistent`: the server decides how long a session
+/// lasts (`ttl_seconds`, absolute), and the cookie then says the same
+/// thing, so single sign-on and the device list mean what they show.
+/// A browser-session cookie would not make logins reliably shorter
+/// (browsers that restore tabs keep such cookies across restarts), only
+/// unpredictable; deployments that want "ends when the browser closes"
+/// on shared machines can still choose `browser`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CookieLifetime {
+    /// No `Max-Age`: the cookie ends with the browser session (or with the
+    /// server session, whichever comes first).
+    Browser,
+    /// `Max-Age` equal to the server session's remaining lifetime.
+    #[default]
+    Persistent,
+}
+
+impl SessionConfig {
+    /// The configured device cookie name, or `<cookie_name>_DEVICE`.
+    pub fn device_cookie_name(&self) -> String {
+        self.device_cookie_name
+            .clone()
+            .unwrap_or_else(|| format!("{}_DEVICE", self.cookie_name))
+    }
 }
 
 impl Default for SessionConfig {
@@ -351,6 +387,8 @@ impl Default for SessionConfig {
             transaction_cookie_name: "AUTH_ADAPTER_TX".into(),
             ttl_seconds: 8 * 3600,
             secure: None,
+            device_cookie_name: None,
+            cookie_lifetime: CookieLifetime::Persistent,
         }
     }
 }
@@ -1147,12 +1185,14 @@ impl Config {
                 ),
             ));
         }
+        let device = s.device_cookie_name();
         for (key, name) in [
             ("session.cookie_name", &s.cookie_name),
             (
                 "session.transaction_cookie_name",
                 &s.transaction_cookie_name,
             ),
+            ("session.device_cookie_name", &device),
         ] {
             if !is_cookie_token(name) {
                 return Err(ConfigError::new(
@@ -1171,6 +1211,12 @@ impl Config {
                     "{:?} is also session.cookie_name; the two cookies need different names",
                     s.transaction_cookie_name
                 ),
+            ));
+        }
+        if device == s.cookie_name || device == s.transaction_cookie_name {
+            return Err(ConfigError::new(
+                "session.device_cookie_name",
+                format!("{device:?} is also the name of the session or transaction cookie"),
             ));
         }
         if s.secure == Some(false) && self.server.issuer().starts_with("https://") {
@@ -1599,6 +1645,43 @@ mod tests {
         c.server.trusted_proxies = vec!["10.0.0.0/33".into()];
         let text = error_of(&c, "server.trusted_proxies");
         assert!(text.contains("10.0.0.0/33"), "{text}");
+    }
+
+    #[test]
+    fn device_cookie_name_defaults_and_must_differ() {
+        let mut c = Config::default();
+        assert_eq!(
+            c.session.device_cookie_name(),
+            "AUTH_ADAPTER_SESSION_DEVICE"
+        );
+        c.validate().unwrap();
+        for clash in ["AUTH_ADAPTER_SESSION", "AUTH_ADAPTER_TX", "bad name"] {
+            c.session.device_cookie_name = Some(clash.into());
+            error_of(&c, "session.device_cookie_name");
+        }
+        c.session.device_cookie_name = Some("DEV".into());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn cookie_lifetime_defaults_to_persistent_and_parses() {
+        let parse = |toml: &str| {
+            Figment::from(Toml::string(toml))
+                .extract::<Config>()
+                .map_err(|e| e.to_string())
+        };
+        let lifetime = |toml: &str| parse(toml).unwrap().session.cookie_lifetime;
+        assert_eq!(lifetime("[session]\n"), CookieLifetime::Persistent);
+        assert_eq!(
+            lifetime("[session]\ncookie_lifetime = \"browser\"\n"),
+            CookieLifetime::Browser
+        );
+        assert_eq!(
+            lifetime("[session]\ncookie_lifetime = \"persistent\"\n"),
+            CookieLifetime::Persistent
+        );
+        let err = parse("[session]\ncookie_lifetime = \"forever\"\n").unwrap_err();
+        assert!(err.contains("forever"), "{err}");
     }
 
     #[test]

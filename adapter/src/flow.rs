@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::accounts::authn::{AuthError, AuthState, CredKind, Credential, Mech, Reply, Step};
 use crate::clock::SharedClock;
 use crate::connector::{BeginRequest, Connector, ConnectorKind, Identity};
+use crate::device;
 use crate::error::{ErrorCode, OAuthError};
 use crate::metrics::{Metrics, UNKNOWN_CONNECTOR};
 use crate::paths;
@@ -110,13 +111,20 @@ pub enum FormStage {
     EmailCode,
 }
 
-/// The browser as the engine sees it: its cookies' values.
+/// The browser as the engine sees it: its cookies' values and what the
+/// request says about it.
 #[derive(Debug, Clone, Copy)]
 pub struct Browser<'a> {
     /// The transaction cookie that binds logins to this browser.
     pub transaction: &'a str,
     /// The session cookie, if the browser sent one.
     pub session: Option<&'a str>,
+    /// The device cookie, if the browser sent one ([`crate::device`]).
+    pub device: Option<&'a str>,
+    /// The client's IP address, as text.
+    pub ip: Option<&'a str>,
+    /// The User-Agent header; only a short label derived from it is kept.
+    pub user_agent: Option<&'a str>,
 }
 
 /// The login form to show.
@@ -146,9 +154,13 @@ pub enum Next {
     ShowForm(FormView),
     /// A code for the client from an existing session (RFC 6749 §4.1.2).
     CodeIssued(String),
-    /// A login finished: set the new session cookie, then the code.
+    /// A login finished: set the new session and device cookies, then the
+    /// code.
     LoggedIn {
         session_cookie: String,
+        device_cookie: String,
+        /// When the session ends on the server (unix seconds).
+        expires_at: i64,
         redirect: String,
     },
     /// An error for the client at its (validated) redirect URI (§4.1.2.1).
@@ -246,13 +258,41 @@ pub struct Session {
     pub identity: Identity,
     pub auth_time: i64,
     pub expires_at: i64,
+    pub created_at: i64,
+    /// When it was last used (written at most once a minute, see
+    /// [`crate::device::LAST_SEEN_INTERVAL_SECONDS`]).
+    pub last_seen_at: Option<i64>,
+    /// "Browser on OS" of the device it lives in.
+    pub device_label: Option<String>,
+    /// The client's IP address at login.
+    pub ip: Option<String>,
 }
 
-/// A session just started: the cookie value to set, and the session.
+impl Session {
+    fn from_row(row: SessionRow) -> Result<Session, StoreError> {
+        let data: SessionData = codec::decode(&row.data)?;
+        Ok(Session {
+            sid: row.sid,
+            identity: data.identity,
+            auth_time: row.auth_time,
+            expires_at: row.expires_at,
+            created_at: row.created_at,
+            last_seen_at: row.last_seen_at,
+            device_label: row.device_label,
+            ip: row.ip,
+        })
+    }
+}
+
+/// A session just started: the cookie values to set, and the session.
 #[derive(Debug, Clone)]
 pub struct StartedSession {
     /// The new session cookie's value (only its hash is stored).
     pub cookie: String,
+    /// The device cookie's value: the browser's own when it sent a valid
+    /// one, else a new one. Set it again at every login so that it lives a
+    /// year from the last login.
+    pub device_cookie: String,
     pub session: Session,
 }
 
@@ -351,19 +391,44 @@ impl Flows {
         let Some(cookie) = cookie else {
             return Ok(None);
         };
-        let Some(row) = self.store.session(&hash(cookie), self.clock.now()).await? else {
+        let now = self.clock.now();
+        let Some(mut row) = self.store.session(&hash(cookie), now).await? else {
             return Ok(None);
         };
         if self.connector(&row.connector_id).is_none() {
             return Ok(None);
         }
-        let data: SessionData = codec::decode(&row.data)?;
-        Ok(Some(Session {
-            sid: row.sid,
-            identity: data.identity,
-            auth_time: row.auth_time,
-            expires_at: row.expires_at,
-        }))
+        // The session is used: its last-seen time moves, with one write a
+        // minute at most (decided on the value just read, so a fresh
+        // session costs no write at all).
+        let interval = device::LAST_SEEN_INTERVAL_SECONDS;
+        if row
+            .last_seen_at
+            .is_none_or(|t| now.saturating_sub(t) >= interval)
+            && self
+                .store
+                .touch_session(&row.id_hash, now, now - interval + 1)
+                .await?
+        {
+            row.last_seen_at = Some(now);
+        }
+        Ok(Some(Session::from_row(row)?))
+    }
+
+    /// The valid sessions of one user (`connector_id`, `subject`), oldest
+    /// first, each with the hash that keys it: the user's devices.
+    pub async fn user_sessions(
+        &self,
+        connector_id: &str,
+        subject: &str,
+    ) -> Result<Vec<(String, Session)>, StoreError> {
+        let rows = self
+            .store
+            .sessions_of_user(connector_id, subject, self.clock.now())
+            .await?;
+        rows.into_iter()
+            .map(|row| Ok((row.id_hash.clone(), Session::from_row(row)?)))
+            .collect()
     }
 
     /// The valid session with the published id `sid` (an ID token's `sid`
@@ -373,16 +438,7 @@ impl Flows {
         let Some(row) = self.store.session_by_sid(sid, self.clock.now()).await? else {
             return Ok(None);
         };
-        let data: SessionData = codec::decode(&row.data)?;
-        Ok(Some((
-            row.id_hash,
-            Session {
-                sid: row.sid,
-                identity: data.identity,
-                auth_time: row.auth_time,
-                expires_at: row.expires_at,
-            },
-        )))
+        Ok(Some((row.id_hash.clone(), Session::from_row(row)?)))
     }
 
     /// An authorization request arrives: answer from the session, refuse
@@ -780,14 +836,18 @@ impl Flows {
             .await?;
         Ok(Next::LoggedIn {
             session_cookie: started.cookie,
+            device_cookie: started.device_cookie,
+            expires_at: started.session.expires_at,
             redirect,
         })
     }
 
     /// Starts a browser session for `identity`, replacing the session the
     /// browser had (a new id at every login: no fixation, OWASP ASVS 5.0
-    /// V7.2.4). Every login, through an authorization request or a
-    /// connector's own pages and API, ends here.
+    /// V7.2.4) and the user's earlier sessions on the same device (one
+    /// session per user and device; the user's other devices keep theirs).
+    /// Every login, through an authorization request or a connector's own
+    /// pages and API, ends here.
     pub async fn start_session(
         &self,
         identity: Identity,
@@ -810,6 +870,19 @@ impl Flows {
         if let Some(old) = browser.session {
             self.store.delete_session(&hash(old)).await?;
         }
+        // A device id the browser did not get from us is never adopted.
+        let device_cookie = browser
+            .device
+            .filter(|d| device::is_valid_id(d))
+            .map_or_else(random_token, String::from);
+        let device_hash = device::id_hash(&device_cookie);
+        let replaced = self
+            .store
+            .delete_device_sessions(&identity.connector_id, &identity.subject, &device_hash)
+            .await?;
+        if !replaced.is_empty() {
+            tracing::info!(connector = %identity.connector_id, replaced = replaced.len(), "a new login replaced the session of this device");
+        }
         // OIDC Core §2: auth_time is when the user authenticated, which is
         // the upstream's moment when it tells (never in our future).
         let auth_time = identity.auth_time.map_or(now, |t| t.min(now));
@@ -825,17 +898,26 @@ impl Flows {
             })?,
             created_at: now,
             expires_at: now.saturating_add(ttl),
+            device_hash: Some(device_hash),
+            device_label: Some(device::label(browser.user_agent)),
+            ip: browser.ip.map(String::from),
+            last_seen_at: Some(now),
         };
         self.store.insert_session(&row).await?;
         self.metrics
             .login_succeeded(self.connector_label(&identity.connector_id));
         Ok(StartedSession {
             cookie,
+            device_cookie,
             session: Session {
                 sid: row.sid,
                 identity,
                 auth_time,
                 expires_at: row.expires_at,
+                created_at: row.created_at,
+                last_seen_at: row.last_seen_at,
+                device_label: row.device_label,
+                ip: row.ip,
             },
         })
     }
@@ -1096,6 +1178,9 @@ mod tests {
         Browser {
             transaction: TX,
             session: None,
+            device: None,
+            ip: None,
+            user_agent: None,
         }
     }
 
@@ -1446,7 +1531,7 @@ mod tests {
         // Another browser cannot continue it.
         let other = Browser {
             transaction: "another-browser-transaction-cookie-0000000000",
-            session: None,
+            ..browser()
         };
         assert!(matches!(
             f.flows
@@ -1528,8 +1613,8 @@ mod tests {
         let f = fixture(false, None).await;
         let cookie = session_cookie(&f).await;
         let with_session = Browser {
-            transaction: TX,
             session: Some(&cookie),
+            ..browser()
         };
         let sso = |req| f.flows.authorize(req, with_session);
         assert!(matches!(sso(request()).await.unwrap(), Next::CodeIssued(_)));
@@ -1579,8 +1664,8 @@ mod tests {
         let old = session_cookie(&f).await;
         let state = start_upstream(&f, request()).await;
         let with_old = Browser {
-            transaction: TX,
             session: Some(&old),
+            ..browser()
         };
         let Next::LoggedIn { session_cookie, .. } = f
             .flows

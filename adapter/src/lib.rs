@@ -11,6 +11,7 @@
 //! - [`backchannel`]: OIDC Back-Channel Logout 1.0 (queue and worker).
 //! - [`mail`]: outgoing mail (outbox, SMTP, worker, development outbox
 //!   page) and e-mail one-time codes.
+//! - [`device`]: device cookies, labels and handles of sessions per device.
 //! - [`paths`]: every route path, defined once.
 //! - [`metrics`]: `/metrics` (Prometheus text format), one registry per application.
 //! - [`connector`]: identity sources: the OIDC upstream (federation) and
@@ -34,6 +35,7 @@ pub mod clock;
 pub mod config;
 pub mod connector;
 pub mod customizer;
+pub mod device;
 pub mod error;
 pub mod flow;
 pub mod keys;

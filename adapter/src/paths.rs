@@ -63,6 +63,19 @@ pub const LOGOUT_CALLBACK: &str = "/logout/callback";
 /// (served only then).
 pub const DEV_OUTBOX: &str = "/dev/outbox";
 
+/// The signed-in user's devices (sessions): HTML, or JSON on request.
+pub const ACCOUNT_DEVICES: &str = "/account/devices";
+/// Route that ends one of the user's sessions, by its handle.
+pub const ACCOUNT_DEVICE_REVOKE: &str = "/account/devices/{handle}/revoke";
+/// The local logout of the account pages (not the OIDC end-session
+/// endpoint [`END_SESSION`]).
+pub const LOGOUT: &str = "/logout";
+
+/// Path that ends the session with `handle`.
+pub fn device_revoke(handle: &str) -> String {
+    ACCOUNT_DEVICE_REVOKE.replace("{handle}", handle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +85,6 @@ mod tests {
         assert_eq!(upstream_callback("up-1"), "/login/oauth2/code/up-1");
         assert_eq!(login_start("local", "r"), "/login/start/local?req=r");
         assert_eq!(login_form("local"), "/login/local");
+        assert_eq!(device_revoke("h"), "/account/devices/h/revoke");
     }
 }

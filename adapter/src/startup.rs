@@ -151,6 +151,7 @@ impl Application {
             }
         };
         // The peer address reaches handlers as `ConnectInfo` (rate limits).
+        // The peer address reaches handlers (the IP shown in the device list).
         let service = app(state)
             .layer(Extension(draining))
             .into_make_service_with_connect_info::<std::net::SocketAddr>();
@@ -441,10 +442,6 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
             )),
         });
     }
-    let cookie_secure = config
-        .session
-        .secure
-        .unwrap_or(config.server.issuer().starts_with("https://"));
     let clients = Arc::new(clients);
     let flows = Flows::new(
         store.clone(),
@@ -465,12 +462,7 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
     Ok(AppState(Arc::new(Inner {
         issuer: config.server.issuer().to_string(),
         ui: config.ui.clone(),
-        cookies: CookieSettings {
-            session: config.session.cookie_name.clone(),
-            transaction: config.session.transaction_cookie_name.clone(),
-            secure: cookie_secure,
-            transaction_ttl: config.tokens.login_ttl_seconds,
-        },
+        cookies: CookieSettings::from_config(&config),
         tokens: config.tokens.clone(),
         store,
         keys,
@@ -623,6 +615,7 @@ pub fn app(state: AppState) -> Router {
             paths::VERIFY_OTP,
             get(local_auth::verify_otp_page).post(local_auth::verify_otp),
         )
+        .merge(crate::provider::account::routes())
         .route(paths::HEALTH_LIVE, get(|| async { "ok" }))
         .route(paths::HEALTH_READY, get(ready))
         .route(paths::STYLE, get(web::style))

@@ -265,9 +265,11 @@ pub fn cookie(name: &str, value: String, secure: bool, max_age: Option<i64>) -> 
     c.build()
 }
 
-/// A cookie that deletes `name`.
-pub fn removal(name: &str) -> Cookie<'static> {
-    let mut c = Cookie::build((name.to_string(), "")).path("/").build();
+/// A cookie that deletes `name` (`Max-Age=0`). It carries the attributes
+/// the cookie was set with: a browser ignores a `__Host-` cookie without
+/// `Secure`, the deletion included (RFC 6265bis §4.1.3.2).
+pub fn removal(name: &str, secure: bool) -> Cookie<'static> {
+    let mut c = cookie(name, String::new(), secure, None);
     c.make_removal();
     c
 }
@@ -310,4 +312,26 @@ pub async fn style() -> impl IntoResponse {
         ],
         STYLE_CSS,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removal_keeps_the_attributes_of_the_cookie() {
+        let c = removal("__Host-S", true).to_string();
+        for part in [
+            "__Host-S=",
+            "Max-Age=0",
+            "Secure",
+            "HttpOnly",
+            "Path=/",
+            "SameSite=Lax",
+        ] {
+            assert!(c.contains(part), "{part} missing: {c}");
+        }
+        assert!(!c.contains("Domain"), "{c}");
+        assert!(!removal("S", false).to_string().contains("Secure"));
+    }
 }

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 mod accounts;
+mod devices;
 mod keys;
 mod lifecycle;
 mod logout;
@@ -707,8 +708,9 @@ async fn code_replay_revokes_the_issued_access_token() {
 }
 
 /// RFC 6265 §4.1.2.5: behind an https issuer every cookie the adapter sets
-/// during a login (the transaction cookie and the session cookie) is
-/// `Secure`, and `HttpOnly`; the browser-facing flow is otherwise unchanged.
+/// during a login (the transaction, session and device cookies) is
+/// `Secure`, `HttpOnly` and `__Host-` prefixed; the browser-facing flow is
+/// otherwise unchanged.
 #[tokio::test]
 async fn every_cookie_is_secure_behind_an_https_issuer() {
     let dir = tempfile::tempdir().unwrap();
@@ -752,7 +754,7 @@ async fn every_cookie_is_secure_behind_an_https_issuer() {
     assert!(form_url.starts_with("/login/local?req="), "{form_url}");
     let tx = set_cookies
         .iter()
-        .find(|c| c.starts_with("AUTH_ADAPTER_TX="))
+        .find(|c| c.starts_with("__Host-AUTH_ADAPTER_TX="))
         .expect("transaction cookie")
         .split(';')
         .next()
@@ -788,7 +790,12 @@ async fn every_cookie_is_secure_behind_an_https_issuer() {
         .iter()
         .map(|c| c.split('=').next().unwrap())
         .collect();
-    for expected in ["AUTH_ADAPTER_TX", "AUTH_ADAPTER_SESSION"] {
+    // RFC 6265bis §4.1.3.2: host-only names, so no sibling host can set them.
+    for expected in [
+        "__Host-AUTH_ADAPTER_TX",
+        "__Host-AUTH_ADAPTER_SESSION",
+        "__Host-AUTH_ADAPTER_SESSION_DEVICE",
+    ] {
         assert!(names.contains(&expected), "{expected} set: {set_cookies:?}");
     }
     for cookie in &set_cookies {
@@ -804,6 +811,14 @@ async fn every_cookie_is_secure_behind_an_https_issuer() {
         assert!(
             attributes.iter().any(|a| a == "httponly"),
             "not HttpOnly: {cookie}"
+        );
+        assert!(
+            attributes.iter().any(|a| a == "path=/"),
+            "not Path=/: {cookie}"
+        );
+        assert!(
+            !attributes.iter().any(|a| a.starts_with("domain")),
+            "a Domain: {cookie}"
         );
     }
 }

@@ -1,22 +1,35 @@
-//! The browser side of a login: the session and transaction cookies, the
-//! form's CSRF defences, and rendering the engine's [`Next`] and
-//! [`FlowError`] as HTTP responses.
+//! The browser side of a login: the session, transaction and device
+//! cookies, the form's CSRF defences, and rendering the engine's [`Next`]
+//! and [`FlowError`] as HTTP responses.
 
-use axum::http::{HeaderMap, StatusCode};
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum_extra::extract::cookie::CookieJar;
+use axum_extra::extract::cookie::{Cookie, CookieJar};
 
 use super::AppState;
+use crate::config::CookieLifetime;
 use crate::flow::{Browser, FlowError, FormStage, FormView, Next};
-use crate::paths;
 use crate::secret::{hash, random_token};
 use crate::web::{self, found, see_other, ChoosePage, LoginPage, PageError, WebError};
+use crate::{device, paths};
 
-/// The cookie values a request carries.
+/// What a request says about the browser: its cookie values, address and
+/// User-Agent. As an extractor it reads all of them; [`cookies`] reads the
+/// cookies only.
 #[derive(Debug, Clone, Default)]
 pub struct Cookies {
     pub transaction: String,
     pub session: Option<String>,
+    /// The device cookie ([`crate::device`]).
+    pub device: Option<String>,
+    /// The client's IP address.
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
 }
 
 impl Cookies {
@@ -24,19 +37,90 @@ impl Cookies {
         Browser {
             transaction: &self.transaction,
             session: self.session.as_deref(),
+            device: self.device.as_deref(),
+            ip: self.ip.as_deref(),
+            user_agent: self.user_agent.as_deref(),
         }
     }
 }
 
 /// Reads the cookies without setting any.
 pub fn cookies(st: &AppState, jar: &CookieJar) -> Cookies {
+    let value = |name: &str| jar.get(name).map(|c| c.value().to_string());
     Cookies {
-        transaction: jar
-            .get(&st.cookies.transaction)
-            .map(|c| c.value().to_string())
-            .unwrap_or_default(),
-        session: jar.get(&st.cookies.session).map(|c| c.value().to_string()),
+        transaction: value(&st.cookies.transaction).unwrap_or_default(),
+        session: value(&st.cookies.session),
+        device: value(&st.cookies.device),
+        ip: None,
+        user_agent: None,
     }
+}
+
+/// The client's address: the connection's peer, or the address a trusted
+/// proxy forwarded (`server.trusted_proxies`, the same rule as the rate
+/// limits'); `None` when the server records no peer.
+fn client_ip(parts: &Parts, st: &AppState) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| {
+            st.rate_limits
+                .trusted_proxies
+                .client_ip(addr.ip(), &parts.headers)
+        })
+}
+
+/// Cookies, address and User-Agent of the request (never fails).
+impl FromRequestParts<AppState> for Cookies {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Infallible> {
+        let jar = CookieJar::from_headers(&parts.headers);
+        let mut values = cookies(st, &jar);
+        values.ip = client_ip(parts, st).map(|ip| ip.to_string());
+        values.user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        Ok(values)
+    }
+}
+
+/// The session cookie for a session that ends on the server at
+/// `expires_at`: with `Max-Age` equal to its remaining lifetime when
+/// `session.cookie_lifetime` is `persistent`, so the browser forgets it
+/// when the server does; without one for `browser`.
+pub fn session_cookie(st: &AppState, value: String, expires_at: i64) -> Cookie<'static> {
+    let max_age = match st.cookies.lifetime {
+        CookieLifetime::Persistent => Some(expires_at.saturating_sub(st.now()).max(0)),
+        CookieLifetime::Browser => None,
+    };
+    web::cookie(&st.cookies.session, value, st.cookies.secure, max_age)
+}
+
+/// Sets the cookies of a session just started (see
+/// [`crate::flow::Flows::start_session`]): the session cookie and the
+/// device cookie (a year from now, at every login).
+pub fn set_session_cookies(
+    st: &AppState,
+    jar: CookieJar,
+    session: String,
+    device_cookie: String,
+    expires_at: i64,
+) -> CookieJar {
+    let device = web::cookie(
+        &st.cookies.device,
+        device_cookie,
+        st.cookies.secure,
+        Some(device::COOKIE_TTL_SECONDS),
+    );
+    jar.add(session_cookie(st, session, expires_at)).add(device)
+}
+
+/// Deletes the session cookie (`Max-Age=0`); the device cookie stays.
+pub fn clear_session_cookie(st: &AppState, jar: CookieJar) -> CookieJar {
+    jar.remove(web::removal(&st.cookies.session, st.cookies.secure))
 }
 
 /// The transaction cookie's value, created when missing; the cookie is
@@ -184,10 +268,12 @@ pub fn render(
         Next::CodeIssued(url) | Next::ErrorToClient(url) => (jar, go(&url)).into_response(),
         Next::LoggedIn {
             session_cookie,
+            device_cookie,
+            expires_at,
             redirect,
         } => {
-            let cookie = web::cookie(&st.cookies.session, session_cookie, st.cookies.secure, None);
-            (jar.add(cookie), go(&redirect)).into_response()
+            let jar = set_session_cookies(st, jar, session_cookie, device_cookie, expires_at);
+            (jar, go(&redirect)).into_response()
         }
         Next::ShowChooser(connectors) => (
             jar,

@@ -7,13 +7,14 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use axum_extra::extract::cookie::CookieJar;
 
-use super::browser::{cookies, render};
+use super::browser::{render, Cookies};
 use super::AppState;
 use crate::web::{form_pairs, PageError, WebError};
 
 pub async fn upstream_callback(
     State(st): State<AppState>,
     jar: CookieJar,
+    cookies: Cookies,
     Path(connector_id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, WebError> {
@@ -30,7 +31,6 @@ pub async fn upstream_callback(
             .into());
         }
     }
-    let cookies = cookies(&st, &jar);
     let next = st
         .flows
         .callback(&connector_id, &params, cookies.browser())

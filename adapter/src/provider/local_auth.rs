@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::browser::{cookies, cross_site};
+use super::browser::{cross_site, set_session_cookies, Cookies};
 use super::AppState;
 use crate::accounts::authn::{
     AuthError, AuthState, Authenticator, CredKind, Credential, Mech, Reply, Step,
@@ -33,7 +33,7 @@ use crate::accounts::authn::{
 use crate::accounts::pending::{PendingAuths, PendingError};
 use crate::accounts::{AccountError, NewAccount, LOCAL_CONNECTOR_ID};
 use crate::connector::ConnectorKind;
-use crate::flow::{Browser, FlowError};
+use crate::flow::FlowError;
 use crate::paths;
 use crate::ratelimit::{ClientIp, Scope};
 use crate::web;
@@ -247,16 +247,16 @@ fn same_site(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// The session-bound CSRF token of a session cookie (sent back in the
-/// `X-CSRF-Token` header or a `csrf_token` field of later requests).
-pub fn session_csrf_token(session_cookie: &str) -> String {
-    crate::secret::hash(&format!("session-csrf:{session_cookie}"))
-}
+/// `X-CSRF-Token` header or a `csrf_token` field of later requests); the
+/// account pages check it ([`super::account::AccountSession`]).
+pub use super::account::session_csrf_token;
 
 /// Starts a session for a successful authentication: sets the cookie and
 /// answers with the token, its CSRF token and how the user authenticated.
 async fn logged_in(
     st: &AppState,
     jar: CookieJar,
+    browser: &Cookies,
     reply: Reply,
 ) -> Result<(CookieJar, Value), ApiError> {
     let Reply::Success {
@@ -269,11 +269,7 @@ async fn logged_in(
             "the authentication is not complete",
         ));
     };
-    let c = cookies(st, &jar);
-    let browser = Browser {
-        transaction: &c.transaction,
-        session: c.session.as_deref(),
-    };
+    let browser = browser.browser();
     let authn = authenticator(st)?;
     let started = if privileged {
         let ttl = authn.accounts().config().privileged_session_seconds;
@@ -292,8 +288,14 @@ async fn logged_in(
         "privileged": privileged,
         "expires_in": s.expires_at - st.now(),
     });
-    let cookie = web::cookie(&st.cookies.session, started.cookie, st.cookies.secure, None);
-    Ok((jar.add(cookie), body))
+    let jar = set_session_cookies(
+        st,
+        jar,
+        started.cookie,
+        started.device_cookie,
+        started.session.expires_at,
+    );
+    Ok((jar, body))
 }
 
 fn reply_json(reply: &Reply) -> Value {
@@ -376,6 +378,7 @@ pub async fn api_auth(
     State(st): State<AppState>,
     jar: CookieJar,
     ClientIp(ip): ClientIp,
+    browser: Cookies,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -428,7 +431,7 @@ pub async fn api_auth(
         }
     };
     if let Reply::Success { .. } = reply {
-        let (jar, body) = logged_in(&st, jar, reply).await?;
+        let (jar, body) = logged_in(&st, jar, &browser, reply).await?;
         return Ok((jar, web::no_store(), Json(body)).into_response());
     }
     let mut body = reply_json(&reply);
@@ -463,6 +466,7 @@ pub async fn login(
     State(st): State<AppState>,
     jar: CookieJar,
     ClientIp(ip): ClientIp,
+    browser: Cookies,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -540,7 +544,9 @@ pub async fn login(
                 .into_response())
         }
         Outcome::Replied(reply @ Reply::Success { .. }) => {
-            let (jar, body) = logged_in(&st, jar, reply).await.map_err(|e| e.html(html))?;
+            let (jar, body) = logged_in(&st, jar, &browser, reply)
+                .await
+                .map_err(|e| e.html(html))?;
             if html {
                 return Ok((jar, web::see_other(paths::DASHBOARD)).into_response());
             }
@@ -585,6 +591,7 @@ pub async fn verify_otp(
     State(st): State<AppState>,
     jar: CookieJar,
     ClientIp(ip): ClientIp,
+    browser: Cookies,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -621,8 +628,10 @@ pub async fn verify_otp(
         .map_err(|e| ApiError::from(e).html(html))?;
     match reply {
         reply @ Reply::Success { .. } => {
-            let (jar, body) = logged_in(&st, jar, reply).await.map_err(|e| e.html(html))?;
-            let jar = jar.add(web::removal(&pending_cookie(&st)));
+            let (jar, body) = logged_in(&st, jar, &browser, reply)
+                .await
+                .map_err(|e| e.html(html))?;
+            let jar = jar.add(web::removal(&pending_cookie(&st), st.cookies.secure));
             if html {
                 return Ok((jar, web::see_other(paths::DASHBOARD)).into_response());
             }
@@ -635,7 +644,7 @@ pub async fn verify_otp(
         )
         .html(html)),
         Reply::Denied(reason) => {
-            let jar = jar.add(web::removal(&pending_cookie(&st)));
+            let jar = jar.add(web::removal(&pending_cookie(&st), st.cookies.secure));
             Ok((
                 jar,
                 ApiError::new(StatusCode::UNAUTHORIZED, "invalid_code", reason).html(html),

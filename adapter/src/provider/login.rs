@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::CookieJar;
 use serde::Deserialize;
 
-use super::browser::{cookies, cross_site, csrf_token, login_page, render};
+use super::browser::{cookies, cross_site, csrf_token, login_page, render, Cookies};
 use super::AppState;
 use crate::flow::{Event, FlowError, LocalInput};
 use crate::ratelimit::{ClientIp, RateLimited, Scope};
@@ -100,6 +100,7 @@ impl LoginForm {
 pub async fn login_submit(
     State(st): State<AppState>,
     jar: CookieJar,
+    cookies: Cookies,
     Path(connector_id): Path<String>,
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
@@ -112,7 +113,6 @@ pub async fn login_submit(
     }
     let form = serde_urlencoded::from_bytes::<LoginForm>(&body)
         .map_err(|_| PageError::bad_request("Invalid request", "The login form is incomplete."))?;
-    let cookies = cookies(&st, &jar);
     if cross_site(&st, &headers)
         || cookies.transaction.is_empty()
         || !ct_eq(&csrf_token(&cookies.transaction), &form.csrf_token)

@@ -45,7 +45,7 @@ use super::AppState;
 use crate::connector::ConnectorKind;
 use crate::flow::Session;
 use crate::secret::{ct_eq, hash, random_token};
-use crate::store::codec;
+use crate::store::{codec, StoreError};
 use crate::web::{self, form_pairs, found, see_other, PageError, WebError};
 use crate::{backchannel, paths};
 
@@ -295,7 +295,7 @@ async fn end_session(
         (None, _, Some(Hint { sid: Some(sid), .. })) => st.flows.session_by_sid(sid).await?,
         _ => None,
     };
-    let jar = jar.remove(web::removal(&st.cookies.session));
+    let jar = jar.remove(web::removal(&st.cookies.session, st.cookies.secure));
     let upstream_redirect = match to_end {
         Some((id_hash, s)) => {
             end(st, &id_hash, &s, target.as_deref(), req.state.as_deref()).await?
@@ -350,19 +350,24 @@ struct PendingLogout {
     state: Option<String>,
 }
 
-/// Ends session `s` (keyed by `id_hash`). Returns the upstream's logout URL
-/// when the browser should go there next.
-async fn end(
+/// Ends session `s` (keyed by `id_hash`) here: the session is deleted,
+/// the access and refresh tokens of its `sid` are revoked, a back-channel
+/// logout is queued for its clients, and the upstream refresh token is
+/// revoked at the upstream (RFC 7009 §2). Every way a session ends on
+/// purpose goes through here: this endpoint, the account pages' logout and
+/// a device signed out from the device list. When another request ended
+/// the session first, nothing is done twice.
+pub async fn end_local_session(
     st: &AppState,
     id_hash: &str,
     s: &Session,
-    target: Option<&str>,
-    state: Option<&str>,
-) -> Result<Option<String>, WebError> {
+) -> Result<(), StoreError> {
     let now = st.now();
     // Read before the delete, which drops the index.
     let clients = st.store.session_clients(&s.sid).await?;
-    st.store.delete_session(id_hash).await?;
+    if st.store.delete_session(id_hash).await?.is_none() {
+        return Ok(());
+    }
     // Access tokens of this session are dead until every one that could
     // still be minted from it (a code redeemed late) has expired.
     let until = now
@@ -373,31 +378,54 @@ async fn end(
     match backchannel::enqueue(st, &s.sid, &s.identity, &clients).await {
         Ok(0) => {}
         Ok(_) => backchannel::deliver_soon(st.store.clone(), now),
-        Err(backchannel::EnqueueError::Store(e)) => return Err(e.into()),
+        Err(backchannel::EnqueueError::Store(e)) => return Err(e),
         Err(e) => tracing::error!(error = %e, "back-channel logout not queued"),
     }
     tracing::info!(connector = %s.identity.connector_id, clients = clients.len(), "session ended");
+    if let (Some(upstream), Some(connector)) = (&s.identity.upstream, upstream_of(st, s)) {
+        // RFC 7009 §2: the upstream's refresh token dies with the session.
+        match connector.revoke_upstream(upstream).await {
+            Ok(true) => {
+                tracing::info!(connector = %s.identity.connector_id, "upstream refresh token revoked")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(connector = %s.identity.connector_id, error = %e, "upstream refresh token revocation failed")
+            }
+        }
+    }
+    Ok(())
+}
 
-    let Some(upstream) = &s.identity.upstream else {
-        return Ok(None);
-    };
-    let Some(ConnectorKind::Callback(connector)) = st
+/// The upstream connector session `s` logged in through, if any.
+fn upstream_of<'a>(
+    st: &'a AppState,
+    s: &Session,
+) -> Option<&'a std::sync::Arc<dyn crate::connector::CallbackConnector>> {
+    match st
         .flows
         .connector(&s.identity.connector_id)
         .map(|c| &c.kind)
-    else {
+    {
+        Some(ConnectorKind::Callback(connector)) => Some(connector),
+        _ => None,
+    }
+}
+
+/// Ends session `s` (keyed by `id_hash`). Returns the upstream's logout URL
+/// when the browser should go there next.
+async fn end(
+    st: &AppState,
+    id_hash: &str,
+    s: &Session,
+    target: Option<&str>,
+    state: Option<&str>,
+) -> Result<Option<String>, WebError> {
+    let now = st.now();
+    end_local_session(st, id_hash, s).await?;
+    let (Some(upstream), Some(connector)) = (&s.identity.upstream, upstream_of(st, s)) else {
         return Ok(None);
     };
-    // RFC 7009 §2: the upstream's refresh token dies with the session.
-    match connector.revoke_upstream(upstream).await {
-        Ok(true) => {
-            tracing::info!(connector = %s.identity.connector_id, "upstream refresh token revoked")
-        }
-        Ok(false) => {}
-        Err(e) => {
-            tracing::warn!(connector = %s.identity.connector_id, error = %e, "upstream refresh token revocation failed")
-        }
-    }
     let upstream_state = random_token();
     let callback = format!("{}{}", st.issuer(), paths::LOGOUT_CALLBACK);
     match connector

@@ -12,7 +12,10 @@
 //!   authentication; [`userinfo`]: `/userinfo`;
 //! - [`discovery`]: discovery metadata and the JWKS.
 //! - [`logout`]: RP-Initiated Logout and the upstream logout callback.
+//! - [`account`]: the signed-in user's pages: devices, local logout,
+//!   dashboard, with their session-bound CSRF token.
 
+pub mod account;
 pub mod authorize;
 pub mod browser;
 pub mod callback;
@@ -34,7 +37,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::clock::SharedClock;
-use crate::config::{ClientConfig, TokenConfig, UiConfig};
+use crate::config::{ClientConfig, Config, CookieLifetime, TokenConfig, UiConfig};
 use crate::customizer::TokenCustomizer;
 use crate::flow::Flows;
 use crate::keys::KeyManager;
@@ -193,10 +196,44 @@ pub struct CookieSettings {
     pub session: String,
     /// The cookie that binds logins in progress to the browser.
     pub transaction: String,
+    /// The long-lived cookie that identifies the browser ([`crate::device`]).
+    pub device: String,
     /// `Secure` attribute.
     pub secure: bool,
     /// Lifetime of the transaction cookie, seconds.
     pub transaction_ttl: i64,
+    /// Whether the session cookie carries a `Max-Age`.
+    pub lifetime: CookieLifetime,
+}
+
+/// RFC 6265bis §4.1.3.2: a `__Host-` cookie is accepted only when it is
+/// `Secure`, has `Path=/` and no `Domain`, so neither a sibling subdomain
+/// nor a plain-http page can set or shadow it.
+const HOST_PREFIX: &str = "__Host-";
+
+impl CookieSettings {
+    /// The cookies of `config`. Behind an https issuer every cookie is
+    /// `Secure` and its name gets the `__Host-` prefix (all of them are
+    /// host-only with `Path=/`); over plain http (local tests) browsers
+    /// would refuse such names, so they stay as configured.
+    pub fn from_config(config: &Config) -> CookieSettings {
+        let https = config.server.issuer().starts_with("https://");
+        let name = |n: &str| {
+            if https && !n.starts_with(HOST_PREFIX) {
+                format!("{HOST_PREFIX}{n}")
+            } else {
+                n.to_string()
+            }
+        };
+        CookieSettings {
+            session: name(&config.session.cookie_name),
+            transaction: name(&config.session.transaction_cookie_name),
+            device: name(&config.session.device_cookie_name()),
+            secure: https || config.session.secure.unwrap_or(false),
+            transaction_ttl: config.tokens.login_ttl_seconds,
+            lifetime: config.session.cookie_lifetime,
+        }
+    }
 }
 
 /// Everything handlers share. Cheap to clone.
@@ -253,6 +290,34 @@ impl AppState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn https_issuers_get_secure_host_prefixed_cookies() {
+        let mut c = Config::default();
+        c.server.issuer = Some("https://login.example.org".into());
+        let https = CookieSettings::from_config(&c);
+        assert!(https.secure);
+        assert_eq!(https.session, "__Host-AUTH_ADAPTER_SESSION");
+        assert_eq!(https.transaction, "__Host-AUTH_ADAPTER_TX");
+        assert_eq!(https.device, "__Host-AUTH_ADAPTER_SESSION_DEVICE");
+        assert_eq!(https.lifetime, CookieLifetime::Persistent);
+        // A name configured with the prefix keeps one prefix.
+        c.session.cookie_name = "__Host-sid".into();
+        assert_eq!(CookieSettings::from_config(&c).session, "__Host-sid");
+        assert_eq!(CookieSettings::from_config(&c).device, "__Host-sid_DEVICE");
+
+        let http = CookieSettings::from_config(&Config::default());
+        assert!(!http.secure);
+        assert_eq!(http.session, "AUTH_ADAPTER_SESSION");
+        assert_eq!(http.device, "AUTH_ADAPTER_SESSION_DEVICE");
+        // `secure = true` over http (a test behind a proxy): Secure, but
+        // the names stay (browsers refuse `__Host-` from http origins).
+        let mut c = Config::default();
+        c.session.secure = Some(true);
+        let forced = CookieSettings::from_config(&c);
+        assert!(forced.secure);
+        assert_eq!(forced.session, "AUTH_ADAPTER_SESSION");
+    }
 
     #[test]
     fn redirect_uri_rules() {

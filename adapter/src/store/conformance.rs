@@ -30,6 +30,8 @@ pub async fn run_all(store: Arc<dyn Store>) {
     backchannel_queue_claims_once(store.clone()).await;
     // ---- metrics ----
     sessions_are_counted_while_unexpired(&*store).await;
+    // ---- devices (sessions per device) ----
+    sessions_per_device(&*store).await;
     // ---- operations (bounded garbage collection) ----
     gc_is_bounded_and_covers_every_table(&*store).await;
     // ---- mail (outbox and e-mail one-time codes) ----
@@ -193,6 +195,10 @@ fn session(id: &str, sid: &str, subject: &str, created_at: i64) -> SessionRow {
         data: "{}".into(),
         created_at,
         expires_at: 1000,
+        device_hash: None,
+        device_label: None,
+        ip: None,
+        last_seen_at: None,
     }
 }
 
@@ -453,6 +459,10 @@ async fn sessions_deleted_by_sid(s: &dyn Store) {
         data: "{}".into(),
         created_at: 1,
         expires_at: 1000,
+        device_hash: None,
+        device_label: None,
+        ip: None,
+        last_seen_at: None,
     };
     s.insert_session(&row).await.unwrap();
     s.add_session_client("sid-bysid", "app", 1, 1000)
@@ -1071,4 +1081,65 @@ async fn concurrent_throttle_failures_all_count(s: Arc<dyn Store>) {
     counts.sort_unstable();
     assert_eq!(counts, (1..=16).collect::<Vec<i64>>(), "no failure is lost");
     s.clear_throttle("th-race").await.unwrap();
+}
+
+// ---- devices (sessions per device) ------------------------------------------
+
+/// The device columns round-trip; a device's sessions of one user (and one
+/// connector) are deleted together, with their client index, and nobody
+/// else's; the last-seen time is written only when stale.
+async fn sessions_per_device(s: &dyn Store) {
+    let on = |id: &str, subject: &str, device: &str| {
+        let mut row = session(id, &format!("{id}-sid"), subject, 5);
+        row.device_hash = Some(device.into());
+        row.device_label = Some("Firefox on Linux".into());
+        row.ip = Some("192.0.2.1".into());
+        row.last_seen_at = Some(5);
+        row
+    };
+    let a1 = on("dev-a1", "erin", "device-1");
+    let a2 = on("dev-a2", "erin", "device-1");
+    let b = on("dev-b", "erin", "device-2");
+    let frank = on("dev-f", "frank", "device-1");
+    let mut local = on("dev-l", "erin", "device-1");
+    local.connector_id = "local".into();
+    for row in [&a1, &a2, &b, &frank, &local] {
+        s.insert_session(row).await.unwrap();
+    }
+    assert_eq!(s.session("dev-a1", 10).await.unwrap(), Some(a1.clone()));
+    s.add_session_client("dev-a1-sid", "app", 5, 1000)
+        .await
+        .unwrap();
+    let mut sids = s
+        .delete_device_sessions("up", "erin", "device-1")
+        .await
+        .unwrap();
+    sids.sort();
+    assert_eq!(sids, vec!["dev-a1-sid".to_string(), "dev-a2-sid".into()]);
+    assert_eq!(s.session("dev-a1", 10).await.unwrap(), None);
+    assert_eq!(s.session("dev-a2", 10).await.unwrap(), None);
+    assert!(s.session_clients("dev-a1-sid").await.unwrap().is_empty());
+    assert_eq!(s.session("dev-b", 10).await.unwrap(), Some(b.clone()));
+    assert_eq!(s.session("dev-f", 10).await.unwrap(), Some(frank));
+    assert_eq!(s.session("dev-l", 10).await.unwrap(), Some(local));
+    assert!(s
+        .delete_device_sessions("up", "erin", "device-1")
+        .await
+        .unwrap()
+        .is_empty());
+
+    let seen = |row: Option<SessionRow>| row.unwrap().last_seen_at;
+    // Stale (5 is before 11): written.
+    assert!(s.touch_session("dev-b", 70, 11).await.unwrap());
+    assert_eq!(seen(s.session("dev-b", 71).await.unwrap()), Some(70));
+    // Fresh (70 is not before 41): left alone.
+    assert!(!s.touch_session("dev-b", 100, 41).await.unwrap());
+    assert_eq!(seen(s.session("dev-b", 101).await.unwrap()), Some(70));
+    // A session from before devices gets its first time.
+    s.insert_session(&session("dev-old", "dev-old-sid", "erin", 5))
+        .await
+        .unwrap();
+    assert!(s.touch_session("dev-old", 50, 0).await.unwrap());
+    assert_eq!(seen(s.session("dev-old", 51).await.unwrap()), Some(50));
+    assert!(!s.touch_session("dev-missing", 50, 60).await.unwrap());
 }

@@ -100,6 +100,15 @@ pub struct SessionRow {
     pub data: String,
     pub created_at: i64,
     pub expires_at: i64,
+    /// Hash of the browser's device cookie (`None`: a session from before
+    /// sessions were kept per device).
+    pub device_hash: Option<String>,
+    /// A short "Browser on OS" label, never the raw User-Agent.
+    pub device_label: Option<String>,
+    /// The client's IP address at login.
+    pub ip: Option<String>,
+    /// When the session was last used (written at most once a minute).
+    pub last_seen_at: Option<i64>,
 }
 
 /// A refresh token as stored (hash only).
@@ -402,6 +411,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every account, by username (the command line's `users list`).
     async fn list_accounts(&self) -> Result<Vec<AccountRow>, StoreError>;
+
+    // ---- devices (sessions per device) ----------------------------------------
+
+    /// Deletes the sessions of one user of one connector on the device
+    /// whose cookie hashes to `device_hash`, with their client index;
+    /// returns their `sid`s.
+    async fn delete_device_sessions(
+        &self,
+        connector_id: &str,
+        subject: &str,
+        device_hash: &str,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Sets `last_seen_at` of session `id_hash` to `now` unless it is
+    /// already after `stale_before` (so replicas racing on one session
+    /// write once). True if written.
+    async fn touch_session(
+        &self,
+        id_hash: &str,
+        now: i64,
+        stale_before: i64,
+    ) -> Result<bool, StoreError>;
 
     // ---- mail (outbox and e-mail one-time codes) -------------------------------
 

@@ -96,8 +96,8 @@ fn prepare_url(url: &str) -> Result<String, StoreError> {
     }
 }
 
-const SESSION_COLUMNS: &str =
-    "id_hash, sid, connector_id, subject, auth_time, data, created_at, expires_at";
+const SESSION_COLUMNS: &str = "id_hash, sid, connector_id, subject, auth_time, data, created_at, \
+     expires_at, device_hash, device_label, ip, last_seen_at";
 const REFRESH_COLUMNS: &str = "token_hash, family_id, client_id, sid, data, issued_at, expires_at";
 const ACCOUNT_COLUMNS: &str = "id, username, email, version, data, created_at";
 
@@ -111,6 +111,10 @@ fn session_row(r: &AnyRow) -> Result<SessionRow, StoreError> {
         data: r.try_get("data")?,
         created_at: r.try_get("created_at")?,
         expires_at: r.try_get("expires_at")?,
+        device_hash: r.try_get("device_hash")?,
+        device_label: r.try_get("device_label")?,
+        ip: r.try_get("ip")?,
+        last_seen_at: r.try_get("last_seen_at")?,
     })
 }
 
@@ -330,7 +334,8 @@ impl Store for SqlStore {
 
     async fn insert_session(&self, s: &SessionRow) -> Result<(), StoreError> {
         sqlx::query(&format!(
-            "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            "INSERT INTO sessions ({SESSION_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         ))
         .bind(&s.id_hash)
         .bind(&s.sid)
@@ -340,6 +345,10 @@ impl Store for SqlStore {
         .bind(&s.data)
         .bind(s.created_at)
         .bind(s.expires_at)
+        .bind(&s.device_hash)
+        .bind(&s.device_label)
+        .bind(&s.ip)
+        .bind(s.last_seen_at)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -1073,6 +1082,51 @@ impl Store for SqlStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn delete_device_sessions(
+        &self,
+        connector_id: &str,
+        subject: &str,
+        device_hash: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "DELETE FROM sessions \
+             WHERE connector_id = $1 AND subject = $2 AND device_hash = $3 RETURNING sid",
+        )
+        .bind(connector_id)
+        .bind(subject)
+        .bind(device_hash)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut sids = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let sid: String = r.try_get("sid")?;
+            sqlx::query("DELETE FROM session_clients WHERE sid = $1")
+                .bind(&sid)
+                .execute(&self.pool)
+                .await?;
+            sids.push(sid);
+        }
+        Ok(sids)
+    }
+
+    async fn touch_session(
+        &self,
+        id_hash: &str,
+        now: i64,
+        stale_before: i64,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE sessions SET last_seen_at = $1 \
+             WHERE id_hash = $2 AND (last_seen_at IS NULL OR last_seen_at < $3)",
+        )
+        .bind(now)
+        .bind(id_hash)
+        .bind(stale_before)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
     }
 }
 

@@ -363,3 +363,82 @@ async fn the_running_worker_sends_queued_mail() {
     let _ = tx.send(());
     server.await.unwrap().unwrap();
 }
+
+/// The seed's e-mail-code flow end to end through a real SMTP server:
+/// register by address alone, the code arrives by SMTP (the running
+/// worker delivers it), `/verify-otp` logs in and returns the CSRF token,
+/// the protected `POST /dashboard` needs cookie and `X-CSRF-Token`, and
+/// `POST /logout` ends the session.
+#[tokio::test]
+async fn the_seeds_email_code_flow_through_smtp() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let smtp = SmtpServer::start(dir.path(), port).await;
+    let app = spawn_app_with(|c| {
+        with_smtp(c, port);
+        c.accounts.registration = true;
+        c.accounts.policy = adapter::config::LoginPolicy::EmailCode;
+    })
+    .await;
+    let url = |p: &str| format!("{}{p}", app.base);
+    let r = app
+        .browser
+        .post(url("/register"))
+        .form(&[("email", "dana@example.org")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // Delivery is the worker's, woken by the enqueue; bounded wait.
+    let mut delivered = Vec::new();
+    for _ in 0..200 {
+        delivered = smtp.messages();
+        if !delivered.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(delivered.len(), 1, "one mail delivered over SMTP");
+    assert_eq!(header(&delivered[0], "To"), "dana@example.org");
+    let code = code_in(&delivered[0]);
+    let r = app
+        .browser
+        .post(url("/verify-otp"))
+        .form(&[("email", "dana@example.org"), ("otp_code", code.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["amr"], serde_json::json!(["otp"]));
+    let csrf = v["csrf_token"].as_str().unwrap().to_string();
+    // Without the CSRF header the protected call is refused.
+    let r = app.browser.post(url("/dashboard")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = app
+        .browser
+        .post(url("/dashboard"))
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["username"], "dana@example.org");
+    let r = app
+        .browser
+        .post(url("/logout"))
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = app
+        .browser
+        .post(url("/dashboard"))
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
