@@ -475,12 +475,16 @@ impl Accounts {
         let mut data = account.data.clone();
         data.totp_pending = Some(self.seal(&secret)?);
         self.save(&account, &data).await?;
-        let label = account.username().to_string();
+        self.enrolment(&secret, account.username())
+    }
+
+    /// What the enrolment page shows of `secret`.
+    fn enrolment(&self, secret: &TotpSecret, label: &str) -> Result<TotpEnrolment, AccountError> {
         Ok(TotpEnrolment {
             secret_base32: secret.to_base32(),
-            uri: secret.provisioning_uri(&self.title, &label),
+            uri: secret.provisioning_uri(&self.title, label),
             qr_svg: secret
-                .qr_svg(&self.title, &label)
+                .qr_svg(&self.title, label)
                 .map_err(|e| AccountError::Crypto(format!("{e:?}")))?,
         })
     }
@@ -495,14 +499,7 @@ impl Accounts {
             return Ok(None);
         };
         let secret = self.open(sealed)?;
-        let label = account.username().to_string();
-        Ok(Some(TotpEnrolment {
-            secret_base32: secret.to_base32(),
-            uri: secret.provisioning_uri(&self.title, &label),
-            qr_svg: secret
-                .qr_svg(&self.title, &label)
-                .map_err(|e| AccountError::Crypto(format!("{e:?}")))?,
-        }))
+        self.enrolment(&secret, account.username()).map(Some)
     }
 
     /// Confirms the pending enrolment with a first code; returns the

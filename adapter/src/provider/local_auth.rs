@@ -470,11 +470,8 @@ pub async fn login(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let html = wants_html(&headers);
-    ip_quota(&st, Scope::Login, ip).map_err(|e| e.html(html))?;
-    same_site(&st, &headers).map_err(|e| e.html(html))?;
-    let authn = authenticator(&st).map_err(|e| e.html(html))?;
-    let form: PlainLogin = parse_body(&headers, &body).map_err(|e| e.html(html))?;
+    let (html, authn, form): (_, _, PlainLogin) =
+        before_session(&st, Scope::Login, ip, &headers, &body)?;
     let login = form
         .username
         .clone()
@@ -521,27 +518,9 @@ pub async fn login(
     .map_err(|e: ApiError| e.html(html))?;
     match result {
         Outcome::CodeSent(state) => {
-            let id = pending(&st, authn)
-                .start(state)
-                .await
-                .map_err(|e| storage(e.to_string()).html(html))?;
-            let jar = jar.add(web::cookie(
-                &pending_cookie(&st),
-                id,
-                st.cookies.secure,
-                Some(authn.accounts().config().flow_ttl_seconds),
-            ));
-            if html {
-                return Ok((jar, web::see_other(paths::VERIFY_OTP)).into_response());
-            }
-            Ok((
-                StatusCode::ACCEPTED,
-                jar,
-                Json(
-                    json!({"state": "continue", "allowed": ["email_code"], "status": "code_sent"}),
-                ),
-            )
-                .into_response())
+            let body =
+                json!({"state": "continue", "allowed": ["email_code"], "status": "code_sent"});
+            code_sent(&st, authn, jar, state, html, StatusCode::ACCEPTED, body).await
         }
         Outcome::Replied(reply @ Reply::Success { .. }) => {
             let (jar, body) = logged_in(&st, jar, &browser, reply)
@@ -574,6 +553,51 @@ pub async fn login(
     }
 }
 
+/// A code is on its way: the authentication waits in the store, its id in
+/// a cookie of this browser, until `/verify-otp`.
+async fn code_sent(
+    st: &AppState,
+    authn: &Authenticator,
+    jar: CookieJar,
+    state: AuthState,
+    html: bool,
+    status: StatusCode,
+    body: Value,
+) -> Result<Response, ApiError> {
+    let id = pending(st, authn)
+        .start(state)
+        .await
+        .map_err(|e| storage(e.to_string()).html(html))?;
+    let jar = jar.add(web::cookie(
+        &pending_cookie(st),
+        id,
+        st.cookies.secure,
+        Some(authn.accounts().config().flow_ttl_seconds),
+    ));
+    if html {
+        return Ok((jar, web::see_other(paths::VERIFY_OTP)).into_response());
+    }
+    Ok((status, jar, Json(body)).into_response())
+}
+
+/// The checks every post before a session starts with: the address's
+/// quota of `scope`, a same-origin request, local accounts enabled, and a
+/// well-formed body. Errors render as a page for a browser.
+fn before_session<'a, T: DeserializeOwned>(
+    st: &'a AppState,
+    scope: Scope,
+    ip: std::net::IpAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(bool, &'a Arc<Authenticator>, T), ApiError> {
+    let html = wants_html(headers);
+    ip_quota(st, scope, ip).map_err(|e| e.html(html))?;
+    same_site(st, headers).map_err(|e| e.html(html))?;
+    let authn = authenticator(st).map_err(|e| e.html(html))?;
+    let form = parse_body(headers, body).map_err(|e| e.html(html))?;
+    Ok((html, authn, form))
+}
+
 enum Outcome {
     CodeSent(AuthState),
     Replied(Reply),
@@ -595,11 +619,8 @@ pub async fn verify_otp(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let html = wants_html(&headers);
-    ip_quota(&st, Scope::VerifyCode, ip).map_err(|e| e.html(html))?;
-    same_site(&st, &headers).map_err(|e| e.html(html))?;
-    let authn = authenticator(&st).map_err(|e| e.html(html))?;
-    let form: VerifyOtp = parse_body(&headers, &body).map_err(|e| e.html(html))?;
+    let (html, authn, form): (_, _, VerifyOtp) =
+        before_session(&st, Scope::VerifyCode, ip, &headers, &body)?;
     let id = jar
         .get(&pending_cookie(&st))
         .map(|c| c.value().to_string())
@@ -677,11 +698,8 @@ pub async fn register(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let html = wants_html(&headers);
-    ip_quota(&st, Scope::Register, ip).map_err(|e| e.html(html))?;
-    same_site(&st, &headers).map_err(|e| e.html(html))?;
-    let authn = authenticator(&st).map_err(|e| e.html(html))?;
-    let form: Registration = parse_body(&headers, &body).map_err(|e| e.html(html))?;
+    let (html, authn, form): (_, _, Registration) =
+        before_session(&st, Scope::Register, ip, &headers, &body)?;
     let non_empty = |v: &Option<String>| {
         v.as_deref()
             .map(str::trim)
@@ -720,25 +738,8 @@ pub async fn register(
             .advance(Some(&state), Step::Begin(Mech::EmailCode))
             .await
             .map_err(|e| ApiError::from(e).html(html))?;
-        let id = pending(&st, authn)
-            .start(state)
-            .await
-            .map_err(|e| storage(e.to_string()).html(html))?;
-        let jar = jar.add(web::cookie(
-            &pending_cookie(&st),
-            id,
-            st.cookies.secure,
-            Some(authn.accounts().config().flow_ttl_seconds),
-        ));
-        if html {
-            return Ok((jar, web::see_other(paths::VERIFY_OTP)).into_response());
-        }
-        return Ok((
-            StatusCode::CREATED,
-            jar,
-            Json(json!({"username": account.username(), "status": "code_sent"})),
-        )
-            .into_response());
+        let body = json!({"username": account.username(), "status": "code_sent"});
+        return code_sent(&st, authn, jar, state, html, StatusCode::CREATED, body).await;
     }
     if html {
         return Ok(web::see_other(&format!("{}?registered=1", paths::SIGN_IN)));

@@ -9,22 +9,17 @@
 
 use askama::Template;
 use askama_web::WebTemplate;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum_extra::extract::cookie::CookieJar;
-use serde::Deserialize;
 
-use super::browser::cross_site;
-use super::local_auth::session_csrf_token;
+use super::account::AccountSession;
 use super::AppState;
 use crate::accounts::{AccountError, Accounts, LOCAL_CONNECTOR_ID};
 use crate::connector::ConnectorKind;
 use crate::flow::Session;
 use crate::paths;
 use crate::ratelimit::{ClientIp, Scope};
-use crate::secret::ct_eq;
 use crate::web::{PageError, WebError};
 
 #[derive(Template, WebTemplate)]
@@ -51,18 +46,17 @@ fn accounts(st: &AppState) -> Result<&Accounts, WebError> {
     }
 }
 
-/// The local-account session of this browser, with its cookie value.
-async fn signed_in(st: &AppState, jar: &CookieJar) -> Result<(Session, String), WebError> {
-    let cookie = jar.get(&st.cookies.session).map(|c| c.value().to_string());
-    let session = st.flows.session(cookie.as_deref()).await?;
-    match (session, cookie) {
-        (Some(s), Some(c)) if s.identity.connector_id == LOCAL_CONNECTOR_ID => Ok((s, c)),
-        _ => Err(PageError::new(
-            StatusCode::UNAUTHORIZED,
-            "Sign in first",
-            "Sign in with your account to set up an authenticator app.",
+/// The signed-in session must be a local account's.
+fn local_session(acct: &AccountSession) -> Result<&Session, WebError> {
+    if acct.session.identity.connector_id == LOCAL_CONNECTOR_ID {
+        Ok(&acct.session)
+    } else {
+        Err(PageError::new(
+            StatusCode::FORBIDDEN,
+            "Not a local account",
+            "This session did not sign in with a local account.",
         )
-        .into()),
+        .into())
     }
 }
 
@@ -113,10 +107,13 @@ async fn may_enrol(accounts: &Accounts, session: &Session) -> Result<(), WebErro
 }
 
 /// `GET /account/totp`: the pending enrolment (a new one when none is).
-pub async fn totp_page(State(st): State<AppState>, jar: CookieJar) -> Result<Response, WebError> {
+pub async fn totp_page(
+    State(st): State<AppState>,
+    acct: AccountSession,
+) -> Result<Response, WebError> {
     let accounts = accounts(&st)?;
-    let (session, cookie) = signed_in(&st, &jar).await?;
-    may_enrol(accounts, &session).await?;
+    let session = local_session(&acct)?;
+    may_enrol(accounts, session).await?;
     let user = &session.identity.subject;
     let enrolment = match accounts.pending_totp(user).await.map_err(account_error)? {
         Some(e) => e,
@@ -125,7 +122,7 @@ pub async fn totp_page(State(st): State<AppState>, jar: CookieJar) -> Result<Res
     Ok(TotpPage {
         title: st.title().to_string(),
         action: paths::ACCOUNT_TOTP,
-        csrf_token: session_csrf_token(&cookie),
+        csrf_token: acct.csrf_token.clone(),
         secret: enrolment.secret_base32,
         qr_svg: enrolment.qr_svg,
         error: None,
@@ -134,40 +131,30 @@ pub async fn totp_page(State(st): State<AppState>, jar: CookieJar) -> Result<Res
     .into_response())
 }
 
-#[derive(Deserialize)]
-pub struct ConfirmForm {
-    csrf_token: String,
-    code: String,
-}
-
 /// `POST /account/totp`: confirms the pending enrolment with a first code.
+/// The session, its CSRF token and a same-origin request are checked by
+/// [`AccountSession`] (OWASP ASVS 5.0 V3.5).
 pub async fn totp_confirm(
     State(st): State<AppState>,
-    jar: CookieJar,
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
-    body: Bytes,
+    acct: AccountSession,
 ) -> Result<Response, WebError> {
     if let Err(limited) = st.rate_limits.check_ip(Scope::VerifyTotp, ip) {
         return Ok(limited.respond(&headers));
     }
     let accounts = accounts(&st)?;
-    let (session, cookie) = signed_in(&st, &jar).await?;
-    let form = serde_urlencoded::from_bytes::<ConfirmForm>(&body)
-        .map_err(|_| PageError::bad_request("Invalid request", "The form is incomplete."))?;
-    // OWASP ASVS 5.0 V3.5: a session-bound token and a same-origin request.
-    if cross_site(&st, &headers) || !ct_eq(&session_csrf_token(&cookie), &form.csrf_token) {
-        return Err(PageError::new(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            "The form could not be verified. Reload the page and try again.",
-        )
-        .into());
-    }
-    may_enrol(accounts, &session).await?;
+    let session = local_session(&acct)?;
+    may_enrol(accounts, session).await?;
+    let code = acct
+        .form
+        .iter()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.trim().to_string())
+        .ok_or_else(|| PageError::bad_request("Invalid request", "The form is incomplete."))?;
     let user = &session.identity.subject;
     match accounts
-        .confirm_totp(user, form.code.trim())
+        .confirm_totp(user, &code)
         .await
         .map_err(account_error)?
     {
@@ -194,7 +181,7 @@ pub async fn totp_confirm(
                 TotpPage {
                     title: st.title().to_string(),
                     action: paths::ACCOUNT_TOTP,
-                    csrf_token: session_csrf_token(&cookie),
+                    csrf_token: acct.csrf_token.clone(),
                     secret: enrolment.secret_base32,
                     qr_svg: enrolment.qr_svg,
                     error: Some(
