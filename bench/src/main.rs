@@ -18,6 +18,9 @@ struct Args {
     /// Override the closed-loop concurrency.
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Override the number of full federated logins.
+    #[arg(long)]
+    logins: Option<usize>,
     /// Override the active-session counts of the memory case (comma-separated).
     #[arg(long, value_delimiter = ',')]
     sessions: Option<Vec<usize>>,
@@ -36,6 +39,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(c) = args.concurrency {
         scale.concurrency = c;
+    }
+    if let Some(l) = args.logins {
+        scale.logins = l;
     }
     if let Some(s) = args.sessions {
         scale.sessions = s;
