@@ -4,15 +4,20 @@
 use anyhow::Context;
 
 /// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`): 100 on every
-/// mainstream Linux; `getconf CLK_TCK` confirms it when available.
+/// mainstream Linux; `getconf CLK_TCK` confirms it when available (asked
+/// once, so readings during a case cost no process spawn).
 pub fn clock_ticks() -> u64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100)
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(100)
+    })
 }
 
 /// CPU time (utime + stime) of process `pid` in microseconds.
