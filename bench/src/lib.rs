@@ -1,6 +1,6 @@
 //! The adapter's benchmark: the services run as their own processes (the
-//! `bench-adapter` and `bench-upstream` binaries of this package, whose
-//! `main`s are the adapter's and the upstream test server's), the load comes
+//! bench binary started with `BENCH_SERVE=adapter` or `upstream` runs the
+//! adapter's or the upstream test server's own `main`), the load comes
 //! from this process over loopback, and every figure of CPU and memory is
 //! read from `/proc` for the service's process.
 //!

@@ -1,7 +1,15 @@
 //! `cargo run --release -p bench -- --full`: the adapter's benchmark table
 //! (see the library documentation and BENCHMARKS.md). Without `--full` it
 //! runs the smoke-sized cases.
+//!
+//! With `BENCH_SERVE=adapter` or `BENCH_SERVE=upstream` in its environment
+//! this binary is instead the adapter or the upstream test server (their own
+//! `main`s): the bench starts its services that way, so they are always
+//! built from the same sources as the bench itself.
 
+use std::process::ExitCode;
+
+use bench::services::SERVE_ENV;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -27,7 +35,25 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    match std::env::var(SERVE_ENV).as_deref() {
+        // The adapter's `main`.
+        Ok("adapter") => adapter::cli::exit_code(
+            adapter::cli::run(adapter::Config::default(), adapter::config::ENV_PREFIX).await,
+        ),
+        // The upstream test server's `main`.
+        Ok("upstream") => adapter::cli::exit_code(
+            adapter::cli::run(
+                upstream_test_server::default_config(),
+                upstream_test_server::ENV_PREFIX,
+            )
+            .await,
+        ),
+        _ => adapter::cli::exit_code(bench().await),
+    }
+}
+
+async fn bench() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut scale = if args.full {
         bench::run::Scale::full()
@@ -46,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(s) = args.sessions {
         scale.sessions = s;
     }
-    let bins = bench::services::Binaries::beside(&std::env::current_exe()?)?;
+    let bins = bench::services::Binaries::current()?;
     let report = bench::run::run(&bins, scale).await?;
     let errors: usize = report.rows.iter().map(|r| r.errors).sum();
     if errors > 0 {

@@ -21,7 +21,7 @@ use crate::flows;
 use crate::load::{self, Sample};
 use crate::procstat;
 use crate::services::{
-    adapter_toml, free_port, service_env, upstream_toml, Binaries, Layout, PgSchema, Service,
+    adapter_toml, free_port, service_env, upstream_toml, Binaries, Kind, Layout, PgSchema, Service,
     CLIENT_ID, CLIENT_SECRET,
 };
 
@@ -381,7 +381,8 @@ async fn run_cases(
     let conc = scale.concurrency;
     let upstream = Service::start(
         "upstream",
-        &bins.upstream,
+        Kind::Upstream,
+        bins,
         dir,
         layout.upstream_port,
         &upstream_toml(layout, dir),
@@ -396,7 +397,8 @@ async fn run_cases(
         let name = format!("adapter-{}", alg.to_lowercase());
         let s = Service::start(
             &name,
-            &bins.adapter,
+            Kind::Adapter,
+            bins,
             dir,
             ports[i],
             &adapter_toml(layout, ports[i], alg, &sqlite(&name)),
@@ -408,7 +410,8 @@ async fn run_cases(
     }
     let pg_adapter = Service::start(
         "adapter-pg",
-        &bins.adapter,
+        Kind::Adapter,
+        bins,
         dir,
         ports[3],
         &adapter_toml(layout, ports[3], "ES256", pg_url),
@@ -915,7 +918,8 @@ async fn memory(
     let url = format!("sqlite://{}", db.display());
     let svc = Service::start(
         "adapter-mem",
-        &bins.adapter,
+        Kind::Adapter,
+        bins,
         dir,
         port,
         &adapter_toml(layout, port, "ES256", &url),

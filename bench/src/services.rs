@@ -1,5 +1,6 @@
 //! The services under measurement, each in its own process: the adapter and
-//! the upstream test server, started from their binaries with a generated
+//! the upstream test server, started from the bench binary in service mode
+//! ([`SERVE_ENV`], running their own `main`s) with a generated
 //! configuration file and data directory, on free loopback ports, and
 //! considered started once `/healthz/ready` answers 200.
 
@@ -23,31 +24,42 @@ pub const CLIENT_ID: &str = "bench";
 /// The upstream's id in the adapter's configuration.
 pub const UPSTREAM_ID: &str = "test-auth-server";
 
-/// Where the two service binaries are.
+/// The environment variable that turns the bench binary into a service:
+/// `adapter` runs the adapter's `main`, `upstream` the upstream test
+/// server's. One binary, so `cargo run -p bench` always runs services built
+/// from the same sources as the bench.
+pub const SERVE_ENV: &str = "BENCH_SERVE";
+
+/// Which service a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Adapter,
+    Upstream,
+}
+
+impl Kind {
+    /// The value of [`SERVE_ENV`] for this service.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Adapter => "adapter",
+            Kind::Upstream => "upstream",
+        }
+    }
+}
+
+/// The binary the services run from: the bench binary itself (see
+/// [`SERVE_ENV`]).
 #[derive(Debug, Clone)]
 pub struct Binaries {
-    pub adapter: PathBuf,
-    pub upstream: PathBuf,
+    pub exe: PathBuf,
 }
 
 impl Binaries {
-    /// `bench-adapter` and `bench-upstream` in the directory of `exe`
-    /// (cargo builds every binary of the bench package into one folder).
-    pub fn beside(exe: &Path) -> anyhow::Result<Self> {
-        let dir = exe.parent().context("binary directory")?;
-        let b = Binaries {
-            adapter: dir.join("bench-adapter"),
-            upstream: dir.join("bench-upstream"),
-        };
-        for p in [&b.adapter, &b.upstream] {
-            if !p.exists() {
-                bail!(
-                    "{} is missing: build with `cargo build --release -p bench`",
-                    p.display()
-                );
-            }
-        }
-        Ok(b)
+    /// The running binary.
+    pub fn current() -> anyhow::Result<Self> {
+        Ok(Binaries {
+            exe: std::env::current_exe()?,
+        })
     }
 }
 
@@ -72,7 +84,8 @@ impl Service {
     /// `env`, and waits until `/healthz/ready` answers 200.
     pub async fn start(
         name: &str,
-        bin: &Path,
+        kind: Kind,
+        bins: &Binaries,
         dir: &Path,
         port: u16,
         config_toml: &str,
@@ -82,7 +95,8 @@ impl Service {
         std::fs::write(&config, config_toml)?;
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log)?;
-        let child = tokio::process::Command::new(bin)
+        let child = tokio::process::Command::new(&bins.exe)
+            .env(SERVE_ENV, kind.as_str())
             .arg("--config")
             .arg(&config)
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -90,7 +104,7 @@ impl Service {
             .stderr(Stdio::from(out))
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
+            .with_context(|| format!("spawn {}", bins.exe.display()))?;
         let pid = child.id().context("pid")?;
         let mut service = Service {
             name: name.into(),

@@ -11,9 +11,9 @@ use bench::services::Binaries;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_case_produces_sane_figures() {
+    // The bench binary runs the services too (`BENCH_SERVE`).
     let bins = Binaries {
-        adapter: PathBuf::from(env!("CARGO_BIN_EXE_bench-adapter")),
-        upstream: PathBuf::from(env!("CARGO_BIN_EXE_bench-upstream")),
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_bench")),
     };
     let report = run(&bins, Scale::smoke()).await.unwrap();
 
