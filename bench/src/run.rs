@@ -244,7 +244,11 @@ impl Runner {
                 / 1e6;
             let ok = sample.latencies.len().max(1) as f64;
             let cpu_us = t1.saturating_sub(t0) as f64 / ok;
-            let vs_ceiling = case.signatures.and_then(|(alg, n)| {
+            // `/proc` counts CPU in clock ticks (10 ms): below five ticks the
+            // ratio would be noise (or a division by zero), so none is given.
+            let tick_us = 1_000_000 / procstat::clock_ticks();
+            let resolved = t1.saturating_sub(t0) >= 5 * tick_us;
+            let vs_ceiling = case.signatures.filter(|_| resolved).and_then(|(alg, n)| {
                 self.ceilings
                     .get(alg)
                     .map(|c| n * c.us_per_signature / cpu_us.max(1e-9))

@@ -51,10 +51,17 @@ async fn every_case_produces_sane_figures() {
         assert!(row.p99_ms >= row.p50_ms, "{case}: {row:?}");
         assert!(row.rss_kib > 0, "{case}: {row:?}");
     }
-    // Every token case relates to the signing ceiling.
+    // A token case's ratio to the signing ceiling, when its CPU time was
+    // long enough to count (always in a debug build), is a sane fraction.
+    let mut ratios = 0;
     for case in &expected[..7] {
-        let ratio = report.row(case).unwrap().vs_ceiling.unwrap();
-        assert!(ratio > 0.0 && ratio.is_finite(), "{case}: {ratio}");
+        if let Some(ratio) = report.row(case).unwrap().vs_ceiling {
+            assert!(ratio > 0.0 && ratio < 10.0, "{case}: {ratio}");
+            ratios += 1;
+        }
+    }
+    if cfg!(debug_assertions) {
+        assert_eq!(ratios, 7, "every token case measured against the ceiling");
     }
     let login = report.row("full federated login ES256").unwrap();
     // The upstream's share of a login includes an argon2id verification.
