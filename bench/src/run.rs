@@ -1,0 +1,1118 @@
+//! The benchmark cases, the table they fill, and the run that starts the
+//! services, measures every case and stops them again.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use base64::Engine;
+use serde_json::Value;
+
+use adapter::provider::token::RefreshData;
+use adapter::secret::{hash, random_token};
+use adapter::store::{codec, RefreshRow, SessionRow, SqlStore, Store};
+
+use crate::ceiling::{self, Ceiling};
+use crate::flows;
+use crate::load::{self, Sample};
+use crate::procstat;
+use crate::services::{
+    adapter_toml, free_port, service_env, upstream_toml, Binaries, Kind, Layout, PgSchema, Service,
+    CLIENT_ID, CLIENT_SECRET,
+};
+
+/// How big a run is.
+#[derive(Debug, Clone)]
+pub struct Scale {
+    /// Requests per cheap case (token, userinfo, JWKS, …).
+    pub requests: usize,
+    /// Concurrent clients of the closed-loop cases.
+    pub concurrency: usize,
+    /// Full federated logins.
+    pub logins: usize,
+    /// Concurrent browsers of the login case.
+    pub login_concurrency: usize,
+    /// Active-session counts of the memory case (ascending).
+    pub sessions: Vec<usize>,
+    /// How long each algorithm's one-core signing rate is measured.
+    pub ceiling: Duration,
+    /// Browsers logging in concurrently during the login flood.
+    pub flood_browsers: usize,
+    /// How often a case is repeated when other processes used the CPU
+    /// during it (more than [`Scale::foreign_limit`] cores).
+    pub repeats: usize,
+    /// Foreign CPU (cores) above which a case counts as disturbed.
+    pub foreign_limit: f64,
+}
+
+impl Scale {
+    /// A few hundred requests per case: the smoke test's size.
+    pub fn smoke() -> Scale {
+        Scale {
+            requests: 200,
+            concurrency: 4,
+            logins: 4,
+            login_concurrency: 2,
+            sessions: vec![100, 300],
+            ceiling: Duration::from_millis(200),
+            flood_browsers: 2,
+            repeats: 0,
+            foreign_limit: 2.0,
+        }
+    }
+
+    /// The published table's size.
+    pub fn full() -> Scale {
+        Scale {
+            requests: 10_000,
+            concurrency: 8,
+            logins: 200,
+            login_concurrency: 4,
+            sessions: vec![10_000, 100_000],
+            ceiling: Duration::from_secs(2),
+            flood_browsers: 8,
+            repeats: 2,
+            foreign_limit: 0.25,
+        }
+    }
+}
+
+/// One line of the table.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    pub case: String,
+    pub requests: usize,
+    pub errors: usize,
+    pub first_error: Option<String>,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// CPU of the measured adapter process per request, µs.
+    pub cpu_us: f64,
+    /// CPU of the upstream process per request, µs (when it took part).
+    pub upstream_cpu_us: Option<f64>,
+    /// The adapter's resident memory after the case, KiB.
+    pub rss_kib: u64,
+    /// Throughput per adapter core as a fraction of the one-core signing
+    /// rate (signatures per request counted).
+    pub vs_ceiling: Option<f64>,
+    /// CPU used meanwhile by processes other than the services and the
+    /// bench, in cores.
+    pub foreign_cores: f64,
+    /// How many runs it took (repeats when the machine was loaded).
+    pub runs: usize,
+    pub note: String,
+}
+
+impl Row {
+    /// The Markdown table header.
+    pub fn header() -> String {
+        "| case | requests | errors | req/s | p50 ms | p99 ms | adapter CPU µs/req | \
+         vs signing ceiling | upstream CPU µs/req | adapter RSS MiB | other load (cores) | note |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+            .into()
+    }
+
+    /// The Markdown table line.
+    pub fn line(&self) -> String {
+        format!(
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {} | {} | {:.1} | {:.2}{} | {} |",
+            self.case,
+            self.requests,
+            self.errors,
+            self.rps,
+            self.p50_ms,
+            self.p99_ms,
+            self.cpu_us,
+            self.vs_ceiling
+                .map(|r| format!("{r:.2}"))
+                .unwrap_or_else(|| "–".into()),
+            self.upstream_cpu_us
+                .map(|u| format!("{u:.0}"))
+                .unwrap_or_else(|| "–".into()),
+            self.rss_kib as f64 / 1024.0,
+            self.foreign_cores,
+            if self.runs > 1 {
+                format!(" (run {})", self.runs)
+            } else {
+                String::new()
+            },
+            self.note,
+        )
+    }
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub machine: Vec<String>,
+    pub ceilings: Vec<Ceiling>,
+    pub rows: Vec<Row>,
+}
+
+impl Report {
+    /// The row of `case`.
+    pub fn row(&self, case: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.case == case)
+    }
+}
+
+type Op =
+    Arc<dyn Fn(usize) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync>;
+
+fn op<F, Fut>(f: F) -> Op
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    Arc::new(move |i| Box::pin(f(i)))
+}
+
+/// How a case is loaded.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// `concurrency` workers back to back: peak throughput.
+    Closed { concurrency: usize },
+    /// A fixed rate.
+    Open { rate: f64 },
+}
+
+struct Case<'a> {
+    name: String,
+    target: &'a Service,
+    upstream: Option<&'a Service>,
+    count: usize,
+    mode: Mode,
+    /// Signatures of `alg` per request, for the ceiling ratio.
+    signatures: Option<(&'a str, f64)>,
+    repeatable: bool,
+}
+
+struct Runner {
+    scale: Scale,
+    /// Every service process alive (their CPU is not "foreign").
+    live: Vec<u32>,
+    ceilings: BTreeMap<String, Ceiling>,
+    report: Report,
+}
+
+impl Runner {
+    fn say(&self, line: &str) {
+        println!("{line}");
+    }
+
+    async fn measure(&mut self, case: Case<'_>, op: Op) -> Row {
+        let mut best: Option<Row> = None;
+        let tries = if case.repeatable {
+            1 + self.scale.repeats
+        } else {
+            1
+        };
+        for run in 1..=tries {
+            let machine0 = procstat::machine_busy_us().unwrap_or(0);
+            let self0 = procstat::self_cpu_us().unwrap_or(0);
+            let live0: u64 = self
+                .live
+                .iter()
+                .map(|p| procstat::cpu_us(*p).unwrap_or(0))
+                .sum();
+            let t0 = case.target.cpu_us();
+            let u0 = case.upstream.map(|u| u.cpu_us());
+            let o = op.clone();
+            let sample: Sample = match case.mode {
+                Mode::Closed { concurrency } => {
+                    load::closed_loop(case.count, concurrency, move |i| o(i)).await
+                }
+                Mode::Open { rate } => load::open_loop(case.count, rate, 512, move |i| o(i)).await,
+            };
+            let t1 = case.target.cpu_us();
+            let u1 = case.upstream.map(|u| u.cpu_us());
+            let live1: u64 = self
+                .live
+                .iter()
+                .map(|p| procstat::cpu_us(*p).unwrap_or(0))
+                .sum();
+            let self1 = procstat::self_cpu_us().unwrap_or(0);
+            let machine1 = procstat::machine_busy_us().unwrap_or(0);
+            let ours = (live1.saturating_sub(live0)) + (self1.saturating_sub(self0));
+            let foreign = machine1.saturating_sub(machine0).saturating_sub(ours) as f64
+                / sample.elapsed.as_secs_f64().max(1e-9)
+                / 1e6;
+            let ok = sample.latencies.len().max(1) as f64;
+            let cpu_us = t1.saturating_sub(t0) as f64 / ok;
+            // `/proc` counts CPU in clock ticks (10 ms): below five ticks the
+            // ratio would be noise (or a division by zero), so none is given.
+            let tick_us = 1_000_000 / procstat::clock_ticks();
+            let resolved = t1.saturating_sub(t0) >= 5 * tick_us;
+            let vs_ceiling = case.signatures.filter(|_| resolved).and_then(|(alg, n)| {
+                self.ceilings
+                    .get(alg)
+                    .map(|c| n * c.us_per_signature / cpu_us.max(1e-9))
+            });
+            let row = Row {
+                case: case.name.clone(),
+                requests: sample.count(),
+                errors: sample.errors,
+                first_error: sample.first_error.clone(),
+                rps: sample.rps(),
+                p50_ms: sample.quantile_ms(0.5),
+                p99_ms: sample.quantile_ms(0.99),
+                cpu_us,
+                upstream_cpu_us: match (u0, u1) {
+                    (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / ok),
+                    _ => None,
+                },
+                rss_kib: case.target.rss_kib(),
+                vs_ceiling,
+                foreign_cores: (foreign * 100.0).round() / 100.0,
+                runs: run,
+                note: String::new(),
+            };
+            let disturbed = row.foreign_cores > self.scale.foreign_limit;
+            if let Some(e) = &row.first_error {
+                self.say(&format!("  {}: first error: {e}", row.case));
+            }
+            let better = best
+                .as_ref()
+                .is_none_or(|b| row.foreign_cores < b.foreign_cores);
+            if better {
+                best = Some(row);
+            }
+            if !disturbed {
+                break;
+            }
+            if run < tries {
+                self.say(&format!(
+                    "  {}: other processes used {:.2} cores meanwhile; repeating",
+                    case.name, foreign
+                ));
+            }
+        }
+        best.unwrap_or_default()
+    }
+
+    fn push(&mut self, mut row: Row, note: impl Into<String>) -> Row {
+        row.note = note.into();
+        self.say(&row.line());
+        self.report.rows.push(row.clone());
+        row
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn base64_key() -> String {
+    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+}
+
+/// Runs every case at `scale` with the service binaries `bins`, printing
+/// the table as it fills; returns it.
+pub async fn run(bins: &Binaries, scale: Scale) -> anyhow::Result<Report> {
+    let mut r = Runner {
+        scale: scale.clone(),
+        live: vec![],
+        ceilings: BTreeMap::new(),
+        report: Report::default(),
+    };
+    let machine = vec![
+        format!(
+            "cores (nproc): {}, CPU: {}",
+            procstat::cores(),
+            procstat::cpu_model()
+        ),
+        format!("load average at start: {}", procstat::loadavg()),
+        format!(
+            "loopback HTTP/1.1 without TLS; services are separate processes; {} closed-loop clients",
+            scale.concurrency
+        ),
+    ];
+    for m in &machine {
+        r.say(m);
+    }
+    r.report.machine = machine;
+
+    // The ceiling, measured first, on one thread.
+    r.say("\none-core signing rate (jsonwebtoken + aws-lc-rs, typical access-token claims):");
+    for alg in ceiling::ALGS {
+        let d = scale.ceiling;
+        let c = tokio::task::spawn_blocking(move || ceiling::measure(alg, d)).await??;
+        r.say(&format!(
+            "  {alg:<6} {:>8.0} signatures per core-second ({:.1} µs each)",
+            c.per_core_second, c.us_per_signature
+        ));
+        r.ceilings.insert(alg.to_string(), c.clone());
+        r.report.ceilings.push(c);
+    }
+
+    let dir = tempfile::tempdir()?;
+    let keys_key = base64_key();
+    let env = service_env(&keys_key);
+    let layout = Layout {
+        upstream_port: free_port()?,
+        adapter_ports: (0..6).map(|_| free_port()).collect::<Result<_, _>>()?,
+    };
+    let pg = PgSchema::create().await?;
+    let result = run_cases(&mut r, bins, dir.path(), &layout, &env, &pg.url).await;
+    if std::env::var_os("BENCH_KEEP_LOGS").is_some() {
+        // The services' configurations and logs, for a look afterwards.
+        r.say(&format!("logs kept in {}", dir.keep().display()));
+    }
+    let dropped = pg.drop_schema().await;
+    result?;
+    dropped?;
+    Ok(r.report)
+}
+
+async fn run_cases(
+    r: &mut Runner,
+    bins: &Binaries,
+    dir: &Path,
+    layout: &Layout,
+    env: &[(&str, String)],
+    pg_url: &str,
+) -> anyhow::Result<()> {
+    let scale = r.scale.clone();
+    let n = scale.requests;
+    let conc = scale.concurrency;
+    let upstream = Service::start(
+        "upstream",
+        Kind::Upstream,
+        bins,
+        dir,
+        layout.upstream_port,
+        &upstream_toml(layout, dir),
+        env,
+    )
+    .await?;
+    r.live.push(upstream.pid);
+    let sqlite = |name: &str| format!("sqlite://{}", dir.join(format!("{name}.db")).display());
+    let ports = &layout.adapter_ports;
+    let mut adapters: BTreeMap<&str, Service> = BTreeMap::new();
+    for (i, alg) in ceiling::ALGS.iter().enumerate() {
+        let name = format!("adapter-{}", alg.to_lowercase());
+        let s = Service::start(
+            &name,
+            Kind::Adapter,
+            bins,
+            dir,
+            ports[i],
+            &adapter_toml(layout, ports[i], alg, &sqlite(&name)),
+            env,
+        )
+        .await?;
+        r.live.push(s.pid);
+        adapters.insert(alg, s);
+    }
+    let pg_adapter = Service::start(
+        "adapter-pg",
+        Kind::Adapter,
+        bins,
+        dir,
+        ports[3],
+        &adapter_toml(layout, ports[3], "ES256", pg_url),
+        env,
+    )
+    .await?;
+    r.live.push(pg_adapter.pid);
+    let es = adapters.get("ES256").context("ES256 adapter")?;
+    let rp = flows::rp_client()?;
+    r.say(&format!("\n{}", Row::header()));
+
+    // client_credentials per algorithm (RFC 6749 §4.4): one signature each.
+    let mut cc_peak = 0.0;
+    for alg in ceiling::ALGS {
+        let svc = adapters.get(alg).context("adapter")?;
+        let row = r
+            .measure(
+                Case {
+                    name: format!("client_credentials {alg}"),
+                    target: svc,
+                    upstream: None,
+                    count: if alg == "RS256" { n / 2 } else { n },
+                    mode: Mode::Closed { concurrency: conc },
+                    signatures: Some((alg, 1.0)),
+                    repeatable: true,
+                },
+                cc_op(&rp, &svc.base),
+            )
+            .await;
+        if alg == "ES256" {
+            cc_peak = row.rps;
+        }
+        r.push(row, "1 signature per request");
+    }
+    let row = r
+        .measure(
+            Case {
+                name: "client_credentials ES256 at 70% of peak".into(),
+                target: es,
+                upstream: None,
+                count: n,
+                mode: Mode::Open {
+                    rate: 0.7 * cc_peak,
+                },
+                signatures: Some(("ES256", 1.0)),
+                repeatable: true,
+            },
+            cc_op(&rp, &es.base),
+        )
+        .await;
+    let rate = 0.7 * cc_peak;
+    r.push(row, format!("open loop at {rate:.0}/s"));
+
+    // Authorization-code redemption alone: codes made beforehand by a
+    // browser with an adapter session.
+    let browser = flows::browser()?;
+    let first = flows::login(&browser, &rp, &es.base).await?;
+    let codes_n = n.min(3000);
+    let codes = make_codes(&browser, &es.base, codes_n, conc).await?;
+    let codes = Arc::new(codes);
+    let (rp2, base) = (rp.clone(), es.base.clone());
+    let row = r
+        .measure(
+            Case {
+                name: "authorization_code redemption ES256".into(),
+                target: es,
+                upstream: None,
+                count: codes_n,
+                mode: Mode::Closed { concurrency: conc },
+                signatures: Some(("ES256", 2.0)),
+                repeatable: false,
+            },
+            op(move |i| {
+                let (rp, base, codes) = (rp2.clone(), base.clone(), codes.clone());
+                async move {
+                    let (code, verifier) = &codes[i];
+                    flows::redeem(&rp, &base, code, verifier).await.map(|_| ())
+                }
+            }),
+        )
+        .await;
+    r.push(
+        row,
+        "ID + access token (2 signatures), refresh token stored",
+    );
+
+    // Refresh with rotation (RFC 9700 §4.14.2) on SQLite and PostgreSQL.
+    for (label, svc) in [("SQLite", es), ("PostgreSQL", &pg_adapter)] {
+        let chains = flows::refresh_tokens(&rp, &svc.base, conc).await?;
+        let row = r
+            .measure(
+                Case {
+                    name: format!("refresh_token rotation ES256 {label}"),
+                    target: svc,
+                    upstream: None,
+                    count: n,
+                    mode: Mode::Closed { concurrency: conc },
+                    signatures: Some(("ES256", 2.0)),
+                    repeatable: true,
+                },
+                refresh_op(&rp, &svc.base, chains),
+            )
+            .await;
+        let note = if label == "SQLite" {
+            "ID + access token, old token consumed and new one inserted before the answer"
+        } else {
+            "same; the database's own CPU is in the PostgreSQL server, not in the adapter's column"
+        };
+        r.push(row, note);
+    }
+
+    // The full federated login: adapter → upstream login form (argon2id)
+    // → adapter callback → code → token, each with a new browser.
+    let (rp2, base) = (rp.clone(), es.base.clone());
+    let row = r
+        .measure(
+            Case {
+                name: "full federated login ES256".into(),
+                target: es,
+                upstream: Some(&upstream),
+                count: scale.logins,
+                mode: Mode::Closed {
+                    concurrency: scale.login_concurrency,
+                },
+                signatures: None,
+                repeatable: true,
+            },
+            op(move |_| {
+                let (rp, base) = (rp2.clone(), base.clone());
+                async move {
+                    flows::login(&flows::browser()?, &rp, &base)
+                        .await
+                        .map(|_| ())
+                }
+            }),
+        )
+        .await;
+    r.push(
+        row,
+        "new browser: every redirect through both services, then the code redemption; upstream CPU includes the argon2id check",
+    );
+
+    // Userinfo, introspection, discovery, JWKS.
+    let access = first["access_token"]
+        .as_str()
+        .context("access_token")?
+        .to_string();
+    let userinfo = {
+        let (rp, url, access) = (
+            rp.clone(),
+            format!("{}{}", es.base, adapter::paths::USERINFO),
+            access.clone(),
+        );
+        op(move |_| {
+            let (rp, url, access) = (rp.clone(), url.clone(), access.clone());
+            async move {
+                let r = rp.get(&url).bearer_auth(&access).send().await?;
+                if !r.status().is_success() {
+                    bail!("userinfo {}", r.status());
+                }
+                let _: Value = r.json().await?;
+                Ok(())
+            }
+        })
+    };
+    let peak = r
+        .measure(
+            Case {
+                name: "userinfo".into(),
+                target: es,
+                upstream: None,
+                count: n,
+                mode: Mode::Closed { concurrency: conc },
+                signatures: None,
+                repeatable: true,
+            },
+            userinfo.clone(),
+        )
+        .await;
+    let rate = 0.7 * peak.rps;
+    r.push(peak, "JWT verification + revocation check + claims");
+    let row = r
+        .measure(
+            Case {
+                name: "userinfo at 70% of peak".into(),
+                target: es,
+                upstream: None,
+                count: n,
+                mode: Mode::Open { rate },
+                signatures: None,
+                repeatable: true,
+            },
+            userinfo,
+        )
+        .await;
+    r.push(row, format!("open loop at {rate:.0}/s"));
+
+    let introspect = {
+        let (rp, url) = (
+            rp.clone(),
+            format!("{}{}", es.base, adapter::paths::INTROSPECT),
+        );
+        op(move |_| {
+            let (rp, url, access) = (rp.clone(), url.clone(), access.clone());
+            async move {
+                let v: Value = rp
+                    .post(&url)
+                    .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+                    .form(&[("token", access.as_str())])
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                if v["active"] != Value::Bool(true) {
+                    bail!("introspection: {v}");
+                }
+                Ok(())
+            }
+        })
+    };
+    let row = r
+        .measure(
+            Case {
+                name: "introspection".into(),
+                target: es,
+                upstream: None,
+                count: n,
+                mode: Mode::Closed { concurrency: conc },
+                signatures: None,
+                repeatable: true,
+            },
+            introspect,
+        )
+        .await;
+    r.push(row, "RFC 7662, client authenticated");
+
+    for (name, path) in [
+        ("discovery", adapter::paths::OPENID_CONFIGURATION),
+        ("JWKS", adapter::paths::JWKS),
+    ] {
+        let get = get_op(&rp, &format!("{}{path}", es.base));
+        let peak = r
+            .measure(
+                Case {
+                    name: name.into(),
+                    target: es,
+                    upstream: None,
+                    count: n,
+                    mode: Mode::Closed { concurrency: conc },
+                    signatures: None,
+                    repeatable: true,
+                },
+                get.clone(),
+            )
+            .await;
+        let rate = 0.7 * peak.rps;
+        r.push(peak, "");
+        if name == "JWKS" {
+            let row = r
+                .measure(
+                    Case {
+                        name: "JWKS at 70% of peak".into(),
+                        target: es,
+                        upstream: None,
+                        count: n,
+                        mode: Mode::Open { rate },
+                        signatures: None,
+                        repeatable: true,
+                    },
+                    get,
+                )
+                .await;
+            r.push(row, format!("open loop at {rate:.0}/s"));
+        }
+    }
+
+    login_flood(r, &rp, &upstream, es, ports[0]).await?;
+    memory(r, bins, dir, layout, env, &rp, ports[4]).await?;
+
+    for (_, s) in adapters {
+        s.stop().await;
+    }
+    pg_adapter.stop().await;
+    upstream.stop().await;
+    Ok(())
+}
+
+fn cc_op(rp: &reqwest::Client, base: &str) -> Op {
+    let (rp, base) = (rp.clone(), base.to_string());
+    op(move |_| {
+        let (rp, base) = (rp.clone(), base.clone());
+        async move {
+            flows::token(&rp, &base, &[("grant_type", "client_credentials")])
+                .await
+                .map(|_| ())
+        }
+    })
+}
+
+fn get_op(rp: &reqwest::Client, url: &str) -> Op {
+    let (rp, url) = (rp.clone(), url.to_string());
+    op(move |_| {
+        let (rp, url) = (rp.clone(), url.clone());
+        async move {
+            let r = rp.get(&url).send().await?;
+            if !r.status().is_success() {
+                bail!("{url}: {}", r.status());
+            }
+            r.bytes().await?;
+            Ok(())
+        }
+    })
+}
+
+/// Each worker `w` rotates chain `w` (worker `w` runs the i with
+/// `i % chains == w`, one at a time).
+fn refresh_op(rp: &reqwest::Client, base: &str, chains: Vec<String>) -> Op {
+    let n = chains.len();
+    let chains: Arc<Vec<Mutex<String>>> = Arc::new(chains.into_iter().map(Mutex::new).collect());
+    let (rp, base) = (rp.clone(), base.to_string());
+    op(move |i| {
+        let (rp, base, chains) = (rp.clone(), base.clone(), chains.clone());
+        async move {
+            let chain = &chains[i % n];
+            let current = chain
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .clone();
+            let t = flows::token(
+                &rp,
+                &base,
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", current.as_str()),
+                ],
+            )
+            .await?;
+            let next = t["refresh_token"]
+                .as_str()
+                .context("no rotated refresh_token")?;
+            *chain.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = next.to_string();
+            Ok(())
+        }
+    })
+}
+
+async fn make_codes(
+    browser: &reqwest::Client,
+    base: &str,
+    n: usize,
+    conc: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let out = Arc::new(Mutex::new(vec![(String::new(), String::new()); n]));
+    let (b, base2, out2) = (browser.clone(), base.to_string(), out.clone());
+    let s = load::closed_loop(n, conc, move |i| {
+        let (b, base, out) = (b.clone(), base2.clone(), out2.clone());
+        async move {
+            let c = flows::adapter_code(&b, &base).await?;
+            out.lock().map_err(|_| anyhow::anyhow!("poisoned"))?[i] = c;
+            Ok(())
+        }
+    })
+    .await;
+    if let Some(e) = s.first_error {
+        bail!("making codes: {e}");
+    }
+    let v = out.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    Ok(v)
+}
+
+/// Many concurrent password logins at the upstream (its local connector
+/// hashes with argon2id) while the token endpoint is measured: the
+/// upstream's own (same process as the hashing) and the adapter's.
+async fn login_flood(
+    r: &mut Runner,
+    rp: &reqwest::Client,
+    upstream: &Service,
+    es: &Service,
+    adapter_port: u16,
+) -> anyhow::Result<()> {
+    let n = r.scale.requests;
+    let conc = r.scale.concurrency;
+    let case = |name: &str, target| Case {
+        name: name.into(),
+        target,
+        upstream: None,
+        count: n,
+        mode: Mode::Closed { concurrency: conc },
+        signatures: Some(("RS256", 1.0)),
+        repeatable: false,
+    };
+    let base_up = r
+        .measure(
+            case(
+                "local-connector process: client_credentials RS256, no flood",
+                upstream,
+            ),
+            cc_op(rp, &upstream.base),
+        )
+        .await;
+    let base_up_rps = base_up.rps;
+    r.push(
+        base_up,
+        "the upstream test server is the adapter engine with the local connector",
+    );
+    let base_ad_rps = r
+        .report
+        .row("client_credentials ES256")
+        .map(|x| x.rps)
+        .unwrap_or(0.0);
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut flood = Vec::new();
+    let started = std::time::Instant::now();
+    for _ in 0..r.scale.flood_browsers {
+        let (stop, done, failed, base) = (
+            stop.clone(),
+            done.clone(),
+            failed.clone(),
+            upstream.base.clone(),
+        );
+        flood.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match flows::password_login(&base, adapter_port).await {
+                    Ok(()) => done.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    // Let the flood fill the hashing queue first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let up = r
+        .measure(
+            case(
+                "local-connector process: client_credentials RS256, login flood",
+                upstream,
+            ),
+            cc_op(rp, &upstream.base),
+        )
+        .await;
+    let ratio = up.rps / base_up_rps.max(1e-9);
+    // This process also hashes the flood's passwords: its CPU per token
+    // request means nothing here.
+    let up = Row {
+        vs_ceiling: None,
+        ..up
+    };
+    r.push(
+        up,
+        format!(
+            "{} browsers logging in meanwhile (CPU column includes their argon2id); \
+             {ratio:.2} of the throughput without the flood",
+            r.scale.flood_browsers
+        ),
+    );
+    let mut ad_case = case(
+        "adapter: client_credentials ES256, login flood at the upstream",
+        es,
+    );
+    ad_case.signatures = Some(("ES256", 1.0));
+    let ad = r.measure(ad_case, cc_op(rp, &es.base)).await;
+    let ratio = ad.rps / base_ad_rps.max(1e-9);
+    r.push(
+        ad,
+        format!("{ratio:.2} of the throughput without the flood (other process, same 2 cores)"),
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flood {
+        let _ = f.await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let (ok, bad) = (
+        done.load(std::sync::atomic::Ordering::Relaxed),
+        failed.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    r.say(&format!(
+        "  login flood: {ok} password logins ({:.1}/s), {bad} failed",
+        ok as f64 / secs
+    ));
+    if ok == 0 || bad > 0 {
+        bail!("the login flood logged nobody in, or failed {bad} times");
+    }
+    Ok(())
+}
+
+/// Resident memory of an adapter idle, and with many active sessions, each
+/// with a refresh token. Sessions are made by copying the rows of one real
+/// login (new ids, cookie hashes, refresh tokens and `sid`s) through the
+/// store API into the adapter's SQLite file, then every copied refresh token
+/// is redeemed over HTTP, so the adapter has served each session.
+async fn memory(
+    r: &mut Runner,
+    bins: &Binaries,
+    dir: &Path,
+    layout: &Layout,
+    env: &[(&str, String)],
+    rp: &reqwest::Client,
+    port: u16,
+) -> anyhow::Result<()> {
+    let db = dir.join("adapter-mem.db");
+    let url = format!("sqlite://{}", db.display());
+    let svc = Service::start(
+        "adapter-mem",
+        Kind::Adapter,
+        bins,
+        dir,
+        port,
+        &adapter_toml(layout, port, "ES256", &url),
+        env,
+    )
+    .await?;
+    r.live.push(svc.pid);
+    let idle = svc.rss_kib();
+    r.say(&format!(
+        "  adapter RSS idle (ready, no request served): {:.1} MiB",
+        idle as f64 / 1024.0
+    ));
+    let mut row = Row {
+        case: "adapter idle".into(),
+        rss_kib: idle,
+        runs: 1,
+        ..Row::default()
+    };
+    row.note = "after /healthz/ready answered, before any other request".into();
+    r.say(&row.line());
+    r.report.rows.push(row);
+
+    // One real login gives the template rows.
+    let b = flows::browser()?;
+    let t = flows::login(&b, rp, &svc.base).await?;
+    let rt = t["refresh_token"].as_str().context("refresh_token")?;
+    let store = SqlStore::connect(&url, 4).await?;
+    let status = store
+        .refresh_status(&hash(rt))
+        .await?
+        .context("template refresh row")?;
+    let data: RefreshData = codec::decode(&status.row.data)?;
+    let session = store
+        .session_by_sid(&data.sid, now())
+        .await?
+        .context("template session row")?;
+    let warm = r
+        .measure(
+            Case {
+                name: "warm-up: client_credentials ES256".into(),
+                target: &svc,
+                upstream: None,
+                count: 200,
+                mode: Mode::Closed {
+                    concurrency: r.scale.concurrency,
+                },
+                signatures: None,
+                repeatable: false,
+            },
+            cc_op(rp, &svc.base),
+        )
+        .await;
+    let warm_rss = warm.rss_kib;
+    r.push(warm, "RSS after one login and 200 token requests");
+
+    let mut have = 0usize;
+    let size0 = store_bytes(&store, &db).await?;
+    for target in r.scale.sessions.clone() {
+        let add = target.saturating_sub(have);
+        let tokens = insert_sessions(&store, &session, &status.row, &data, add).await?;
+        have = target;
+        let size = store_bytes(&store, &db).await?;
+        let per_session = (size.saturating_sub(size0)) as f64 / have as f64;
+        let tokens = Arc::new(tokens);
+        let (rp2, base) = (rp.clone(), svc.base.clone());
+        let row = r
+            .measure(
+                Case {
+                    name: format!("{have} active sessions: refresh each new one"),
+                    target: &svc,
+                    upstream: None,
+                    count: add,
+                    mode: Mode::Closed {
+                        concurrency: r.scale.concurrency,
+                    },
+                    signatures: Some(("ES256", 2.0)),
+                    repeatable: false,
+                },
+                op(move |i| {
+                    let (rp, base, tokens) = (rp2.clone(), base.clone(), tokens.clone());
+                    async move {
+                        flows::token(
+                            &rp,
+                            &base,
+                            &[
+                                ("grant_type", "refresh_token"),
+                                ("refresh_token", tokens[i].as_str()),
+                            ],
+                        )
+                        .await
+                        .map(|_| ())
+                    }
+                }),
+            )
+            .await;
+        let rss_per = (row.rss_kib.saturating_sub(warm_rss)) as f64 * 1024.0 / have as f64;
+        // The write-ahead log as the adapter left it (its own checkpoints
+        // only), before the bench checkpoints it for the next size reading.
+        let wal_mib = wal_bytes(&db) as f64 / (1024.0 * 1024.0);
+        r.push(
+            row,
+            format!(
+                "store: {per_session:.0} bytes/session (session + refresh row); RSS growth over warm: \
+                 {rss_per:.0} bytes/session; WAL after serving: {wal_mib:.0} MiB"
+            ),
+        );
+    }
+    store.pool().close().await;
+    svc.stop().await;
+    Ok(())
+}
+
+/// Bytes of the SQLite write-ahead log of `db` now.
+fn wal_bytes(db: &Path) -> u64 {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(Path::new(&wal))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+/// Bytes of the SQLite database once its WAL is checkpointed.
+async fn store_bytes(store: &SqlStore, db: &Path) -> anyhow::Result<u64> {
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(store.pool())
+        .await?;
+    let len = std::fs::metadata(db).map(|m| m.len()).unwrap_or(0);
+    Ok(len + wal_bytes(db))
+}
+
+/// Inserts `n` copies of a real session and its refresh token, each with
+/// its own cookie hash, `sid`, family and token; returns the tokens.
+async fn insert_sessions(
+    store: &SqlStore,
+    session: &SessionRow,
+    refresh: &RefreshRow,
+    data: &RefreshData,
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
+    let now = now();
+    let mut tasks = Vec::new();
+    let workers = 4;
+    for w in 0..workers {
+        let (store, session, refresh, data) = (
+            store.clone(),
+            session.clone(),
+            refresh.clone(),
+            data.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut tokens = Vec::new();
+            for _ in (w..n).step_by(workers) {
+                let sid = random_token();
+                store
+                    .insert_session(&SessionRow {
+                        id_hash: hash(&random_token()),
+                        sid: sid.clone(),
+                        created_at: now,
+                        auth_time: now,
+                        ..session.clone()
+                    })
+                    .await?;
+                store
+                    .add_session_client(&sid, &refresh.client_id, now, session.expires_at)
+                    .await?;
+                let token = random_token();
+                let d = RefreshData {
+                    sid: sid.clone(),
+                    access_jti: random_token(),
+                    ..data.clone()
+                };
+                store
+                    .insert_refresh(&RefreshRow {
+                        token_hash: hash(&token),
+                        family_id: random_token(),
+                        sid: Some(sid),
+                        data: codec::encode(&d)?,
+                        issued_at: now,
+                        ..refresh.clone()
+                    })
+                    .await?;
+                tokens.push(token);
+            }
+            anyhow::Ok(tokens)
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok(all)
+}

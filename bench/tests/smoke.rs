@@ -1,0 +1,80 @@
+//! The benchmark at smoke size (a few hundred requests per case, a few
+//! hundred sessions): every case runs against real service processes and
+//! must produce sane figures, so the bench cannot rot.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use bench::run::{run, Scale};
+use bench::services::Binaries;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_case_produces_sane_figures() {
+    // The bench binary runs the services too (`BENCH_SERVE`).
+    let bins = Binaries {
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_bench")),
+    };
+    let report = run(&bins, Scale::smoke()).await.unwrap();
+
+    for alg in ["RS256", "ES256", "EdDSA"] {
+        let c = report.ceilings.iter().find(|c| c.alg == alg).unwrap();
+        assert!(c.per_core_second > 0.0, "{c:?}");
+    }
+    let expected = [
+        "client_credentials RS256",
+        "client_credentials ES256",
+        "client_credentials EdDSA",
+        "client_credentials ES256 at 70% of peak",
+        "authorization_code redemption ES256",
+        "refresh_token rotation ES256 SQLite",
+        "refresh_token rotation ES256 PostgreSQL",
+        "full federated login ES256",
+        "userinfo",
+        "userinfo at 70% of peak",
+        "introspection",
+        "discovery",
+        "JWKS",
+        "JWKS at 70% of peak",
+        "local-connector process: client_credentials RS256, no flood",
+        "local-connector process: client_credentials RS256, login flood",
+        "adapter: client_credentials ES256, login flood at the upstream",
+        "100 active sessions: refresh each new one",
+        "300 active sessions: refresh each new one",
+    ];
+    for case in expected {
+        let row = report.row(case).unwrap_or_else(|| panic!("no row {case}"));
+        assert_eq!(row.errors, 0, "{case}: {:?}", row.first_error);
+        assert!(row.requests > 0, "{case}: {row:?}");
+        assert!(row.rps > 0.0, "{case}: {row:?}");
+        assert!(row.p50_ms > 0.0, "{case}: {row:?}");
+        assert!(row.p99_ms >= row.p50_ms, "{case}: {row:?}");
+        assert!(row.rss_kib > 0, "{case}: {row:?}");
+    }
+    // A token case's ratio to the signing ceiling, when its CPU time was
+    // long enough to count (always in a debug build), is a sane fraction.
+    let mut ratios = 0;
+    for case in &expected[..7] {
+        if let Some(ratio) = report.row(case).unwrap().vs_ceiling {
+            assert!(ratio > 0.0 && ratio < 10.0, "{case}: {ratio}");
+            ratios += 1;
+        }
+    }
+    if cfg!(debug_assertions) {
+        assert_eq!(ratios, 7, "every token case measured against the ceiling");
+    }
+    let login = report.row("full federated login ES256").unwrap();
+    // The upstream's share of a login includes an argon2id verification.
+    assert!(login.upstream_cpu_us.unwrap() > 0.0, "{login:?}");
+    assert_eq!(login.requests, Scale::smoke().logins);
+    let idle = report.row("adapter idle").unwrap();
+    assert!(idle.rss_kib > 0);
+    assert_eq!(
+        report
+            .row("300 active sessions: refresh each new one")
+            .unwrap()
+            .requests,
+        200,
+        "the sessions added from 100 to 300 were each refreshed once"
+    );
+}
