@@ -206,7 +206,7 @@ impl AccountsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PasswordsConfig {
-    /// Hashes computed at the same time; default: the number of CPUs.
+    /// Hashes computed at the same time; default: half the CPUs, at least 1.
     pub max_concurrent_hashes: usize,
     /// Further password checks allowed to wait for a turn; beyond them a
     /// check is refused at once (`temporarily_unavailable`), so a login
@@ -222,10 +222,13 @@ pub const MAX_WAITING_HASHES: usize = 100_000;
 impl Default for PasswordsConfig {
     fn default() -> Self {
         PasswordsConfig {
-            max_concurrent_hashes: std::thread::available_parallelism()
+            // Half the cores (at least one): under a login flood the other
+            // half keeps serving tokens, userinfo and JWKS.
+            max_concurrent_hashes: (std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
-                .max(1),
+                / 2)
+            .max(1),
             max_waiting_hashes: 64,
         }
     }
