@@ -72,10 +72,21 @@ pub fn validate_phc(phc: &str) -> Result<(), HashError> {
     Ok(())
 }
 
-/// Runs argon2id on the blocking pool: at most `max_concurrent` at a time,
-/// at most `max_waiting` more queued; the rest are refused with
+/// A computation handed to the hashing threads.
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Runs argon2id on `max_concurrent` threads of its own: at most that many
+/// at a time, at most `max_waiting` more queued; the rest are refused with
 /// [`HashError::Busy`]. Share one per process (`Arc`).
+///
+/// Own threads rather than tokio's blocking pool: each argon2id computation
+/// allocates 19 MiB, and the allocator keeps freed memory per thread, so
+/// hashing on whichever of the blocking pool's (up to 512) threads is free
+/// grows the process by 19 MiB per thread ever used. A fixed set of
+/// threads bounds it by `max_concurrent` × 19 MiB.
 pub struct Hasher {
+    /// The queue of the hashing threads; they end when it is dropped.
+    jobs: std::sync::mpsc::Sender<Job>,
     /// Turns to compute: `max_concurrent` permits.
     workers: Arc<Semaphore>,
     /// Admission: `max_concurrent + max_waiting` permits, taken without
@@ -107,7 +118,28 @@ impl Hasher {
             .checked_add(max_waiting)
             .filter(|t| *t <= Semaphore::MAX_PERMITS)
             .ok_or_else(|| HashError::Internal("too many permits".into()))?;
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..max_concurrent {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2id-{i}"))
+                .spawn(move || loop {
+                    // One thread at a time waits on the queue; the lock is
+                    // released before the job runs.
+                    let job = match queue.lock() {
+                        Ok(q) => q.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                })
+                .map_err(|e| HashError::Internal(format!("hashing thread: {e}")))?;
+        }
         Ok(Hasher {
+            jobs,
             workers: Arc::new(Semaphore::new(max_concurrent)),
             admitted: Arc::new(Semaphore::new(total)),
             dummy: Arc::from(hash_blocking(&crate::secret::random_token())?),
@@ -130,9 +162,9 @@ impl Hasher {
         Ok(known && ok)
     }
 
-    /// Admission without waiting, then a turn, then the blocking pool. The
-    /// permits move into the blocking task, so a caller that goes away
-    /// (a dropped request) does not free a turn while argon2 still runs.
+    /// Admission without waiting, then a turn, then a hashing thread. The
+    /// permits move into the job, so a caller that goes away (a dropped
+    /// request) does not free a turn while argon2 still runs.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
@@ -148,14 +180,19 @@ impl Hasher {
             .acquire_owned()
             .await
             .map_err(|e| HashError::Internal(e.to_string()))?;
-        tokio::task::spawn_blocking(move || {
-            let out = work();
-            drop(turn);
-            drop(admitted);
-            out
-        })
-        .await
-        .map_err(|e| HashError::Internal(e.to_string()))
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let out = work();
+                drop(turn);
+                drop(admitted);
+                // The caller may have gone away; the result is then dropped.
+                let _ = done.send(out);
+            }))
+            .map_err(|_| HashError::Internal("hashing threads stopped".into()))?;
+        result
+            .await
+            .map_err(|_| HashError::Internal("hashing thread failed".into()))
     }
 }
 
