@@ -120,7 +120,11 @@ impl PasskeysConfig {
         };
         // WebAuthn L2 §5.1.2: the RP ID is a valid domain string; browsers
         // answer an IP address with a SecurityError.
-        if rp_id.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok() {
+        if rp_id
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+        {
             return Err(ConfigError::new(
                 "passkeys.rp_id",
                 format!("`{rp_id}` is an IP address; browsers refuse IP addresses as WebAuthn RP IDs: use a domain name (`localhost` on a developer's machine)"),
@@ -144,7 +148,10 @@ impl PasskeysConfig {
             ));
         };
         let url = url::Url::parse(origin).map_err(|e| {
-            ConfigError::new("passkeys.rp_origin", format!("`{origin}` is not a URL: {e}"))
+            ConfigError::new(
+                "passkeys.rp_origin",
+                format!("`{origin}` is not a URL: {e}"),
+            )
         })?;
         let host_ok = match url.host() {
             Some(url::Host::Domain(d)) => d == rp_id || d.ends_with(&format!(".{rp_id}")),

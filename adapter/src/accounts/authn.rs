@@ -283,7 +283,9 @@ pub enum AuthError {
 impl From<PasskeyError> for AuthError {
     fn from(e: PasskeyError) -> Self {
         match e {
-            PasskeyError::Malformed(m) => AuthError::Malformed(format!("malformed passkey credential: {m}")),
+            PasskeyError::Malformed(m) => {
+                AuthError::Malformed(format!("malformed passkey credential: {m}"))
+            }
             PasskeyError::Account(a) => AuthError::Account(a),
             other => AuthError::Passkeys(other.to_string()),
         }
@@ -549,7 +551,13 @@ impl Authenticator {
                         // WebAuthn L2 §7.2: every ceremony check in `webauthn-rs`,
                         // the counter against the credential as stored now.
                         match passkeys
-                            .finish_login(&self.accounts, account, &ch.state, ch.expires_at, &assertion)
+                            .finish_login(
+                                &self.accounts,
+                                account,
+                                &ch.state,
+                                ch.expires_at,
+                                &assertion,
+                            )
                             .await?
                         {
                             LoginVerdict::Accepted(method) => Verdict::AcceptedAs(method),
@@ -560,7 +568,9 @@ impl Authenticator {
                 };
                 if let Some(limits) = &self.limits {
                     let counted = match &verdict {
-                        Verdict::Accepted | Verdict::AcceptedAs(_) => limits.succeeded(scope, username).await,
+                        Verdict::Accepted | Verdict::AcceptedAs(_) => {
+                            limits.succeeded(scope, username).await
+                        }
                         Verdict::Retry(_) | Verdict::Denied(_) => {
                             limits.failed(scope, username).await
                         }

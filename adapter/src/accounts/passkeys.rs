@@ -192,7 +192,12 @@ impl Passkeys {
         username: &str,
     ) -> Result<Vec<PasskeyView>, PasskeyError> {
         let account = Self::account(accounts, username).await?;
-        Ok(account.data.passkeys.iter().map(PasskeyView::from).collect())
+        Ok(account
+            .data
+            .passkeys
+            .iter()
+            .map(PasskeyView::from)
+            .collect())
     }
 
     /// Starts a registration (WebAuthn L2 §7.1): the creation options for
@@ -237,7 +242,9 @@ impl Passkeys {
         let reg: RegisterPublicKeyCredential = serde_json::from_value(credential.clone())
             .map_err(|e| PasskeyError::Malformed(e.to_string()))?;
         let label = label.map(str::trim).filter(|l| !l.is_empty());
-        if label.is_some_and(|l| l.chars().count() > MAX_LABEL_CHARS || l.chars().any(char::is_control)) {
+        if label
+            .is_some_and(|l| l.chars().count() > MAX_LABEL_CHARS || l.chars().any(char::is_control))
+        {
             return Err(PasskeyError::Malformed(format!(
                 "the label must have at most {MAX_LABEL_CHARS} printable characters"
             )));
@@ -302,7 +309,8 @@ impl Passkeys {
             .webauthn
             .start_passkey_authentication(&creds)
             .map_err(|e| PasskeyError::Internal(e.to_string()))?;
-        let state = serde_json::to_string(&state).map_err(|e| PasskeyError::Internal(e.to_string()))?;
+        let state =
+            serde_json::to_string(&state).map_err(|e| PasskeyError::Internal(e.to_string()))?;
         let options =
             serde_json::to_value(options).map_err(|e| PasskeyError::Internal(e.to_string()))?;
         Ok((options, state, self.now() + self.ttl))
@@ -333,7 +341,10 @@ impl Passkeys {
         }
         let state: PasskeyAuthentication =
             serde_json::from_str(state).map_err(|e| PasskeyError::Internal(e.to_string()))?;
-        let result = match self.webauthn.finish_passkey_authentication(assertion, &state) {
+        let result = match self
+            .webauthn
+            .finish_passkey_authentication(assertion, &state)
+        {
             Ok(result) => result,
             // WebAuthn L2 §7.2 step 13: the origin is this RP's exactly.
             Err(WebauthnError::InvalidRPOrigin) => {
@@ -402,7 +413,11 @@ impl Passkeys {
             stored.backup_eligible = result.backup_eligible();
             stored.backup_state = result.backup_state();
             stored.last_used_at = Some(now);
-            let amr = if result.backup_eligible() { "swk" } else { "hwk" };
+            let amr = if result.backup_eligible() {
+                "swk"
+            } else {
+                "hwk"
+            };
             match accounts.save(&current, &data).await {
                 Ok(()) => return Ok(LoginVerdict::Accepted(amr)),
                 Err(AccountError::Conflict) => continue,

@@ -351,39 +351,38 @@ pub struct ApiStep {
 impl ApiStep {
     fn parse(self) -> Result<(Option<String>, Step), ApiError> {
         let missing = |f: &str| ApiError::bad("invalid_request", format!("`{f}` is required"));
-        let step = match self.step.as_str() {
-            "init" | "init2" => Step::Init {
-                username: self.username.ok_or_else(|| missing("username"))?,
-                privileged: self.step == "init2",
-            },
-            "begin" => {
-                let m = self.mech.ok_or_else(|| missing("mech"))?;
-                Step::Begin(Mech::parse(&m).ok_or_else(|| {
-                    ApiError::bad("mech_not_offered", format!("unknown mechanism `{m}`"))
-                })?)
-            }
-            "cred" => match (self.password, self.totp, self.email_code, self.passkey) {
-                (Some(p), None, None, None) => Step::Cred(Credential::Password(p)),
-                (None, Some(t), None, None) => Step::Cred(Credential::Totp(t)),
-                (None, None, Some(c), None) => Step::Cred(Credential::EmailCode(c)),
-                (None, None, None, Some(Value::String(text))) => {
-                    Step::Cred(Credential::Passkey(text))
+        let step =
+            match self.step.as_str() {
+                "init" | "init2" => Step::Init {
+                    username: self.username.ok_or_else(|| missing("username"))?,
+                    privileged: self.step == "init2",
+                },
+                "begin" => {
+                    let m = self.mech.ok_or_else(|| missing("mech"))?;
+                    Step::Begin(Mech::parse(&m).ok_or_else(|| {
+                        ApiError::bad("mech_not_offered", format!("unknown mechanism `{m}`"))
+                    })?)
                 }
-                (None, None, None, Some(v)) => Step::Cred(Credential::Passkey(v.to_string())),
-                _ => {
-                    return Err(ApiError::bad(
+                "cred" => match (self.password, self.totp, self.email_code, self.passkey) {
+                    (Some(p), None, None, None) => Step::Cred(Credential::Password(p)),
+                    (None, Some(t), None, None) => Step::Cred(Credential::Totp(t)),
+                    (None, None, Some(c), None) => Step::Cred(Credential::EmailCode(c)),
+                    (None, None, None, Some(Value::String(text))) => {
+                        Step::Cred(Credential::Passkey(text))
+                    }
+                    (None, None, None, Some(v)) => Step::Cred(Credential::Passkey(v.to_string())),
+                    _ => return Err(ApiError::bad(
                         "invalid_request",
                         "`cred` carries exactly one of `password`, `totp`, `email_code`, `passkey`",
+                    )),
+                },
+                other => {
+                    return Err(ApiError::bad(
+                        "invalid_request",
+                        format!("unknown step `{other}`"),
                     ))
                 }
-            },
-            other => {
-                return Err(ApiError::bad(
-                    "invalid_request",
-                    format!("unknown step `{other}`"),
-                ))
-            }
-        };
+            };
         Ok((self.session_id, step))
     }
 }

@@ -100,8 +100,7 @@ fn resolve(
     session: &AccountSession,
 ) -> Result<(Arc<Authenticator>, Arc<Passkeys>, String), PasskeyApiError> {
     let off = || PasskeyApiError::new(StatusCode::NOT_FOUND, "not_found", "passkeys are off");
-    let Some(ConnectorKind::Local(authn)) =
-        st.flows.connector(LOCAL_CONNECTOR_ID).map(|c| &c.kind)
+    let Some(ConnectorKind::Local(authn)) = st.flows.connector(LOCAL_CONNECTOR_ID).map(|c| &c.kind)
     else {
         return Err(off());
     };
