@@ -464,3 +464,36 @@ async fn malformed_credentials_are_400_and_change_nothing() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["state"], "success", "{v}");
 }
+
+/// WebAuthn L2 §7.2 step 15: an assertion signed for another RP ID is
+/// refused, even from the right origin. The RP is `localhost` at
+/// `https://login.localhost`; the authenticator is asked for
+/// `login.localhost` (a valid RP ID for that origin, not this RP's).
+#[tokio::test]
+async fn an_assertion_for_another_rp_id_is_refused() {
+    const SUB: &str = "https://login.localhost";
+    let app = spawn_app_with(|c| {
+        passkeys_on(c);
+        c.passkeys.rp_origin = Some(SUB.into());
+    })
+    .await;
+    let csrf = signed_in(&app).await;
+    let mut auth = authenticator();
+    let options = begin_registration(&app, &csrf).await;
+    let credential = create(&mut auth, SUB, &options);
+    let (s, v) = post_json(
+        &app,
+        "/webauthn/register/finish",
+        &csrf,
+        json!({"credential": credential}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let b = fresh(&app);
+    let (id, mut options) = begin_login(&b).await;
+    options["publicKey"]["rpId"] = json!("login.localhost");
+    let (s, v) = cred(&b, &id, get(&mut auth, SUB, &options)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "denied");
+    assert_eq!(v["reason"], "the passkey answered for another RP ID");
+}
