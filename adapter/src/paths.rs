@@ -77,6 +77,8 @@ pub const WEBAUTHN_REGISTER_BEGIN: &str = "/webauthn/register/begin";
 pub const WEBAUTHN_REGISTER_FINISH: &str = "/webauthn/register/finish";
 /// Passkeys: the signed-in user's passkeys (JSON).
 pub const WEBAUTHN_PASSKEYS: &str = "/webauthn/passkeys";
+/// Passkeys: remove one of the signed-in user's passkeys, by its id.
+pub const WEBAUTHN_PASSKEY_DELETE: &str = "/webauthn/passkeys/{id}/delete";
 
 /// Path that ends the session with `handle`.
 pub fn device_revoke(handle: &str) -> String {

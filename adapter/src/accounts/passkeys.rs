@@ -452,3 +452,36 @@ impl Passkeys {
         Err(PasskeyError::Account(AccountError::Conflict))
     }
 }
+
+/// What the owner and the administrator do to stored passkeys.
+impl Accounts {
+    /// Removes the passkey `id` of `username`; false when there is none.
+    pub async fn remove_passkey(&self, username: &str, id: &str) -> Result<bool, AccountError> {
+        let account = self.get(username).await?;
+        let mut data = account.data.clone();
+        let before = data.passkeys.len();
+        data.passkeys.retain(|p| p.id != id);
+        if data.passkeys.len() == before {
+            return Ok(false);
+        }
+        self.save(&account, &data).await?;
+        tracing::info!(user = %username, passkey = %id, "passkey removed");
+        Ok(true)
+    }
+
+    /// Clears the "possibly cloned" mark of the passkey `id` of
+    /// `username` (an administrator checked the authenticator); false when
+    /// there is no such passkey. The next assertion must have a counter
+    /// above the one stored.
+    pub async fn clear_passkey_mark(&self, username: &str, id: &str) -> Result<bool, AccountError> {
+        let account = self.get(username).await?;
+        let mut data = account.data.clone();
+        let Some(stored) = data.passkeys.iter_mut().find(|p| p.id == id) else {
+            return Ok(false);
+        };
+        stored.possibly_cloned = false;
+        self.save(&account, &data).await?;
+        tracing::info!(user = %username, passkey = %id, "passkey clone mark cleared");
+        Ok(true)
+    }
+}

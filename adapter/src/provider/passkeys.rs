@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,6 +29,7 @@ pub fn routes() -> Router<AppState> {
         .route(paths::WEBAUTHN_REGISTER_BEGIN, post(register_begin))
         .route(paths::WEBAUTHN_REGISTER_FINISH, post(register_finish))
         .route(paths::WEBAUTHN_PASSKEYS, get(list))
+        .route(paths::WEBAUTHN_PASSKEY_DELETE, post(remove))
 }
 
 /// A refused passkey request: `{"error", "error_description"}`.
@@ -161,4 +162,27 @@ async fn list(
     let (authn, passkeys, username) = resolve(&st, &session)?;
     let list = passkeys.list(authn.accounts(), &username).await?;
     Ok((web::no_store(), Json(json!({ "passkeys": list }))).into_response())
+}
+
+/// `POST /webauthn/passkeys/{id}/delete`: removes one of the user's
+/// passkeys (204), or 404 when the user has none with that id.
+async fn remove(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    session: AccountSession,
+) -> Result<Response, PasskeyApiError> {
+    let (authn, _, username) = resolve(&st, &session)?;
+    let removed = authn
+        .accounts()
+        .remove_passkey(&username, &id)
+        .await
+        .map_err(PasskeyError::from)?;
+    if !removed {
+        return Err(PasskeyApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "you have no passkey with this id",
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

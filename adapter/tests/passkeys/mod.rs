@@ -169,7 +169,7 @@ fn fresh(app: &TestApp) -> TestApp {
 
 /// Registration, username-first login, single use of a challenge, and the
 /// counter of a cloned authenticator: the scenario both stores run.
-async fn passkey_lifecycle(app: &TestApp) {
+async fn passkey_lifecycle(app: &TestApp) -> SoftPasskey {
     let csrf = signed_in(app).await;
     let mut auth = authenticator();
     let view = register(app, &csrf, &mut auth, "Laptop").await;
@@ -254,12 +254,84 @@ async fn passkey_lifecycle(app: &TestApp) {
         v["reason"],
         "this passkey may have been cloned (its signature counter went back); it is blocked"
     );
+    auth
+}
+
+/// Runs `adapter users <args>` on the database of `app`.
+fn users_cli(app: &TestApp, args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("adapter.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[database]\nurl = \"{}\"\n[passkeys]\nrp_id = \"localhost\"\nrp_origin = \"{ORIGIN}\"\n",
+            app.db_url
+        ),
+    )
+    .unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_adapter"))
+        .env_clear()
+        .arg("--config")
+        .arg(&path)
+        .arg("users")
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[tokio::test]
 async fn passkey_lifecycle_on_sqlite() {
     let app = passkey_app().await;
-    passkey_lifecycle(&app).await;
+    let mut auth = passkey_lifecycle(&app).await;
+
+    // The administrator sees the mark and clears it; the passkey works again.
+    let out = users_cli(&app, &["passkeys", "alice"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = String::from_utf8(out.stdout).unwrap();
+    let id = listing.split('\t').next().unwrap().to_string();
+    assert_eq!(
+        listing.trim_end(),
+        format!("{id}\tLaptop\t3\tdevice-bound\tpossibly-cloned")
+    );
+    let out = users_cli(&app, &["clear-passkey-mark", "alice", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = users_cli(&app, &["clear-passkey-mark", "alice", "nope"]);
+    assert!(!out.status.success());
+    let b = fresh(&app);
+    let (sid, options) = begin_login(&b).await;
+    let (_, v) = cred(&b, &sid, get(&mut auth, ORIGIN, &options)).await;
+    assert_eq!(v["state"], "success", "{v}");
+    let listed = passkey_list(&b).await;
+    assert_eq!(listed[0]["possibly_cloned"], false);
+    assert_eq!(listed[0]["counter"], 5);
+
+    // The owner removes it: it is gone, and so is the mechanism.
+    let csrf = signed_in(&b).await;
+    let delete = format!("/webauthn/passkeys/{id}/delete");
+    let r = b
+        .browser
+        .post(format!("{}{delete}", b.base))
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let (s, v) = post_json(&b, &delete, &csrf, json!({})).await;
+    assert_eq!(
+        (s, v["error"].clone()),
+        (StatusCode::NOT_FOUND, json!("not_found"))
+    );
+    assert!(passkey_list(&b).await.is_empty());
+    let (_, v) = step(&b, json!({"step": "init", "username": "alice"})).await;
+    assert_eq!(v["mechs"], json!(["password"]));
 }
 
 #[tokio::test]
