@@ -72,6 +72,13 @@ pub enum UsersAction {
     /// Set how one user logs in: `password`, `password_totp`,
     /// `email_code`, or `default` (the deployment's `accounts.policy`).
     SetPolicy { username: String, policy: String },
+    /// Print the passkeys of an account: id, label, counter, flags.
+    Passkeys { username: String },
+    /// Unblock a passkey marked as possibly cloned (after checking the
+    /// authenticator with its owner).
+    ClearPasskeyMark { username: String, id: String },
+    /// Remove a passkey of an account.
+    RemovePasskey { username: String, id: String },
 }
 
 /// One line of standard input, without its line ending.
@@ -155,6 +162,42 @@ async fn users(config: &Config, action: UsersAction) -> anyhow::Result<()> {
             };
             accounts.set_policy(&username, parsed).await?;
             println!("policy of {username}: {policy}");
+        }
+        UsersAction::Passkeys { username } => {
+            let account = accounts
+                .find(&username)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no such account: {username}"))?;
+            for p in &account.data.passkeys {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    p.id,
+                    p.label,
+                    p.counter,
+                    if p.backup_eligible {
+                        "synced"
+                    } else {
+                        "device-bound"
+                    },
+                    if p.possibly_cloned {
+                        "possibly-cloned"
+                    } else {
+                        "ok"
+                    },
+                );
+            }
+        }
+        UsersAction::ClearPasskeyMark { username, id } => {
+            if !accounts.clear_passkey_mark(&username, &id).await? {
+                anyhow::bail!("{username} has no passkey {id}");
+            }
+            println!("passkey {id} of {username} unblocked");
+        }
+        UsersAction::RemovePasskey { username, id } => {
+            if !accounts.remove_passkey(&username, &id).await? {
+                anyhow::bail!("{username} has no passkey {id}");
+            }
+            println!("passkey {id} of {username} removed");
         }
         UsersAction::ResetPassword { username } => {
             accounts

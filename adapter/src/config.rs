@@ -70,6 +70,107 @@ pub struct Config {
     /// Per-IP quotas of the attempt endpoints (the per-account throttle
     /// follows a fixed policy, see [`crate::ratelimit`]).
     pub rate_limits: RateLimitsConfig,
+    /// Passkeys (WebAuthn) of local accounts; off unless `rp_id` is set.
+    pub passkeys: PasskeysConfig,
+}
+
+/// `[passkeys]`: the WebAuthn Relying Party of the local accounts. Off
+/// unless `rp_id` is set; then `rp_origin` is required.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasskeysConfig {
+    /// The RP ID (WebAuthn L2 §5.1.2): a domain name such as `example.org`
+    /// or `localhost`, never an IP address (browsers refuse those).
+    pub rp_id: Option<String>,
+    /// The exact origin the browser shows, e.g. `https://login.example.org`
+    /// (its host is the RP ID or one of its subdomains).
+    pub rp_origin: Option<String>,
+    /// The name authenticators show; default: the UI title.
+    pub rp_name: Option<String>,
+    /// Lifetime of a registration or login challenge, seconds.
+    pub challenge_ttl_seconds: i64,
+}
+
+impl Default for PasskeysConfig {
+    fn default() -> Self {
+        PasskeysConfig {
+            rp_id: None,
+            rp_origin: None,
+            rp_name: None,
+            challenge_ttl_seconds: 300,
+        }
+    }
+}
+
+impl PasskeysConfig {
+    /// True when passkeys are configured.
+    pub fn enabled(&self) -> bool {
+        self.rp_id.is_some()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let Some(rp_id) = &self.rp_id else {
+            if self.rp_origin.is_some() {
+                return Err(ConfigError::new(
+                    "passkeys.rp_id",
+                    "is required when passkeys.rp_origin is set",
+                ));
+            }
+            return Ok(());
+        };
+        // WebAuthn L2 §5.1.2: the RP ID is a valid domain string; browsers
+        // answer an IP address with a SecurityError.
+        if rp_id
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+        {
+            return Err(ConfigError::new(
+                "passkeys.rp_id",
+                format!("`{rp_id}` is an IP address; browsers refuse IP addresses as WebAuthn RP IDs: use a domain name (`localhost` on a developer's machine)"),
+            ));
+        }
+        if rp_id.is_empty()
+            || rp_id != &rp_id.to_ascii_lowercase()
+            || !rp_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            return Err(ConfigError::new(
+                "passkeys.rp_id",
+                "must be a lower-case domain name such as `example.org` or `localhost`",
+            ));
+        }
+        let Some(origin) = &self.rp_origin else {
+            return Err(ConfigError::new(
+                "passkeys.rp_origin",
+                "is required when passkeys.rp_id is set, e.g. `https://login.example.org`",
+            ));
+        };
+        let url = url::Url::parse(origin).map_err(|e| {
+            ConfigError::new(
+                "passkeys.rp_origin",
+                format!("`{origin}` is not a URL: {e}"),
+            )
+        })?;
+        let host_ok = match url.host() {
+            Some(url::Host::Domain(d)) => d == rp_id || d.ends_with(&format!(".{rp_id}")),
+            _ => false,
+        };
+        if !matches!(url.scheme(), "https" | "http") || !host_ok || url.path() != "/" {
+            return Err(ConfigError::new(
+                "passkeys.rp_origin",
+                format!("`{origin}` must be an http(s) origin whose host is `{rp_id}` or one of its subdomains"),
+            ));
+        }
+        if !(30..=3600).contains(&self.challenge_ttl_seconds) {
+            return Err(ConfigError::new(
+                "passkeys.challenge_ttl_seconds",
+                "must be from 30 to 3600",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// How local accounts log in, for a deployment or one user.
@@ -929,6 +1030,7 @@ impl Config {
         self.validate_email_login()?;
         self.validate_passwords()?;
         self.validate_rate_limits()?;
+        self.passkeys.validate()?;
         Ok(())
     }
 
@@ -1940,5 +2042,43 @@ mod tests {
             serde_json::to_string(&c.redacted()).unwrap()
         );
         assert!(!printed.contains("smtp-password-value"), "{printed}");
+    }
+
+    #[test]
+    fn passkeys_refuse_an_ip_rp_id_and_a_foreign_origin() {
+        let mut c = Config::default();
+        c.validate().unwrap();
+        assert!(!c.passkeys.enabled());
+        let err = |c: &Config| c.validate().unwrap_err().to_string();
+        c.passkeys.rp_id = Some("127.0.0.1".into());
+        c.passkeys.rp_origin = Some("http://127.0.0.1:9001".into());
+        let e = err(&c);
+        assert!(
+            e.starts_with("passkeys.rp_id: `127.0.0.1` is an IP address; browsers refuse"),
+            "{e}"
+        );
+        c.passkeys.rp_id = Some("::1".into());
+        assert!(err(&c).starts_with("passkeys.rp_id: `::1` is an IP address"));
+        c.passkeys.rp_id = Some("localhost".into());
+        c.passkeys.rp_origin = None;
+        assert!(err(&c).starts_with("passkeys.rp_origin: is required"));
+        c.passkeys.rp_origin = Some("http://127.0.0.1:9001".into());
+        assert!(err(&c).starts_with(
+            "passkeys.rp_origin: `http://127.0.0.1:9001` must be an http(s) origin whose host is `localhost`"
+        ));
+        c.passkeys.rp_id = Some("example.org".into());
+        c.passkeys.rp_origin = Some("https://badexample.org".into());
+        assert!(err(&c).starts_with("passkeys.rp_origin: `https://badexample.org` must be"));
+        c.passkeys.rp_origin = Some("https://login.example.org".into());
+        c.validate().unwrap();
+        c.passkeys.rp_id = Some("localhost".into());
+        c.passkeys.rp_origin = Some("http://localhost:9001".into());
+        c.validate().unwrap();
+        assert!(c.passkeys.enabled());
+        c.passkeys.challenge_ttl_seconds = 5;
+        assert!(err(&c).starts_with("passkeys.challenge_ttl_seconds: must be from 30 to 3600"));
+        c.passkeys.challenge_ttl_seconds = 300;
+        c.passkeys.rp_id = None;
+        assert!(err(&c).starts_with("passkeys.rp_id: is required when passkeys.rp_origin"));
     }
 }

@@ -71,6 +71,15 @@ pub const ACCOUNT_DEVICE_REVOKE: &str = "/account/devices/{handle}/revoke";
 /// endpoint [`END_SESSION`]).
 pub const LOGOUT: &str = "/logout";
 
+/// Passkeys: start a registration (creation options), signed in.
+pub const WEBAUTHN_REGISTER_BEGIN: &str = "/webauthn/register/begin";
+/// Passkeys: finish a registration with the authenticator's answer.
+pub const WEBAUTHN_REGISTER_FINISH: &str = "/webauthn/register/finish";
+/// Passkeys: the signed-in user's passkeys (JSON).
+pub const WEBAUTHN_PASSKEYS: &str = "/webauthn/passkeys";
+/// Passkeys: remove one of the signed-in user's passkeys, by its id.
+pub const WEBAUTHN_PASSKEY_DELETE: &str = "/webauthn/passkeys/{id}/delete";
+
 /// Path that ends the session with `handle`.
 pub fn device_revoke(handle: &str) -> String {
     ACCOUNT_DEVICE_REVOKE.replace("{handle}", handle)

@@ -434,11 +434,20 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
                 "local users from the configuration added to the store"
             );
         }
+        let passkeys = crate::accounts::passkeys::Passkeys::from_config(
+            &config.passkeys,
+            &config.ui.title,
+            clock.clone(),
+        )
+        .map_err(anyhow::Error::msg)?
+        .map(Arc::new);
         connectors.push(Connector {
             id: LOCAL_CONNECTOR_ID.into(),
             name: "Username and password".into(),
             kind: ConnectorKind::Local(Arc::new(
-                Authenticator::new(accounts, codes).with_rate_limits(rate_limits.clone()),
+                Authenticator::new(accounts, codes)
+                    .with_rate_limits(rate_limits.clone())
+                    .with_passkeys(passkeys),
             )),
         });
     }
@@ -616,6 +625,7 @@ pub fn app(state: AppState) -> Router {
             get(local_auth::verify_otp_page).post(local_auth::verify_otp),
         )
         .merge(crate::provider::account::routes())
+        .merge(crate::provider::passkeys::routes())
         .route(paths::HEALTH_LIVE, get(|| async { "ok" }))
         .route(paths::HEALTH_READY, get(ready))
         .route(paths::STYLE, get(web::style))

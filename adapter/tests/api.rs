@@ -26,6 +26,7 @@ mod mail;
 mod metrics;
 mod ops;
 mod outage;
+mod passkeys;
 mod races;
 mod ratelimit;
 mod support;

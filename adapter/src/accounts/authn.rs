@@ -15,6 +15,12 @@
 //! mechanisms, a dummy password verification, the same denial), so the
 //! flow does not reveal which accounts exist.
 //!
+//! A passkey (WebAuthn L2) is one more mechanism: `begin` passkey answers
+//! `continue` with the request options (a fresh challenge, the account's
+//! `allowCredentials`); the challenge is kept in the state, so the one
+//! `cred` that answers it ends the authentication either way (single use),
+//! and it expires after `passkeys.challenge_ttl_seconds`.
+//!
 //! ```text
 //!  (none) ──Init/Init2──► Choosing ──Begin(mech)──► InProgress{needed}
 //!                                                     │ Cred ok, more needed ─► InProgress
@@ -28,6 +34,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::passkeys::{LoginVerdict, PasskeyError, Passkeys};
 use super::{Account, AccountError, Accounts};
 use crate::config::LoginPolicy;
 use crate::connector::Identity;
@@ -42,6 +49,8 @@ pub enum Mech {
     PasswordMfa,
     /// A one-time code sent by e-mail.
     EmailCode,
+    /// A passkey (WebAuthn L2), username-first.
+    Passkey,
 }
 
 impl Mech {
@@ -50,6 +59,7 @@ impl Mech {
             Mech::Password => "password",
             Mech::PasswordMfa => "password_mfa",
             Mech::EmailCode => "email_code",
+            Mech::Passkey => "passkey",
         }
     }
 
@@ -58,6 +68,7 @@ impl Mech {
             "password" => Some(Mech::Password),
             "password_mfa" => Some(Mech::PasswordMfa),
             "email_code" => Some(Mech::EmailCode),
+            "passkey" => Some(Mech::Passkey),
             _ => None,
         }
     }
@@ -68,6 +79,7 @@ impl Mech {
             Mech::Password => vec![CredKind::Password],
             Mech::PasswordMfa => vec![CredKind::Password, CredKind::Totp],
             Mech::EmailCode => vec![CredKind::EmailCode],
+            Mech::Passkey => vec![CredKind::Passkey],
         }
     }
 }
@@ -80,6 +92,8 @@ pub enum CredKind {
     /// A TOTP code, or one of the recovery codes in its place.
     Totp,
     EmailCode,
+    /// A WebAuthn assertion.
+    Passkey,
 }
 
 impl CredKind {
@@ -88,6 +102,7 @@ impl CredKind {
             CredKind::Password => "password",
             CredKind::Totp => "totp",
             CredKind::EmailCode => "email_code",
+            CredKind::Passkey => "passkey",
         }
     }
 
@@ -96,6 +111,8 @@ impl CredKind {
         match self {
             CredKind::Password => "pwd",
             CredKind::Totp | CredKind::EmailCode => "otp",
+            // Refined to `swk` for a backup-eligible passkey (see `passkeys`).
+            CredKind::Passkey => "hwk",
         }
     }
 }
@@ -106,6 +123,8 @@ pub enum Credential {
     Password(String),
     Totp(String),
     EmailCode(String),
+    /// A `PublicKeyCredential` (assertion) as JSON text.
+    Passkey(String),
 }
 
 impl std::fmt::Debug for Credential {
@@ -121,6 +140,7 @@ impl Credential {
             Credential::Password(_) => CredKind::Password,
             Credential::Totp(_) => CredKind::Totp,
             Credential::EmailCode(_) => CredKind::EmailCode,
+            Credential::Passkey(_) => CredKind::Passkey,
         }
     }
 }
@@ -153,6 +173,18 @@ impl Step {
     }
 }
 
+/// The challenge of a passkey login, kept server-side in the state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasskeyChallenge {
+    /// The `webauthn-rs` authentication state (challenge, allowed
+    /// credentials), JSON.
+    pub state: String,
+    /// The request options sent with `continue` (sent again on a reload).
+    pub options: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
 /// Where an authentication stands (persisted between steps).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -173,6 +205,9 @@ pub enum AuthState {
         needed: Vec<CredKind>,
         /// Given and accepted.
         done: Vec<CredKind>,
+        /// The challenge of a passkey login under way.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        challenge: Option<PasskeyChallenge>,
     },
     Success {
         account_id: String,
@@ -208,6 +243,9 @@ pub enum Reply {
     Continue {
         allowed: Vec<CredKind>,
         retry: Option<String>,
+        /// The WebAuthn request options of a passkey login
+        /// (`{"publicKey": {...}}` for `navigator.credentials.get()`).
+        options: Option<serde_json::Value>,
     },
     /// `success`: the user is authenticated.
     Success {
@@ -235,6 +273,23 @@ pub enum AuthError {
     Account(#[from] AccountError),
     #[error("e-mail codes: {0}")]
     Codes(String),
+    /// A credential that cannot be read (malformed JSON, bad base64url).
+    #[error("{0}")]
+    Malformed(String),
+    #[error("passkeys: {0}")]
+    Passkeys(String),
+}
+
+impl From<PasskeyError> for AuthError {
+    fn from(e: PasskeyError) -> Self {
+        match e {
+            PasskeyError::Malformed(m) => {
+                AuthError::Malformed(format!("malformed passkey credential: {m}"))
+            }
+            PasskeyError::Account(a) => AuthError::Account(a),
+            other => AuthError::Passkeys(other.to_string()),
+        }
+    }
 }
 
 impl AuthError {
@@ -247,7 +302,8 @@ impl AuthError {
             AuthError::Finished => "finished",
             AuthError::Throttled { .. } => "rate_limited",
             AuthError::Account(AccountError::Hash(_)) => "temporarily_unavailable",
-            AuthError::Account(_) | AuthError::Codes(_) => "server_error",
+            AuthError::Malformed(_) => "invalid_request",
+            AuthError::Account(_) | AuthError::Codes(_) | AuthError::Passkeys(_) => "server_error",
         }
     }
 }
@@ -294,6 +350,8 @@ pub struct Authenticator {
     /// The per-account throttle of credential checks (shared through the
     /// store, so it holds across replicas).
     limits: Option<Arc<RateLimits>>,
+    /// The WebAuthn Relying Party, when passkeys are configured.
+    passkeys: Option<Arc<Passkeys>>,
 }
 
 impl Authenticator {
@@ -302,7 +360,19 @@ impl Authenticator {
             accounts,
             codes,
             limits: None,
+            passkeys: None,
         }
+    }
+
+    /// Offers passkeys (to accounts that have one).
+    pub fn with_passkeys(mut self, passkeys: Option<Arc<Passkeys>>) -> Self {
+        self.passkeys = passkeys;
+        self
+    }
+
+    /// The WebAuthn Relying Party, when passkeys are configured.
+    pub fn passkeys(&self) -> Option<&Arc<Passkeys>> {
+        self.passkeys.as_ref()
     }
 
     /// Throttles credential checks per account (OWASP ASVS 5.0 V6.3.1).
@@ -341,6 +411,14 @@ impl Authenticator {
             && !mechs.contains(&Mech::EmailCode)
         {
             mechs.push(Mech::EmailCode);
+        }
+        // A passkey is offered to the accounts that have one, under every
+        // policy: it is a phishing-resistant credential with user
+        // verification. (Its offer tells whoever knows the username that
+        // the account has a passkey; a passkey is useless without the
+        // authenticator.)
+        if self.passkeys.is_some() && account.is_some_and(|a| !a.data.passkeys.is_empty()) {
+            mechs.push(Mech::Passkey);
         }
         mechs
     }
@@ -387,6 +465,23 @@ impl Authenticator {
                 if mech == Mech::EmailCode {
                     self.send_code(username, account_id.as_deref()).await?;
                 }
+                let (challenge, options) = if mech == Mech::Passkey {
+                    let (Some(passkeys), Some(account)) = (
+                        &self.passkeys,
+                        self.current(username, account_id.as_deref()).await?,
+                    ) else {
+                        return Err(AuthError::MechNotOffered);
+                    };
+                    let (options, state, expires_at) = passkeys.begin_login(&account)?;
+                    let challenge = PasskeyChallenge {
+                        state,
+                        options: options.to_string(),
+                        expires_at,
+                    };
+                    (Some(challenge), Some(options))
+                } else {
+                    (None, None)
+                };
                 let needed = mech.needs();
                 let next = AuthState::InProgress {
                     username: username.clone(),
@@ -395,6 +490,7 @@ impl Authenticator {
                     mech,
                     needed,
                     done: Vec::new(),
+                    challenge,
                 };
                 let allowed = next.allowed();
                 Ok((
@@ -402,6 +498,7 @@ impl Authenticator {
                     Reply::Continue {
                         allowed,
                         retry: None,
+                        options,
                     },
                 ))
             }
@@ -413,6 +510,7 @@ impl Authenticator {
                         privileged,
                         needed,
                         done,
+                        challenge,
                         ..
                     },
                 ),
@@ -426,11 +524,17 @@ impl Authenticator {
                         given: cred.kind().as_str(),
                     });
                 }
+                // Malformed input is refused before anything is looked at,
+                // and leaves the state (and its challenge) as it was.
+                let assertion = match &cred {
+                    Credential::Passkey(json) => Some(Passkeys::parse_assertion(json)?),
+                    _ => None,
+                };
                 let account = self.current(username, account_id.as_deref()).await?;
                 // The throttle is keyed by the name typed, known or not, so
                 // it says nothing about which accounts exist.
                 let scope = match next_kind {
-                    CredKind::Password => Scope::Login,
+                    CredKind::Password | CredKind::Passkey => Scope::Login,
                     CredKind::Totp => Scope::VerifyTotp,
                     CredKind::EmailCode => Scope::VerifyCode,
                 };
@@ -441,10 +545,32 @@ impl Authenticator {
                         }
                     })?;
                 }
-                let verdict = self.verify(account.as_ref(), &cred).await?;
+                let verdict = match (assertion, &self.passkeys, challenge, account.as_ref()) {
+                    (None, ..) => self.verify(account.as_ref(), &cred).await?,
+                    (Some(assertion), Some(passkeys), Some(ch), Some(account)) => {
+                        // WebAuthn L2 §7.2: every ceremony check in `webauthn-rs`,
+                        // the counter against the credential as stored now.
+                        match passkeys
+                            .finish_login(
+                                &self.accounts,
+                                account,
+                                &ch.state,
+                                ch.expires_at,
+                                &assertion,
+                            )
+                            .await?
+                        {
+                            LoginVerdict::Accepted(method) => Verdict::AcceptedAs(method),
+                            LoginVerdict::Refused(reason) => Verdict::Denied(reason),
+                        }
+                    }
+                    (Some(_), ..) => Verdict::Denied("the passkey was not accepted"),
+                };
                 if let Some(limits) = &self.limits {
                     let counted = match &verdict {
-                        Verdict::Accepted => limits.succeeded(scope, username).await,
+                        Verdict::Accepted | Verdict::AcceptedAs(_) => {
+                            limits.succeeded(scope, username).await
+                        }
                         Verdict::Retry(_) | Verdict::Denied(_) => {
                             limits.failed(scope, username).await
                         }
@@ -454,12 +580,20 @@ impl Authenticator {
                         tracing::warn!(error = %e, "login throttle not updated");
                     }
                 }
+                let method = match &verdict {
+                    Verdict::AcceptedAs(m) => Some(*m),
+                    _ => None,
+                };
                 match verdict {
-                    Verdict::Accepted => {
+                    Verdict::Accepted | Verdict::AcceptedAs(_) => {
                         let mut state = cur.clone();
                         if let AuthState::InProgress { needed, done, .. } = &mut state {
                             needed.remove(0);
                             done.push(next_kind);
+                        }
+                        if let AuthState::InProgress { challenge, .. } = &mut state {
+                            // Used: it never answers a second assertion.
+                            *challenge = None;
                         }
                         let (AuthState::InProgress { needed, .. }, Some(account)) =
                             (&state, account)
@@ -474,12 +608,20 @@ impl Authenticator {
                                 Reply::Continue {
                                     allowed,
                                     retry: None,
+                                    options: None,
                                 },
                             ));
                         }
                         let mut all = done.clone();
                         all.push(next_kind);
-                        let amr = amr_of(&all);
+                        let mut amr = amr_of(&all);
+                        if let Some(method) = method {
+                            for m in &mut amr {
+                                if m == CredKind::Passkey.amr() {
+                                    *m = method.to_string();
+                                }
+                            }
+                        }
                         Ok((
                             AuthState::Success {
                                 account_id: account.id().to_string(),
@@ -499,6 +641,7 @@ impl Authenticator {
                             Reply::Continue {
                                 allowed,
                                 retry: Some(message),
+                                options: None,
                             },
                         ))
                     }
@@ -582,6 +725,8 @@ impl Authenticator {
                     Ok(Verdict::Retry("the code is not valid".into()))
                 }
             }
+            // Checked in `advance`, with the challenge of the state.
+            Credential::Passkey(_) => Ok(Verdict::Denied("the passkey was not accepted")),
             Credential::EmailCode(code) => {
                 let (Some(codes), Some(account)) = (&self.codes, account) else {
                     return Ok(Verdict::Denied(DENIED));
@@ -618,6 +763,8 @@ impl Authenticator {
 
 enum Verdict {
     Accepted,
+    /// Accepted, with this RFC 8176 method in place of the kind's own.
+    AcceptedAs(&'static str),
     Retry(String),
     Denied(&'static str),
 }

@@ -10,6 +10,7 @@
 //! two replicas cannot both accept one TOTP step or one recovery code.
 
 pub mod authn;
+pub mod passkeys;
 pub mod pending;
 
 use std::sync::Arc;
@@ -68,6 +69,15 @@ pub struct AccountData {
     /// Hashes of the unused recovery codes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recovery_codes: Vec<String>,
+    /// The WebAuthn user handle of this account (made at its first passkey).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passkey_user_id: Option<webauthn_rs::prelude::Uuid>,
+    /// Registered passkeys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passkeys: Vec<passkeys::StoredPasskey>,
+    /// A passkey registration started and not yet finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passkey_registration: Option<passkeys::PendingRegistration>,
 }
 
 impl std::fmt::Debug for AccountData {
@@ -77,6 +87,7 @@ impl std::fmt::Debug for AccountData {
             .field("disabled", &self.disabled)
             .field("policy", &self.policy)
             .field("totp", &self.totp.is_some())
+            .field("passkeys", &self.passkeys.len())
             .finish_non_exhaustive()
     }
 }

@@ -52,6 +52,9 @@ pub fn session_csrf_token(session_cookie: &str) -> String {
 /// The longest form body read for its `csrf_token` field.
 const FORM_LIMIT: usize = 16 * 1024;
 
+/// The longest other body (JSON, e.g. a WebAuthn credential) of an unsafe request.
+const BODY_LIMIT: usize = 64 * 1024;
+
 /// Why an account request is refused.
 #[derive(Debug)]
 pub enum AccountErrorKind {
@@ -149,6 +152,8 @@ pub struct AccountSession {
     pub json: bool,
     /// The fields of a form-encoded body of an unsafe request.
     pub form: Vec<(String, String)>,
+    /// Any other body of an unsafe request (JSON), as sent.
+    pub body: axum::body::Bytes,
 }
 
 impl AccountSession {
@@ -163,7 +168,8 @@ impl AccountSession {
             .unwrap_or_else(|| self.session.identity.subject.clone())
     }
 
-    fn error(&self, kind: AccountErrorKind) -> AccountError {
+    /// An error answered in the caller's format.
+    pub fn error(&self, kind: AccountErrorKind) -> AccountError {
         AccountError {
             kind,
             json: self.json,
@@ -191,6 +197,7 @@ impl FromRequest<AppState> for AccountSession {
             .ok_or_else(|| fail(AccountErrorKind::LoginRequired))?;
         let csrf_token = session_csrf_token(&cookie);
         let mut form = Vec::new();
+        let mut raw = axum::body::Bytes::new();
         if !parts.method.is_safe() {
             if cross_site(st, &parts.headers) {
                 return Err(fail(AccountErrorKind::CsrfFailed));
@@ -205,6 +212,10 @@ impl FromRequest<AppState> for AccountSession {
                     .await
                     .map_err(|_| fail(AccountErrorKind::BadRequest))?;
                 form = form_pairs(&bytes);
+            } else {
+                raw = axum::body::to_bytes(body, BODY_LIMIT)
+                    .await
+                    .map_err(|_| fail(AccountErrorKind::BadRequest))?;
             }
             let sent = match parts.headers.get(CSRF_HEADER) {
                 Some(v) => v.to_str().ok(),
@@ -224,6 +235,7 @@ impl FromRequest<AppState> for AccountSession {
             csrf_token,
             json,
             form,
+            body: raw,
         })
     }
 }

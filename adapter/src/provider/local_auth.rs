@@ -124,7 +124,7 @@ impl From<AuthError> for ApiError {
                 e.code(),
                 "too many logins in progress; retry shortly",
             ),
-            AuthError::Account(_) | AuthError::Codes(_) => {
+            AuthError::Account(_) | AuthError::Codes(_) | AuthError::Passkeys(_) => {
                 tracing::error!(error = %e, "local authentication failed");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -304,13 +304,21 @@ fn reply_json(reply: &Reply) -> Value {
             "state": "choose",
             "mechs": mechs.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
         }),
-        Reply::Continue { allowed, retry } => {
+        Reply::Continue {
+            allowed,
+            retry,
+            options,
+        } => {
             let mut v = json!({
                 "state": "continue",
                 "allowed": allowed.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
             });
             if let Some(r) = retry {
                 v["retry"] = json!(r);
+            }
+            if let Some(o) = options {
+                // WebAuthn L2 §5.5: `{"publicKey": PublicKeyCredentialRequestOptions}`.
+                v["options"] = o.clone();
             }
             v
         }
@@ -335,40 +343,46 @@ pub struct ApiStep {
     totp: Option<String>,
     #[serde(default)]
     email_code: Option<String>,
+    /// A passkey assertion (`PublicKeyCredential` JSON, or its text).
+    #[serde(default)]
+    passkey: Option<Value>,
 }
 
 impl ApiStep {
     fn parse(self) -> Result<(Option<String>, Step), ApiError> {
         let missing = |f: &str| ApiError::bad("invalid_request", format!("`{f}` is required"));
-        let step = match self.step.as_str() {
-            "init" | "init2" => Step::Init {
-                username: self.username.ok_or_else(|| missing("username"))?,
-                privileged: self.step == "init2",
-            },
-            "begin" => {
-                let m = self.mech.ok_or_else(|| missing("mech"))?;
-                Step::Begin(Mech::parse(&m).ok_or_else(|| {
-                    ApiError::bad("mech_not_offered", format!("unknown mechanism `{m}`"))
-                })?)
-            }
-            "cred" => match (self.password, self.totp, self.email_code) {
-                (Some(p), None, None) => Step::Cred(Credential::Password(p)),
-                (None, Some(t), None) => Step::Cred(Credential::Totp(t)),
-                (None, None, Some(c)) => Step::Cred(Credential::EmailCode(c)),
-                _ => {
+        let step =
+            match self.step.as_str() {
+                "init" | "init2" => Step::Init {
+                    username: self.username.ok_or_else(|| missing("username"))?,
+                    privileged: self.step == "init2",
+                },
+                "begin" => {
+                    let m = self.mech.ok_or_else(|| missing("mech"))?;
+                    Step::Begin(Mech::parse(&m).ok_or_else(|| {
+                        ApiError::bad("mech_not_offered", format!("unknown mechanism `{m}`"))
+                    })?)
+                }
+                "cred" => match (self.password, self.totp, self.email_code, self.passkey) {
+                    (Some(p), None, None, None) => Step::Cred(Credential::Password(p)),
+                    (None, Some(t), None, None) => Step::Cred(Credential::Totp(t)),
+                    (None, None, Some(c), None) => Step::Cred(Credential::EmailCode(c)),
+                    (None, None, None, Some(Value::String(text))) => {
+                        Step::Cred(Credential::Passkey(text))
+                    }
+                    (None, None, None, Some(v)) => Step::Cred(Credential::Passkey(v.to_string())),
+                    _ => return Err(ApiError::bad(
+                        "invalid_request",
+                        "`cred` carries exactly one of `password`, `totp`, `email_code`, `passkey`",
+                    )),
+                },
+                other => {
                     return Err(ApiError::bad(
                         "invalid_request",
-                        "`cred` carries exactly one of `password`, `totp`, `email_code`",
+                        format!("unknown step `{other}`"),
                     ))
                 }
-            },
-            other => {
-                return Err(ApiError::bad(
-                    "invalid_request",
-                    format!("unknown step `{other}`"),
-                ))
-            }
-        };
+            };
         Ok((self.session_id, step))
     }
 }
@@ -388,7 +402,7 @@ pub async fn api_auth(
     // The per-address quotas count what costs or risks something: a
     // credential checked, or a code mailed; not the steps around them.
     let scope = match &step {
-        Step::Cred(Credential::Password(_)) => Some(Scope::Login),
+        Step::Cred(Credential::Password(_) | Credential::Passkey(_)) => Some(Scope::Login),
         Step::Cred(Credential::Totp(_)) => Some(Scope::VerifyTotp),
         Step::Cred(Credential::EmailCode(_)) | Step::Begin(Mech::EmailCode) => {
             Some(Scope::VerifyCode)
