@@ -254,6 +254,9 @@ async fn collect_garbage(
                 }
             }
         }
+        if let Err(e) = metrics.store("compact", store.compact()).await {
+            tracing::warn!(error = %e, "store compaction failed");
+        }
     }
 }
 

@@ -508,6 +508,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Forgets `key` (a success ends the throttle).
     async fn clear_throttle(&self, key: &str) -> Result<(), StoreError>;
+
+    // ---- housekeeping (compaction) ---------------------------------------------
+
+    /// Shortens what the backend keeps beside the data: SQLite's
+    /// write-ahead log is checkpointed and emptied; nothing on PostgreSQL.
+    async fn compact(&self) -> Result<(), StoreError>;
 }
 
 /// A mail in the outbox.
