@@ -385,6 +385,17 @@ impl Flows {
         self.connectors.iter().find(|c| c.id == id)
     }
 
+    /// The local-accounts connector, when this provider offers one.
+    pub fn local_accounts(&self) -> Option<&Arc<crate::accounts::authn::Authenticator>> {
+        match self
+            .connector(crate::accounts::LOCAL_CONNECTOR_ID)
+            .map(|c| &c.kind)
+        {
+            Some(ConnectorKind::Local(authn)) => Some(authn),
+            _ => None,
+        }
+    }
+
     /// The valid session behind a session cookie, if any. A session whose
     /// connector was removed from the configuration no longer counts.
     pub async fn session(&self, cookie: Option<&str>) -> Result<Option<Session>, StoreError> {

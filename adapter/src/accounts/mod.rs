@@ -585,11 +585,6 @@ impl Accounts {
         data.email_verified = true;
         self.save(account, &data).await
     }
-
-    /// Reloads an account by id-bearing username (after a change).
-    pub async fn reload(&self, account: &Account) -> Result<Account, AccountError> {
-        self.get(account.username()).await
-    }
 }
 
 #[cfg(test)]

@@ -31,8 +31,7 @@ use crate::accounts::authn::{
     AuthError, AuthState, Authenticator, CredKind, Credential, Mech, Reply, Step,
 };
 use crate::accounts::pending::{PendingAuths, PendingError};
-use crate::accounts::{AccountError, NewAccount, LOCAL_CONNECTOR_ID};
-use crate::connector::ConnectorKind;
+use crate::accounts::{AccountError, NewAccount};
 use crate::flow::FlowError;
 use crate::paths;
 use crate::ratelimit::{ClientIp, Scope};
@@ -188,14 +187,13 @@ fn storage(detail: String) -> ApiError {
 
 /// The local-accounts connector, when this provider has one.
 fn authenticator(st: &AppState) -> Result<&Arc<Authenticator>, ApiError> {
-    match st.flows.connector(LOCAL_CONNECTOR_ID).map(|c| &c.kind) {
-        Some(ConnectorKind::Local(a)) => Ok(a),
-        _ => Err(ApiError::new(
+    st.flows.local_accounts().ok_or_else(|| {
+        ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             "local accounts are not enabled",
-        )),
-    }
+        )
+    })
 }
 
 fn pending(st: &AppState, authn: &Authenticator) -> PendingAuths {

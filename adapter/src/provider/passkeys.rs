@@ -20,7 +20,6 @@ use super::AppState;
 use crate::accounts::authn::Authenticator;
 use crate::accounts::passkeys::{PasskeyError, Passkeys};
 use crate::accounts::{AccountError, LOCAL_CONNECTOR_ID};
-use crate::connector::ConnectorKind;
 use crate::{paths, web};
 
 /// The routes of this module.
@@ -101,10 +100,7 @@ fn resolve(
     session: &AccountSession,
 ) -> Result<(Arc<Authenticator>, Arc<Passkeys>, String), PasskeyApiError> {
     let off = || PasskeyApiError::new(StatusCode::NOT_FOUND, "not_found", "passkeys are off");
-    let Some(ConnectorKind::Local(authn)) = st.flows.connector(LOCAL_CONNECTOR_ID).map(|c| &c.kind)
-    else {
-        return Err(off());
-    };
+    let authn = st.flows.local_accounts().ok_or_else(off)?;
     let passkeys = authn.passkeys().ok_or_else(off)?.clone();
     let identity = &session.session.identity;
     if identity.connector_id != LOCAL_CONNECTOR_ID {

@@ -16,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use super::account::AccountSession;
 use super::AppState;
 use crate::accounts::{AccountError, Accounts, LOCAL_CONNECTOR_ID};
-use crate::connector::ConnectorKind;
 use crate::flow::Session;
 use crate::paths;
 use crate::ratelimit::{ClientIp, Scope};
@@ -35,9 +34,9 @@ pub struct TotpPage {
 }
 
 fn accounts(st: &AppState) -> Result<&Accounts, WebError> {
-    match st.flows.connector(LOCAL_CONNECTOR_ID).map(|c| &c.kind) {
-        Some(ConnectorKind::Local(a)) => Ok(a.accounts()),
-        _ => Err(PageError::new(
+    match st.flows.local_accounts() {
+        Some(a) => Ok(a.accounts()),
+        None => Err(PageError::new(
             StatusCode::NOT_FOUND,
             "Not found",
             "Local accounts are not enabled.",
