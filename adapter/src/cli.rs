@@ -70,7 +70,8 @@ pub enum UsersAction {
     /// Set a new password, read from standard input.
     ResetPassword { username: String },
     /// Set how one user logs in: `password`, `password_totp`,
-    /// `email_code`, or `default` (the deployment's `accounts.policy`).
+    /// `email_code`, `passkey`, `password_passkey`, or `default` (the
+    /// deployment's `accounts.policy`).
     SetPolicy { username: String, policy: String },
     /// Print the passkeys of an account: id, label, counter, flags.
     Passkeys { username: String },
@@ -121,12 +122,7 @@ async fn users(config: &Config, action: UsersAction) -> anyhow::Result<()> {
         }
         UsersAction::List => {
             for a in accounts.list().await? {
-                let policy = match a.data.policy {
-                    Some(LoginPolicy::Password) => "password",
-                    Some(LoginPolicy::PasswordTotp) => "password_totp",
-                    Some(LoginPolicy::EmailCode) => "email_code",
-                    None => "default",
-                };
+                let policy = a.data.policy.map_or("default", LoginPolicy::as_str);
                 println!(
                     "{}\t{}\t{}\t{}\t{policy}",
                     a.username(),
@@ -151,14 +147,12 @@ async fn users(config: &Config, action: UsersAction) -> anyhow::Result<()> {
         UsersAction::SetPolicy { username, policy } => {
             let parsed = match policy.as_str() {
                 "default" => None,
-                other => Some(
-                    serde_json::from_value::<LoginPolicy>(serde_json::Value::String(other.into()))
-                        .map_err(|_| {
-                            anyhow::anyhow!(
-                                "policy must be password, password_totp, email_code or default"
-                            )
-                        })?,
-                ),
+                other => Some(LoginPolicy::parse(other).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "policy must be password, password_totp, email_code, passkey, \
+                         password_passkey or default"
+                    )
+                })?),
             };
             accounts.set_policy(&username, parsed).await?;
             println!("policy of {username}: {policy}");

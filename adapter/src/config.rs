@@ -89,6 +89,31 @@ pub struct PasskeysConfig {
     pub rp_name: Option<String>,
     /// Lifetime of a registration or login challenge, seconds.
     pub challenge_ttl_seconds: i64,
+    /// What registration asks of the authenticator about a discoverable
+    /// credential (WebAuthn L2 §5.4.6 `residentKey`). `preferred` (the
+    /// default) makes passkeys that usernameless login can find, where the
+    /// authenticator can store one; `discouraged` keeps security keys' slots.
+    pub resident_key: ResidentKey,
+}
+
+/// WebAuthn L2 §5.4.6 `ResidentKeyRequirement`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResidentKey {
+    Discouraged,
+    Preferred,
+    Required,
+}
+
+impl ResidentKey {
+    /// The value in the creation options.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResidentKey::Discouraged => "discouraged",
+            ResidentKey::Preferred => "preferred",
+            ResidentKey::Required => "required",
+        }
+    }
 }
 
 impl Default for PasskeysConfig {
@@ -98,6 +123,7 @@ impl Default for PasskeysConfig {
             rp_origin: None,
             rp_name: None,
             challenge_ttl_seconds: 300,
+            resident_key: ResidentKey::Preferred,
         }
     }
 }
@@ -183,6 +209,41 @@ pub enum LoginPolicy {
     PasswordTotp,
     /// A one-time code sent by e-mail, no password.
     EmailCode,
+    /// A passkey only (WebAuthn L2), username-first or usernameless.
+    Passkey,
+    /// A password, then a passkey as the second factor.
+    PasswordPasskey,
+}
+
+impl LoginPolicy {
+    /// The name used in config and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginPolicy::Password => "password",
+            LoginPolicy::PasswordTotp => "password_totp",
+            LoginPolicy::EmailCode => "email_code",
+            LoginPolicy::Passkey => "passkey",
+            LoginPolicy::PasswordPasskey => "password_passkey",
+        }
+    }
+
+    /// The policy named `name` (see [`Self::as_str`]).
+    pub fn parse(name: &str) -> Option<LoginPolicy> {
+        [
+            LoginPolicy::Password,
+            LoginPolicy::PasswordTotp,
+            LoginPolicy::EmailCode,
+            LoginPolicy::Passkey,
+            LoginPolicy::PasswordPasskey,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == name)
+    }
+
+    /// True when the policy needs a passkey.
+    pub fn needs_passkey(self) -> bool {
+        matches!(self, LoginPolicy::Passkey | LoginPolicy::PasswordPasskey)
+    }
 }
 
 /// `[accounts]`: local accounts kept in the store.
@@ -1031,6 +1092,19 @@ impl Config {
         self.validate_passwords()?;
         self.validate_rate_limits()?;
         self.passkeys.validate()?;
+        self.validate_passkey_policy()?;
+        Ok(())
+    }
+
+    /// A policy that needs a passkey needs a Relying Party to check one.
+    fn validate_passkey_policy(&self) -> Result<(), ConfigError> {
+        if self.accounts.policy.needs_passkey() && !self.passkeys.enabled() {
+            return Err(ConfigError::new(
+                "accounts.policy",
+                "the policies `passkey` and `password_passkey` need [passkeys] \
+                 (rp_id and rp_origin)",
+            ));
+        }
         Ok(())
     }
 

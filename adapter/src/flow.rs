@@ -98,6 +98,11 @@ pub enum LocalInput<'a> {
     RequestCode { username: &'a str },
     /// The code the form asked for next (TOTP, recovery or e-mail code).
     Code { code: &'a str },
+    /// "Sign in with a passkey": username-first for a name, usernameless
+    /// (a discoverable credential) for an empty one. Starts over.
+    PasskeyBegin { username: &'a str },
+    /// The assertion (`PublicKeyCredential` JSON) answering the challenge.
+    Passkey { credential: &'a str },
 }
 
 /// Which form the local-accounts connector shows.
@@ -109,6 +114,8 @@ pub enum FormStage {
     Totp,
     /// The code sent by e-mail.
     EmailCode,
+    /// A passkey (the second factor after a password).
+    Passkey,
 }
 
 /// The browser as the engine sees it: its cookies' values and what the
@@ -139,6 +146,11 @@ pub struct FormView {
     pub stage: FormStage,
     /// Offer "e-mail me a code" on the password form.
     pub email_codes: bool,
+    /// Offer "sign in with a passkey" (passkeys are configured).
+    pub passkeys: bool,
+    /// The WebAuthn request options of the passkey the form asks for
+    /// (`FormStage::Passkey`), JSON.
+    pub passkey_options: Option<String>,
 }
 
 /// What the web layer does next.
@@ -152,6 +164,9 @@ pub enum Next {
     ShowChooser(Vec<(String, String, String)>),
     /// Show the login form.
     ShowForm(FormView),
+    /// The WebAuthn request options of a passkey login just begun, for
+    /// the page's script (`{"publicKey": …}`).
+    PasskeyOptions(serde_json::Value),
     /// A code for the client from an existing session (RFC 6749 §4.1.2).
     CodeIssued(String),
     /// A login finished: set the new session and device cookies, then the
@@ -208,6 +223,10 @@ pub enum FlowError {
     Throttled { retry_after: u64 },
     #[error("too many logins in progress")]
     Busy,
+    /// A credential that cannot be read (malformed passkey JSON, bad
+    /// base64url): refused before anything changed.
+    #[error("{0}")]
+    Malformed(String),
     #[error("the redirect URI cannot carry the response")]
     BadRedirect,
     #[error(transparent)]
@@ -231,6 +250,7 @@ impl FlowError {
             FlowError::ConnectorFailed(_) => "connector_failed",
             FlowError::Throttled { .. } => "rate_limited",
             FlowError::Busy => "busy",
+            FlowError::Malformed(_) => "malformed",
             FlowError::BadRedirect => "bad_redirect",
             FlowError::Storage(_) => "storage",
         }
@@ -584,7 +604,7 @@ impl Flows {
                 login_id,
                 &loaded.login,
                 connector_id,
-                stage_of(auth.as_ref()),
+                auth.as_ref(),
                 username_of(auth.as_ref()),
                 None,
             )),
@@ -696,8 +716,11 @@ impl Flows {
                     .map_err(flow_error)?;
                 let typed = match input {
                     LocalInput::Password { username, .. }
-                    | LocalInput::RequestCode { username } => username.to_string(),
-                    LocalInput::Code { .. } => username_of(auth.as_ref()),
+                    | LocalInput::RequestCode { username }
+                    | LocalInput::PasskeyBegin { username } => username.to_string(),
+                    LocalInput::Code { .. } | LocalInput::Passkey { .. } => {
+                        username_of(auth.as_ref())
+                    }
                 };
                 match reply {
                     Reply::Success { identity, .. } => {
@@ -705,19 +728,21 @@ impl Flows {
                         self.save(&cur, &cur.login, None, true).await?;
                         self.logged_in(&cur.login.request, *identity, browser).await
                     }
-                    Reply::Continue { retry, .. } => {
+                    Reply::Continue { retry, options, .. } => {
                         let mut login = cur.login.clone();
-                        let stage = stage_of(Some(&state));
                         login.step = LoginStep::AwaitingCredentials {
                             connector_id: connector_id.to_string(),
-                            auth: Some(state),
+                            auth: Some(state.clone()),
                         };
                         self.save(&cur, &login, None, false).await?;
+                        if let (LocalInput::PasskeyBegin { .. }, Some(options)) = (input, options) {
+                            return Ok(Next::PasskeyOptions(options));
+                        }
                         Ok(Next::ShowForm(self.form_view(
                             id,
                             &cur.login,
                             connector_id,
-                            stage,
+                            Some(&state),
                             typed,
                             retry.as_deref(),
                         )))
@@ -738,7 +763,7 @@ impl Flows {
                             id,
                             &cur.login,
                             connector_id,
-                            FormStage::Password,
+                            None,
                             typed,
                             Some(&capitalized(&reason)),
                         )))
@@ -985,19 +1010,29 @@ impl Flows {
         login_id: &str,
         login: &Login,
         connector_id: &str,
-        stage: FormStage,
+        auth: Option<&AuthState>,
         username: String,
         error: Option<&str>,
     ) -> FormView {
-        let email_codes = match self.connector(connector_id).map(|c| &c.kind) {
-            Some(ConnectorKind::Local(authn)) => {
-                authn.has_codes() && authn.accounts().config().email_codes
-            }
-            _ => false,
+        let (email_codes, passkeys) = match self.connector(connector_id).map(|c| &c.kind) {
+            Some(ConnectorKind::Local(authn)) => (
+                authn.has_codes() && authn.accounts().config().email_codes,
+                authn.passkeys().is_some(),
+            ),
+            _ => (false, false),
+        };
+        let stage = stage_of(auth);
+        let passkey_options = match auth {
+            Some(AuthState::InProgress {
+                challenge: Some(c), ..
+            }) if stage == FormStage::Passkey => Some(c.options.clone()),
+            _ => None,
         };
         FormView {
             stage,
             email_codes,
+            passkeys,
+            passkey_options,
             login_id: login_id.to_string(),
             connector_id: connector_id.to_string(),
             client_name: self
@@ -1055,6 +1090,29 @@ async fn local_steps(
             };
             authn.advance(Some(state), Step::Cred(cred)).await
         }
+        LocalInput::PasskeyBegin { username } => {
+            // Username-first when the name's account offers a passkey;
+            // otherwise usernameless (the authenticator names the account).
+            let (state, reply) = authn.advance(None, init(username)).await?;
+            let offered = matches!(&reply, Reply::Choose(m) if m.contains(&Mech::Passkey));
+            let state = if offered && !username.trim().is_empty() {
+                state
+            } else {
+                authn.advance(None, init("")).await?.0
+            };
+            authn
+                .advance(Some(&state), Step::Begin(Mech::Passkey))
+                .await
+        }
+        LocalInput::Passkey { credential } => {
+            let state = auth.ok_or(AuthError::OutOfOrder { step: "cred" })?;
+            authn
+                .advance(
+                    Some(state),
+                    Step::Cred(Credential::Passkey(credential.to_string())),
+                )
+                .await
+        }
     }
 }
 
@@ -1069,6 +1127,7 @@ fn flow_error(e: AuthError) -> FlowError {
         AuthError::Account(crate::accounts::AccountError::Hash(
             crate::password::HashError::Busy,
         )) => FlowError::Busy,
+        AuthError::Malformed(m) => FlowError::Malformed(m),
         other => FlowError::ConnectorFailed(other.to_string()),
     }
 }
@@ -1078,6 +1137,11 @@ fn stage_of(auth: Option<&AuthState>) -> FormStage {
     match auth.and_then(|a| a.allowed().first().copied()) {
         Some(CredKind::Totp) => FormStage::Totp,
         Some(CredKind::EmailCode) => FormStage::EmailCode,
+        // A passkey asked for after a password; a passkey login begun from
+        // the password form stays there (its script holds the options).
+        Some(CredKind::Passkey) if matches!(auth, Some(AuthState::InProgress { done, .. }) if !done.is_empty()) => {
+            FormStage::Passkey
+        }
         _ => FormStage::Password,
     }
 }

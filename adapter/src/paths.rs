@@ -79,6 +79,13 @@ pub const WEBAUTHN_REGISTER_FINISH: &str = "/webauthn/register/finish";
 pub const WEBAUTHN_PASSKEYS: &str = "/webauthn/passkeys";
 /// Passkeys: remove one of the signed-in user's passkeys, by its id.
 pub const WEBAUTHN_PASSKEY_DELETE: &str = "/webauthn/passkeys/{id}/delete";
+/// Passkeys: start a login (request options), username-first or
+/// usernameless, for an authorization request's login or on its own.
+pub const PASSKEY_LOGIN_BEGIN: &str = "/login/begin";
+/// Passkeys: finish a login with the assertion.
+pub const PASSKEY_LOGIN_FINISH: &str = "/login/finish";
+/// The script of the passkey pages (no third-party assets).
+pub const PASSKEYS_JS: &str = "/assets/passkeys.js";
 
 /// Path that ends the session with `handle`.
 pub fn device_revoke(handle: &str) -> String {

@@ -599,6 +599,15 @@ pub fn app(state: AppState) -> Router {
             get(userinfo::userinfo).post(userinfo::userinfo),
         )
         .route(paths::UPSTREAM_CALLBACK, get(callback::upstream_callback))
+        .route(
+            paths::PASSKEY_LOGIN_BEGIN,
+            post(crate::provider::passkey_login::begin),
+        )
+        .route(
+            paths::PASSKEY_LOGIN_FINISH,
+            post(crate::provider::passkey_login::finish),
+        )
+        .route(paths::PASSKEYS_JS, get(web::passkeys_js))
         .route(paths::LOGIN_START, get(login::login_start))
         .route(
             paths::LOGIN_FORM,

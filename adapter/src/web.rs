@@ -211,6 +211,10 @@ pub struct LoginPage {
     pub stage: &'static str,
     /// Offer "e-mail me a code" on the password form.
     pub email_codes: bool,
+    /// Offer "sign in with a passkey".
+    pub passkeys: bool,
+    /// The request options of the passkey asked for (`stage` `passkey`).
+    pub passkey_options: Option<String>,
 }
 
 #[derive(Template, WebTemplate)]
@@ -311,6 +315,19 @@ pub async fn style() -> impl IntoResponse {
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
         STYLE_CSS,
+    )
+}
+
+/// The script of the passkey pages (WebAuthn L2 §5: `navigator.credentials`).
+pub const PASSKEYS_JS_SOURCE: &str = include_str!("../assets/passkeys.js");
+
+pub async fn passkeys_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        PASSKEYS_JS_SOURCE,
     )
 }
 

@@ -83,6 +83,7 @@ pub struct ChainBuilder {
     start_test_app: bool,
     manual_clock: bool,
     tweak_adapter: Option<AdapterTweak>,
+    localhost_upstream: bool,
 }
 
 /// The running services. Dropping it stops them.
@@ -184,6 +185,7 @@ impl Default for ChainBuilder {
             start_test_app: true,
             manual_clock: false,
             tweak_adapter: None,
+            localhost_upstream: false,
         }
     }
 }
@@ -206,6 +208,14 @@ impl ChainBuilder {
     /// so a test can move its time forward instead of sleeping.
     pub fn manual_clock(mut self, on: bool) -> Self {
         self.manual_clock = on;
+        self
+    }
+
+    /// Runs the upstream-test-server at `http://localhost:{port}` (still
+    /// bound to 127.0.0.1) with passkeys for RP ID `localhost`: browsers
+    /// refuse an IP address as a WebAuthn RP ID (WebAuthn L2 §5.1.2).
+    pub fn localhost_upstream(mut self, on: bool) -> Self {
+        self.localhost_upstream = on;
         self
     }
 
@@ -240,10 +250,16 @@ impl ChainBuilder {
             Upstream::TestServer => {
                 let listener = TcpListener::bind("127.0.0.1:0").await?;
                 let addr = listener.local_addr()?;
-                let issuer = format!("http://{addr}");
+                let issuer = if self.localhost_upstream {
+                    format!("http://localhost:{}", addr.port())
+                } else {
+                    format!("http://{addr}")
+                };
                 let secret = random_string(24);
                 let (dir, db) = temp_sqlite("e2e-upstream-")?;
                 let mut config = upstream_test_server::default_config();
+                // The passkeys' origin follows the port (the RP ID is `localhost`).
+                config.passkeys.rp_origin = Some(format!("http://localhost:{}", addr.port()));
                 config.server.listen = addr;
                 config.server.issuer = Some(issuer.clone());
                 config.server.shutdown_grace_seconds = 0;

@@ -23,7 +23,9 @@ pub fn default_config() -> Config {
     Config {
         server: ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
-            issuer: Some("http://127.0.0.1:9001".into()),
+            // `localhost`, not 127.0.0.1: browsers refuse an IP address as
+            // the WebAuthn RP ID of the passkeys (WebAuthn L2 §5.1.2).
+            issuer: Some("http://localhost:9001".into()),
             ..ServerConfig::default()
         },
         database: DatabaseConfig {
@@ -48,6 +50,12 @@ pub fn default_config() -> Config {
             enabled: true,
             registration: true,
             ..AccountsConfig::default()
+        },
+        // Passkeys for RP ID `localhost` (a secure context on plain http).
+        passkeys: adapter::config::PasskeysConfig {
+            rp_id: Some("localhost".into()),
+            rp_origin: Some("http://localhost:9001".into()),
+            ..Default::default()
         },
         claims: adapter::config::ClaimsConfig {
             customizer: CustomizerKind::Passthrough,
@@ -92,7 +100,12 @@ mod tests {
             adapter::config::load_from(default_config(), None, "TEST_AUTH_SERVER_UNIT_UNUSED__")
                 .unwrap();
         c.validate().unwrap();
-        assert_eq!(c.server.issuer(), "http://127.0.0.1:9001");
+        assert_eq!(c.server.issuer(), "http://localhost:9001");
+        assert_eq!(c.passkeys.rp_id.as_deref(), Some("localhost"));
+        assert_eq!(
+            c.passkeys.rp_origin.as_deref(),
+            Some("http://localhost:9001")
+        );
         assert_eq!(
             c.clients[0].secret.as_ref().map(|s| s.expose()),
             Some("auth-adapter-demo-secret")

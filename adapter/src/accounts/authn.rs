@@ -49,8 +49,11 @@ pub enum Mech {
     PasswordMfa,
     /// A one-time code sent by e-mail.
     EmailCode,
-    /// A passkey (WebAuthn L2), username-first.
+    /// A passkey (WebAuthn L2), username-first or (after an `init`
+    /// without a username) usernameless.
     Passkey,
+    /// A password, then a passkey as the second factor.
+    PasswordPasskey,
 }
 
 impl Mech {
@@ -60,6 +63,7 @@ impl Mech {
             Mech::PasswordMfa => "password_mfa",
             Mech::EmailCode => "email_code",
             Mech::Passkey => "passkey",
+            Mech::PasswordPasskey => "password_passkey",
         }
     }
 
@@ -69,6 +73,7 @@ impl Mech {
             "password_mfa" => Some(Mech::PasswordMfa),
             "email_code" => Some(Mech::EmailCode),
             "passkey" => Some(Mech::Passkey),
+            "password_passkey" => Some(Mech::PasswordPasskey),
             _ => None,
         }
     }
@@ -80,6 +85,7 @@ impl Mech {
             Mech::PasswordMfa => vec![CredKind::Password, CredKind::Totp],
             Mech::EmailCode => vec![CredKind::EmailCode],
             Mech::Passkey => vec![CredKind::Passkey],
+            Mech::PasswordPasskey => vec![CredKind::Password, CredKind::Passkey],
         }
     }
 }
@@ -183,6 +189,10 @@ pub struct PasskeyChallenge {
     pub options: String,
     /// Unix seconds.
     pub expires_at: i64,
+    /// A usernameless challenge (no `allowCredentials`): the assertion's
+    /// user handle names the account.
+    #[serde(default)]
+    pub discoverable: bool,
 }
 
 /// Where an authentication stands (persisted between steps).
@@ -343,6 +353,21 @@ pub const LOGIN_CODE: &str = "login";
 /// wrong password and a disabled account look the same.
 pub const DENIED: &str = "invalid username or password";
 
+/// The denial of an assertion from a passkey this flow does not accept.
+pub const DENIED_PASSKEY: &str = "the passkey was not accepted";
+
+fn challenge_of(
+    (options, state, expires_at): (serde_json::Value, String, i64),
+    discoverable: bool,
+) -> PasskeyChallenge {
+    PasskeyChallenge {
+        state,
+        options: options.to_string(),
+        expires_at,
+        discoverable,
+    }
+}
+
 /// Runs authentication steps for local accounts.
 pub struct Authenticator {
     accounts: Arc<Accounts>,
@@ -398,6 +423,8 @@ impl Authenticator {
             LoginPolicy::Password => vec![Mech::Password],
             LoginPolicy::PasswordTotp => vec![Mech::PasswordMfa],
             LoginPolicy::EmailCode => vec![Mech::EmailCode],
+            LoginPolicy::Passkey => vec![Mech::Passkey],
+            LoginPolicy::PasswordPasskey => vec![Mech::PasswordPasskey],
         };
         // E-mail codes are a second way in where the deployment allows
         // them and the account has an address (or might: unknown users
@@ -417,7 +444,10 @@ impl Authenticator {
         // verification. (Its offer tells whoever knows the username that
         // the account has a passkey; a passkey is useless without the
         // authenticator.)
-        if self.passkeys.is_some() && account.is_some_and(|a| !a.data.passkeys.is_empty()) {
+        if self.passkeys.is_some()
+            && !policy.needs_passkey()
+            && account.is_some_and(|a| !a.data.passkeys.is_empty())
+        {
             mechs.push(Mech::Passkey);
         }
         mechs
@@ -438,6 +468,23 @@ impl Authenticator {
                 },
             ) => {
                 let username = username.trim().to_lowercase();
+                if username.is_empty() {
+                    // Usernameless: only a discoverable passkey can say
+                    // who the user is (WebAuthn L2 §5.8.2).
+                    if self.passkeys.is_none() {
+                        return Err(AuthError::Malformed("a username is required".into()));
+                    }
+                    let mechs = vec![Mech::Passkey];
+                    return Ok((
+                        AuthState::Choosing {
+                            username,
+                            account_id: None,
+                            privileged,
+                            mechs: mechs.clone(),
+                        },
+                        Reply::Choose(mechs),
+                    ));
+                }
                 let account = self.accounts.find(&username).await?;
                 let mechs = self.mechs(account.as_ref(), privileged);
                 Ok((
@@ -466,18 +513,22 @@ impl Authenticator {
                     self.send_code(username, account_id.as_deref()).await?;
                 }
                 let (challenge, options) = if mech == Mech::Passkey {
-                    let (Some(passkeys), Some(account)) = (
-                        &self.passkeys,
-                        self.current(username, account_id.as_deref()).await?,
-                    ) else {
+                    let Some(passkeys) = &self.passkeys else {
                         return Err(AuthError::MechNotOffered);
                     };
-                    let (options, state, expires_at) = passkeys.begin_login(&account)?;
-                    let challenge = PasskeyChallenge {
-                        state,
-                        options: options.to_string(),
-                        expires_at,
+                    let account = self
+                        .current(username, account_id.as_deref())
+                        .await?
+                        .filter(|a| !a.data.passkeys.is_empty() && !username.is_empty());
+                    // Username-first lists the account's credentials; with
+                    // no name (or a name without passkeys, which the answer
+                    // must not reveal) the challenge is discoverable.
+                    let challenge = match account {
+                        Some(account) => challenge_of(passkeys.begin_login(&account)?, false),
+                        None => challenge_of(passkeys.begin_discoverable()?, true),
                     };
+                    let options = serde_json::from_str(&challenge.options)
+                        .map_err(|e| AuthError::Passkeys(e.to_string()))?;
                     (Some(challenge), Some(options))
                 } else {
                     (None, None)
@@ -530,43 +581,58 @@ impl Authenticator {
                     Credential::Passkey(json) => Some(Passkeys::parse_assertion(json)?),
                     _ => None,
                 };
-                let account = self.current(username, account_id.as_deref()).await?;
+                let mut account = self.current(username, account_id.as_deref()).await?;
                 // The throttle is keyed by the name typed, known or not, so
-                // it says nothing about which accounts exist.
+                // it says nothing about which accounts exist. A usernameless
+                // passkey has no name to key (the per-address quota counts
+                // it; an assertion cannot be guessed).
+                let limits = self.limits.as_ref().filter(|_| !username.is_empty());
                 let scope = match next_kind {
                     CredKind::Password | CredKind::Passkey => Scope::Login,
                     CredKind::Totp => Scope::VerifyTotp,
                     CredKind::EmailCode => Scope::VerifyCode,
                 };
-                if let Some(limits) = &self.limits {
+                if let Some(limits) = limits {
                     limits.check_account(scope, username).await.map_err(|l| {
                         AuthError::Throttled {
                             retry_after: l.retry_after,
                         }
                     })?;
                 }
-                let verdict = match (assertion, &self.passkeys, challenge, account.as_ref()) {
+                let verdict = match (assertion, &self.passkeys, challenge) {
                     (None, ..) => self.verify(account.as_ref(), &cred).await?,
-                    (Some(assertion), Some(passkeys), Some(ch), Some(account)) => {
-                        // WebAuthn L2 §7.2: every ceremony check in `webauthn-rs`,
-                        // the counter against the credential as stored now.
-                        match passkeys
-                            .finish_login(
-                                &self.accounts,
-                                account,
-                                &ch.state,
-                                ch.expires_at,
-                                &assertion,
-                            )
-                            .await?
-                        {
-                            LoginVerdict::Accepted(method) => Verdict::AcceptedAs(method),
-                            LoginVerdict::Refused(reason) => Verdict::Denied(reason),
+                    (Some(assertion), Some(passkeys), Some(ch)) => {
+                        let target = if ch.discoverable {
+                            self.discovered(passkeys, &assertion, username, account.as_ref())
+                                .await?
+                        } else {
+                            account.clone().ok_or(DENIED_PASSKEY)
+                        };
+                        match target {
+                            Err(reason) => Verdict::Denied(reason),
+                            Ok(target) => {
+                                // WebAuthn L2 §7.2: every ceremony check in
+                                // `webauthn-rs`, the counter against the
+                                // credential as stored now.
+                                let verdict = passkeys
+                                    .finish_login(
+                                        &self.accounts,
+                                        &target,
+                                        (&ch.state, ch.discoverable, ch.expires_at),
+                                        &assertion,
+                                    )
+                                    .await?;
+                                account = Some(target);
+                                match verdict {
+                                    LoginVerdict::Accepted(method) => Verdict::AcceptedAs(method),
+                                    LoginVerdict::Refused(reason) => Verdict::Denied(reason),
+                                }
+                            }
                         }
                     }
-                    (Some(_), ..) => Verdict::Denied("the passkey was not accepted"),
+                    (Some(_), ..) => Verdict::Denied(DENIED_PASSKEY),
                 };
-                if let Some(limits) = &self.limits {
+                if let Some(limits) = limits {
                     let counted = match &verdict {
                         Verdict::Accepted | Verdict::AcceptedAs(_) => {
                             limits.succeeded(scope, username).await
@@ -602,13 +668,33 @@ impl Authenticator {
                             return Ok(denied(DENIED));
                         };
                         if !needed.is_empty() {
+                            let mut options = None;
+                            if needed.first() == Some(&CredKind::Passkey) {
+                                // A passkey as the second factor: its
+                                // challenge lists this account's credentials.
+                                let Some(passkeys) = self
+                                    .passkeys
+                                    .as_ref()
+                                    .filter(|_| !account.data.passkeys.is_empty())
+                                else {
+                                    return Ok(denied("no passkey is registered for this account"));
+                                };
+                                let ch = challenge_of(passkeys.begin_login(&account)?, false);
+                                options = Some(
+                                    serde_json::from_str(&ch.options)
+                                        .map_err(|e| AuthError::Passkeys(e.to_string()))?,
+                                );
+                                if let AuthState::InProgress { challenge, .. } = &mut state {
+                                    *challenge = Some(ch);
+                                }
+                            }
                             let allowed = state.allowed();
                             return Ok((
                                 state,
                                 Reply::Continue {
                                     allowed,
                                     retry: None,
-                                    options: None,
+                                    options,
                                 },
                             ));
                         }
@@ -653,6 +739,34 @@ impl Authenticator {
             }
             (_, step) => Err(AuthError::OutOfOrder { step: step.name() }),
         }
+    }
+
+    /// The account a usernameless assertion names by its user handle: the
+    /// one typed when a name was given, and one that may sign in with a
+    /// passkey alone.
+    async fn discovered(
+        &self,
+        passkeys: &Passkeys,
+        assertion: &webauthn_rs::prelude::PublicKeyCredential,
+        username: &str,
+        typed: Option<&Account>,
+    ) -> Result<Result<Account, &'static str>, AuthError> {
+        let found = match passkeys.user_handle(assertion) {
+            Some(handle) => self.accounts.find_by_passkey_handle(&handle).await?,
+            None => None,
+        };
+        let Some(found) = found else {
+            return Ok(Err(DENIED_PASSKEY));
+        };
+        if !username.is_empty() && typed.is_none_or(|t| t.id() != found.id()) {
+            return Ok(Err(DENIED_PASSKEY));
+        }
+        if self.accounts.policy(Some(&found)) == LoginPolicy::PasswordPasskey {
+            return Ok(Err(
+                "this account signs in with a password and a passkey: enter your username first",
+            ));
+        }
+        Ok(Ok(found))
     }
 
     /// The account as it is now (a credential changes its version): the

@@ -27,14 +27,15 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use webauthn_rs::prelude::{
-    Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential,
-    RegisterPublicKeyCredential, Url, Uuid, WebauthnError,
+    AuthenticationResult, DiscoverableAuthentication, Passkey, PasskeyAuthentication,
+    PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential, Url, Uuid,
+    WebauthnError,
 };
 use webauthn_rs::{Webauthn, WebauthnBuilder};
 
 use super::{Account, AccountError, Accounts};
 use crate::clock::SharedClock;
-use crate::config::PasskeysConfig;
+use crate::config::{PasskeysConfig, ResidentKey};
 
 /// The longest label of a passkey, in characters.
 pub const MAX_LABEL_CHARS: usize = 64;
@@ -134,6 +135,7 @@ pub struct Passkeys {
     webauthn: Webauthn,
     ttl: i64,
     clock: SharedClock,
+    resident_key: ResidentKey,
 }
 
 fn id_of(raw: &[u8]) -> String {
@@ -164,6 +166,7 @@ impl Passkeys {
             webauthn,
             ttl: config.challenge_ttl_seconds,
             clock,
+            resident_key: config.resident_key,
         }))
     }
 
@@ -227,7 +230,24 @@ impl Passkeys {
             expires_at: self.now() + self.ttl,
         });
         accounts.save(&account, &data).await?;
-        serde_json::to_value(options).map_err(|e| PasskeyError::Internal(e.to_string()))
+        let mut options =
+            serde_json::to_value(options).map_err(|e| PasskeyError::Internal(e.to_string()))?;
+        // WebAuthn L2 §5.4.6: `webauthn-rs` discourages a discoverable
+        // credential; usernameless login needs one, so the deployment's
+        // choice goes into the options (the registration's checks do not
+        // depend on it).
+        if let Some(sel) = options
+            .get_mut("publicKey")
+            .and_then(|p| p.get_mut("authenticatorSelection"))
+            .and_then(Value::as_object_mut)
+        {
+            sel.insert("residentKey".into(), self.resident_key.as_str().into());
+            sel.insert(
+                "requireResidentKey".into(),
+                (self.resident_key == ResidentKey::Required).into(),
+            );
+        }
+        Ok(options)
     }
 
     /// Finishes a registration with the authenticator's answer: the
@@ -288,6 +308,12 @@ impl Passkeys {
         accounts.save(&account, &data).await?;
         match outcome {
             Ok(stored) => {
+                if let Some(handle) = data.passkey_user_id {
+                    // Usernameless login finds the account by this handle.
+                    accounts
+                        .record_passkey_handle(&handle, account.id())
+                        .await?;
+                }
                 tracing::info!(user = %username, passkey = %stored.id, "passkey registered");
                 Ok(PasskeyView::from(&stored))
             }
@@ -316,6 +342,37 @@ impl Passkeys {
         Ok((options, state, self.now() + self.ttl))
     }
 
+    /// Starts a usernameless login (WebAuthn L2 §5.8.2 "discoverable
+    /// credentials"): request options without `allowCredentials`; the
+    /// authenticator picks the credential and names the account by its
+    /// user handle. Also the challenge of a name with no passkey, so an
+    /// answer does not tell which accounts have one.
+    pub fn begin_discoverable(&self) -> Result<(Value, String, i64), PasskeyError> {
+        let (options, state) = self
+            .webauthn
+            .start_discoverable_authentication()
+            .map_err(|e| PasskeyError::Internal(e.to_string()))?;
+        let state =
+            serde_json::to_string(&state).map_err(|e| PasskeyError::Internal(e.to_string()))?;
+        let mut options =
+            serde_json::to_value(options).map_err(|e| PasskeyError::Internal(e.to_string()))?;
+        // The page chooses the mediation (conditional UI on load, a modal
+        // dialog from the button); the options carry only the request.
+        if let Some(o) = options.as_object_mut() {
+            o.remove("mediation");
+        }
+        Ok((options, state, self.now() + self.ttl))
+    }
+
+    /// The user handle an assertion names (WebAuthn L2 §5.2.2
+    /// `userHandle`), `None` when it names none or not one of ours.
+    pub fn user_handle(&self, assertion: &PublicKeyCredential) -> Option<Uuid> {
+        self.webauthn
+            .identify_discoverable_authentication(assertion)
+            .ok()
+            .map(|(uuid, _)| uuid)
+    }
+
     /// Parses an assertion (`PublicKeyCredential` JSON) before anything
     /// else is looked at, so malformed input changes nothing.
     pub fn parse_assertion(json: &str) -> Result<PublicKeyCredential, PasskeyError> {
@@ -323,28 +380,39 @@ impl Passkeys {
     }
 
     /// Checks an assertion against the login state `state` (made by
-    /// [`Self::begin_login`] for `account`, valid until `expires_at`) and
-    /// the credential as stored now; records the use, or the mark of a
-    /// possible clone.
+    /// [`Self::begin_login`] for `account`, or by
+    /// [`Self::begin_discoverable`] when `discoverable`; valid until
+    /// `expires_at`) and the credential as stored now; records the use, or
+    /// the mark of a possible clone.
     pub async fn finish_login(
         &self,
         accounts: &Accounts,
         account: &Account,
-        state: &str,
-        expires_at: i64,
+        challenge: (&str, bool, i64),
         assertion: &PublicKeyCredential,
     ) -> Result<LoginVerdict, PasskeyError> {
+        let (state, discoverable, expires_at) = challenge;
         if self.now() > expires_at {
             return Ok(LoginVerdict::Refused(
                 "the passkey challenge has expired; start again",
             ));
         }
-        let state: PasskeyAuthentication =
-            serde_json::from_str(state).map_err(|e| PasskeyError::Internal(e.to_string()))?;
-        let result = match self
-            .webauthn
-            .finish_passkey_authentication(assertion, &state)
-        {
+        let checked: Result<AuthenticationResult, WebauthnError> = if discoverable {
+            let state: DiscoverableAuthentication =
+                serde_json::from_str(state).map_err(|e| PasskeyError::Internal(e.to_string()))?;
+            let id = id_of(&assertion.raw_id);
+            let Some(stored) = account.data.passkeys.iter().find(|p| p.id == id) else {
+                return Ok(LoginVerdict::Refused("the passkey is not registered"));
+            };
+            self.webauthn
+                .finish_discoverable_authentication_v2(assertion, state, &stored.passkey)
+        } else {
+            let state: PasskeyAuthentication =
+                serde_json::from_str(state).map_err(|e| PasskeyError::Internal(e.to_string()))?;
+            self.webauthn
+                .finish_passkey_authentication(assertion, &state)
+        };
+        let result = match checked {
             Ok(result) => result,
             // WebAuthn L2 §7.2 step 13: the origin is this RP's exactly.
             Err(WebauthnError::InvalidRPOrigin) => {
@@ -455,6 +523,34 @@ impl Passkeys {
 
 /// What the owner and the administrator do to stored passkeys.
 impl Accounts {
+    /// Indexes the user handle `handle` of the account `account_id`
+    /// (idempotent: a handle already recorded stays as it is).
+    pub async fn record_passkey_handle(
+        &self,
+        handle: &Uuid,
+        account_id: &str,
+    ) -> Result<(), AccountError> {
+        self.store
+            .insert_passkey_handle(&handle.to_string(), account_id)
+            .await?;
+        Ok(())
+    }
+
+    /// The account whose passkey user handle is `handle`, unless disabled.
+    pub async fn find_by_passkey_handle(
+        &self,
+        handle: &Uuid,
+    ) -> Result<Option<Account>, AccountError> {
+        let row = self
+            .store
+            .account_by_passkey_handle(&handle.to_string())
+            .await?;
+        Ok(row
+            .map(Self::decode)
+            .transpose()?
+            .filter(|a| !a.data.disabled))
+    }
+
     /// Removes the passkey `id` of `username`; false when there is none.
     pub async fn remove_passkey(&self, username: &str, id: &str) -> Result<bool, AccountError> {
         let account = self.get(username).await?;

@@ -302,6 +302,51 @@ pub struct DevicesPage {
     pub csrf_token: String,
     pub devices: Vec<DeviceRow>,
     pub dashboard: String,
+    /// The user's passkeys; `None` when passkeys are off or the user is
+    /// not a local account.
+    pub passkeys: Option<Vec<PasskeyRow>>,
+}
+
+/// A passkey as the devices page shows it.
+pub struct PasskeyRow {
+    pub id: String,
+    pub label: String,
+    pub created: String,
+    pub last_used: String,
+    /// WebAuthn L2 §6.1 flags BE / BS.
+    pub synced: &'static str,
+    pub possibly_cloned: bool,
+    pub remove_action: String,
+}
+
+/// The passkeys of the session's local account, when passkeys are on.
+async fn passkeys_of(
+    st: &AppState,
+    account: &AccountSession,
+) -> Result<Option<Vec<crate::accounts::passkeys::PasskeyView>>, AccountError> {
+    let identity = &account.session.identity;
+    let Some(authn) = st.flows.local_accounts() else {
+        return Ok(None);
+    };
+    let Some(passkeys) = authn.passkeys() else {
+        return Ok(None);
+    };
+    if identity.connector_id != crate::accounts::LOCAL_CONNECTOR_ID {
+        return Ok(None);
+    }
+    match passkeys.list(authn.accounts(), &identity.subject).await {
+        Ok(list) => Ok(Some(list)),
+        Err(crate::accounts::passkeys::PasskeyError::Account(
+            crate::accounts::AccountError::Storage(e),
+        )) => Err(AccountError {
+            kind: AccountErrorKind::Storage(e),
+            json: account.json,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "passkeys could not be listed");
+            Ok(None)
+        }
+    }
 }
 
 #[derive(Template, WebTemplate)]
@@ -328,9 +373,33 @@ async fn devices(
     account: AccountSession,
 ) -> Result<Response, AccountError> {
     let list = device_list(&st, &account).await?;
+    let passkeys = passkeys_of(&st, &account).await?;
     if account.json {
-        return Ok(Json(json!({ "sessions": list })).into_response());
+        let mut body = json!({ "sessions": list });
+        if let Some(p) = &passkeys {
+            body["passkeys"] = json!(p);
+        }
+        return Ok(Json(body).into_response());
     }
+    let passkeys = passkeys.map(|list| {
+        list.into_iter()
+            .map(|p| PasskeyRow {
+                remove_action: paths::WEBAUTHN_PASSKEY_DELETE.replace("{id}", &p.id),
+                created: when(Some(p.created_at)),
+                last_used: p
+                    .last_used_at
+                    .map_or_else(|| "never".into(), |t| when(Some(t))),
+                synced: match (p.backup_eligible, p.backup_state) {
+                    (false, _) => "device-bound",
+                    (true, false) => "syncable, not backed up",
+                    (true, true) => "synced",
+                },
+                possibly_cloned: p.possibly_cloned,
+                id: p.id,
+                label: p.label,
+            })
+            .collect()
+    });
     let devices = list
         .into_iter()
         .map(|d| DeviceRow {
@@ -349,6 +418,7 @@ async fn devices(
         csrf_token: account.csrf_token.clone(),
         devices,
         dashboard: paths::DASHBOARD.to_string(),
+        passkeys,
     }
     .into_response())
 }

@@ -194,6 +194,7 @@ impl From<FlowError> for WebError {
                 "This login was continued in another tab or request.",
             ),
             FlowError::BadRedirect => bad("Invalid request", "Bad redirect URI."),
+            FlowError::Malformed(m) => WebError::Page(PageError::bad_request("Invalid request", m)),
             FlowError::UnknownConnector => WebError::Page(PageError::new(
                 StatusCode::NOT_FOUND,
                 "Not found",
@@ -242,8 +243,11 @@ pub fn login_page(st: &AppState, view: FormView, transaction: &str) -> LoginPage
             FormStage::Password => "password",
             FormStage::Totp => "totp",
             FormStage::EmailCode => "email_code",
+            FormStage::Passkey => "passkey",
         },
         email_codes: view.email_codes,
+        passkeys: view.passkeys,
+        passkey_options: view.passkey_options,
     }
 }
 
@@ -283,6 +287,9 @@ pub fn render(
             },
         )
             .into_response(),
+        Next::PasskeyOptions(options) => {
+            (jar, web::no_store(), axum::Json(options)).into_response()
+        }
         Next::ShowForm(view) => {
             let status = if view.error.is_some() {
                 StatusCode::UNAUTHORIZED

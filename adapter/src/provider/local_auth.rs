@@ -50,7 +50,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+    pub(super) fn new(
+        status: StatusCode,
+        code: &'static str,
+        description: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
             code,
@@ -71,7 +75,7 @@ impl ApiError {
         }
     }
 
-    fn bad(code: &'static str, description: impl Into<String>) -> Self {
+    pub(super) fn bad(code: &'static str, description: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, description)
     }
 
@@ -176,7 +180,7 @@ impl From<FlowError> for ApiError {
     }
 }
 
-fn storage(detail: String) -> ApiError {
+pub(super) fn storage(detail: String) -> ApiError {
     tracing::error!(error = %detail, "storage failure");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -186,7 +190,7 @@ fn storage(detail: String) -> ApiError {
 }
 
 /// The local-accounts connector, when this provider has one.
-fn authenticator(st: &AppState) -> Result<&Arc<Authenticator>, ApiError> {
+pub(super) fn authenticator(st: &AppState) -> Result<&Arc<Authenticator>, ApiError> {
     st.flows.local_accounts().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -196,7 +200,7 @@ fn authenticator(st: &AppState) -> Result<&Arc<Authenticator>, ApiError> {
     })
 }
 
-fn pending(st: &AppState, authn: &Authenticator) -> PendingAuths {
+pub(super) fn pending(st: &AppState, authn: &Authenticator) -> PendingAuths {
     PendingAuths::new(
         st.store.clone(),
         st.clock.clone(),
@@ -213,7 +217,10 @@ fn wants_html(headers: &HeaderMap) -> bool {
 }
 
 /// A JSON or `application/x-www-form-urlencoded` body.
-fn parse_body<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+pub(super) fn parse_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -227,13 +234,13 @@ fn parse_body<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T
 }
 
 /// The per-client-address quota of `scope` (RFC 6585 §4).
-fn ip_quota(st: &AppState, scope: Scope, ip: std::net::IpAddr) -> Result<(), ApiError> {
+pub(super) fn ip_quota(st: &AppState, scope: Scope, ip: std::net::IpAddr) -> Result<(), ApiError> {
     st.rate_limits
         .check_ip(scope, ip)
         .map_err(|l| ApiError::rate_limited(l.retry_after))
 }
 
-fn same_site(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn same_site(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if cross_site(st, headers) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -251,7 +258,7 @@ pub use super::account::session_csrf_token;
 
 /// Starts a session for a successful authentication: sets the cookie and
 /// answers with the token, its CSRF token and how the user authenticated.
-async fn logged_in(
+pub(super) async fn logged_in(
     st: &AppState,
     jar: CookieJar,
     browser: &Cookies,
@@ -351,8 +358,9 @@ impl ApiStep {
         let missing = |f: &str| ApiError::bad("invalid_request", format!("`{f}` is required"));
         let step =
             match self.step.as_str() {
+                // No username: usernameless, with a discoverable passkey.
                 "init" | "init2" => Step::Init {
-                    username: self.username.ok_or_else(|| missing("username"))?,
+                    username: self.username.unwrap_or_default(),
                     privileged: self.step == "init2",
                 },
                 "begin" => {
@@ -467,7 +475,7 @@ pub struct PlainLogin {
 }
 
 /// Cookie keeping the e-mail-code authentication of `/login` until `/verify-otp`.
-fn pending_cookie(st: &AppState) -> String {
+pub(super) fn pending_cookie(st: &AppState) -> String {
     format!("{}_AUTH", st.cookies.session)
 }
 

@@ -25,6 +25,7 @@ pub mod introspect;
 pub mod local_auth;
 pub mod login;
 pub mod logout;
+pub mod passkey_login;
 pub mod passkeys;
 pub mod redirect;
 pub mod request;

@@ -40,6 +40,8 @@ pub async fn run_all(store: Arc<dyn Store>) {
     email_codes_count_attempts_and_are_single_use(&*store).await;
     concurrent_email_code_checks_have_one_winner(store.clone()).await;
     concurrent_wrong_guesses_never_pass_the_limit(store.clone()).await;
+    // ---- passkeys (usernameless login) ----
+    passkey_handles_name_one_account(&*store).await;
     store.ping().await.unwrap();
 }
 
@@ -1142,4 +1144,29 @@ async fn sessions_per_device(s: &dyn Store) {
     assert!(s.touch_session("dev-old", 50, 0).await.unwrap());
     assert_eq!(seen(s.session("dev-old", 51).await.unwrap()), Some(50));
     assert!(!s.touch_session("dev-missing", 50, 60).await.unwrap());
+}
+
+async fn passkey_handles_name_one_account(s: &dyn Store) {
+    let row = AccountRow {
+        id: "acct-pk".into(),
+        username: "pk-user".into(),
+        email: None,
+        version: 0,
+        data: "{}".into(),
+        created_at: 1,
+    };
+    assert!(s.insert_account(&row).await.unwrap());
+    assert!(s.account_by_passkey_handle("h-1").await.unwrap().is_none());
+    assert!(s.insert_passkey_handle("h-1", "acct-pk").await.unwrap());
+    assert_eq!(
+        s.account_by_passkey_handle("h-1")
+            .await
+            .unwrap()
+            .map(|a| a.username),
+        Some("pk-user".to_string())
+    );
+    // A handle names one account, an account has one handle.
+    assert!(!s.insert_passkey_handle("h-1", "other").await.unwrap());
+    assert!(!s.insert_passkey_handle("h-2", "acct-pk").await.unwrap());
+    assert!(s.account_by_passkey_handle("h-2").await.unwrap().is_none());
 }

@@ -514,6 +514,22 @@ pub trait Store: Send + Sync + 'static {
     /// Shortens what the backend keeps beside the data: SQLite's
     /// write-ahead log is checkpointed and emptied; nothing on PostgreSQL.
     async fn compact(&self) -> Result<(), StoreError>;
+
+    // ---- passkeys (usernameless login) ------------------------------------------
+
+    /// Records `handle` (a WebAuthn user handle) as the account `account_id`'s;
+    /// false when the handle or the account has another one already.
+    async fn insert_passkey_handle(
+        &self,
+        handle: &str,
+        account_id: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// The account whose passkey user handle is `handle`.
+    async fn account_by_passkey_handle(
+        &self,
+        handle: &str,
+    ) -> Result<Option<AccountRow>, StoreError>;
 }
 
 /// A mail in the outbox.

@@ -1149,6 +1149,42 @@ impl Store for SqlStore {
         }
         Ok(())
     }
+
+    // ---- passkeys (usernameless login) ----
+
+    async fn insert_passkey_handle(
+        &self,
+        handle: &str,
+        account_id: &str,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query("INSERT INTO passkey_handles (handle, account_id) VALUES ($1, $2)")
+            .bind(handle)
+            .bind(account_id)
+            .execute(&self.pool)
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if is_conflict(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn account_by_passkey_handle(
+        &self,
+        handle: &str,
+    ) -> Result<Option<AccountRow>, StoreError> {
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = \
+             (SELECT account_id FROM passkey_handles WHERE handle = $1)"
+        );
+        sqlx::query(&sql)
+            .bind(handle)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(account_row)
+            .transpose()
+    }
 }
 
 /// Every table with an `expires_at`, with its primary key.

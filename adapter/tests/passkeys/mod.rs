@@ -569,3 +569,6 @@ async fn an_assertion_for_another_rp_id_is_refused() {
     assert_eq!(v["state"], "denied");
     assert_eq!(v["reason"], "the passkey answered for another RP ID");
 }
+
+#[path = "usernameless.rs"]
+mod usernameless;
