@@ -166,9 +166,9 @@
             if (!available) return;
             conditional = new AbortController();
             const options = await begin("");
-            run(options, "conditional", conditional.signal).catch(function (e) {
-              if (e.name !== "AbortError") showError(error, e.message);
-            });
+            // Autofill that finds no passkey, or is dismissed, is no
+            // error for the user: the form and the button remain.
+            run(options, "conditional", conditional.signal).catch(function () {});
           }
         );
       }

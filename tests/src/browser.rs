@@ -173,6 +173,32 @@ impl Browser {
         Ok(path)
     }
 
+    /// Adds a virtual authenticator to the session (WebAuthn L2 §11.3,
+    /// "Add Virtual Authenticator", implemented by chromedriver): a CTAP2
+    /// platform authenticator that verifies the user, and stores
+    /// discoverable credentials when `resident`. Returns its id.
+    pub async fn add_virtual_authenticator(&self, resident: bool) -> anyhow::Result<String> {
+        let answer = self
+            .client
+            .issue_cmd(VirtualAuthenticator::Add { resident })
+            .await
+            .map_err(|e| anyhow!("adding a virtual authenticator: {e}"))?;
+        answer
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| anyhow!("no authenticator id in {answer}"))
+    }
+
+    /// Removes the virtual authenticator `id` and its credentials
+    /// (WebAuthn L2 §11.4).
+    pub async fn remove_virtual_authenticator(&self, id: &str) -> anyhow::Result<()> {
+        self.client
+            .issue_cmd(VirtualAuthenticator::Remove { id: id.to_string() })
+            .await
+            .map_err(|e| anyhow!("removing the virtual authenticator: {e}"))?;
+        Ok(())
+    }
+
     /// Ends the WebDriver session (the driver process goes on Drop).
     pub async fn close(self) -> anyhow::Result<()> {
         self.client
@@ -180,6 +206,44 @@ impl Browser {
             .close()
             .await
             .map_err(|e| anyhow!("closing the WebDriver session: {e}"))
+    }
+}
+
+/// `POST /session/{id}/webauthn/authenticator` (WebAuthn L2 §11.3) and
+/// `DELETE …/authenticator/{authenticatorId}` (§11.4).
+#[derive(Debug)]
+enum VirtualAuthenticator {
+    Add { resident: bool },
+    Remove { id: String },
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for VirtualAuthenticator {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        let base = format!("session/{}/webauthn/authenticator", session_id.unwrap_or_default());
+        match self {
+            VirtualAuthenticator::Add { .. } => base_url.join(&base),
+            VirtualAuthenticator::Remove { id } => base_url.join(&format!("{base}/{id}")),
+        }
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (axum::http::Method, Option<String>) {
+        match self {
+            VirtualAuthenticator::Add { resident } => {
+                let body = json!({
+                    "protocol": "ctap2",
+                    "transport": "internal",
+                    "hasResidentKey": resident,
+                    "hasUserVerification": true,
+                    "isUserVerified": true,
+                });
+                (axum::http::Method::POST, Some(body.to_string()))
+            }
+            VirtualAuthenticator::Remove { .. } => (axum::http::Method::DELETE, None),
+        }
     }
 }
 

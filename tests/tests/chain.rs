@@ -14,6 +14,8 @@
 mod logout;
 #[path = "chain/openid_client.rs"]
 mod openid_client;
+#[path = "chain/passkeys.rs"]
+mod passkeys;
 #[path = "chain/reauth.rs"]
 mod reauth;
 #[path = "chain/upstream.rs"]
