@@ -478,3 +478,89 @@ async fn the_devices_page_lists_passkeys() {
         .unwrap();
     assert_eq!(json["passkeys"][0]["label"], "Phone");
 }
+
+/// The login form of an authorization request takes a passkey through the
+/// same endpoints, bound to the login (its `req`) and the transaction's
+/// CSRF token; a finished login answers where the browser goes next: the
+/// client's redirect URI with the code (RFC 6749 §4.1.2).
+#[tokio::test]
+async fn the_login_form_of_an_authorization_request_takes_a_passkey() {
+    let app = passkey_app().await;
+    let (mut auth, cred_id, _) = alice_with_passkey(&app).await;
+    let b = fresh(&app);
+    let r = b.browser.get(b.authorize_url(&[])).send().await.unwrap();
+    let form_url = location(&r);
+    let html = b
+        .browser
+        .get(format!("{}{form_url}", b.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(r#"id="passkey-login""#), "{html}");
+    assert!(html.contains(r#"autocomplete="username webauthn""#), "{html}");
+    let req = hidden(&html, "req");
+    let csrf = hidden(&html, "csrf_token");
+
+    // The transaction's CSRF token is required.
+    let (s, v) = seed_post(
+        &b,
+        "/login/begin",
+        json!({"req": req, "csrf_token": "forged", "username": "alice"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(v["error"], "csrf_failed");
+
+    let begin = || async {
+        let (s, options) = seed_post(
+            &b,
+            "/login/begin",
+            json!({"req": req, "csrf_token": csrf, "username": "alice"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{options}");
+        options
+    };
+    let finish = |credential: Value| {
+        let b = &b;
+        let body = json!({"req": req, "csrf_token": csrf, "credential": credential});
+        async move { seed_post(b, "/login/finish", body).await }
+    };
+    let options = begin().await;
+    assert_eq!(
+        options["publicKey"]["allowCredentials"][0]["id"],
+        cred_id.as_str()
+    );
+    // Malformed: 400, and the challenge stands.
+    let (s, v) = finish(json!({"id": 5})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"], "invalid_request");
+    // Another challenge's answer ends this authentication with the reason.
+    let mut other = options.clone();
+    other["publicKey"]["challenge"] = json!(URL_SAFE_NO_PAD.encode([9u8; 32]));
+    let (s, v) = finish(get(&mut auth, ORIGIN, &other)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert_eq!(v["error"], "invalid_credentials");
+    assert_eq!(
+        v["error_description"],
+        "The passkey answered another challenge."
+    );
+    // The login goes on: a new challenge, the right answer, the code.
+    let options = begin().await;
+    let (s, v) = finish(get(&mut auth, ORIGIN, &options)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let to = v["redirect"].as_str().unwrap();
+    assert!(to.starts_with(REDIRECT), "{to}");
+    let code = query(to)["code"].as_str().unwrap().to_string();
+    let tokens: Value = app.redeem(&code).await.json().await.unwrap();
+    let (_, id) = jwt_parts(tokens["id_token"].as_str().unwrap());
+    assert_eq!(id["amr"], json!(["hwk"]));
+    assert_eq!(id["sub"], "alice");
+    // Finished: the login takes no more steps.
+    let (s, v) = finish(get(&mut auth, ORIGIN, &options)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"], "unknown_login");
+}
