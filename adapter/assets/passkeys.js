@@ -175,6 +175,45 @@
     }
   }
 
+  // ---- sign-up with a passkey: the account, a session, then the passkey ----
+  const signup = document.getElementById("register-form");
+  const wants = document.getElementById("register-passkey");
+  if (signup && wants) {
+    const error = document.getElementById("passkey-error");
+    signup.addEventListener("submit", async function (ev) {
+      if (!wants.checked) return;
+      ev.preventDefault();
+      error.hidden = true;
+      const field = function (name) {
+        const el = signup.querySelector("[name=" + name + "]");
+        return el && el.value ? el.value : null;
+      };
+      try {
+        const account = {
+          username: field("username"),
+          email: field("email"),
+          name: field("name"),
+          password: field("password"),
+        };
+        await post(signup.action, account);
+        const session = await post("/login", {
+          username: account.username || account.email,
+          password: account.password,
+        });
+        const options = await post("/webauthn/register/begin", {}, session.csrf_token);
+        const cred = await navigator.credentials.create({ publicKey: creationOptions(options) });
+        await post(
+          "/webauthn/register/finish",
+          { credential: credentialJson(cred), label: "This device" },
+          session.csrf_token
+        );
+        window.location.assign("/account/devices");
+      } catch (e) {
+        showError(error, e.message);
+      }
+    });
+  }
+
   // ---- devices page: register and remove passkeys ----
   const manage = document.getElementById("passkeys-manage");
   if (manage) {

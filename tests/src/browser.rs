@@ -223,7 +223,10 @@ impl fantoccini::wd::WebDriverCompatibleCommand for VirtualAuthenticator {
         base_url: &url::Url,
         session_id: Option<&str>,
     ) -> Result<url::Url, url::ParseError> {
-        let base = format!("session/{}/webauthn/authenticator", session_id.unwrap_or_default());
+        let base = format!(
+            "session/{}/webauthn/authenticator",
+            session_id.unwrap_or_default()
+        );
         match self {
             VirtualAuthenticator::Add { .. } => base_url.join(&base),
             VirtualAuthenticator::Remove { id } => base_url.join(&format!("{base}/{id}")),

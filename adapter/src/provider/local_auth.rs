@@ -782,6 +782,8 @@ pub struct AccountFormPage {
     pub min_password_length: usize,
     pub email_codes: bool,
     pub registration: bool,
+    /// Offer a passkey at sign-up (passkeys are configured).
+    pub passkeys: bool,
 }
 
 fn form_page(
@@ -800,6 +802,7 @@ fn form_page(
         min_password_length: config.min_password_length,
         email_codes: authn.has_codes() && config.email_codes,
         registration: config.registration,
+        passkeys: authn.passkeys().is_some(),
     }
 }
 

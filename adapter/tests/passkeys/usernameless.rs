@@ -500,7 +500,10 @@ async fn the_login_form_of_an_authorization_request_takes_a_passkey() {
         .await
         .unwrap();
     assert!(html.contains(r#"id="passkey-login""#), "{html}");
-    assert!(html.contains(r#"autocomplete="username webauthn""#), "{html}");
+    assert!(
+        html.contains(r#"autocomplete="username webauthn""#),
+        "{html}"
+    );
     let req = hidden(&html, "req");
     let csrf = hidden(&html, "csrf_token");
 

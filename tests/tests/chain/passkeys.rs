@@ -58,10 +58,7 @@ async fn add_passkey(c: &Client, chain: &TestChain, label: &str, already: usize)
     click(c, "passkey-add").await;
     // The page reloads with the new passkey.
     for _ in 0..80 {
-        if let Ok(found) = c
-            .find_all(Locator::Css("#passkeys .passkey-label"))
-            .await
-        {
+        if let Ok(found) = c.find_all(Locator::Css("#passkeys .passkey-label")).await {
             if found.len() == already + 1 {
                 return text(c, "passkeys").await;
             }
@@ -89,8 +86,16 @@ async fn browser_chain_with_a_passkey_at_the_upstream() {
     // 1. Log in through the chain with the password.
     c.goto(&chain.app_path("/authenticated")).await.unwrap();
     wait_for(c, "login-form").await;
-    wait_for(c, "username").await.send_keys(USERNAME).await.unwrap();
-    wait_for(c, "password").await.send_keys(PASSWORD).await.unwrap();
+    wait_for(c, "username")
+        .await
+        .send_keys(USERNAME)
+        .await
+        .unwrap();
+    wait_for(c, "password")
+        .await
+        .send_keys(PASSWORD)
+        .await
+        .unwrap();
     click(c, "login-submit").await;
     assert_eq!(text(c, "claim-sub").await.trim(), USERNAME);
     let amr = text(c, "idclaim-amr").await;
@@ -108,7 +113,11 @@ async fn browser_chain_with_a_passkey_at_the_upstream() {
     logout_everywhere(c, &chain).await;
     c.goto(&chain.app_path("/authenticated")).await.unwrap();
     wait_for(c, "login-form").await;
-    wait_for(c, "username").await.send_keys(USERNAME).await.unwrap();
+    wait_for(c, "username")
+        .await
+        .send_keys(USERNAME)
+        .await
+        .unwrap();
     browser.screenshot("passkey-login-page").await.unwrap();
     click(c, "passkey-submit").await;
     assert_eq!(text(c, "claim-sub").await.trim(), USERNAME);
@@ -146,5 +155,59 @@ async fn browser_chain_with_a_passkey_at_the_upstream() {
         .screenshot("devices-after-passkey-logins")
         .await
         .unwrap();
+    browser.close().await.unwrap();
+}
+
+/// Sign-up with a passkey at the upstream (the register page's option):
+/// the account, a session, then the passkey; the new user then signs in
+/// to the test-app with it and no password, through the chain.
+#[tokio::test]
+async fn browser_sign_up_with_a_passkey_then_sign_in() {
+    let out = e2e::output::test_dir("browser_signup_passkey").unwrap();
+    let chain = TestChain::builder()
+        .localhost_upstream(true)
+        .start()
+        .await
+        .unwrap();
+    let browser = Browser::start(&out).await.unwrap();
+    browser.add_virtual_authenticator(true).await.unwrap();
+    let c = &browser.client;
+
+    c.goto(&chain.upstream("/register")).await.unwrap();
+    for (id, value) in [
+        ("username", "newbie"),
+        ("email", "newbie@example.org"),
+        ("name", "New Bee"),
+        ("password", "a long new password"),
+    ] {
+        wait_for(c, id).await.send_keys(value).await.unwrap();
+    }
+    assert!(wait_for(c, "register-passkey")
+        .await
+        .is_selected()
+        .await
+        .unwrap());
+    browser.screenshot("sign-up-page").await.unwrap();
+    click(c, "register-submit").await;
+    let label = c
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("#passkeys .passkey-label"))
+        .await
+        .expect("the devices page lists the passkey made at sign-up");
+    assert_eq!(label.text().await.unwrap().trim(), "This device");
+    assert_eq!(
+        c.current_url().await.unwrap().as_str(),
+        chain.upstream("/account/devices")
+    );
+    browser.screenshot("devices-after-sign-up").await.unwrap();
+    // A new browser state at the upstream: no session there any more.
+    c.delete_all_cookies().await.unwrap();
+
+    c.goto(&chain.app_path("/authenticated")).await.unwrap();
+    assert_eq!(text(c, "claim-sub").await.trim(), "newbie");
+    let amr = text(c, "idclaim-amr").await;
+    assert!(amr.contains("hwk"), "amr shows hwk: {amr}");
+    assert!(!amr.contains("pwd"), "no password: {amr}");
     browser.close().await.unwrap();
 }
