@@ -175,7 +175,7 @@ async fn users_add_list_disable_and_reset_password() {
     let out = users(d, &["set-policy", "alice", "sms"], "");
     assert_eq!(
         stderr(&out).trim(),
-        "Error: policy must be password, password_totp, email_code or default"
+        "Error: policy must be password, password_totp, email_code, passkey, password_passkey or default"
     );
     let out = users(d, &["set-policy", "alice", "password_totp"], "");
     assert!(out.status.success(), "{}", stderr(&out));
