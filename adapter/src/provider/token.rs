@@ -413,10 +413,9 @@ async fn refresh_token(
             return dead();
         }
         Rotation::Refused(_) => {
-            return Err(OAuthError::invalid_scope(
-                "a refresh cannot widen the scope of the grant",
+            return Err(
+                OAuthError::invalid_scope("a refresh cannot widen the scope of the grant").into(),
             )
-            .into())
         }
         // Without offline_access the token lives no longer than its session.
         Rotation::SessionEnded => {

@@ -1185,7 +1185,10 @@ async fn rotation_checks_consumes_and_inserts_at_once(s: &dyn Store) {
             session_alive: true
         }
     );
-    assert_eq!(s.refresh_status("rot1").await.unwrap().unwrap().used_at, Some(2));
+    assert_eq!(
+        s.refresh_status("rot1").await.unwrap().unwrap().used_at,
+        Some(2)
+    );
     let r2 = s.refresh_status("rot2").await.unwrap().unwrap();
     assert_eq!(
         (r2.row.family_id.as_str(), r2.row.issued_at, r2.used_at),
@@ -1215,7 +1218,10 @@ async fn rotation_checks_consumes_and_inserts_at_once(s: &dyn Store) {
         s.rotate_refresh("rot2", "app", 4, refuse).await.unwrap(),
         Rotation::Refused(r2.row.clone())
     );
-    assert_eq!(s.refresh_status("rot2").await.unwrap().unwrap().used_at, None);
+    assert_eq!(
+        s.refresh_status("rot2").await.unwrap().unwrap().used_at,
+        None
+    );
     // Expired at its expiry.
     assert_eq!(
         s.rotate_refresh("rot2", "app", 1000, successor("rot-x", calls.clone()))
@@ -1231,8 +1237,15 @@ async fn rotation_checks_consumes_and_inserts_at_once(s: &dyn Store) {
             .unwrap(),
         Rotation::SessionEnded
     );
-    assert_eq!(s.refresh_status("rot2").await.unwrap().unwrap().used_at, None);
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "built, then the session check");
+    assert_eq!(
+        s.refresh_status("rot2").await.unwrap().unwrap().used_at,
+        None
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "built, then the session check"
+    );
 
     // A token of no session (offline) rotates without one.
     let off = refresh("rot-off", "foff", None);
@@ -1285,9 +1298,14 @@ async fn concurrent_rotations_have_one_winner(s: Arc<dyn Store>) {
     for i in 0..16 {
         let (s, calls) = (s.clone(), calls.clone());
         handles.push(tokio::spawn(async move {
-            s.rotate_refresh("rot-race", "app", 2, successor(&format!("rot-race-{i}"), calls))
-                .await
-                .unwrap()
+            s.rotate_refresh(
+                "rot-race",
+                "app",
+                2,
+                successor(&format!("rot-race-{i}"), calls),
+            )
+            .await
+            .unwrap()
         }));
     }
     let mut rotated = 0;
@@ -1301,7 +1319,11 @@ async fn concurrent_rotations_have_one_winner(s: Arc<dyn Store>) {
     assert_eq!(rotated, 1, "exactly one concurrent rotation wins");
     let mut successors = 0;
     for i in 0..16 {
-        if s.refresh_status(&format!("rot-race-{i}")).await.unwrap().is_some() {
+        if s.refresh_status(&format!("rot-race-{i}"))
+            .await
+            .unwrap()
+            .is_some()
+        {
             successors += 1;
         }
     }
@@ -1324,7 +1346,9 @@ async fn a_session_replaces_the_one_of_its_device(s: &dyn Store) {
     for row in [&first, &other_device, &other_user] {
         assert!(s.replace_device_sessions(row).await.unwrap().is_empty());
     }
-    s.add_session_client("sid-dev1", "app", 5, 1000).await.unwrap();
+    s.add_session_client("sid-dev1", "app", 5, 1000)
+        .await
+        .unwrap();
     assert_eq!(s.session("h-dev1", 10).await.unwrap(), Some(first.clone()));
 
     // Same user, same device: the earlier session and its client index go.

@@ -551,10 +551,7 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a code ([`Store::insert_code`]) and records that `client_id`
     /// logged in to session `sid` ([`Store::add_session_client`]), in one
     /// transaction.
-    async fn insert_code_for_session(
-        &self,
-        code: &CodeInsert,
-    ) -> Result<(), StoreError>;
+    async fn insert_code_for_session(&self, code: &CodeInsert) -> Result<(), StoreError>;
 }
 
 /// What [`Store::insert_code_for_session`] stores.

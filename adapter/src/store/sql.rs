@@ -13,9 +13,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
 use super::{
-    AccountRow, BackchannelRow, CodeCheck, CodeInsert, KeyRecord, LoginRow, Lookup, NextRefresh, OutboxRow,
-    Redeemed, RefreshRow, RefreshStatus, RefreshUse, Rotation, SessionRow, Store, StoreError,
-    FAMILY_MARKER_PREFIX,
+    AccountRow, BackchannelRow, CodeCheck, CodeInsert, KeyRecord, LoginRow, Lookup, NextRefresh,
+    OutboxRow, Redeemed, RefreshRow, RefreshStatus, RefreshUse, Rotation, SessionRow, Store,
+    StoreError, FAMILY_MARKER_PREFIX,
 };
 
 /// SQL implementation for SQLite and PostgreSQL.
@@ -1261,11 +1261,8 @@ impl Store for SqlStore {
                 let mut sids = Vec::new();
                 if let Some(device) = &row.device_hash {
                     let mut delete = tx.prepare_cached(&SQLITE_DELETE_DEVICE_SESSIONS)?;
-                    let mut found = delete.query(rusqlite::params![
-                        row.connector_id,
-                        row.subject,
-                        device
-                    ])?;
+                    let mut found =
+                        delete.query(rusqlite::params![row.connector_id, row.subject, device])?;
                     while let Some(r) = found.next()? {
                         sids.push(r.get::<_, String>(0)?);
                     }
@@ -1335,11 +1332,8 @@ impl Store for SqlStore {
         if let Some(conn) = &self.grants {
             let c = code.clone();
             return Self::on_sqlite(conn, move |tx| {
-                tx.prepare_cached(&SQLITE_INSERT_CODE)?.execute(rusqlite::params![
-                    c.code_hash,
-                    c.data,
-                    c.expires_at
-                ])?;
+                tx.prepare_cached(&SQLITE_INSERT_CODE)?
+                    .execute(rusqlite::params![c.code_hash, c.data, c.expires_at])?;
                 tx.prepare_cached(&SQLITE_INSERT_SESSION_CLIENT)?
                     .execute(rusqlite::params![
                         c.sid,
@@ -1563,15 +1557,16 @@ fn rotate_on_sqlite(
     if consumed != 1 {
         return Ok(Rotation::Reused(used));
     }
-    tx.prepare_cached(&SQLITE_INSERT_REFRESH)?.execute(rusqlite::params![
-        next.token_hash,
-        next.family_id,
-        next.client_id,
-        next.sid,
-        next.data,
-        next.issued_at,
-        next.expires_at,
-    ])?;
+    tx.prepare_cached(&SQLITE_INSERT_REFRESH)?
+        .execute(rusqlite::params![
+            next.token_hash,
+            next.family_id,
+            next.client_id,
+            next.sid,
+            next.data,
+            next.issued_at,
+            next.expires_at,
+        ])?;
     tx.commit()?;
     Ok(Rotation::Rotated {
         used,
