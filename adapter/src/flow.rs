@@ -35,7 +35,7 @@ use crate::provider::redirect::{code_redirect, error_redirect};
 use crate::provider::request::{AuthorizeRequest, Prompt};
 use crate::provider::Client;
 use crate::secret::{ct_eq, hash, random_token};
-use crate::store::{codec, LoginRow, Lookup, SessionRow, Store, StoreError};
+use crate::store::{codec, CodeInsert, LoginRow, Lookup, SessionRow, Store, StoreError};
 
 /// A login in progress (persisted under the hash of its id).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -912,13 +912,6 @@ impl Flows {
             .filter(|d| device::is_valid_id(d))
             .map_or_else(random_token, String::from);
         let device_hash = device::id_hash(&device_cookie);
-        let replaced = self
-            .store
-            .delete_device_sessions(&identity.connector_id, &identity.subject, &device_hash)
-            .await?;
-        if !replaced.is_empty() {
-            tracing::info!(connector = %identity.connector_id, replaced = replaced.len(), "a new login replaced the session of this device");
-        }
         // OIDC Core §2: auth_time is when the user authenticated, which is
         // the upstream's moment when it tells (never in our future).
         let auth_time = identity.auth_time.map_or(now, |t| t.min(now));
@@ -939,7 +932,12 @@ impl Flows {
             ip: browser.ip.map(String::from),
             last_seen_at: Some(now),
         };
-        self.store.insert_session(&row).await?;
+        // One store call: the user's earlier session on this device goes,
+        // the new one comes.
+        let replaced = self.store.replace_device_sessions(&row).await?;
+        if !replaced.is_empty() {
+            tracing::info!(connector = %identity.connector_id, replaced = replaced.len(), "a new login replaced the session of this device");
+        }
         self.metrics
             .login_succeeded(self.connector_label(&identity.connector_id));
         Ok(StartedSession {
@@ -976,10 +974,15 @@ impl Flows {
             sid: sid.to_string(),
         };
         self.store
-            .insert_code(&hash(&code), &codec::encode(&record)?, now + self.ttl.code)
-            .await?;
-        self.store
-            .add_session_client(sid, &request.client_id, now, session_expires_at)
+            .insert_code_for_session(&CodeInsert {
+                code_hash: hash(&code),
+                data: codec::encode(&record)?,
+                expires_at: now + self.ttl.code,
+                sid: sid.to_string(),
+                client_id: request.client_id.clone(),
+                now,
+                session_expires_at,
+            })
             .await?;
         code_redirect(
             &request.redirect_uri,

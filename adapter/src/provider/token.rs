@@ -41,7 +41,9 @@ use crate::customizer::{ClaimsContext, Identity, TokenKind};
 use crate::error::{ErrorCode, OAuthError};
 use crate::flow::CodeRecord;
 use crate::secret::{at_hash, ct_eq, hash, is_valid_pkce_verifier, pkce_s256, random_token};
-use crate::store::{codec, Redeemed, RefreshRow, RefreshStatus, RefreshUse, Store, StoreError};
+use crate::store::{
+    codec, Redeemed, RefreshRow, RefreshStatus, Rotation, Store, StoreError, FAMILY_MARKER_PREFIX,
+};
 use crate::web::{no_store, WebError};
 
 /// A token-endpoint error, rendered as RFC 6749 §5.2 JSON.
@@ -223,7 +225,7 @@ pub struct RefreshData {
 /// including a token a concurrent rotation inserts after the revocation:
 /// every use checks the marker first, so no race outlives it.
 pub fn family_marker(family_id: &str) -> String {
-    format!("family:{family_id}")
+    format!("{FAMILY_MARKER_PREFIX}{family_id}")
 }
 
 /// Revokes every refresh token of a family (RFC 9700 §4.14.2, RFC 7009 §2.1),
@@ -239,8 +241,7 @@ pub async fn revoke_refresh_family(
     Ok(())
 }
 
-/// Issues a refresh token of `family_id` for `data`: expires after the idle
-/// lifetime, and never after the family's absolute expiry.
+/// Issues a refresh token of `family_id` for `data`.
 async fn issue_refresh(
     st: &AppState,
     client: &Client,
@@ -249,19 +250,60 @@ async fn issue_refresh(
     now: i64,
 ) -> Result<String, StoreError> {
     let token = random_token();
-    let row = RefreshRow {
-        token_hash: hash(&token),
+    let row = refresh_row(
+        hash(&token),
+        family_id,
+        &client.id,
+        data,
+        now,
+        st.tokens.refresh_token_idle_ttl_seconds,
+    )?;
+    st.store.insert_refresh(&row).await?;
+    Ok(token)
+}
+
+/// The stored row of a refresh token (by its hash) of `family_id` for
+/// `data`: expires after the idle lifetime, and never after the family's
+/// absolute expiry.
+fn refresh_row(
+    token_hash: String,
+    family_id: &str,
+    client_id: &str,
+    data: &RefreshData,
+    now: i64,
+    idle_ttl: i64,
+) -> Result<RefreshRow, StoreError> {
+    Ok(RefreshRow {
+        token_hash,
         family_id: family_id.to_string(),
-        client_id: client.id.clone(),
+        client_id: client_id.to_string(),
         // Only session-bound tokens are indexed by their session, so ending
         // the session (logout) revokes them and not the offline ones.
         sid: (!data.offline).then(|| data.sid.clone()),
         data: codec::encode(data)?,
         issued_at: now,
-        expires_at: (now + st.tokens.refresh_token_idle_ttl_seconds).min(data.absolute_expires_at),
+        expires_at: (now + idle_ttl).min(data.absolute_expires_at),
+    })
+}
+
+/// RFC 6749 §6: the scopes a refresh asks for (`requested`, space-separated,
+/// duplicates dropped), or all of the grant's without a `scope` parameter;
+/// `None` when it asks for one the grant does not have (a refresh may narrow
+/// the scope, never widen it).
+fn narrowed_scopes(granted: &[String], requested: Option<&str>) -> Option<Vec<String>> {
+    let Some(requested) = requested else {
+        return Some(granted.to_vec());
     };
-    st.store.insert_refresh(&row).await?;
-    Ok(token)
+    let mut scopes: Vec<String> = Vec::new();
+    for s in requested.split(' ').filter(|s| !s.is_empty()) {
+        if !granted.iter().any(|g| g == s) {
+            return None;
+        }
+        if !scopes.iter().any(|x| x == s) {
+            scopes.push(s.to_string());
+        }
+    }
+    Some(scopes)
 }
 
 /// A stored refresh token that can still be used: unused, unrevoked (its
@@ -308,7 +350,10 @@ async fn reuse_detected(
     revoke_session_tokens(&*st.store, &data.sid, now, until).await
 }
 
-/// The refresh-token grant (RFC 6749 §6, OIDC Core §12).
+/// The refresh-token grant (RFC 6749 §6, OIDC Core §12). The store does
+/// every check that needs the stored token, the consumption and the
+/// insertion of the next token in one call ([`Store::rotate_refresh`]), so
+/// a grant costs one transaction.
 async fn refresh_token(
     st: &AppState,
     client: &Client,
@@ -319,90 +364,82 @@ async fn refresh_token(
         .ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
     let now = st.now();
     let store = &*st.store;
-    let token_hash = hash(token);
     let dead = || Err(OAuthError::invalid_grant("the refresh token is invalid or expired").into());
-    // Read first: checks that must not cost the client its token (a
-    // narrower scope asked wrongly) run before the token is consumed.
-    let Some(status) = store
-        .refresh_status(&token_hash)
-        .await
-        .map_err(|e| storage_failure(&e))?
-    else {
-        return dead();
-    };
-    let row = &status.row;
-    let data: RefreshData = codec::decode(&row.data).map_err(|e| storage_failure(&e))?;
-    // RFC 6749 §6, RFC 9700 §4.14.2: bound to its client. In another
-    // client's hands it is stolen: the family dies.
-    if row.client_id != client.id {
-        tracing::warn!(client = %client.id, "refresh token presented by another client; revoking its family");
-        revoke_refresh_family(store, &row.family_id, data.absolute_expires_at, now)
-            .await
-            .map_err(|e| storage_failure(&e))?;
-        return dead();
-    }
-    // A revoked family (reuse, replayed code, RFC 7009) stays revoked, also
-    // for a member a concurrent rotation inserted after the revocation.
-    let family_revoked = store
-        .is_revoked(&family_marker(&row.family_id), now)
-        .await
-        .map_err(|e| storage_failure(&e))?;
-    if status.revoked_at.is_some() || family_revoked {
-        return dead();
-    }
-    if status.used_at.is_some() {
-        reuse_detected(st, &row.family_id, &data, now)
-            .await
-            .map_err(|e| storage_failure(&e))?;
-        return dead();
-    }
-    if row.expires_at <= now {
-        return dead();
-    }
-    // RFC 6749 §6: the scope may only narrow.
-    let scopes: Vec<String> = match params.get("scope") {
-        None => data.scopes.clone(),
-        Some(requested) => {
-            let mut scopes: Vec<String> = Vec::new();
-            for s in requested.split(' ').filter(|s| !s.is_empty()) {
-                if !data.scopes.iter().any(|g| g == s) {
-                    return Err(OAuthError::invalid_scope(
-                        "a refresh cannot widen the scope of the grant",
-                    )
-                    .into());
-                }
-                if !scopes.iter().any(|x| x == s) {
-                    scopes.push(s.to_string());
-                }
+    let requested = params.get("scope").map(str::to_string);
+    let jti = random_token();
+    let next_token = random_token();
+    // Runs inside the rotation, on the live token before it is consumed: a
+    // narrower scope asked wrongly does not cost the client its token.
+    let next = {
+        let (next_hash, jti, client_id) = (hash(&next_token), jti.clone(), client.id.clone());
+        let (requested, idle_ttl) = (requested.clone(), st.tokens.refresh_token_idle_ttl_seconds);
+        Box::new(move |row: &RefreshRow| {
+            let data: RefreshData = codec::decode(&row.data)?;
+            if narrowed_scopes(&data.scopes, requested.as_deref()).is_none() {
+                return Ok(None);
             }
-            scopes
-        }
+            let next = RefreshData {
+                access_jti: jti,
+                ..data
+            };
+            refresh_row(next_hash, &row.family_id, &client_id, &next, now, idle_ttl).map(Some)
+        })
     };
-    // Without offline_access the token lives no longer than its session.
-    let in_session = store
-        .session_by_sid(&data.sid, now)
-        .await
-        .map_err(|e| storage_failure(&e))?
-        .is_some();
-    if !data.offline && !in_session {
-        return Err(OAuthError::invalid_grant("the session of this grant has ended").into());
-    }
-    // Exactly one concurrent use wins (RFC 9700 §4.14.2).
-    match store
-        .use_refresh(&token_hash, now)
+    let (used, session_alive) = match store
+        .rotate_refresh(&hash(token), &client.id, now, next)
         .await
         .map_err(|e| storage_failure(&e))?
     {
-        RefreshUse::Fresh(_) => {}
-        RefreshUse::Reused { family_id } => {
-            reuse_detected(st, &family_id, &data, now)
+        Rotation::Rotated {
+            used,
+            session_alive,
+        } => (used, session_alive),
+        // RFC 6749 §6, RFC 9700 §4.14.2: bound to its client. In another
+        // client's hands it is stolen: the family dies.
+        Rotation::OtherClient(row) => {
+            tracing::warn!(client = %client.id, "refresh token presented by another client; revoking its family");
+            let data: RefreshData = codec::decode(&row.data).map_err(|e| storage_failure(&e))?;
+            revoke_refresh_family(store, &row.family_id, data.absolute_expires_at, now)
                 .await
                 .map_err(|e| storage_failure(&e))?;
             return dead();
         }
-        RefreshUse::Revoked | RefreshUse::Missing => return dead(),
-    }
-    let jti = random_token();
+        // Used before, or by a concurrent request that won: reuse.
+        Rotation::Reused(row) => {
+            let data: RefreshData = codec::decode(&row.data).map_err(|e| storage_failure(&e))?;
+            reuse_detected(st, &row.family_id, &data, now)
+                .await
+                .map_err(|e| storage_failure(&e))?;
+            return dead();
+        }
+        Rotation::Refused(_) => {
+            return Err(
+                OAuthError::invalid_scope("a refresh cannot widen the scope of the grant").into(),
+            )
+        }
+        // Without offline_access the token lives no longer than its session.
+        Rotation::SessionEnded => {
+            return Err(OAuthError::invalid_grant("the session of this grant has ended").into())
+        }
+        // A revoked family (reuse, replayed code, RFC 7009) stays revoked,
+        // also for a member a concurrent rotation inserted after the
+        // revocation.
+        Rotation::Revoked | Rotation::Expired | Rotation::Missing => return dead(),
+    };
+    let data: RefreshData = codec::decode(&used.data).map_err(|e| storage_failure(&e))?;
+    let scopes = narrowed_scopes(&data.scopes, requested.as_deref()).unwrap_or_default();
+    // A session-bound token was rotated only with its session alive; an
+    // offline one outlives its session, whose state decides only whether
+    // the access token carries `sid`.
+    let in_session = if used.sid.is_some() {
+        session_alive
+    } else {
+        store
+            .session_by_sid(&data.sid, now)
+            .await
+            .map_err(|e| storage_failure(&e))?
+            .is_some()
+    };
     let grant = Grant {
         client,
         identity: &data.identity,
@@ -415,14 +452,7 @@ async fn refresh_token(
         jti: &jti,
     };
     let mut response = mint(st, &grant, now).map_err(signing_failure)?;
-    let next = RefreshData {
-        access_jti: jti.clone(),
-        ..data
-    };
-    let refresh = issue_refresh(st, client, &row.family_id, &next, now)
-        .await
-        .map_err(|e| storage_failure(&e))?;
-    response.insert("refresh_token".into(), json!(refresh));
+    response.insert("refresh_token".into(), json!(next_token));
     Ok(Value::Object(response))
 }
 

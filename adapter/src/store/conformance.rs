@@ -42,6 +42,12 @@ pub async fn run_all(store: Arc<dyn Store>) {
     concurrent_wrong_guesses_never_pass_the_limit(store.clone()).await;
     // ---- passkeys (usernameless login) ----
     passkey_handles_name_one_account(&*store).await;
+    // ---- the refresh grant in one call ----
+    rotation_checks_consumes_and_inserts_at_once(&*store).await;
+    concurrent_rotations_have_one_winner(store.clone()).await;
+    // ---- a login's last steps in fewer calls ----
+    a_session_replaces_the_one_of_its_device(&*store).await;
+    a_code_is_stored_with_its_session_client(&*store).await;
     store.ping().await.unwrap();
 }
 
@@ -1169,4 +1175,265 @@ async fn passkey_handles_name_one_account(s: &dyn Store) {
     assert!(!s.insert_passkey_handle("h-1", "other").await.unwrap());
     assert!(!s.insert_passkey_handle("h-2", "acct-pk").await.unwrap());
     assert!(s.account_by_passkey_handle("h-2").await.unwrap().is_none());
+// ---- the refresh grant in one call ------------------------------------------
+
+/// A [`NextRefresh`] that makes `next` (a successor of the used token's
+/// family) and counts its calls.
+fn successor(next: &str, calls: Arc<std::sync::atomic::AtomicUsize>) -> NextRefresh {
+    let next = next.to_string();
+    Box::new(move |used: &RefreshRow| {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Some(RefreshRow {
+            token_hash: next,
+            issued_at: 3,
+            ..used.clone()
+        }))
+    })
+}
+
+async fn rotation_checks_consumes_and_inserts_at_once(s: &dyn Store) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    s.insert_session(&session("h-rot", "sid-rot", "rita", 1))
+        .await
+        .unwrap();
+    let r1 = refresh("rot1", "frot", Some("sid-rot"));
+    s.insert_refresh(&r1).await.unwrap();
+
+    // Live: consumed, its successor inserted, the session seen alive.
+    assert_eq!(
+        s.rotate_refresh("rot1", "app", 2, successor("rot2", calls.clone()))
+            .await
+            .unwrap(),
+        Rotation::Rotated {
+            used: r1.clone(),
+            session_alive: true
+        }
+    );
+    assert_eq!(
+        s.refresh_status("rot1").await.unwrap().unwrap().used_at,
+        Some(2)
+    );
+    let r2 = s.refresh_status("rot2").await.unwrap().unwrap();
+    assert_eq!(
+        (r2.row.family_id.as_str(), r2.row.issued_at, r2.used_at),
+        ("frot", 3, None)
+    );
+
+    // Replayed: reuse, nothing built or inserted.
+    assert_eq!(
+        s.rotate_refresh("rot1", "app", 4, successor("rot-x", calls.clone()))
+            .await
+            .unwrap(),
+        Rotation::Reused(r1.clone())
+    );
+    assert_eq!(s.refresh_status("rot-x").await.unwrap(), None);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // Another client's: reported before anything else, nothing consumed.
+    assert_eq!(
+        s.rotate_refresh("rot2", "thief", 4, successor("rot-x", calls.clone()))
+            .await
+            .unwrap(),
+        Rotation::OtherClient(r2.row.clone())
+    );
+    // Refused by the caller's check: nothing consumed.
+    let refuse: NextRefresh = Box::new(|_| Ok(None));
+    assert_eq!(
+        s.rotate_refresh("rot2", "app", 4, refuse).await.unwrap(),
+        Rotation::Refused(r2.row.clone())
+    );
+    assert_eq!(
+        s.refresh_status("rot2").await.unwrap().unwrap().used_at,
+        None
+    );
+    // Expired at its expiry.
+    assert_eq!(
+        s.rotate_refresh("rot2", "app", 1000, successor("rot-x", calls.clone()))
+            .await
+            .unwrap(),
+        Rotation::Expired
+    );
+    // Its session ended: refused, not consumed.
+    s.delete_session_by_sid("sid-rot").await.unwrap();
+    assert_eq!(
+        s.rotate_refresh("rot2", "app", 5, successor("rot-x", calls.clone()))
+            .await
+            .unwrap(),
+        Rotation::SessionEnded
+    );
+    assert_eq!(
+        s.refresh_status("rot2").await.unwrap().unwrap().used_at,
+        None
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "built, then the session check"
+    );
+
+    // A token of no session (offline) rotates without one.
+    let off = refresh("rot-off", "foff", None);
+    s.insert_refresh(&off).await.unwrap();
+    assert_eq!(
+        s.rotate_refresh("rot-off", "app", 5, successor("rot-off2", calls.clone()))
+            .await
+            .unwrap(),
+        Rotation::Rotated {
+            used: off,
+            session_alive: false
+        }
+    );
+    // The family's marker revokes every member, also one inserted later.
+    s.revoke_token(&format!("{FAMILY_MARKER_PREFIX}foff"), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.rotate_refresh("rot-off2", "app", 6, successor("rot-x", calls.clone()))
+            .await
+            .unwrap(),
+        Rotation::Revoked
+    );
+    // Once the marker expired, the row's own state counts again.
+    s.revoke_family("foff", 7).await.unwrap();
+    assert_eq!(
+        s.rotate_refresh("rot-off2", "app", 100, successor("rot-x", calls.clone()))
+            .await
+            .unwrap(),
+        Rotation::Revoked
+    );
+    assert_eq!(
+        s.rotate_refresh("nope", "app", 6, successor("rot-x", calls.clone()))
+            .await
+            .unwrap(),
+        Rotation::Missing
+    );
+    assert_eq!(s.refresh_status("rot-x").await.unwrap(), None);
+}
+
+/// A replay racing the legitimate rotation (RFC 9700 §4.14.2): exactly one
+/// rotation wins and inserts its successor; every other sees reuse.
+async fn concurrent_rotations_have_one_winner(s: Arc<dyn Store>) {
+    use std::sync::atomic::AtomicUsize;
+    s.insert_refresh(&refresh("rot-race", "frace", None))
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for i in 0..16 {
+        let (s, calls) = (s.clone(), calls.clone());
+        handles.push(tokio::spawn(async move {
+            s.rotate_refresh(
+                "rot-race",
+                "app",
+                2,
+                successor(&format!("rot-race-{i}"), calls),
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    let mut rotated = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            Rotation::Rotated { .. } => rotated += 1,
+            Rotation::Reused(row) => assert_eq!(row.family_id, "frace"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(rotated, 1, "exactly one concurrent rotation wins");
+    let mut successors = 0;
+    for i in 0..16 {
+        if s.refresh_status(&format!("rot-race-{i}"))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            successors += 1;
+        }
+    }
+    assert_eq!(successors, 1, "exactly one successor inserted");
+}
+
+// ---- a login's last steps in fewer calls -------------------------------------
+
+async fn a_session_replaces_the_one_of_its_device(s: &dyn Store) {
+    let on = |id: &str, sid: &str, subject: &str, device: &str| SessionRow {
+        device_hash: Some(device.into()),
+        device_label: Some("Firefox on Linux".into()),
+        ip: Some("192.0.2.7".into()),
+        last_seen_at: Some(5),
+        ..session(id, sid, subject, 5)
+    };
+    let first = on("h-dev1", "sid-dev1", "dora", "dev-a");
+    let other_device = on("h-dev2", "sid-dev2", "dora", "dev-b");
+    let other_user = on("h-dev3", "sid-dev3", "dirk", "dev-a");
+    for row in [&first, &other_device, &other_user] {
+        assert!(s.replace_device_sessions(row).await.unwrap().is_empty());
+    }
+    s.add_session_client("sid-dev1", "app", 5, 1000)
+        .await
+        .unwrap();
+    assert_eq!(s.session("h-dev1", 10).await.unwrap(), Some(first.clone()));
+
+    // Same user, same device: the earlier session and its client index go.
+    let again = on("h-dev4", "sid-dev4", "dora", "dev-a");
+    assert_eq!(
+        s.replace_device_sessions(&again).await.unwrap(),
+        vec!["sid-dev1".to_string()]
+    );
+    assert_eq!(s.session("h-dev1", 10).await.unwrap(), None);
+    assert!(s.session_clients("sid-dev1").await.unwrap().is_empty());
+    assert_eq!(s.session("h-dev4", 10).await.unwrap(), Some(again));
+    assert_eq!(s.session("h-dev2", 10).await.unwrap(), Some(other_device));
+    assert_eq!(s.session("h-dev3", 10).await.unwrap(), Some(other_user));
+    // The whole call is one transaction: a clash on the new row's sid
+    // keeps the session it would have replaced.
+    let clash = on("h-dev5", "sid-dev2", "dora", "dev-a");
+    assert!(s.replace_device_sessions(&clash).await.is_err());
+    assert!(s.session("h-dev4", 10).await.unwrap().is_some());
+}
+
+async fn a_code_is_stored_with_its_session_client(s: &dyn Store) {
+    let code = CodeInsert {
+        code_hash: "c-sess".into(),
+        data: "payload".into(),
+        expires_at: 600,
+        sid: "sid-code".into(),
+        client_id: "app7".into(),
+        now: 5,
+        session_expires_at: 1000,
+    };
+    s.insert_code_for_session(&code).await.unwrap();
+    assert_eq!(
+        s.session_clients("sid-code").await.unwrap(),
+        vec!["app7".to_string()]
+    );
+    assert_eq!(
+        s.redeem_code("c-sess", "g-sess", 6).await.unwrap(),
+        Redeemed::Fresh {
+            data: "payload".into(),
+            expires_at: 600
+        }
+    );
+    // A second code of the same client and session: the index stays one row.
+    s.insert_code_for_session(&CodeInsert {
+        code_hash: "c-sess2".into(),
+        ..code.clone()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.session_clients("sid-code").await.unwrap().len(), 1);
+    // A code hash that exists fails the whole call.
+    assert!(s
+        .insert_code_for_session(&CodeInsert {
+            client_id: "app8".into(),
+            ..code
+        })
+        .await
+        .is_err());
+    assert_eq!(
+        s.session_clients("sid-code").await.unwrap(),
+        vec!["app7".to_string()]
+    );
 }

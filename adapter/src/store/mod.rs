@@ -46,6 +46,12 @@ pub enum StoreError {
     NewerPayload(u32),
     #[error("invalid database url: {0}")]
     Url(String),
+    /// The SQLite connection of the grant paths (see [`Store::rotate_refresh`]).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The blocking thread running a SQLite transaction died.
+    #[error("storage worker failed: {0}")]
+    Worker(#[from] tokio::task::JoinError),
 }
 
 /// How a lookup of a single-use record came out.
@@ -530,6 +536,84 @@ pub trait Store: Send + Sync + 'static {
         &self,
         handle: &str,
     ) -> Result<Option<AccountRow>, StoreError>;
+    // ---- the refresh grant in one call -------------------------------------------
+
+    /// The whole store side of a refresh grant (RFC 6749 §6, RFC 9700
+    /// §4.14.2) in one transaction on one connection: reads the token
+    /// `token_hash` with its family's revocation marker
+    /// ([`FAMILY_MARKER_PREFIX`]) and its session (one query), and when it
+    /// belongs to `client_id` and is live, calls `next` with it and
+    /// consumes it and inserts the row `next` built, before committing.
+    /// Any other outcome changes nothing. Two concurrent rotations of one
+    /// token get one [`Rotation::Rotated`]; the other sees
+    /// [`Rotation::Reused`].
+    async fn rotate_refresh(
+        &self,
+        token_hash: &str,
+        client_id: &str,
+        now: i64,
+        next: NextRefresh,
+    ) -> Result<Rotation, StoreError>;
+
+    // ---- a login's last steps in fewer calls ----------------------------------------
+
+    /// Starts a session in one transaction: deletes the sessions of the
+    /// same user (`connector_id`, `subject`) on the same device
+    /// (`device_hash`, when set) with their client index, then inserts
+    /// `row`. Returns the deleted sessions' `sid`s.
+    async fn replace_device_sessions(&self, row: &SessionRow) -> Result<Vec<String>, StoreError>;
+
+    /// Stores a code ([`Store::insert_code`]) and records that `client_id`
+    /// logged in to session `sid` ([`Store::add_session_client`]), in one
+    /// transaction.
+    async fn insert_code_for_session(&self, code: &CodeInsert) -> Result<(), StoreError>;
+}
+
+/// What [`Store::insert_code_for_session`] stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeInsert {
+    pub code_hash: String,
+    pub data: String,
+    pub expires_at: i64,
+    pub sid: String,
+    pub client_id: String,
+    pub now: i64,
+    pub session_expires_at: i64,
+}
+
+/// The revoked-token marker of a refresh family is this prefix and the
+/// family id: revoking it kills the family, including a member a concurrent
+/// rotation inserts after the revocation.
+pub const FAMILY_MARKER_PREFIX: &str = "family:";
+
+/// Builds, inside [`Store::rotate_refresh`]'s transaction, the token that
+/// replaces a live one, from the stored row. `Ok(None)` refuses the grant
+/// (nothing is consumed).
+pub type NextRefresh =
+    Box<dyn FnOnce(&RefreshRow) -> Result<Option<RefreshRow>, StoreError> + Send + 'static>;
+
+/// How [`Store::rotate_refresh`] came out. Only [`Rotation::Rotated`]
+/// changed anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// Consumed now by this caller, its successor inserted. `session_alive`:
+    /// the token is bound to a session (`sid`) that is unexpired.
+    Rotated {
+        used: RefreshRow,
+        session_alive: bool,
+    },
+    /// Live, but `next` refused it.
+    Refused(RefreshRow),
+    /// Another client's token.
+    OtherClient(RefreshRow),
+    /// Used before: a rotated token came back.
+    Reused(RefreshRow),
+    /// It, its family or its session's tokens were revoked.
+    Revoked,
+    Expired,
+    /// Bound to a session that has ended.
+    SessionEnded,
+    Missing,
 }
 
 /// A mail in the outbox.

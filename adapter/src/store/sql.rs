@@ -5,6 +5,7 @@
 //! and payloads.
 
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,8 +13,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
 use super::{
-    AccountRow, BackchannelRow, CodeCheck, KeyRecord, LoginRow, Lookup, OutboxRow, Redeemed,
-    RefreshRow, RefreshStatus, RefreshUse, SessionRow, Store, StoreError,
+    AccountRow, BackchannelRow, CodeCheck, CodeInsert, KeyRecord, LoginRow, Lookup, NextRefresh,
+    OutboxRow, Redeemed, RefreshRow, RefreshStatus, RefreshUse, Rotation, SessionRow, Store,
+    StoreError, FAMILY_MARKER_PREFIX,
 };
 
 /// SQL implementation for SQLite and PostgreSQL.
@@ -22,6 +24,13 @@ pub struct SqlStore {
     pool: AnyPool,
     /// SQLite (a file with a write-ahead log) rather than PostgreSQL.
     sqlite: bool,
+    /// SQLite only: the connection of the grant paths, used on a blocking
+    /// thread. sqlx-sqlite hands every statement to its connection's worker
+    /// thread (two thread switches per statement); a grant's transaction
+    /// here costs one hop for all its statements. One connection behind a
+    /// mutex: SQLite has one writer at a time anyway, and waiting on the
+    /// mutex is cheaper than SQLite's busy handler (which sleeps).
+    grants: Option<Arc<Mutex<rusqlite::Connection>>>,
 }
 
 /// Longest a query waits for a pooled connection.
@@ -67,15 +76,39 @@ impl SqlStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
+        let grants = if is_sqlite {
+            Some(Arc::new(Mutex::new(open_grant_connection(&url)?)))
+        } else {
+            None
+        };
         Ok(SqlStore {
             pool,
             sqlite: is_sqlite,
+            grants,
         })
     }
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
+}
+
+/// Opens the grant paths' SQLite connection on the file of `url` (a
+/// prepared `sqlite://` URL; the schema exists), with the pool's settings.
+fn open_grant_connection(url: &str) -> Result<rusqlite::Connection, StoreError> {
+    let path = url.strip_prefix("sqlite://").unwrap_or(url);
+    let file = path.split('?').next().unwrap_or(path);
+    let conn = rusqlite::Connection::open_with_flags(
+        file,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // As the pool's connections (see `connect`); the file is in WAL mode
+    // already (a persistent setting).
+    conn.execute_batch(
+        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+         PRAGMA busy_timeout = 5000; PRAGMA journal_size_limit = 67108864;",
+    )?;
+    Ok(conn)
 }
 
 /// Adds `mode=rwc` to SQLite URLs and creates the parent folder.
@@ -1185,6 +1218,395 @@ impl Store for SqlStore {
             .map(account_row)
             .transpose()
     }
+    async fn rotate_refresh(
+        &self,
+        token_hash: &str,
+        client_id: &str,
+        now: i64,
+        next: NextRefresh,
+    ) -> Result<Rotation, StoreError> {
+        if let Some(conn) = &self.grants {
+            let (conn, token_hash, client_id) =
+                (conn.clone(), token_hash.to_string(), client_id.to_string());
+            return tokio::task::spawn_blocking(move || {
+                // A panic in another grant rolled its transaction back while
+                // unwinding: the connection is usable.
+                let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                rotate_on_sqlite(&mut conn, &token_hash, &client_id, now, next)
+            })
+            .await?;
+        }
+        // PostgreSQL: the row is locked by the read (`FOR UPDATE`), so a
+        // concurrent rotation waits and then reads it used.
+        let mut tx = self.pool.begin().await?;
+        let read = sqlx::query(&format!("{GRANT_READ} FOR UPDATE"))
+            .bind(token_hash)
+            .bind(FAMILY_MARKER_PREFIX)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| {
+                Ok::<_, StoreError>(GrantRead {
+                    row: refresh_row(&r)?,
+                    used_at: r.try_get("used_at")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                    family_revoked: r.try_get("family_revoked")?,
+                    session_alive: r.try_get("session_alive")?,
+                })
+            })
+            .transpose()?;
+        let (used, next, session_alive) = match decide_rotation(read, client_id, now, next)? {
+            Decision::Stop(outcome) => return Ok(outcome),
+            Decision::Rotate {
+                used,
+                next,
+                session_alive,
+            } => (used, next, session_alive),
+        };
+        let consumed = sqlx::query(CONSUME_REFRESH)
+            .bind(token_hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if consumed != 1 {
+            return Ok(Rotation::Reused(used));
+        }
+        sqlx::query(INSERT_REFRESH)
+            .bind(&next.token_hash)
+            .bind(&next.family_id)
+            .bind(&next.client_id)
+            .bind(next.sid.as_deref())
+            .bind(&next.data)
+            .bind(next.issued_at)
+            .bind(next.expires_at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Rotation::Rotated {
+            used,
+            session_alive,
+        })
+    }
+
+    async fn replace_device_sessions(&self, row: &SessionRow) -> Result<Vec<String>, StoreError> {
+        if let Some(conn) = &self.grants {
+            let row = row.clone();
+            return Self::on_sqlite(conn, move |tx| {
+                let mut sids = Vec::new();
+                if let Some(device) = &row.device_hash {
+                    let mut delete = tx.prepare_cached(&SQLITE_DELETE_DEVICE_SESSIONS)?;
+                    let mut found =
+                        delete.query(rusqlite::params![row.connector_id, row.subject, device])?;
+                    while let Some(r) = found.next()? {
+                        sids.push(r.get::<_, String>(0)?);
+                    }
+                }
+                for sid in &sids {
+                    tx.prepare_cached(&SQLITE_DELETE_SESSION_CLIENTS)?
+                        .execute([sid])?;
+                }
+                tx.prepare_cached(&SQLITE_INSERT_SESSION)?
+                    .execute(rusqlite::params![
+                        row.id_hash,
+                        row.sid,
+                        row.connector_id,
+                        row.subject,
+                        row.auth_time,
+                        row.data,
+                        row.created_at,
+                        row.expires_at,
+                        row.device_hash,
+                        row.device_label,
+                        row.ip,
+                        row.last_seen_at,
+                    ])?;
+                Ok(sids)
+            })
+            .await;
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut sids = Vec::new();
+        if let Some(device) = &row.device_hash {
+            for r in sqlx::query(DELETE_DEVICE_SESSIONS)
+                .bind(&row.connector_id)
+                .bind(&row.subject)
+                .bind(device)
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                sids.push(r.try_get::<String, _>("sid")?);
+            }
+        }
+        for sid in &sids {
+            sqlx::query(DELETE_SESSION_CLIENTS)
+                .bind(sid)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(&insert_session_sql())
+            .bind(&row.id_hash)
+            .bind(&row.sid)
+            .bind(&row.connector_id)
+            .bind(&row.subject)
+            .bind(row.auth_time)
+            .bind(&row.data)
+            .bind(row.created_at)
+            .bind(row.expires_at)
+            .bind(&row.device_hash)
+            .bind(&row.device_label)
+            .bind(&row.ip)
+            .bind(row.last_seen_at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(sids)
+    }
+
+    async fn insert_code_for_session(&self, code: &CodeInsert) -> Result<(), StoreError> {
+        if let Some(conn) = &self.grants {
+            let c = code.clone();
+            return Self::on_sqlite(conn, move |tx| {
+                tx.prepare_cached(&SQLITE_INSERT_CODE)?
+                    .execute(rusqlite::params![c.code_hash, c.data, c.expires_at])?;
+                tx.prepare_cached(&SQLITE_INSERT_SESSION_CLIENT)?
+                    .execute(rusqlite::params![
+                        c.sid,
+                        c.client_id,
+                        c.now,
+                        c.session_expires_at
+                    ])?;
+                Ok(())
+            })
+            .await;
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(INSERT_CODE)
+            .bind(&code.code_hash)
+            .bind(&code.data)
+            .bind(code.expires_at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(INSERT_SESSION_CLIENT)
+            .bind(&code.sid)
+            .bind(&code.client_id)
+            .bind(code.now)
+            .bind(code.session_expires_at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl SqlStore {
+    /// Runs `job` in one `BEGIN IMMEDIATE` transaction (the write lock from
+    /// the start, so nothing it read goes stale before it writes) on the
+    /// SQLite grant connection, on a blocking thread: one thread hop for
+    /// all its statements. Committed when `job` succeeds, rolled back
+    /// otherwise.
+    async fn on_sqlite<T, F>(
+        conn: &Arc<Mutex<rusqlite::Connection>>,
+        job: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic in another job rolled its transaction back while
+            // unwinding: the connection is usable.
+            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let out = job(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await?
+    }
+}
+
+const DELETE_DEVICE_SESSIONS: &str = "DELETE FROM sessions \
+     WHERE connector_id = $1 AND subject = $2 AND device_hash = $3 RETURNING sid";
+const DELETE_SESSION_CLIENTS: &str = "DELETE FROM session_clients WHERE sid = $1";
+const INSERT_CODE: &str = "INSERT INTO codes (code_hash, data, expires_at, redeemed_at, grant_id) \
+     VALUES ($1, $2, $3, NULL, NULL)";
+const INSERT_SESSION_CLIENT: &str = "INSERT INTO session_clients \
+     (sid, client_id, first_at, expires_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+
+fn insert_session_sql() -> String {
+    format!(
+        "INSERT INTO sessions ({SESSION_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    )
+}
+
+/// The refresh grant's one read: the token, its state, its family's
+/// revocation marker (`$2` is [`FAMILY_MARKER_PREFIX`]) and whether its
+/// session is unexpired at `$3`. Portable (`$n` placeholders).
+const GRANT_READ: &str = "SELECT token_hash, family_id, client_id, sid, data, issued_at, \
+     expires_at, used_at, revoked_at, \
+     EXISTS (SELECT 1 FROM revoked_tokens \
+             WHERE revoked_tokens.jti = $2 || refresh_tokens.family_id \
+             AND revoked_tokens.expires_at > $3) AS family_revoked, \
+     EXISTS (SELECT 1 FROM sessions \
+             WHERE sessions.sid = refresh_tokens.sid \
+             AND sessions.expires_at > $3) AS session_alive \
+     FROM refresh_tokens WHERE token_hash = $1";
+
+const CONSUME_REFRESH: &str = "UPDATE refresh_tokens SET used_at = $2 \
+     WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL";
+
+const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens \
+     (token_hash, family_id, client_id, sid, data, issued_at, expires_at, used_at, revoked_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL)";
+
+/// SQLite numbers `?n` parameters by `n` but `$n` ones by first
+/// appearance (they are names there): the rusqlite path uses `?n`.
+fn numbered(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+static SQLITE_GRANT_READ: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| numbered(GRANT_READ));
+static SQLITE_CONSUME_REFRESH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| numbered(CONSUME_REFRESH));
+static SQLITE_INSERT_REFRESH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| numbered(INSERT_REFRESH));
+
+static SQLITE_DELETE_DEVICE_SESSIONS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| numbered(DELETE_DEVICE_SESSIONS));
+static SQLITE_DELETE_SESSION_CLIENTS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| numbered(DELETE_SESSION_CLIENTS));
+static SQLITE_INSERT_SESSION: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| numbered(&insert_session_sql()));
+static SQLITE_INSERT_CODE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| numbered(INSERT_CODE));
+static SQLITE_INSERT_SESSION_CLIENT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| numbered(INSERT_SESSION_CLIENT));
+
+/// What [`GRANT_READ`] found.
+struct GrantRead {
+    row: RefreshRow,
+    used_at: Option<i64>,
+    revoked_at: Option<i64>,
+    family_revoked: bool,
+    session_alive: bool,
+}
+
+enum Decision {
+    Stop(Rotation),
+    Rotate {
+        used: RefreshRow,
+        next: RefreshRow,
+        session_alive: bool,
+    },
+}
+
+/// The checks of a refresh grant, in the order the token endpoint gives
+/// its answers: whose token, revoked, reused, expired, the caller's own
+/// check (`next`), the session.
+fn decide_rotation(
+    read: Option<GrantRead>,
+    client_id: &str,
+    now: i64,
+    next: NextRefresh,
+) -> Result<Decision, StoreError> {
+    let Some(read) = read else {
+        return Ok(Decision::Stop(Rotation::Missing));
+    };
+    let row = read.row;
+    if row.client_id != client_id {
+        return Ok(Decision::Stop(Rotation::OtherClient(row)));
+    }
+    if read.revoked_at.is_some() || read.family_revoked {
+        return Ok(Decision::Stop(Rotation::Revoked));
+    }
+    if read.used_at.is_some() {
+        return Ok(Decision::Stop(Rotation::Reused(row)));
+    }
+    if row.expires_at <= now {
+        return Ok(Decision::Stop(Rotation::Expired));
+    }
+    let Some(next_row) = next(&row)? else {
+        return Ok(Decision::Stop(Rotation::Refused(row)));
+    };
+    if row.sid.is_some() && !read.session_alive {
+        return Ok(Decision::Stop(Rotation::SessionEnded));
+    }
+    Ok(Decision::Rotate {
+        used: row,
+        next: next_row,
+        session_alive: read.session_alive,
+    })
+}
+
+/// [`Store::rotate_refresh`] on the SQLite grant connection: one
+/// `BEGIN IMMEDIATE` transaction (the write lock from the start, so the
+/// read cannot go stale before the write).
+fn rotate_on_sqlite(
+    conn: &mut rusqlite::Connection,
+    token_hash: &str,
+    client_id: &str,
+    now: i64,
+    next: NextRefresh,
+) -> Result<Rotation, StoreError> {
+    use rusqlite::OptionalExtension;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let read = tx
+        .prepare_cached(&SQLITE_GRANT_READ)?
+        .query_row(
+            rusqlite::params![token_hash, FAMILY_MARKER_PREFIX, now],
+            |r| {
+                Ok(GrantRead {
+                    row: RefreshRow {
+                        token_hash: r.get(0)?,
+                        family_id: r.get(1)?,
+                        client_id: r.get(2)?,
+                        sid: r.get(3)?,
+                        data: r.get(4)?,
+                        issued_at: r.get(5)?,
+                        expires_at: r.get(6)?,
+                    },
+                    used_at: r.get(7)?,
+                    revoked_at: r.get(8)?,
+                    family_revoked: r.get(9)?,
+                    session_alive: r.get(10)?,
+                })
+            },
+        )
+        .optional()?;
+    // Every early return drops `tx`, which rolls it back.
+    let (used, next, session_alive) = match decide_rotation(read, client_id, now, next)? {
+        Decision::Stop(outcome) => return Ok(outcome),
+        Decision::Rotate {
+            used,
+            next,
+            session_alive,
+        } => (used, next, session_alive),
+    };
+    let consumed = tx
+        .prepare_cached(&SQLITE_CONSUME_REFRESH)?
+        .execute(rusqlite::params![token_hash, now])?;
+    if consumed != 1 {
+        return Ok(Rotation::Reused(used));
+    }
+    tx.prepare_cached(&SQLITE_INSERT_REFRESH)?
+        .execute(rusqlite::params![
+            next.token_hash,
+            next.family_id,
+            next.client_id,
+            next.sid,
+            next.data,
+            next.issued_at,
+            next.expires_at,
+        ])?;
+    tx.commit()?;
+    Ok(Rotation::Rotated {
+        used,
+        session_alive,
+    })
 }
 
 /// Every table with an `expires_at`, with its primary key.
