@@ -1175,6 +1175,8 @@ async fn passkey_handles_name_one_account(s: &dyn Store) {
     assert!(!s.insert_passkey_handle("h-1", "other").await.unwrap());
     assert!(!s.insert_passkey_handle("h-2", "acct-pk").await.unwrap());
     assert!(s.account_by_passkey_handle("h-2").await.unwrap().is_none());
+}
+
 // ---- the refresh grant in one call ------------------------------------------
 
 /// A [`NextRefresh`] that makes `next` (a successor of the used token's
