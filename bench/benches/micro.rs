@@ -43,6 +43,7 @@ fn claim_mapping(c: &mut Criterion) {
             fetch_userinfo: false,
             subject: Default::default(),
             allow_shared_subjects: false,
+            claims: Default::default(),
         }],
         ..Config::default()
     };
