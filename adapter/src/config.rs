@@ -1321,7 +1321,7 @@ impl Config {
 
     /// What `serve` builds from the configuration without I/O: every
     /// client (redirect URIs, secrets, grants) and the token customizer
-    /// (mappings, subject strategies). `config check` thus refuses exactly
+    /// (claim rules, subject strategies). `config check` thus refuses exactly
     /// what `serve` would.
     fn validate_components(&self) -> Result<(), ConfigError> {
         // Their messages start with the key: "clients[app].redirect_uris: …".

@@ -416,3 +416,45 @@ fn claim_names_expand_the_upstream_placeholder() {
         ]
     );
 }
+
+/// The shipped `config/adapter.toml` writes out the defaults, and they give
+/// the seed's token exactly (the demo chain's tests assert it too).
+#[test]
+fn the_shipped_rules_are_the_defaults_and_give_the_seed_token() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/adapter.toml");
+    let shipped =
+        crate::config::load(Some(std::path::Path::new(path)), "AUTH_ADAPTER_UNUSED__").unwrap();
+    assert_eq!(shipped.claims, crate::config::ClaimsConfig::default());
+    let ids = vec!["test-auth-server".to_string()];
+    let m = Mapping::from_config(&shipped, &ids).unwrap();
+    let id = Identity {
+        connector_id: "test-auth-server".into(),
+        subject: "testuser".into(),
+        claims: json!({
+            "sub": "testuser", "iss": "http://up", "preferred_username": "testuser",
+            "name": "Test User", "email": "test@example.org", "email_verified": true,
+            "groups": ["admins", "dev-ops"], "nonce": "x", "locale": "de"
+        })
+        .as_object()
+        .unwrap()
+        .clone(),
+        auth_time: None,
+        upstream: None,
+        amr: Vec::new(),
+        acr: None,
+    };
+    for token in [TokenName::Id, TokenName::Access, TokenName::Userinfo] {
+        let out = eval_with(&m, &id, "test-app", ALL, token);
+        assert_eq!(
+            Value::Object(out.claims),
+            json!({
+                "test_auth_server_sub": "testuser",
+                "preferred_username": "testuser",
+                "name": "Test User",
+                "email": "test@example.org",
+                "email_verified": true,
+                "authorities": ["ROLE_USER", "ROLE_ADMINS", "ROLE_DEV_OPS"],
+            })
+        );
+    }
+}
