@@ -246,6 +246,17 @@ fn compile_rule(
         return Err(format!("{origin}.claim: must not be empty"));
     }
     let stripped = claim.replace(UPSTREAM_PLACEHOLDER, "");
+    // Printable ASCII, so a claim name can appear in an error_description
+    // (RFC 6749 §4.1.2.1: no quote, no backslash) and in logs as is;
+    // namespaced names (`https://example.org/roles`) are fine.
+    if !stripped
+        .chars()
+        .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
+    {
+        return Err(format!(
+            "{origin}.claim: `{claim}`: use printable ASCII without spaces, quotes or backslashes"
+        ));
+    }
     if stripped.contains(['{', '}']) {
         return Err(format!(
             "{origin}.claim: `{claim}`: the only placeholder is {UPSTREAM_PLACEHOLDER}"

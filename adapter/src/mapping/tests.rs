@@ -319,6 +319,14 @@ fn reserved_claims_cannot_be_produced() {
             )
         );
     }
+    assert_eq!(
+        mapping(&config(vec![rule("my claim", "1")])).unwrap_err(),
+        "claims.rules[0].claim: `my claim`: use printable ASCII without spaces, quotes or backslashes"
+    );
+    assert_eq!(
+        mapping(&config(vec![rule("{tenant}_id", "1")])).unwrap_err(),
+        "claims.rules[0].claim: `{tenant}_id`: the only placeholder is {upstream}"
+    );
     let mut c = config(vec![]);
     c.upstreams[0].claims.rules = vec![rule("exp", "1")];
     assert!(mapping(&c)
