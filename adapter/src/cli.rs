@@ -1,6 +1,7 @@
 //! The command line shared by the provider binaries (the adapter and the
 //! upstream test server): `serve` (default), `config check`, `migrate`,
-//! `keys list`, `keys rotate`, `users add|list|disable|enable|reset-password`.
+//! `keys list`, `keys rotate`, `users add|list|disable|enable|reset-password`,
+//! `mapping preview`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,6 +47,54 @@ pub enum Command {
         #[command(subcommand)]
         action: UsersAction,
     },
+    /// The claim mapping (`[[claims.rules]]`).
+    Mapping {
+        #[command(subcommand)]
+        action: MappingAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MappingAction {
+    /// Print the ID-token, access-token and UserInfo claims the adapter
+    /// would issue for the given upstream claims, the rule behind each,
+    /// the sizes and any rule error. No login, no server, no database.
+    Preview {
+        /// The upstream (connector) id the user logs in with.
+        #[arg(long)]
+        upstream: String,
+        /// The client id the tokens are for.
+        #[arg(long)]
+        client: String,
+        /// A JSON file with the upstream's claims (ID token and userinfo), `sub` included.
+        #[arg(long)]
+        claims: PathBuf,
+        /// Granted scopes, space-separated (default: the client's allowed_scopes).
+        #[arg(long)]
+        scope: Option<String>,
+    },
+}
+
+fn mapping(config: &Config, action: MappingAction) -> anyhow::Result<()> {
+    let MappingAction::Preview {
+        upstream,
+        client,
+        claims,
+        scope,
+    } = action;
+    let text = std::fs::read_to_string(&claims)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", claims.display()))?;
+    let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not a JSON object: {e}", claims.display()))?;
+    let request = crate::mapping::preview::Request {
+        upstream: &upstream,
+        client: &client,
+        claims,
+        scopes: scope.map(|s| s.split_whitespace().map(String::from).collect()),
+    };
+    let out = crate::mapping::preview::preview(config, &request).map_err(anyhow::Error::msg)?;
+    print!("{out}");
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -285,6 +334,7 @@ pub async fn run(defaults: Config, env_prefix: &str) -> anyhow::Result<()> {
             print!("{}", describe_keys(&store.list_keys().await?, now));
         }
         Command::Users { action } => users(&config, action).await?,
+        Command::Mapping { action } => mapping(&config, action)?,
     }
     Ok(())
 }

@@ -10,7 +10,6 @@
 //! [`Secret`], whose `Debug` and `Serialize` print `<redacted>`.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -611,46 +610,178 @@ impl Default for UiConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum CustomizerKind {
-    /// Broker mode: claims mapped from the upstream identity (`mappings`,
-    /// `<upstream id>_sub`, `authorities`).
+    /// Broker mode: claims computed by the mapping rules (`[[claims.rules]]`,
+    /// see [`crate::mapping`]).
     Mapped,
     /// Identity-provider mode: the account's own standard claims, filtered by scope.
     Passthrough,
 }
 
+/// `[claims]`: how the claims of issued tokens are made (README "Claim
+/// mapping"). The old `mappings`, `default_authorities` and
+/// `group_authority_prefix` keys are gone: rules say the same.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClaimsConfig {
     pub customizer: CustomizerKind,
-    /// Output claim name -> upstream claim name. Reserved claims
-    /// (`iss`, `sub`, `aud`, ...) are refused at start-up.
-    pub mappings: BTreeMap<String, String>,
-    /// Authorities every user gets.
-    pub default_authorities: Vec<String>,
-    /// Upstream claim holding group names, each mapped to an authority.
+    /// Mapping rules, applied in order (a later rule for the same claim
+    /// wins); each upstream's and then each client's rules follow.
+    pub rules: Vec<ClaimRule>,
+    /// Upstream claim holding the user's group names (for `allow_groups`).
     pub groups_claim: String,
-    /// Prefix of an authority made from a group: `admins` -> `ROLE_ADMINS`.
-    pub group_authority_prefix: String,
+    /// When not empty, only users in at least one of these groups log in
+    /// (the client gets `access_denied`, RFC 6749 §4.1.2.1).
+    pub allow_groups: Vec<String>,
+    /// Size budget of each token's mapped claims.
+    pub max_bytes: ClaimsBudget,
+}
+
+/// One `[[claims.rules]]` entry: `claim` gets the value of the CEL
+/// expression `expr` in the tokens listed, when `when` (a CEL condition)
+/// holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRule {
+    /// The claim set; `{upstream}` stands for the upstream's id with `-`
+    /// and `.` as `_` (`{upstream}_sub` → `corp_sub`).
+    pub claim: String,
+    /// A CEL expression; `null` (or reading a claim the upstream did not
+    /// send) sets nothing and removes what an earlier rule set.
+    pub expr: String,
+    /// The tokens the claim goes into (default: all three).
+    #[serde(default = "all_token_kinds")]
+    pub tokens: Vec<TokenName>,
+    /// A CEL condition; the rule applies only when it is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+}
+
+/// A token kind as the rules name it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenName {
+    /// The ID token (OIDC Core §2).
+    Id,
+    /// The access token (RFC 9068).
+    Access,
+    /// The UserInfo response (OIDC Core §5.3).
+    Userinfo,
+}
+
+impl TokenName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenName::Id => "id",
+            TokenName::Access => "access",
+            TokenName::Userinfo => "userinfo",
+        }
+    }
+}
+
+fn all_token_kinds() -> Vec<TokenName> {
+    vec![TokenName::Id, TokenName::Access, TokenName::Userinfo]
+}
+
+/// `[claims.max_bytes]`: the most bytes the mapped claims of each token may
+/// take, as compact JSON (the protocol claims and the signature come on
+/// top). Over budget, the login fails with `server_error`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimsBudget {
+    pub id: usize,
+    pub access: usize,
+    pub userinfo: usize,
+}
+
+impl Default for ClaimsBudget {
+    fn default() -> Self {
+        // Tokens travel in headers and cookies, which servers cap at 8 KiB
+        // or so; userinfo is a response body.
+        ClaimsBudget {
+            id: 4096,
+            access: 4096,
+            userinfo: 16384,
+        }
+    }
+}
+
+impl ClaimsBudget {
+    pub fn of(&self, token: TokenName) -> usize {
+        match token {
+            TokenName::Id => self.id,
+            TokenName::Access => self.access,
+            TokenName::Userinfo => self.userinfo,
+        }
+    }
+}
+
+/// The shipped mapping (the demo chain's tokens): `{upstream}_sub`, the
+/// profile and e-mail claims copied, and `authorities` of `ROLE_USER` plus
+/// one `ROLE_<GROUP>` per upstream group. `config/adapter.toml` writes it
+/// out.
+pub fn default_claim_rules() -> Vec<ClaimRule> {
+    let rule = |claim: &str, expr: &str| ClaimRule {
+        claim: claim.into(),
+        expr: expr.into(),
+        tokens: all_token_kinds(),
+        when: None,
+    };
+    vec![
+        rule("{upstream}_sub", "subject"),
+        rule("preferred_username", "upstream.preferred_username"),
+        rule("name", "upstream.name"),
+        rule("email", "upstream.email"),
+        rule("email_verified", "upstream.email_verified"),
+        rule(
+            "authorities",
+            "(['ROLE_USER'] + upstream.?groups.orValue([]).map(g, 'ROLE_' + g.constantCase())).distinct()",
+        ),
+    ]
 }
 
 impl Default for ClaimsConfig {
     fn default() -> Self {
-        let mappings = [
-            ("preferred_username", "preferred_username"),
-            ("name", "name"),
-            ("email", "email"),
-            ("email_verified", "email_verified"),
-        ]
-        .into_iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
         ClaimsConfig {
             customizer: CustomizerKind::Mapped,
-            mappings,
-            default_authorities: vec!["ROLE_USER".into()],
+            rules: default_claim_rules(),
             groups_claim: "groups".into(),
-            group_authority_prefix: "ROLE_".into(),
+            allow_groups: Vec::new(),
+            max_bytes: ClaimsBudget::default(),
         }
+    }
+}
+
+/// `[upstreams.claims]`: rules and a login gate for the users of one upstream.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamClaims {
+    /// Applied after `[[claims.rules]]`.
+    pub rules: Vec<ClaimRule>,
+    /// This upstream's claim of group names (default: `claims.groups_claim`).
+    pub groups_claim: Option<String>,
+    /// Users of this upstream must be in at least one of these groups.
+    pub allow_groups: Vec<String>,
+}
+
+impl UpstreamClaims {
+    pub fn is_empty(&self) -> bool {
+        *self == UpstreamClaims::default()
+    }
+}
+
+/// `[clients.claims]`: rules and a login gate for one relying party.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientClaims {
+    /// Applied last, after the global and the upstream's rules.
+    pub rules: Vec<ClaimRule>,
+    /// Only users in at least one of these groups log in to this client.
+    pub allow_groups: Vec<String>,
+}
+
+impl ClientClaims {
+    pub fn is_empty(&self) -> bool {
+        *self == ClientClaims::default()
     }
 }
 
@@ -695,6 +826,9 @@ pub struct ClientConfig {
     /// default key algorithm when unset.
     #[serde(default)]
     pub id_token_signed_response_alg: Option<String>,
+    /// Claim rules and a login gate of this client (README "Claim mapping").
+    #[serde(default, skip_serializing_if = "ClientClaims::is_empty")]
+    pub claims: ClientClaims,
 }
 
 fn default_grant_types() -> Vec<String> {
@@ -746,6 +880,9 @@ pub struct UpstreamConfig {
     /// upstreams share one user base on purpose.
     #[serde(default)]
     pub allow_shared_subjects: bool,
+    /// Claim rules and a login gate of this upstream's users.
+    #[serde(default, skip_serializing_if = "UpstreamClaims::is_empty")]
+    pub claims: UpstreamClaims,
 }
 
 /// A local account (identity-provider mode).
@@ -1258,7 +1395,7 @@ impl Config {
 
     /// What `serve` builds from the configuration without I/O: every
     /// client (redirect URIs, secrets, grants) and the token customizer
-    /// (mappings, subject strategies). `config check` thus refuses exactly
+    /// (claim rules, subject strategies). `config check` thus refuses exactly
     /// what `serve` would.
     fn validate_components(&self) -> Result<(), ConfigError> {
         // Their messages start with the key: "clients[app].redirect_uris: …".
@@ -1588,6 +1725,7 @@ mod tests {
             grant_types: default_grant_types(),
             backchannel_logout_uri: None,
             id_token_signed_response_alg: None,
+            claims: ClientClaims::default(),
         }
     }
 
@@ -1603,6 +1741,7 @@ mod tests {
             fetch_userinfo: false,
             subject: SubjectStrategy::default(),
             allow_shared_subjects: false,
+            claims: UpstreamClaims::default(),
         }
     }
 
@@ -1726,8 +1865,8 @@ mod tests {
         c.clients[0].redirect_uris = vec!["http://app.example.org/cb".into()];
         error_of(&c, "clients[app].redirect_uris");
         let mut c = Config::default();
-        c.claims.mappings.insert("sub".into(), "email".into());
-        error_of(&c, "claims.mappings");
+        c.claims.rules[1].claim = "sub".into();
+        error_of(&c, "claims.rules[1].claim");
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! the authenticated [`Identity`], the client, the granted scopes and the
 //! token kind.
 //!
+//! The shipped [`MappedCustomizer`] runs the declarative rules of
+//! [`crate::mapping`]. [`TokenCustomizer`] stays the hook for code: an
+//! implementation that wraps a `MappedCustomizer` calls its `claims` first
+//! and changes the result, so it runs after the declarative mapping.
+//!
 //! The provider adds the protocol claims (`iss`, `sub`, `aud`, `exp`, …)
 //! itself, after the customizer, so a mapping can never overwrite them
 //! (OIDC Core §2, §5.1: `sub`, `iss`, `aud` are the provider's alone).
@@ -9,7 +14,8 @@
 //! The `sub` itself follows each upstream's [`SubjectStrategy`]: the
 //! upstream's subject as is, or [`namespaced_subject`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -17,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::config::{ClaimsConfig, Config, CustomizerKind, SubjectStrategy, UpstreamConfig};
+use crate::config::{Config, CustomizerKind, SubjectStrategy, TokenName, UpstreamConfig};
+use crate::mapping::{Input, Mapping, Refusal};
 
 /// Claims that only the provider sets.
 pub const RESERVED_CLAIMS: &[&str] = &[
@@ -98,6 +105,30 @@ pub trait TokenCustomizer: Send + Sync + 'static {
     /// Every claim name [`TokenCustomizer::claims`] can emit, sorted
     /// (discovery's `claims_supported`, OIDC Discovery §3).
     fn claim_names(&self) -> Vec<String>;
+
+    /// Whether a login of `identity` may go on to `client_id` with
+    /// `scopes` (the `allow_groups` gate, rules that fail, tokens over
+    /// budget). Asked when a login completes and before single sign-on
+    /// answers a client. Default: yes.
+    fn admit(
+        &self,
+        _identity: &Identity,
+        _client_id: &str,
+        _scopes: &[String],
+    ) -> Result<(), Refusal> {
+        Ok(())
+    }
+}
+
+impl TokenKind {
+    /// The name rules use for this kind.
+    pub fn name(self) -> TokenName {
+        match self {
+            TokenKind::IdToken => TokenName::Id,
+            TokenKind::AccessToken => TokenName::Access,
+            TokenKind::UserInfo => TokenName::Userinfo,
+        }
+    }
 }
 
 /// The standard claims of OIDC Core §5.1 a customizer may release, plus
@@ -212,27 +243,27 @@ pub fn filter(mut claims: Map<String, Value>, scopes: &[String]) -> Map<String, 
     claims
 }
 
-/// Broker mode: `<upstream>_sub`, configured mappings, `authorities`.
+/// Broker mode: the claims the mapping rules produce (README "Claim mapping").
 #[derive(Debug, Clone)]
 pub struct MappedCustomizer {
-    mappings: BTreeMap<String, String>,
-    default_authorities: Vec<String>,
-    groups_claim: String,
-    group_prefix: String,
+    mapping: Arc<Mapping>,
     subjects: SubjectStrategies,
-    /// Ids of the configured connectors (each gets an `<id>_sub` claim).
-    connector_ids: Vec<String>,
 }
 
 /// Identity-provider mode: the account's own claims, filtered by scope.
 #[derive(Debug, Clone, Default)]
 pub struct PassthroughCustomizer {
     subjects: SubjectStrategies,
+    /// For its `allow_groups` gate only.
+    mapping: Option<Arc<Mapping>>,
 }
 
 impl PassthroughCustomizer {
     pub fn new(subjects: SubjectStrategies) -> Self {
-        PassthroughCustomizer { subjects }
+        PassthroughCustomizer {
+            subjects,
+            mapping: None,
+        }
     }
 }
 
@@ -242,46 +273,13 @@ pub fn upstream_sub_claim(connector_id: &str) -> String {
 }
 
 impl MappedCustomizer {
-    /// Refuses mappings onto reserved claims. `connector_ids` are the ids
-    /// of the configured connectors, for [`TokenCustomizer::claim_names`].
-    pub fn new(
-        config: &ClaimsConfig,
-        subjects: SubjectStrategies,
-        connector_ids: Vec<String>,
-    ) -> Result<Self, String> {
-        for target in config.mappings.keys() {
-            if RESERVED_CLAIMS.contains(&target.as_str()) || target == "authorities" {
-                return Err(format!(
-                    "claims.mappings: `{target}` is reserved and cannot be mapped"
-                ));
-            }
-        }
-        Ok(MappedCustomizer {
-            mappings: config.mappings.clone(),
-            default_authorities: config.default_authorities.clone(),
-            groups_claim: config.groups_claim.clone(),
-            group_prefix: config.group_authority_prefix.clone(),
-            subjects,
-            connector_ids,
-        })
+    pub fn new(mapping: Arc<Mapping>, subjects: SubjectStrategies) -> Self {
+        MappedCustomizer { mapping, subjects }
     }
 
-    fn authorities(&self, identity: &Identity) -> Vec<Value> {
-        let mut out: Vec<String> = self.default_authorities.clone();
-        if let Some(Value::Array(groups)) = identity.claims.get(&self.groups_claim) {
-            for g in groups.iter().filter_map(Value::as_str) {
-                let role = format!(
-                    "{}{}",
-                    self.group_prefix,
-                    g.to_uppercase()
-                        .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
-                );
-                if !out.contains(&role) {
-                    out.push(role);
-                }
-            }
-        }
-        out.into_iter().map(Value::String).collect()
+    /// The compiled rules.
+    pub fn mapping(&self) -> &Mapping {
+        &self.mapping
     }
 }
 
@@ -291,33 +289,31 @@ impl TokenCustomizer for MappedCustomizer {
     }
 
     fn claim_names(&self) -> Vec<String> {
-        let names: BTreeSet<String> = self
-            .mappings
-            .keys()
-            .cloned()
-            .chain(self.connector_ids.iter().map(|id| upstream_sub_claim(id)))
-            .chain(["authorities".to_string()])
-            .collect();
-        names.into_iter().collect()
+        self.mapping.claim_names()
     }
 
     fn claims(&self, ctx: &ClaimsContext<'_>) -> Map<String, Value> {
-        let id = ctx.identity;
-        let mut out = Map::new();
-        for (target, source) in &self.mappings {
-            if let Some(v) = id.claims.get(source) {
-                if !v.is_null() {
-                    out.insert(target.clone(), v.clone());
-                }
-            }
+        let mapped = self.mapping.evaluate(&Input {
+            identity: ctx.identity,
+            client_id: ctx.client_id,
+            scopes: ctx.scopes,
+            token: ctx.kind.name(),
+        });
+        // The login was admitted with the same rules (`admit`), so this
+        // is the same input failing again: the claim is left out.
+        for e in &mapped.errors {
+            tracing::warn!(rule = %e.origin, claim = %e.claim, error = %e.message, "claim rule failed; claim left out");
         }
-        let mut out = filter(out, ctx.scopes);
-        out.insert(
-            upstream_sub_claim(&id.connector_id),
-            Value::String(id.subject.clone()),
-        );
-        out.insert("authorities".into(), Value::Array(self.authorities(id)));
-        out
+        filter(mapped.claims, ctx.scopes)
+    }
+
+    fn admit(
+        &self,
+        identity: &Identity,
+        client_id: &str,
+        scopes: &[String],
+    ) -> Result<(), Refusal> {
+        self.mapping.admit(identity, client_id, scopes)
     }
 }
 
@@ -342,6 +338,24 @@ impl TokenCustomizer for PassthroughCustomizer {
             .collect();
         filter(claims, ctx.scopes)
     }
+
+    fn admit(
+        &self,
+        identity: &Identity,
+        client_id: &str,
+        _scopes: &[String],
+    ) -> Result<(), Refusal> {
+        let Some(mapping) = &self.mapping else {
+            return Ok(());
+        };
+        mapping.gate(identity, client_id).map_err(|level| {
+            tracing::info!(connector = %identity.connector_id, client = %client_id, gate = %level, "login refused: the user is in none of the allowed groups");
+            Refusal {
+                code: crate::error::ErrorCode::AccessDenied,
+                description: "the user is not in a group allowed to use this application".into(),
+            }
+        })
+    }
 }
 
 /// Builds the customizer the configuration asks for; refuses an unsafe
@@ -352,13 +366,13 @@ pub fn from_config(config: &Config) -> Result<Box<dyn TokenCustomizer>, String> 
     if config.accounts.enabled || !config.local_users.is_empty() {
         connector_ids.push(crate::accounts::LOCAL_CONNECTOR_ID.to_string());
     }
+    let mapping = Arc::new(Mapping::from_config(config, &connector_ids)?);
     Ok(match config.claims.customizer {
-        CustomizerKind::Mapped => Box::new(MappedCustomizer::new(
-            &config.claims,
+        CustomizerKind::Mapped => Box::new(MappedCustomizer::new(mapping, subjects)),
+        CustomizerKind::Passthrough => Box::new(PassthroughCustomizer {
             subjects,
-            connector_ids,
-        )?),
-        CustomizerKind::Passthrough => Box::new(PassthroughCustomizer::new(subjects)),
+            mapping: Some(mapping),
+        }),
     })
 }
 
@@ -392,13 +406,15 @@ mod tests {
         .unwrap()
     }
 
+    /// The shipped mapping (`[claims]` defaults) for `connector_ids`.
+    fn mapped_for(connector_ids: &[&str], subjects: SubjectStrategies) -> MappedCustomizer {
+        let ids: Vec<String> = connector_ids.iter().map(|s| s.to_string()).collect();
+        let mapping = Mapping::from_config(&Config::default(), &ids).unwrap();
+        MappedCustomizer::new(Arc::new(mapping), subjects)
+    }
+
     fn mapped() -> MappedCustomizer {
-        MappedCustomizer::new(
-            &ClaimsConfig::default(),
-            SubjectStrategies::default(),
-            vec![],
-        )
-        .unwrap()
+        mapped_for(&["test-auth-server"], SubjectStrategies::default())
     }
 
     fn scopes(s: &str) -> Vec<String> {
@@ -427,18 +443,6 @@ mod tests {
         assert!(!out.contains_key("email"));
         assert!(!out.contains_key("nonce"));
         assert!(!out.contains_key("iss"));
-    }
-
-    #[test]
-    fn reserved_claims_cannot_be_mapped() {
-        let mut cfg = ClaimsConfig::default();
-        cfg.mappings.insert("sub".into(), "email".into());
-        let new =
-            |cfg: &ClaimsConfig| MappedCustomizer::new(cfg, SubjectStrategies::default(), vec![]);
-        assert!(new(&cfg).unwrap_err().contains("`sub`"));
-        let mut cfg = ClaimsConfig::default();
-        cfg.mappings.insert("iss".into(), "name".into());
-        assert!(new(&cfg).is_err());
     }
 
     #[test]
@@ -479,12 +483,7 @@ mod tests {
             upstream("partner", SubjectStrategy::Namespaced, false),
         ];
         let subjects = SubjectStrategies::from_upstreams(&ups).unwrap();
-        let c = MappedCustomizer::new(
-            &ClaimsConfig::default(),
-            subjects,
-            vec!["corp".into(), "partner".into()],
-        )
-        .unwrap();
+        let c = mapped_for(&["corp", "partner"], subjects);
         let mut a = identity();
         a.connector_id = "corp".into();
         let mut b = identity();
@@ -530,12 +529,7 @@ mod tests {
 
     #[test]
     fn claim_names_list_what_the_customizers_emit() {
-        let c = MappedCustomizer::new(
-            &ClaimsConfig::default(),
-            SubjectStrategies::default(),
-            vec!["test-auth-server".into(), "local".into()],
-        )
-        .unwrap();
+        let c = mapped_for(&["test-auth-server", "local"], SubjectStrategies::default());
         assert_eq!(
             c.claim_names(),
             [

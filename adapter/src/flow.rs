@@ -351,6 +351,8 @@ pub struct Flows {
     issuer: String,
     ttl: Lifetimes,
     metrics: Metrics,
+    /// Asked before a client gets a code (`allow_groups`, claim rules).
+    admission: Option<Arc<dyn crate::customizer::TokenCustomizer>>,
 }
 
 impl Flows {
@@ -370,7 +372,28 @@ impl Flows {
             issuer,
             ttl,
             metrics: Metrics::default(),
+            admission: None,
         }
+    }
+
+    /// Asks `customizer` whether each login may go on to its client
+    /// ([`crate::customizer::TokenCustomizer::admit`]).
+    pub fn with_admission(
+        mut self,
+        customizer: Arc<dyn crate::customizer::TokenCustomizer>,
+    ) -> Self {
+        self.admission = Some(customizer);
+        self
+    }
+
+    /// The error for the client when `identity` may not log in to it
+    /// (RFC 6749 §4.1.2.1: `access_denied`, or `server_error`).
+    fn refusal(&self, request: &AuthorizeRequest, identity: &Identity) -> Option<OAuthError> {
+        let admission = self.admission.as_ref()?;
+        admission
+            .admit(identity, &request.client_id, &request.scopes)
+            .err()
+            .map(|r| OAuthError::new(r.code, r.description))
     }
 
     /// Records logins started, succeeded and failed in `metrics`.
@@ -484,6 +507,9 @@ impl Flows {
         // fresh login or the session is older than max_age.
         if let Some(s) = self.session(browser.session).await? {
             if request.prompt != Prompt::Login && fresh_enough(request.max_age, s.auth_time, now) {
+                if let Some(error) = self.refusal(&request, &s.identity) {
+                    return self.error_to_client(&request, &error);
+                }
                 let redirect = self
                     .issue_code(&request, &s.identity, s.auth_time, &s.sid, s.expires_at)
                     .await?;
@@ -864,6 +890,14 @@ impl Flows {
         identity: Identity,
         browser: Browser<'_>,
     ) -> Result<Next, FlowError> {
+        // Refused before any session exists: nothing to clean up.
+        if let Some(error) = self.refusal(request, &identity) {
+            self.metrics.login_failed(
+                self.connector_label(&identity.connector_id),
+                error.code.as_str(),
+            );
+            return self.error_to_client(request, &error);
+        }
         let started = self.start_session(identity, browser).await?;
         tracing::info!(connector = %started.session.identity.connector_id, client = %request.client_id, "login succeeded");
         let s = &started.session;

@@ -18,7 +18,9 @@
 //!   local accounts.
 //! - [`accounts`]: local accounts in the store and their multi-step
 //!   authentication (password, TOTP, e-mail codes).
-//! - [`customizer`]: maps an identity to the claims of issued tokens.
+//! - [`customizer`]: maps an identity to the claims of issued tokens;
+//!   [`mapping`]: its declarative rules (CEL), the `allow_groups` gate and
+//!   the `mapping preview` command.
 //! - [`keys`]: signing keys (generated at first start, kept in the store).
 //! - [`store`]: the storage trait and its SQLite/PostgreSQL implementation.
 //! - [`ratelimit`]: per-IP and per-account limits of attempts.
@@ -40,6 +42,7 @@ pub mod error;
 pub mod flow;
 pub mod keys;
 pub mod mail;
+pub mod mapping;
 pub mod metrics;
 pub mod password;
 pub mod paths;

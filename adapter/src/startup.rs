@@ -372,7 +372,8 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         .map_err(|e| anyhow::anyhow!("passwords: {e}"))?,
     );
 
-    let customizer = customizer::from_config(&config).map_err(anyhow::Error::msg)?;
+    let customizer: Arc<dyn customizer::TokenCustomizer> =
+        Arc::from(customizer::from_config(&config).map_err(anyhow::Error::msg)?);
     let metrics = crate::metrics::Metrics::new();
     let store: Arc<dyn Store> =
         Arc::new(connect_store(&config.database.url, config.database.max_connections).await?);
@@ -467,7 +468,8 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
             session: config.session.ttl_seconds,
         },
     )
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_admission(customizer.clone());
     // Secrets were hashed or handed to their connectors above; the state
     // kept for the lifetime of the process holds none, and handlers see
     // only what they need.

@@ -23,6 +23,7 @@ mod keys;
 mod lifecycle;
 mod logout;
 mod mail;
+mod mapping;
 mod metrics;
 mod ops;
 mod outage;
@@ -662,13 +663,16 @@ async fn bad_config_is_refused_with_the_key() {
     assert!(err.contains("tokens.code_ttl_seconds"), "{err}");
     let mut c = test_config(&db);
     c.claims.customizer = CustomizerKind::Mapped;
-    c.claims.mappings.insert("sub".into(), "email".into());
+    c.claims.rules[0].claim = "sub".into();
     let err = Application::build_with_listener(c, listener().await)
         .await
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("reserved"), "{err}");
+    assert!(
+        err.contains("claims.rules[0].claim: `sub` is a protocol claim"),
+        "{err}"
+    );
 }
 
 /// RFC 6749 §4.1.2: a replayed code revokes the access token it issued.
@@ -923,6 +927,7 @@ async fn chooser_lists_connectors_and_starts_the_chosen_one() {
         fetch_userinfo: false,
         subject: Default::default(),
         allow_shared_subjects: false,
+        claims: Default::default(),
     }];
     let clock = std::sync::Arc::new(ManualClock::new());
     let (port, _stop, _handle) = start(config, clock, 0).await;

@@ -1585,9 +1585,12 @@ async fn upstream_userinfo_is_fetched_and_its_sub_checked() {
         .test_app(false)
         .tweak_adapter(|c| {
             c.upstreams[0].fetch_userinfo = true;
-            c.claims
-                .mappings
-                .insert("department".into(), "department".into());
+            c.claims.rules.push(adapter::config::ClaimRule {
+                claim: "department".into(),
+                expr: "upstream.department".into(),
+                tokens: vec![adapter::config::TokenName::Access],
+                when: None,
+            });
         })
         .start()
         .await

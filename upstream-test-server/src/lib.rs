@@ -76,6 +76,7 @@ pub fn default_config() -> Config {
             grant_types: vec!["authorization_code".into(), "refresh_token".into()],
             backchannel_logout_uri: None,
             id_token_signed_response_alg: None,
+            claims: Default::default(),
         }],
         local_users: vec![LocalUserConfig {
             username: "testuser".into(),

@@ -254,7 +254,7 @@ pub struct Inner {
     pub keys: KeyManager,
     pub clients: Arc<HashMap<String, Client>>,
     pub flows: Flows,
-    pub customizer: Box<dyn TokenCustomizer>,
+    pub customizer: Arc<dyn TokenCustomizer>,
     pub clock: SharedClock,
     /// This application's own registry (`/metrics`).
     pub metrics: crate::metrics::Metrics,
@@ -347,6 +347,7 @@ mod tests {
             grant_types: vec!["authorization_code".into()],
             backchannel_logout_uri: None,
             id_token_signed_response_alg: None,
+            claims: Default::default(),
         };
         assert!(Client::from_config(&c)
             .unwrap_err()

@@ -1,0 +1,286 @@
+//! The claim mapping end to end: the adapter with the fake upstream on
+//! real sockets, the `allow_groups` gate at login and at single sign-on
+//! (RFC 6749 §4.1.2.1 `access_denied` with the client's `state`), the size
+//! budget failing a login with `server_error`, the mapped claims in the
+//! tokens; then golden files of `adapter mapping preview`
+//! (`UPDATE_GOLDEN=1` rewrites them).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use adapter::config::{ClaimRule, CustomizerKind, TokenName};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// The adapter in broker mode behind the fake upstream (user `fakeuser`
+/// in the group `fakers`), with `tweak` applied last.
+async fn broker(tweak: impl FnOnce(&mut adapter::Config) + Send + 'static) -> (FakeOp, TestApp) {
+    let fake = start_fake_upstream(Tamper::None).await;
+    let issuer = fake.issuer.clone();
+    let app = spawn_app_with(move |c| {
+        c.local_users.clear();
+        c.claims.customizer = CustomizerKind::Mapped;
+        c.upstreams = vec![clients::upstream(
+            UPSTREAM_ID,
+            "Fake OP",
+            &issuer,
+            UPSTREAM_CLIENT_ID,
+            UPSTREAM_SECRET,
+        )
+        .unwrap()];
+        tweak(c);
+    })
+    .await;
+    (fake, app)
+}
+
+/// RFC 6749 §4.1.2.1: the error goes to the client's redirect URI with
+/// its state (and RFC 9207 §2 `iss`).
+fn assert_error_redirect(app: &TestApp, loc: &str, error: &str, description: &str) {
+    assert!(loc.starts_with(REDIRECT), "{loc}");
+    let q = query(loc);
+    assert_eq!(q["error"], error, "{loc}");
+    assert_eq!(q["error_description"], description);
+    assert_eq!(q["state"], "st-123");
+    assert_eq!(q["iss"], app.base.as_str());
+    assert!(!q.contains_key("code"));
+}
+
+#[tokio::test]
+async fn a_user_in_none_of_the_allowed_groups_is_denied_at_the_client() {
+    let (fake, app) = broker(|c| c.clients[0].claims.allow_groups = vec!["admins".into()]).await;
+    let loc = app
+        .login_through_upstream(&fake.authorization_endpoint())
+        .await;
+    assert_error_redirect(
+        &app,
+        &loc,
+        "access_denied",
+        "the user is not in a group allowed to use this application",
+    );
+    // No session was started: the next request logs in again.
+    let r = app
+        .browser
+        .get(app.authorize_url(&[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert!(location(&r).starts_with(&fake.authorization_endpoint()));
+}
+
+#[tokio::test]
+async fn single_sign_on_to_a_gated_client_is_denied_too() {
+    // `app` lets everyone in; `other` only admins.
+    let (fake, app) = broker(|c| c.clients[1].claims.allow_groups = vec!["admins".into()]).await;
+    let loc = app
+        .login_through_upstream(&fake.authorization_endpoint())
+        .await;
+    assert!(query(&loc).contains_key("code"), "{loc}");
+    let r = app
+        .browser
+        .get(app.authorize_url(&[("client_id", "other"), ("scope", "openid")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert_error_redirect(
+        &app,
+        &location(&r),
+        "access_denied",
+        "the user is not in a group allowed to use this application",
+    );
+}
+
+#[tokio::test]
+async fn an_allowed_user_gets_the_mapped_claims() {
+    let (fake, app) = broker(|c| {
+        c.claims.allow_groups = vec!["fakers".into()];
+        c.clients[0].claims.rules = vec![ClaimRule {
+            claim: "app_groups".into(),
+            expr: "upstream.groups.map(g, 'app:' + g)".into(),
+            tokens: vec![TokenName::Access],
+            when: None,
+        }];
+    })
+    .await;
+    let loc = app
+        .login_through_upstream(&fake.authorization_endpoint())
+        .await;
+    let code = query(&loc)["code"].as_str().unwrap().to_string();
+    let r = app.redeem(&code).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    let (_, access) = jwt_parts(body["access_token"].as_str().unwrap());
+    let (_, id) = jwt_parts(body["id_token"].as_str().unwrap());
+    for claims in [&access, &id] {
+        assert_eq!(claims["fake_op_sub"], "fakeuser");
+        assert_eq!(claims["authorities"], json!(["ROLE_USER", "ROLE_FAKERS"]));
+        assert_eq!(claims["preferred_username"], "fakeuser");
+        assert_eq!(claims["name"], "Fake User");
+        assert_eq!(claims["email_verified"], json!(true));
+    }
+    assert_eq!(access["app_groups"], json!(["app:fakers"]));
+    assert!(id.get("app_groups").is_none());
+}
+
+#[tokio::test]
+async fn a_token_over_its_budget_fails_the_login_with_server_error() {
+    // {"authorities":["ROLE_USER","ROLE_FAKERS"],"email":"fakeuser@example.org",
+    //  "email_verified":true,"fake_op_sub":"fakeuser","name":"Fake User",
+    //  "preferred_username":"fakeuser"} is 172 bytes.
+    let (fake, app) = broker(|c| c.claims.max_bytes.id = 64).await;
+    let loc = app
+        .login_through_upstream(&fake.authorization_endpoint())
+        .await;
+    assert_error_redirect(
+        &app,
+        &loc,
+        "server_error",
+        "the claims of the id token take 172 bytes, over the budget of 64 (claims.max_bytes.id)",
+    );
+}
+
+// ---- golden files of `adapter mapping preview` ----
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mapping/golden")
+}
+
+/// Runs `adapter --config <config> mapping preview <args>` and compares its
+/// standard output with `golden/<name>.txt`.
+fn golden(name: &str, config: &Path, args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_adapter"))
+        .env_clear()
+        .arg("--config")
+        .arg(config)
+        .args(["mapping", "preview"])
+        .args(args)
+        .current_dir(golden_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let actual = String::from_utf8(out.stdout).unwrap();
+    let path = golden_dir().join(format!("{name}.txt"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(
+        actual, expected,
+        "{name}: run with UPDATE_GOLDEN=1 to accept the new output"
+    );
+}
+
+fn demo_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/adapter.toml")
+}
+
+/// The shipped demo mapping: the seed's token for the demo user.
+#[test]
+fn golden_demo_mapping_for_the_demo_user() {
+    golden(
+        "demo-testuser",
+        &demo_config(),
+        &[
+            "--upstream",
+            "test-auth-server",
+            "--client",
+            "test-app",
+            "--claims",
+            "testuser.json",
+        ],
+    );
+}
+
+#[test]
+fn golden_demo_mapping_without_the_email_scope() {
+    golden(
+        "demo-testuser-no-email",
+        &demo_config(),
+        &[
+            "--upstream",
+            "test-auth-server",
+            "--client",
+            "test-app",
+            "--claims",
+            "testuser.json",
+            "--scope",
+            "openid profile",
+        ],
+    );
+}
+
+/// Every operation, per-client rules, the gate, a rule error and a budget
+/// warning, from `golden/examples.toml`.
+#[test]
+fn golden_examples_mapping() {
+    let config = golden_dir().join("examples.toml");
+    for (name, client) in [("examples-portal", "portal"), ("examples-admin", "admin")] {
+        golden(
+            name,
+            &config,
+            &[
+                "--upstream",
+                "corp",
+                "--client",
+                client,
+                "--claims",
+                "jane.json",
+            ],
+        );
+    }
+}
+
+#[test]
+fn preview_refuses_an_unknown_client() {
+    let out = Command::new(env!("CARGO_BIN_EXE_adapter"))
+        .env_clear()
+        .arg("--config")
+        .arg(demo_config())
+        .args(["mapping", "preview", "--upstream", "test-auth-server"])
+        .args(["--client", "nope", "--claims", "testuser.json"])
+        .current_dir(golden_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "Error: no client `nope` in the configuration"
+    );
+}
+
+/// A rule that does not compile stops the command (and start-up) with the
+/// rule's key and the position.
+#[test]
+fn a_bad_rule_stops_the_command_naming_rule_and_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("adapter.toml");
+    std::fs::write(
+        &path,
+        "[[claims.rules]]\nclaim = \"authorities\"\nexpr = \"['ROLE_USER'] +\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_adapter"))
+        .env_clear()
+        .arg("--config")
+        .arg(&path)
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        "Error: configuration: claims.rules[0].expr: rule for `authorities`: syntax error at \
+         line 1, column 16: Syntax error: mismatched input '<EOF>' expecting {'[', '{', '(', \
+         '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, \
+         IDENTIFIER}"
+    );
+}
