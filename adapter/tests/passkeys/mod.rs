@@ -297,7 +297,7 @@ async fn passkey_lifecycle_on_sqlite() {
         listing.trim_end(),
         format!("{id}\tLaptop\t3\tdevice-bound\tpossibly-cloned")
     );
-    let out = users_cli(&app, &["clear-passkey-mark", "alice", &id]);
+    let out = users_cli(&app, &["clear-passkey-mark", "alice", "--", &id]);
     assert!(
         out.status.success(),
         "{}",
