@@ -334,25 +334,51 @@ async fn passkey_lifecycle_on_sqlite() {
     assert_eq!(v["mechs"], json!(["password"]));
 }
 
+/// A provider with passkeys on a schema of its own on the project's
+/// PostgreSQL server (and an encryption key from the environment variable
+/// `key_env`, as a deployment of several replicas has).
+pub(super) struct PgPasskeyApp {
+    pub app: TestApp,
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<()>,
+    schema: testkit::pg::PgSchema,
+}
+
+impl PgPasskeyApp {
+    pub async fn start(key_env: &str) -> Self {
+        let schema = testkit::pg::PgSchema::create().await.unwrap();
+        let clock = Arc::new(ManualClock::new());
+        let mut config = test_config(&schema.url);
+        passkeys_on(&mut config);
+        std::env::set_var(
+            key_env,
+            base64::engine::general_purpose::STANDARD
+                .encode(&adapter::secret::random_token().as_bytes()[..32]),
+        );
+        config.keys.encryption_key_env = Some(key_env.into());
+        let (port, stop, handle) = start(config, clock.clone(), 0).await;
+        let mut app = TestApp::connect(&format!("http://127.0.0.1:{port}"));
+        app.clock = clock;
+        PgPasskeyApp {
+            app,
+            stop,
+            handle,
+            schema,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.handle.await.unwrap();
+        self.schema.drop_schema().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn passkey_lifecycle_on_postgres() {
-    let schema = testkit::pg::PgSchema::create().await.unwrap();
-    let clock = Arc::new(ManualClock::new());
-    let mut config = test_config(&schema.url);
-    passkeys_on(&mut config);
-    std::env::set_var(
-        "AUTH_ADAPTER_TEST_PASSKEYS_PG_KEY",
-        base64::engine::general_purpose::STANDARD
-            .encode(&adapter::secret::random_token().as_bytes()[..32]),
-    );
-    config.keys.encryption_key_env = Some("AUTH_ADAPTER_TEST_PASSKEYS_PG_KEY".into());
-    let (port, stop, handle) = start(config, clock.clone(), 0).await;
-    let mut app = TestApp::connect(&format!("http://127.0.0.1:{port}"));
-    app.clock = clock;
-    passkey_lifecycle(&app).await;
-    stop.send(()).unwrap();
-    handle.await.unwrap();
-    schema.drop_schema().await.unwrap();
+    let pg = PgPasskeyApp::start("AUTH_ADAPTER_TEST_PASSKEYS_PG_KEY").await;
+    passkey_lifecycle(&pg.app).await;
+    pg.stop().await;
 }
 
 /// Without `[passkeys]`, nothing of them is offered.

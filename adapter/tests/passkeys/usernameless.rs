@@ -61,6 +61,24 @@ fn discoverable_get(
     assertion
 }
 
+/// `adapter users set-policy <user> <policy>` on the database of `app`.
+fn set_policy(app: &TestApp, user: &str, policy: &str) {
+    let out = users_cli(app, &["set-policy", user, policy]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `init` with `username`, which must be offered `mechs`: the session id.
+async fn init_as(app: &TestApp, username: &str, mechs: Value) -> String {
+    let (s, v) = step(app, json!({"step": "init", "username": username})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["mechs"], mechs, "{v}");
+    v["session_id"].as_str().unwrap().to_string()
+}
+
 /// `init` with no username, `begin` passkey: the session id and options.
 async fn begin_usernameless(app: &TestApp) -> (String, Value) {
     let (s, v) = step(app, json!({"step": "init"})).await;
@@ -123,23 +141,9 @@ async fn usernameless_login_on_sqlite() {
 
 #[tokio::test]
 async fn usernameless_login_on_postgres() {
-    let schema = testkit::pg::PgSchema::create().await.unwrap();
-    let clock = Arc::new(ManualClock::new());
-    let mut config = test_config(&schema.url);
-    passkeys_on(&mut config);
-    std::env::set_var(
-        "AUTH_ADAPTER_TEST_USERNAMELESS_PG_KEY",
-        base64::engine::general_purpose::STANDARD
-            .encode(&adapter::secret::random_token().as_bytes()[..32]),
-    );
-    config.keys.encryption_key_env = Some("AUTH_ADAPTER_TEST_USERNAMELESS_PG_KEY".into());
-    let (port, stop, handle) = start(config, clock.clone(), 0).await;
-    let mut app = TestApp::connect(&format!("http://127.0.0.1:{port}"));
-    app.clock = clock;
-    usernameless_login_names_the_account(&app).await;
-    stop.send(()).unwrap();
-    handle.await.unwrap();
-    schema.drop_schema().await.unwrap();
+    let pg = PgPasskeyApp::start("AUTH_ADAPTER_TEST_USERNAMELESS_PG_KEY").await;
+    usernameless_login_names_the_account(&pg.app).await;
+    pg.stop().await;
 }
 
 /// The user handle names an account; the credential must be that
@@ -200,18 +204,10 @@ async fn a_user_handle_must_own_the_credential() {
 async fn the_passkey_policy_offers_only_passkeys() {
     let app = passkey_app().await;
     let (mut auth, cred_id, _) = alice_with_passkey(&app).await;
-    let out = users_cli(&app, &["set-policy", "alice", "passkey"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    set_policy(&app, "alice", "passkey");
 
     let b = fresh(&app);
-    let (s, v) = step(&b, json!({"step": "init", "username": "alice"})).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v["mechs"], json!(["passkey"]));
-    let id = v["session_id"].as_str().unwrap().to_string();
+    let id = init_as(&b, "alice", json!(["passkey"])).await;
     let (s, v) = step(
         &b,
         json!({"step": "begin", "session_id": id, "mech": "password"}),
@@ -237,9 +233,7 @@ async fn the_passkey_policy_offers_only_passkeys() {
         c.accounts.policy = adapter::config::LoginPolicy::Passkey;
     })
     .await;
-    let (_, v) = step(&strict, json!({"step": "init", "username": "nobody"})).await;
-    assert_eq!(v["mechs"], json!(["passkey"]));
-    let id = v["session_id"].as_str().unwrap().to_string();
+    let id = init_as(&strict, "nobody", json!(["passkey"])).await;
     let (s, v) = step(
         &strict,
         json!({"step": "begin", "session_id": id, "mech": "passkey"}),
@@ -259,17 +253,10 @@ async fn the_passkey_policy_offers_only_passkeys() {
 async fn password_then_passkey_as_second_factor() {
     let app = passkey_app().await;
     let (mut auth, cred_id, handle) = alice_with_passkey(&app).await;
-    let out = users_cli(&app, &["set-policy", "alice", "password_passkey"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    set_policy(&app, "alice", "password_passkey");
 
     let b = fresh(&app);
-    let (_, v) = step(&b, json!({"step": "init", "username": "alice"})).await;
-    assert_eq!(v["mechs"], json!(["password_passkey"]));
-    let id = v["session_id"].as_str().unwrap().to_string();
+    let id = init_as(&b, "alice", json!(["password_passkey"])).await;
     let (_, v) = step(
         &b,
         json!({"step": "begin", "session_id": id, "mech": "password_passkey"}),
