@@ -1127,20 +1127,7 @@ async fn local_steps(
             };
             authn.advance(Some(state), Step::Cred(cred)).await
         }
-        LocalInput::PasskeyBegin { username } => {
-            // Username-first when the name's account offers a passkey;
-            // otherwise usernameless (the authenticator names the account).
-            let (state, reply) = authn.advance(None, init(username)).await?;
-            let offered = matches!(&reply, Reply::Choose(m) if m.contains(&Mech::Passkey));
-            let state = if offered && !username.trim().is_empty() {
-                state
-            } else {
-                authn.advance(None, init("")).await?.0
-            };
-            authn
-                .advance(Some(&state), Step::Begin(Mech::Passkey))
-                .await
-        }
+        LocalInput::PasskeyBegin { username } => authn.begin_passkey(username).await,
         LocalInput::Passkey { credential } => {
             let state = auth.ok_or(AuthError::OutOfOrder { step: "cred" })?;
             authn

@@ -741,6 +741,24 @@ impl Authenticator {
         }
     }
 
+    /// Starts a passkey login: username-first when `username`'s account
+    /// offers a passkey, otherwise usernameless (the authenticator names the
+    /// account), which does not tell whether the name exists.
+    pub async fn begin_passkey(&self, username: &str) -> Result<(AuthState, Reply), AuthError> {
+        let init = |u: &str| Step::Init {
+            username: u.to_string(),
+            privileged: false,
+        };
+        let (state, reply) = self.advance(None, init(username)).await?;
+        let offered = matches!(&reply, Reply::Choose(m) if m.contains(&Mech::Passkey));
+        let state = if offered && !username.trim().is_empty() {
+            state
+        } else {
+            self.advance(None, init("")).await?.0
+        };
+        self.advance(Some(&state), Step::Begin(Mech::Passkey)).await
+    }
+
     /// The account a usernameless assertion names by its user handle: the
     /// one typed when a name was given, and one that may sign in with a
     /// passkey alone.

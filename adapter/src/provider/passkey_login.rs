@@ -29,7 +29,7 @@ use super::local_auth::{
     ApiError,
 };
 use super::AppState;
-use crate::accounts::authn::{AuthError, Credential, Mech, Reply, Step};
+use crate::accounts::authn::{AuthError, Credential, Reply, Step};
 use crate::accounts::LOCAL_CONNECTOR_ID;
 use crate::flow::{Event, FlowError, LocalInput, Next};
 use crate::ratelimit::{ClientIp, Scope};
@@ -114,22 +114,7 @@ pub async fn begin(
         return Ok(flow_json(&st, jar, next));
     }
     let authn = authenticator(&st)?;
-    // Username-first when that account offers a passkey; otherwise
-    // usernameless, which does not tell whether the name exists.
-    let init = |u: &str| Step::Init {
-        username: u.to_string(),
-        privileged: false,
-    };
-    let (state, reply) = authn.advance(None, init(username)).await?;
-    let offered = matches!(&reply, Reply::Choose(m) if m.contains(&Mech::Passkey));
-    let state = if offered && !username.is_empty() {
-        state
-    } else {
-        authn.advance(None, init("")).await?.0
-    };
-    let (state, reply) = authn
-        .advance(Some(&state), Step::Begin(Mech::Passkey))
-        .await?;
+    let (state, reply) = authn.begin_passkey(username).await?;
     let Reply::Continue {
         options: Some(options),
         ..
