@@ -869,9 +869,11 @@ pub struct UpstreamConfig {
     pub client_secret_env: Option<String>,
     #[serde(default = "default_upstream_scopes")]
     pub scopes: Vec<String>,
-    /// Also fetch the upstream's userinfo and merge it into the identity.
+    /// When the upstream's userinfo is fetched and merged into the identity
+    /// (OIDC Core §5.3): `auto` (default) when the ID token lacks a claim
+    /// the claim rules read, `always`, or `never`.
     #[serde(default)]
-    pub fetch_userinfo: bool,
+    pub userinfo: UserinfoPolicy,
     /// How the adapter's `sub` is made from this upstream's subject.
     #[serde(default)]
     pub subject: SubjectStrategy,
@@ -883,6 +885,40 @@ pub struct UpstreamConfig {
     /// Claim rules and a login gate of this upstream's users.
     #[serde(default, skip_serializing_if = "UpstreamClaims::is_empty")]
     pub claims: UpstreamClaims,
+    /// What an adapter refresh does with the claims of this upstream's
+    /// users: `keep` (default) the ones of the login, or `refresh_upstream`:
+    /// ask the upstream again with its refresh token (RFC 6749 §6).
+    #[serde(default)]
+    pub on_refresh: OnRefresh,
+    /// With `refresh_upstream`: claims younger than this many seconds are
+    /// kept as they are; 0 (default) asks the upstream at every refresh.
+    #[serde(default)]
+    pub max_claim_age_seconds: i64,
+}
+
+/// When an OIDC upstream's userinfo is fetched at login.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UserinfoPolicy {
+    /// When the ID token lacks a claim that a claim rule reads (some
+    /// upstreams put only `sub` into their ID tokens).
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// What an adapter refresh does with an upstream's claims.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRefresh {
+    /// The claims of the login, for the lifetime of the grant.
+    #[default]
+    Keep,
+    /// Fresh claims from the upstream's refresh-token grant; when the
+    /// upstream refuses it (the user is gone, the grant revoked), the
+    /// adapter's refresh fails with `invalid_grant` and the session ends.
+    RefreshUpstream,
 }
 
 /// A local account (identity-provider mode).
@@ -1618,6 +1654,12 @@ impl Config {
                 let key = format!("upstreams[{}].client_secret", up.id);
                 return Err(ConfigError::new(key.clone(), both_set(&key)));
             }
+            if up.max_claim_age_seconds < 0 {
+                return Err(ConfigError::new(
+                    format!("upstreams[{}].max_claim_age_seconds", up.id),
+                    "must be 0 (every refresh) or more",
+                ));
+            }
         }
         Ok(())
     }
@@ -1738,10 +1780,12 @@ mod tests {
             client_secret: Some("upstream-secret-value".into()),
             client_secret_env: None,
             scopes: default_upstream_scopes(),
-            fetch_userinfo: false,
+            userinfo: UserinfoPolicy::default(),
             subject: SubjectStrategy::default(),
             allow_shared_subjects: false,
             claims: UpstreamClaims::default(),
+            on_refresh: OnRefresh::default(),
+            max_claim_age_seconds: 0,
         }
     }
 

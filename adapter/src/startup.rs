@@ -352,8 +352,9 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
             &format!("upstreams[{}].client_secret", up.id),
         )
         .map_err(anyhow::Error::msg)?;
-        let oidc = OidcConnector::new(up, secret.map(|s| s.expose().to_owned()), clock.clone())
+        let mut oidc = OidcConnector::new(up, secret.map(|s| s.expose().to_owned()), clock.clone())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        oidc.set_claims_read(crate::mapping::upstream_claims_read(&config, &up.id));
         oidc_connectors.push((up.id.clone(), up.name.clone(), oidc));
     }
     let local_accounts = config.accounts.enabled || !config.local_users.is_empty();

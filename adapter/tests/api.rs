@@ -924,10 +924,12 @@ async fn chooser_lists_connectors_and_starts_the_chosen_one() {
         client_secret: Some("x".into()),
         client_secret_env: None,
         scopes: vec!["openid".into()],
-        fetch_userinfo: false,
+        userinfo: Default::default(),
         subject: Default::default(),
         allow_shared_subjects: false,
         claims: Default::default(),
+        on_refresh: Default::default(),
+        max_claim_age_seconds: 0,
     }];
     let clock = std::sync::Arc::new(ManualClock::new());
     let (port, _stop, _handle) = start(config, clock, 0).await;

@@ -40,10 +40,12 @@ fn claim_mapping(c: &mut Criterion) {
             client_secret: None,
             client_secret_env: None,
             scopes: vec!["openid".into()],
-            fetch_userinfo: false,
+            userinfo: Default::default(),
             subject: Default::default(),
             allow_shared_subjects: false,
             claims: Default::default(),
+            on_refresh: Default::default(),
+            max_claim_age_seconds: 0,
         }],
         ..Config::default()
     };

@@ -106,6 +106,9 @@ pub struct TestChain {
     /// The adapter, kept apart so a test can restart it.
     adapter: RunningAdapter,
     _dirs: Vec<tempfile::TempDir>,
+    /// The upstream-test-server's configuration (its database, keys), when
+    /// it was started: a test changes its accounts with it.
+    pub upstream_config: Option<adapter::Config>,
 }
 
 /// What it takes to stop the adapter and start it again on the same port
@@ -246,6 +249,7 @@ impl ChainBuilder {
         };
 
         // 1. The upstream.
+        let mut upstream_config = None;
         let (upstream_issuer, upstream_client_id, upstream_client_secret) = match &self.upstream {
             Upstream::TestServer => {
                 let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -276,6 +280,7 @@ impl ChainBuilder {
                 adapter_client.post_logout_redirect_uris =
                     vec![format!("{adapter_issuer}/logout/callback")];
                 config.clients = vec![adapter_client];
+                upstream_config = Some(config.clone());
                 let running =
                     spawn::provider(config, listener, shared.clone(), "upstream-test-server")
                         .await?;
@@ -380,6 +385,7 @@ impl ChainBuilder {
             shutdowns,
             adapter,
             _dirs: dirs,
+            upstream_config,
         })
     }
 }

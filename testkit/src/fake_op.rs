@@ -353,6 +353,8 @@ struct Inner {
     tamper: Mutex<Tamper>,
     wrong_state: Mutex<Option<String>>,
     userinfo_sub: Mutex<Option<String>>,
+    /// Replaces [`Options::identity`] from now on ([`FakeOp::set_identity`]).
+    identity: Mutex<Option<Value>>,
     codes: Mutex<HashMap<String, PendingCode>>,
     authorize_log: Mutex<Vec<AuthorizeRecord>>,
     token_log: Mutex<Vec<TokenRecord>>,
@@ -402,6 +404,13 @@ impl Inner {
     fn now(&self) -> i64 {
         now() + self.clock_offset.load(Ordering::SeqCst)
     }
+
+    /// The user's claims: [`FakeOp::set_identity`]'s, else the options'.
+    fn identity(&self) -> Value {
+        lock(&self.identity)
+            .clone()
+            .unwrap_or_else(|| self.options.identity.clone())
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -448,6 +457,7 @@ impl FakeOp {
             tamper: Mutex::new(options.tamper),
             wrong_state: Mutex::new(None),
             userinfo_sub: Mutex::new(None),
+            identity: Mutex::new(None),
             codes: Mutex::new(HashMap::new()),
             authorize_log: Mutex::new(Vec::new()),
             token_log: Mutex::new(Vec::new()),
@@ -526,6 +536,12 @@ impl FakeOp {
     /// Adds the second key to the JWKS (the provider rotated its keys).
     pub fn publish_second_key(&self) {
         *lock(&self.inner.second_published) = true;
+    }
+
+    /// The user's claims from now on, in tokens and `/userinfo` (the user
+    /// changed upstream: new groups, a new name).
+    pub fn set_identity(&self, identity: Value) {
+        *lock(&self.inner.identity) = Some(identity);
     }
 
     /// Makes `/userinfo` answer with this `sub` instead of the user's.
@@ -905,6 +921,11 @@ fn token_response(s: &Inner, pending: &PendingCode, tamper: Tamper) -> Response 
 /// RFC 6749 §6: the refresh token is single use (rotation, RFC 9700
 /// §4.14.2); the new ID token carries no `nonce` (OIDC Core §12.2).
 fn refresh_grant(s: &Inner, params: &HashMap<String, String>) -> Response {
+    // A provider that is down consumes nothing.
+    let tamper = *lock(&s.tamper);
+    if tamper == Tamper::TokenEndpointDown {
+        return (StatusCode::SERVICE_UNAVAILABLE, "overloaded").into_response();
+    }
     let Some(client_id) = params
         .get("refresh_token")
         .and_then(|rt| lock(&s.refresh_tokens).remove(rt))
@@ -915,10 +936,6 @@ fn refresh_grant(s: &Inner, params: &HashMap<String, String>) -> Response {
             "unknown, used or revoked refresh token",
         );
     };
-    let tamper = *lock(&s.tamper);
-    if tamper == Tamper::TokenEndpointDown {
-        return (StatusCode::SERVICE_UNAVAILABLE, "overloaded").into_response();
-    }
     let pending = PendingCode {
         client_id,
         nonce: None,
@@ -1058,7 +1075,7 @@ fn forge_tokens(s: &Inner, pending: &PendingCode, t: Tamper) -> anyhow::Result<(
     let keys = s.keys;
     let now = s.now();
     let client_id = &s.options.client_id;
-    let identity: Map<String, Value> = s.options.identity.as_object().cloned().unwrap_or_default();
+    let identity: Map<String, Value> = s.identity().as_object().cloned().unwrap_or_default();
     let hs256_key = s.options.client_secret.as_deref().unwrap_or("fake-secret");
     let signing = if t == Tamper::SecondKey {
         &keys.second
@@ -1147,7 +1164,7 @@ fn forge_tokens(s: &Inner, pending: &PendingCode, t: Tamper) -> anyhow::Result<(
 /// The user's claims plus `department`, a claim the ID token lacks.
 async fn userinfo(State(s): State<Arc<Inner>>) -> Json<Value> {
     s.userinfo_calls.fetch_add(1, Ordering::SeqCst);
-    let mut claims = s.options.identity.clone();
+    let mut claims = s.identity();
     if let Some(sub) = lock(&s.userinfo_sub).clone() {
         claims["sub"] = json!(sub);
     }

@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "chain/fresh.rs"]
+mod fresh;
 #[path = "chain/logout.rs"]
 mod logout;
 #[path = "chain/openid_client.rs"]
@@ -1568,9 +1570,10 @@ async fn login_survives_an_adapter_restart_between_redirect_and_callback() {
     );
 }
 
-/// OIDC Core §5.3.2: with `fetch_userinfo`, the upstream's userinfo is
-/// fetched and merged (a claim only userinfo has reaches the token through a
-/// mapping); a userinfo `sub` that differs from the ID token's fails the login.
+/// OIDC Core §5.3.2: with `userinfo = "auto"` (the default) and a rule
+/// reading a claim the ID token lacks, the upstream's userinfo is fetched
+/// and merged (the claim reaches the token); a userinfo `sub` that differs
+/// from the ID token's fails the login.
 #[tokio::test]
 async fn upstream_userinfo_is_fetched_and_its_sub_checked() {
     let fake = FakeUpstream::start(ADAPTER_CLIENT_ID, Tamper::None)
@@ -1583,15 +1586,7 @@ async fn upstream_userinfo_is_fetched_and_its_sub_checked() {
             client_secret: "any-secret".into(),
         })
         .test_app(false)
-        .tweak_adapter(|c| {
-            c.upstreams[0].fetch_userinfo = true;
-            c.claims.rules.push(adapter::config::ClaimRule {
-                claim: "department".into(),
-                expr: "upstream.department".into(),
-                tokens: vec![adapter::config::TokenName::Access],
-                when: None,
-            });
-        })
+        .tweak_adapter(fresh::department_rule)
         .start()
         .await
         .unwrap();

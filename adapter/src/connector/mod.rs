@@ -93,9 +93,17 @@ pub trait CallbackConnector: Send + Sync + 'static {
         connector_state: &str,
     ) -> Result<Identity, ConnectorError>;
 
-    /// Refreshes an identity (used by a later refresh-token grant).
+    /// Refreshes an identity (used by a later refresh-token grant):
+    /// `Denied` when the upstream no longer accepts the user's grant.
     async fn refresh(&self, _identity: &Identity) -> Result<Identity, ConnectorError> {
         Err(ConnectorError::NotSupported)
+    }
+
+    /// With a freshness policy (`on_refresh = "refresh_upstream"`): the
+    /// oldest claims, in seconds, an adapter refresh keeps before asking
+    /// [`Self::refresh`] for fresh ones. `None`: the login's claims stay.
+    fn claims_max_age(&self) -> Option<i64> {
+        None
     }
 
     /// Warms caches (discovery) in the background; failures are logged.

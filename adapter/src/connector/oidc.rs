@@ -13,7 +13,7 @@
 //! redirects (an upstream cannot point it elsewhere), has timeouts and caps
 //! response sizes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,15 +22,16 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient,
-    CoreClientAuthMethod, CoreGrantType, CoreIdToken, CoreJsonWebKey,
+    CoreClientAuthMethod, CoreErrorResponseType, CoreGrantType, CoreIdToken, CoreJsonWebKey,
     CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm,
     CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
 };
 use openidconnect::{
     AccessToken, AccessTokenHash, AdditionalProviderMetadata, AuthorizationCode,
-    ClaimsVerificationError, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce,
+    ClaimsVerificationError, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, NonceVerifier,
     OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
-    RequestTokenError, Scope, SignatureVerificationError, TokenResponse,
+    RefreshToken, RequestTokenError, Scope, SignatureVerificationError, StandardErrorResponse,
+    TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -41,7 +42,7 @@ use super::{
     BeginRequest, BeginResponse, CallbackConnector, ConnectorError, Identity, UpstreamTokens,
 };
 use crate::clock::SharedClock;
-use crate::config::UpstreamConfig;
+use crate::config::{OnRefresh, UpstreamConfig, UserinfoPolicy};
 use crate::keys::EncryptionKey;
 
 /// Cap on any upstream response body.
@@ -281,7 +282,14 @@ pub struct OidcConnector {
     client_id: String,
     client_secret: Option<String>,
     scopes: Vec<String>,
-    fetch_userinfo: bool,
+    userinfo: UserinfoPolicy,
+    /// The upstream claims the claim rules read (`None`: any may matter);
+    /// with [`UserinfoPolicy::Auto`], an ID token lacking one of them
+    /// sends us to userinfo.
+    claims_read: Option<BTreeSet<String>>,
+    /// With `on_refresh = "refresh_upstream"`: the oldest claims an adapter
+    /// refresh keeps, in seconds.
+    claims_max_age: Option<i64>,
     clock: SharedClock,
     http: reqwest::Client,
     cache: RwLock<Option<Cached>>,
@@ -320,7 +328,10 @@ impl OidcConnector {
             client_id: config.client_id.clone(),
             client_secret,
             scopes: config.scopes.clone(),
-            fetch_userinfo: config.fetch_userinfo,
+            userinfo: config.userinfo,
+            claims_read: Some(BTreeSet::new()),
+            claims_max_age: (config.on_refresh == OnRefresh::RefreshUpstream)
+                .then_some(config.max_claim_age_seconds),
             clock,
             http: http_client().map_err(|e| ConnectorError::Config(e.to_string()))?,
             cache: RwLock::new(None),
@@ -341,6 +352,25 @@ impl OidcConnector {
     /// Records this upstream's call latencies and errors in `metrics`.
     pub fn set_metrics(&mut self, metrics: crate::metrics::Metrics) {
         self.metrics = metrics;
+    }
+
+    /// The upstream claims the claim rules read, `None` when any may
+    /// matter ([`crate::mapping::upstream_claims_read`]).
+    pub fn set_claims_read(&mut self, names: Option<BTreeSet<String>>) {
+        self.claims_read = names;
+    }
+
+    /// Whether userinfo is asked after an ID token with `claims` (OIDC
+    /// Core §5.3: some upstreams put little more than `sub` into it).
+    fn wants_userinfo(&self, claims: &Map<String, Value>) -> bool {
+        match self.userinfo {
+            UserinfoPolicy::Always => true,
+            UserinfoPolicy::Never => false,
+            UserinfoPolicy::Auto => self
+                .claims_read
+                .as_ref()
+                .is_none_or(|names| names.iter().any(|n| !claims.contains_key(n))),
+        }
     }
 
     /// Associated data of this upstream's sealed refresh tokens.
@@ -410,19 +440,24 @@ impl OidcConnector {
         self.discover().await.is_ok()
     }
 
+    /// The `openidconnect` client; `callback_url` for the authorization
+    /// code flow, `None` for a refresh (RFC 6749 §6 has no redirect URI).
     fn client(
         &self,
         metadata: UpstreamMetadata,
-        callback_url: &str,
+        callback_url: Option<&str>,
     ) -> Result<UpstreamClient, ConnectorError> {
-        let redirect = RedirectUrl::new(callback_url.to_string())
-            .map_err(|e| ConnectorError::Config(format!("callback url: {e}")))?;
-        Ok(CoreClient::from_provider_metadata(
+        let client = CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(self.client_id.clone()),
             self.client_secret.clone().map(ClientSecret::new),
-        )
-        .set_redirect_uri(redirect))
+        );
+        let Some(callback_url) = callback_url else {
+            return Ok(client);
+        };
+        let redirect = RedirectUrl::new(callback_url.to_string())
+            .map_err(|e| ConnectorError::Config(format!("callback url: {e}")))?;
+        Ok(client.set_redirect_uri(redirect))
     }
 
     /// The allow-list for this upstream; refuses an upstream that offers
@@ -448,7 +483,7 @@ impl OidcConnector {
         metadata: &UpstreamMetadata,
         client: &UpstreamClient,
         id_token: &CoreIdToken,
-        nonce: &Nonce,
+        nonce: impl NonceVerifier,
         access_token: &AccessToken,
     ) -> Result<Verified, Rejected> {
         let algs = self.algs(metadata).map_err(Rejected::Other)?;
@@ -472,6 +507,46 @@ impl OidcConnector {
             subject: claims.subject().to_string(),
             auth_time: claims.auth_time().map(|t| t.timestamp()),
         })
+    }
+
+    /// [`Self::verify`]; when no key matches, the upstream may have
+    /// rotated its keys (OIDC Core §10.1.1): re-discover once, throttled,
+    /// and verify again.
+    async fn verify_rotating<N: NonceVerifier + Copy>(
+        &self,
+        metadata: &mut UpstreamMetadata,
+        id_token: &CoreIdToken,
+        nonce: N,
+        access_token: &AccessToken,
+    ) -> Result<Verified, ConnectorError> {
+        let no_key = || ConnectorError::Invalid("id token: no key of the upstream matches".into());
+        let client = self.client(metadata.clone(), None)?;
+        match self.verify(metadata, &client, id_token, nonce, access_token) {
+            Ok(v) => Ok(v),
+            Err(Rejected::NoMatchingKey) if self.forced_refresh().await => {
+                *metadata = self.metadata().await?;
+                let client = self.client(metadata.clone(), None)?;
+                match self.verify(metadata, &client, id_token, nonce, access_token) {
+                    Ok(v) => Ok(v),
+                    Err(Rejected::NoMatchingKey) => Err(no_key()),
+                    Err(Rejected::Other(e)) => Err(e),
+                }
+            }
+            Err(Rejected::NoMatchingKey) => Err(no_key()),
+            Err(Rejected::Other(e)) => Err(e),
+        }
+    }
+
+    /// The upstream refresh token sealed for storage, when there is one and
+    /// a key to seal it with.
+    fn seal(&self, refresh_token: Option<&RefreshToken>) -> Result<Option<String>, ConnectorError> {
+        match (refresh_token, &self.sealing) {
+            (Some(rt), Some(key)) => key
+                .seal_value(&self.sealing_context(), rt.secret())
+                .map(Some)
+                .map_err(|e| ConnectorError::Config(e.to_string())),
+            _ => Ok(None),
+        }
     }
 
     async fn userinfo(
@@ -511,6 +586,28 @@ impl OidcConnector {
     }
 }
 
+/// A failed token request (RFC 6749 §5.2). An `invalid_grant` answer means
+/// the upstream no longer accepts the code or the refresh token: the user
+/// is gone, or the grant was revoked.
+fn token_error(
+    e: RequestTokenError<HttpError, StandardErrorResponse<CoreErrorResponseType>>,
+) -> ConnectorError {
+    match e {
+        RequestTokenError::Request(e) => {
+            ConnectorError::Unavailable(format!("token endpoint: {e}"))
+        }
+        RequestTokenError::ServerResponse(r)
+            if *r.error() == CoreErrorResponseType::InvalidGrant =>
+        {
+            ConnectorError::Denied(format!("token endpoint: {}", r.error()))
+        }
+        RequestTokenError::ServerResponse(r) => {
+            ConnectorError::Invalid(format!("token endpoint: {}", r.error()))
+        }
+        other => ConnectorError::Invalid(format!("token endpoint: {other}")),
+    }
+}
+
 /// The payload of a JWS whose signature has already been verified.
 fn verified_payload(jwt: &str) -> Result<Map<String, Value>, ConnectorError> {
     let payload = jwt
@@ -531,7 +628,7 @@ impl CallbackConnector for OidcConnector {
         // An upstream we could never verify is refused before the user
         // types a password there.
         self.algs(&metadata)?;
-        let client = self.client(metadata, req.callback_url)?;
+        let client = self.client(metadata, Some(req.callback_url))?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let state = req.state.to_string();
         let mut request = client.authorize_url(
@@ -600,7 +697,7 @@ impl CallbackConnector for OidcConnector {
             .get("code")
             .ok_or_else(|| ConnectorError::Invalid("callback without code".into()))?;
 
-        let client = self.client(metadata.clone(), callback_url)?;
+        let client = self.client(metadata.clone(), Some(callback_url))?;
         let http = |r| bridge(self.http.clone(), r);
         let exchange = client
             .exchange_code(AuthorizationCode::new(code.clone()))
@@ -610,50 +707,20 @@ impl CallbackConnector for OidcConnector {
             .metrics
             .upstream(&self.id, "token", exchange.request_async(&http))
             .await
-            .map_err(|e| match e {
-                RequestTokenError::Request(e) => {
-                    ConnectorError::Unavailable(format!("token endpoint: {e}"))
-                }
-                RequestTokenError::ServerResponse(r) => {
-                    ConnectorError::Invalid(format!("token endpoint: {}", r.error()))
-                }
-                other => ConnectorError::Invalid(format!("token endpoint: {other}")),
-            })?;
+            .map_err(token_error)?;
         let id_token = token
             .id_token()
             .ok_or_else(|| ConnectorError::Invalid("no id_token in the token response".into()))?;
         let nonce = Nonce::new(pending.nonce);
         let access_token = token.access_token();
-
-        let verified = match self.verify(&metadata, &client, id_token, &nonce, access_token) {
-            Ok(v) => v,
-            // The upstream may have rotated its keys (OIDC Core §10.1.1):
-            // re-discover once, throttled, and verify again.
-            Err(Rejected::NoMatchingKey) if self.forced_refresh().await => {
-                metadata = self.metadata().await?;
-                let client = self.client(metadata.clone(), callback_url)?;
-                match self.verify(&metadata, &client, id_token, &nonce, access_token) {
-                    Ok(v) => v,
-                    Err(Rejected::NoMatchingKey) => {
-                        return Err(ConnectorError::Invalid(
-                            "id token: no key of the upstream matches".into(),
-                        ))
-                    }
-                    Err(Rejected::Other(e)) => return Err(e),
-                }
-            }
-            Err(Rejected::NoMatchingKey) => {
-                return Err(ConnectorError::Invalid(
-                    "id token: no key of the upstream matches".into(),
-                ))
-            }
-            Err(Rejected::Other(e)) => return Err(e),
-        };
+        let verified = self
+            .verify_rotating(&mut metadata, id_token, &nonce, access_token)
+            .await?;
         check_auth_time(verified.auth_time, pending.max_age, pending.requested_at)?;
 
         let raw = id_token.to_string();
         let mut claims = verified_payload(&raw)?;
-        if self.fetch_userinfo {
+        if self.wants_userinfo(&claims) {
             let info = self
                 .metrics
                 .upstream(
@@ -669,13 +736,7 @@ impl CallbackConnector for OidcConnector {
         // Kept for logout: the ID token as `id_token_hint` (OIDC
         // RP-Initiated Logout 1.0 §2), the refresh token, sealed, for its
         // revocation (RFC 7009).
-        let sealed_refresh_token = match (token.refresh_token(), &self.sealing) {
-            (Some(rt), Some(key)) => Some(
-                key.seal_value(&self.sealing_context(), rt.secret())
-                    .map_err(|e| ConnectorError::Config(e.to_string()))?,
-            ),
-            _ => None,
-        };
+        let sealed_refresh_token = self.seal(token.refresh_token())?;
         // OIDC Core §2: how the user authenticated upstream travels on to
         // our own tokens.
         let amr = claims
@@ -764,6 +825,98 @@ impl CallbackConnector for OidcConnector {
                 response.status()
             )))
         }
+    }
+
+    /// Asks the upstream again with its refresh token (RFC 6749 §6) for
+    /// fresh claims. A new ID token is verified like the first one, without
+    /// a nonce, and must name the same subject (OIDC Core §12.2); without
+    /// one, userinfo gives the claims. `Denied` when the upstream refuses
+    /// the refresh token (`invalid_grant`: the user is gone or the grant
+    /// revoked); `NotSupported` when no upstream refresh token was kept.
+    async fn refresh(&self, identity: &Identity) -> Result<Identity, ConnectorError> {
+        let upstream = identity
+            .upstream
+            .as_ref()
+            .ok_or(ConnectorError::NotSupported)?;
+        let (Some(sealed), Some(key)) = (&upstream.sealed_refresh_token, &self.sealing) else {
+            return Err(ConnectorError::NotSupported);
+        };
+        let refresh_token = RefreshToken::new(
+            key.open_value(&self.sealing_context(), sealed)
+                .map_err(|e| ConnectorError::Config(e.to_string()))?,
+        );
+        let mut metadata = self.metadata().await?;
+        let client = self.client(metadata.clone(), None)?;
+        let http = |r| bridge(self.http.clone(), r);
+        let request = client
+            .exchange_refresh_token(&refresh_token)
+            .map_err(|e| ConnectorError::Config(e.to_string()))?;
+        let token = self
+            .metrics
+            .upstream(&self.id, "refresh", request.request_async(&http))
+            .await
+            .map_err(token_error)?;
+        let access_token = token.access_token();
+        let (mut claims, id_token, auth_time) = match token.id_token() {
+            Some(id_token) => {
+                let no_nonce = |_: Option<&Nonce>| Ok(());
+                let verified = self
+                    .verify_rotating(&mut metadata, id_token, no_nonce, access_token)
+                    .await?;
+                // OIDC Core §12.2: the same `sub` as the original ID token.
+                if verified.subject != identity.subject {
+                    return Err(ConnectorError::Invalid(
+                        "the refreshed id token names another subject".into(),
+                    ));
+                }
+                let raw = id_token.to_string();
+                (verified_payload(&raw)?, raw, verified.auth_time)
+            }
+            None => (Map::new(), upstream.id_token.clone(), None),
+        };
+        let fetched_id_token = token.id_token().is_some();
+        if !fetched_id_token || self.wants_userinfo(&claims) {
+            let info = self
+                .metrics
+                .upstream(
+                    &self.id,
+                    "userinfo",
+                    self.userinfo(&metadata, access_token.secret(), &identity.subject),
+                )
+                .await?;
+            if !fetched_id_token && info.is_empty() {
+                // Neither an ID token nor a userinfo endpoint: the upstream
+                // accepted the refresh (the user is still there) but says
+                // nothing new, so the claims of the login stay.
+                claims = identity.claims.clone();
+            }
+            for (k, v) in info {
+                claims.entry(k).or_insert(v);
+            }
+        }
+        // RFC 6749 §6: the upstream may rotate its refresh token; if it
+        // does not, the one we hold stays valid.
+        let sealed_refresh_token = match self.seal(token.refresh_token())? {
+            Some(rotated) => Some(rotated),
+            None => upstream.sealed_refresh_token.clone(),
+        };
+        Ok(Identity {
+            connector_id: self.id.clone(),
+            subject: identity.subject.clone(),
+            claims,
+            // A refresh is no new authentication (OIDC Core §12.2).
+            auth_time: auth_time.or(identity.auth_time),
+            amr: identity.amr.clone(),
+            acr: identity.acr.clone(),
+            upstream: Some(UpstreamTokens {
+                id_token,
+                sealed_refresh_token,
+            }),
+        })
+    }
+
+    fn claims_max_age(&self) -> Option<i64> {
+        self.claims_max_age
     }
 
     async fn warm_up(&self) {

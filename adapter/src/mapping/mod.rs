@@ -637,5 +637,78 @@ impl Mapping {
     }
 }
 
+/// The upstream claims the rules of `config` read for users of upstream
+/// `upstream_id` (its own rules, the deployment's and every client's, and
+/// the groups claim when a gate needs it). `None` when a rule reads the
+/// `upstream` map as a whole, so any claim may matter. The OIDC connector
+/// fetches userinfo when its ID token lacks one of them (OIDC Core §5.3).
+pub fn upstream_claims_read(config: &Config, upstream_id: &str) -> Option<BTreeSet<String>> {
+    let upstream = config.upstreams.iter().find(|u| u.id == upstream_id);
+    let rules = config
+        .claims
+        .rules
+        .iter()
+        .chain(upstream.into_iter().flat_map(|u| u.claims.rules.iter()))
+        .chain(config.clients.iter().flat_map(|c| c.claims.rules.iter()));
+    let mut names = BTreeSet::new();
+    for rule in rules {
+        for source in std::iter::once(&rule.expr).chain(rule.when.iter()) {
+            names.extend(fields_of_upstream(source)?);
+        }
+    }
+    let gated = !config.claims.allow_groups.is_empty()
+        || upstream.is_some_and(|u| !u.claims.allow_groups.is_empty())
+        || config
+            .clients
+            .iter()
+            .any(|c| !c.claims.allow_groups.is_empty());
+    if gated {
+        let claim = upstream
+            .and_then(|u| u.claims.groups_claim.clone())
+            .unwrap_or_else(|| config.claims.groups_claim.clone());
+        names.insert(claim);
+    }
+    Some(names)
+}
+
+/// The fields of the variable `upstream` a CEL expression reads:
+/// `upstream.name`, `upstream.?name`, `upstream['name']`. `None` when it
+/// uses `upstream` otherwise (passed whole to a function, indexed by a
+/// computed key).
+fn fields_of_upstream(source: &str) -> Option<BTreeSet<String>> {
+    const VAR: &str = "upstream";
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = BTreeSet::new();
+    for (i, _) in source.match_indices(VAR) {
+        let before = source[..i].chars().next_back();
+        let rest = &source[i + VAR.len()..];
+        // `upstream_id`, `my_upstream`, `x.upstream` are other names.
+        if before.is_some_and(|c| ident(c) || c == '.') || rest.starts_with(ident) {
+            continue;
+        }
+        // Inside a string literal: count the quotes before it.
+        if source[..i].matches(['\'', '"']).count() % 2 == 1 {
+            continue;
+        }
+        let rest = rest.trim_start();
+        if let Some(field) = rest.strip_prefix('.') {
+            let field = field.strip_prefix('?').unwrap_or(field).trim_start();
+            let name: String = field.chars().take_while(|c| ident(*c)).collect();
+            if name.is_empty() {
+                return None;
+            }
+            out.insert(name);
+        } else if let Some(index) = rest.strip_prefix('[') {
+            let index = index.strip_prefix('?').unwrap_or(index).trim_start();
+            let quote = index.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+            let name: String = index[1..].chars().take_while(|c| *c != quote).collect();
+            out.insert(name);
+        } else {
+            return None;
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests;

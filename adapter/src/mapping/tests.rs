@@ -466,3 +466,57 @@ fn the_shipped_rules_are_the_defaults_and_give_the_seed_token() {
         );
     }
 }
+
+#[test]
+fn the_upstream_claims_a_rule_reads_are_found() {
+    let fields = |s: &str| fields_of_upstream(s).map(|f| f.into_iter().collect::<Vec<_>>());
+    assert_eq!(
+        fields("upstream.name + ' ' + upstream.?family_name.orValue('')"),
+        Some(vec!["family_name".to_string(), "name".to_string()])
+    );
+    assert_eq!(
+        fields("upstream['e-mail'] == 'x' && has(upstream.groups)"),
+        Some(vec!["e-mail".to_string(), "groups".to_string()])
+    );
+    // Other variables and string contents are not reads of the map.
+    assert_eq!(
+        fields("upstream_id + 'upstream.secret' + subject"),
+        Some(vec![])
+    );
+    // The map as a whole: any claim may matter.
+    assert_eq!(fields("size(upstream) > 2"), None);
+    assert_eq!(fields("upstream[subject]"), None);
+}
+
+#[test]
+fn the_seed_rules_read_the_profile_claims_and_the_gate_its_groups_claim() {
+    let mut config = Config {
+        upstreams: vec![serde_json::from_value(
+            json!({"id": "corp", "issuer": "https://idp.example.org", "client_id": "a"}),
+        )
+        .unwrap()],
+        ..Config::default()
+    };
+    let read = upstream_claims_read(&config, "corp").unwrap();
+    assert_eq!(
+        read.into_iter().collect::<Vec<_>>(),
+        [
+            "email",
+            "email_verified",
+            "groups",
+            "name",
+            "preferred_username"
+        ]
+    );
+    config.claims.rules.clear();
+    config.claims.groups_claim = "roles".into();
+    assert!(upstream_claims_read(&config, "corp").unwrap().is_empty());
+    config.upstreams[0].claims.allow_groups = vec!["staff".into()];
+    assert_eq!(
+        upstream_claims_read(&config, "corp")
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        ["roles"]
+    );
+}

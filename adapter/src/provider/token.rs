@@ -37,6 +37,8 @@ use serde_json::{json, Map, Value};
 use super::client_auth::{authenticate, parse_form, Params};
 use super::revocation::revoke_session_tokens;
 use super::{AppState, Client, GrantType};
+use crate::accounts::LOCAL_CONNECTOR_ID;
+use crate::connector::{ConnectorError, ConnectorKind};
 use crate::customizer::{ClaimsContext, Identity, TokenKind};
 use crate::error::{ErrorCode, OAuthError};
 use crate::flow::CodeRecord;
@@ -191,6 +193,8 @@ async fn authorization_code(
             offline: request.scopes.iter().any(|s| s == OFFLINE_ACCESS),
             absolute_expires_at: now + st.tokens.refresh_token_absolute_ttl_seconds,
             access_jti: jti.clone(),
+            // The login that made the code fetched them.
+            claims_at: now,
         };
         let refresh = issue_refresh(st, client, &jti, &data, now)
             .await
@@ -219,6 +223,11 @@ pub struct RefreshData {
     pub absolute_expires_at: i64,
     /// The `jti` of the access token issued together with this refresh token.
     pub access_jti: String,
+    /// When `identity`'s claims came from the upstream (the login, or the
+    /// last upstream refresh); 0 in records older than this field, read
+    /// as `auth_time`.
+    #[serde(default)]
+    pub claims_at: i64,
 }
 
 /// The marker in the revoked-token list that kills a whole refresh family,
@@ -344,6 +353,144 @@ async fn reuse_detected(
 ) -> Result<(), StoreError> {
     tracing::warn!("refresh token reused; revoking its family and its session");
     st.metrics.refresh_reuse_detected();
+    end_grant(st, family_id, data, now).await
+}
+
+/// Fresh claims for the grant of the refresh token `token_hash`: from the
+/// local account, read again at every refresh, or from an upstream with a
+/// freshness policy when the claims are older than it allows
+/// (`on_refresh = "refresh_upstream"`), asked again with its own refresh
+/// token. `None`: keep the claims (no policy, young
+/// claims, a token the rotation will refuse anyway, or no upstream refresh
+/// token kept). When the upstream refuses (RFC 6749 §5.2 `invalid_grant`:
+/// the user is gone, the grant revoked), the family and the session end
+/// and the answer is `invalid_grant`; an unreachable upstream answers
+/// `temporarily_unavailable` and leaves the token usable.
+async fn fresh_identity(
+    st: &AppState,
+    token_hash: &str,
+    client_id: &str,
+    now: i64,
+) -> Result<Option<Identity>, TokenError> {
+    let local = st.flows.local_accounts();
+    let policies: Vec<_> = st
+        .flows
+        .connectors()
+        .iter()
+        .filter_map(|c| match &c.kind {
+            ConnectorKind::Callback(cb) => cb.claims_max_age().map(|age| (c.id.as_str(), age, cb)),
+            ConnectorKind::Local(_) => None,
+        })
+        .collect();
+    // The common case of a broker costs nothing: no upstream refreshes its
+    // claims and there are no local accounts.
+    if policies.is_empty() && local.is_none() {
+        return Ok(None);
+    }
+    let Some(status) = st
+        .store
+        .refresh_status(token_hash)
+        .await
+        .map_err(|e| storage_failure(&e))?
+    else {
+        return Ok(None);
+    };
+    let row = &status.row;
+    if status.used_at.is_some()
+        || status.revoked_at.is_some()
+        || row.expires_at <= now
+        || row.client_id != client_id
+    {
+        return Ok(None);
+    }
+    let data: RefreshData = codec::decode(&row.data).map_err(|e| storage_failure(&e))?;
+    let upstream = data.identity.connector_id.as_str();
+    let refreshed = if upstream == LOCAL_CONNECTOR_ID {
+        // A local account is read again at every refresh: a disabled or
+        // deleted account ends its grants, a changed one gets fresh claims.
+        match local {
+            Some(authn) => local_identity(authn, &data.identity).await,
+            None => Err(ConnectorError::Denied(
+                "local accounts are turned off".into(),
+            )),
+        }
+    } else {
+        let Some((_, max_age, connector)) = policies.into_iter().find(|(id, _, _)| *id == upstream)
+        else {
+            return Ok(None);
+        };
+        let claims_at = if data.claims_at > 0 {
+            data.claims_at
+        } else {
+            data.auth_time
+        };
+        if max_age > 0 && now - claims_at < max_age {
+            return Ok(None);
+        }
+        connector.refresh(&data.identity).await
+    };
+    match refreshed {
+        Ok(identity) => Ok(Some(identity)),
+        Err(ConnectorError::NotSupported) => {
+            tracing::warn!(
+                upstream,
+                "no upstream refresh token kept; the claims of the login stay"
+            );
+            Ok(None)
+        }
+        Err(ConnectorError::Unavailable(e)) => {
+            tracing::warn!(upstream, error = %e, "upstream refresh failed");
+            Err(OAuthError::temporarily_unavailable(
+                "the identity provider is unreachable; try again later",
+            )
+            .into())
+        }
+        Err(ConnectorError::Config(e)) => {
+            tracing::error!(upstream, error = %e, "upstream refresh misconfigured");
+            Err(OAuthError::server_error("the identity provider is misconfigured").into())
+        }
+        Err(e @ (ConnectorError::Denied(_) | ConnectorError::Invalid(_))) => {
+            tracing::info!(upstream, error = %e, "the user's grant ended upstream; ending it here too");
+            end_grant(st, &row.family_id, &data, now)
+                .await
+                .map_err(|e| storage_failure(&e))?;
+            Err(
+                OAuthError::invalid_grant("the identity provider no longer accepts this login")
+                    .into(),
+            )
+        }
+    }
+}
+
+/// The local account behind `identity`, read again: `Denied` when it is
+/// gone or disabled. How the user authenticated stays that of the login.
+async fn local_identity(
+    authn: &crate::accounts::authn::Authenticator,
+    identity: &Identity,
+) -> Result<Identity, ConnectorError> {
+    match authn.accounts().find(&identity.subject).await {
+        Ok(Some(account)) if !account.data.disabled && account.username() == identity.subject => {
+            Ok(Identity {
+                auth_time: identity.auth_time,
+                acr: identity.acr.clone(),
+                ..account.identity(identity.amr.clone())
+            })
+        }
+        Ok(_) => Err(ConnectorError::Denied(
+            "the account is disabled or deleted".into(),
+        )),
+        Err(e) => Err(ConnectorError::Unavailable(e.to_string())),
+    }
+}
+
+/// Ends a grant (reuse detected, or its user gone upstream): its refresh
+/// family, its session and the session's tokens (as a logout would).
+async fn end_grant(
+    st: &AppState,
+    family_id: &str,
+    data: &RefreshData,
+    now: i64,
+) -> Result<(), StoreError> {
     revoke_refresh_family(&*st.store, family_id, data.absolute_expires_at, now).await?;
     st.store.delete_session_by_sid(&data.sid).await?;
     let until = now + st.tokens.access_token_ttl_seconds + crate::keys::LEEWAY_SECONDS as i64;
@@ -366,6 +513,9 @@ async fn refresh_token(
     let store = &*st.store;
     let dead = || Err(OAuthError::invalid_grant("the refresh token is invalid or expired").into());
     let requested = params.get("scope").map(str::to_string);
+    // Before the rotation, so a refused or failed upstream refresh leaves
+    // the presented token as it was (or revoked, when the user is gone).
+    let fresh = fresh_identity(st, &hash(token), &client.id, now).await?;
     let jti = random_token();
     let next_token = random_token();
     // Runs inside the rotation, on the live token before it is consumed: a
@@ -373,15 +523,20 @@ async fn refresh_token(
     let next = {
         let (next_hash, jti, client_id) = (hash(&next_token), jti.clone(), client.id.clone());
         let (requested, idle_ttl) = (requested.clone(), st.tokens.refresh_token_idle_ttl_seconds);
+        let fresh = fresh.clone();
         Box::new(move |row: &RefreshRow| {
             let data: RefreshData = codec::decode(&row.data)?;
             if narrowed_scopes(&data.scopes, requested.as_deref()).is_none() {
                 return Ok(None);
             }
-            let next = RefreshData {
+            let mut next = RefreshData {
                 access_jti: jti,
                 ..data
             };
+            if let Some(identity) = fresh {
+                next.identity = identity;
+                next.claims_at = now;
+            }
             refresh_row(next_hash, &row.family_id, &client_id, &next, now, idle_ttl).map(Some)
         })
     };
@@ -442,7 +597,7 @@ async fn refresh_token(
     };
     let grant = Grant {
         client,
-        identity: &data.identity,
+        identity: fresh.as_ref().unwrap_or(&data.identity),
         scopes: &scopes,
         // OIDC Core §12.2: no nonce in a refreshed ID token.
         nonce: None,

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::*;
 
 /// The accounts of `app`'s database, with the app's clock and key file.
-async fn accounts(app: &TestApp) -> Accounts {
+pub(crate) async fn accounts(app: &TestApp) -> Accounts {
     let store: Arc<dyn Store> = Arc::new(SqlStore::connect(&app.db_url, 2).await.unwrap());
     let config = test_config(&app.db_url);
     let hasher = Arc::new(adapter::password::Hasher::new(1, 8).unwrap());

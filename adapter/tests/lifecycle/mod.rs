@@ -870,3 +870,53 @@ async fn discovery_lists_the_lifecycle_endpoints() {
         json!(["authorization_code", "refresh_token"])
     );
 }
+
+/// A local account is read again at every refresh: a changed name reaches
+/// the refreshed tokens; a disabled account's refresh is `invalid_grant`
+/// and ends its grant (enabling it again does not revive the token) and
+/// its session (the next authorization request asks for a login).
+#[tokio::test]
+async fn refresh_reads_the_local_account_again() {
+    let app = lifecycle_app().await;
+    let t0 = tokens(&app).await;
+    let (_, id0) = jwt_parts(s(&t0, "id_token"));
+    let accounts = super::accounts::accounts(&app).await;
+    let alice = accounts.find("alice").await.unwrap().unwrap();
+    let mut data = alice.data.clone();
+    data.name = Some("Alice Renamed".into());
+    accounts.save(&alice, &data).await.unwrap();
+
+    let t1 = refreshed(&app, s(&t0, "refresh_token")).await;
+    let (_, id1) = jwt_parts(s(&t1, "id_token"));
+    assert_eq!(id1["name"], "Alice Renamed");
+    assert_ne!(id1["name"], id0["name"]);
+    // The login's authentication stays (OIDC Core §12.2).
+    for claim in ["sub", "auth_time", "amr", "acr", "sid"] {
+        assert_eq!(id1[claim], id0[claim], "{claim}");
+    }
+
+    accounts.set_disabled("alice", true).await.unwrap();
+    let token = s(&t1, "refresh_token");
+    let r = refresh(&app, token, None, APP).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant");
+    assert_eq!(
+        body["error_description"],
+        "the identity provider no longer accepts this login"
+    );
+    accounts.set_disabled("alice", false).await.unwrap();
+    assert_eq!(refresh_error(&app, token).await, invalid_grant());
+    // No single sign-on: the session ended with the grant.
+    let r = app
+        .browser
+        .get(app.authorize_url(&[]))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        location(&r).starts_with("/login/local?req="),
+        "{}",
+        location(&r)
+    );
+}
