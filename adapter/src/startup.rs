@@ -88,9 +88,23 @@ impl Application {
         listener: TcpListener,
         clock: SharedClock,
     ) -> anyhow::Result<Self> {
+        Self::build_with_customizer(config, listener, clock, Box::new(|c| c)).await
+    }
+
+    /// As [`Application::build_with_clock`], with a code-level token
+    /// customizer: `wrap` receives the one the configuration describes (the
+    /// claim rules) and returns the one to use, typically a wrapper that
+    /// calls it and then adds or changes claims. Protocol claims stay the
+    /// provider's whatever it returns.
+    pub async fn build_with_customizer(
+        config: Config,
+        listener: TcpListener,
+        clock: SharedClock,
+        wrap: WrapCustomizer,
+    ) -> anyhow::Result<Self> {
         let port = listener.local_addr()?.port();
         let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
-        let state = build_state(config, clock).await?;
+        let state = build_state_with(config, clock, wrap).await?;
         Ok(Application {
             listener,
             port,
@@ -334,8 +348,23 @@ pub fn accounts_from_config(
     ))
 }
 
+/// Turns the configured token customizer into the one the provider uses
+/// ([`Application::build_with_customizer`]).
+pub type WrapCustomizer = Box<
+    dyn FnOnce(Arc<dyn customizer::TokenCustomizer>) -> Arc<dyn customizer::TokenCustomizer> + Send,
+>;
+
 /// Validates the configuration and assembles the shared state.
 pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<AppState> {
+    build_state_with(config, clock, Box::new(|c| c)).await
+}
+
+/// [`build_state`] with a code-level customizer around the configured one.
+pub async fn build_state_with(
+    config: Config,
+    clock: SharedClock,
+    wrap: WrapCustomizer,
+) -> anyhow::Result<AppState> {
     config.validate()?;
 
     let mut clients = HashMap::new();
@@ -373,8 +402,9 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         .map_err(|e| anyhow::anyhow!("passwords: {e}"))?,
     );
 
-    let customizer: Arc<dyn customizer::TokenCustomizer> =
-        Arc::from(customizer::from_config(&config).map_err(anyhow::Error::msg)?);
+    let customizer: Arc<dyn customizer::TokenCustomizer> = wrap(Arc::from(
+        customizer::from_config(&config).map_err(anyhow::Error::msg)?,
+    ));
     let metrics = crate::metrics::Metrics::new();
     let store: Arc<dyn Store> =
         Arc::new(connect_store(&config.database.url, config.database.max_connections).await?);

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 mod accounts;
+mod customizer;
 mod devices;
 mod keys;
 mod lifecycle;

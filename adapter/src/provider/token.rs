@@ -39,7 +39,7 @@ use super::revocation::revoke_session_tokens;
 use super::{AppState, Client, GrantType};
 use crate::accounts::LOCAL_CONNECTOR_ID;
 use crate::connector::{ConnectorError, ConnectorKind};
-use crate::customizer::{ClaimsContext, Identity, TokenKind};
+use crate::customizer::{ClaimsContext, Identity, TokenKind, RESERVED_CLAIMS};
 use crate::error::{ErrorCode, OAuthError};
 use crate::flow::CodeRecord;
 use crate::secret::{at_hash, ct_eq, hash, is_valid_pkce_verifier, pkce_s256, random_token};
@@ -708,12 +708,17 @@ fn mint(
     let sub = st.customizer.subject(g.identity);
     let scope = g.scopes.join(" ");
     let claims_for = |kind| {
-        st.customizer.claims(&ClaimsContext {
+        let mut claims = st.customizer.claims(&ClaimsContext {
             identity: g.identity,
             client_id: &g.client.id,
             scopes: g.scopes,
             kind,
-        })
+        });
+        // A code-level customizer may return anything: the protocol claims
+        // (OIDC Core §2, RFC 9068 §2.2) are the provider's alone, also
+        // those it leaves out of this token (`nonce` of a refresh, `nbf`).
+        claims.retain(|k, _| !RESERVED_CLAIMS.contains(&k.as_str()));
+        claims
     };
     let tokens = &st.tokens;
 
