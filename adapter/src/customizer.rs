@@ -106,6 +106,13 @@ pub trait TokenCustomizer: Send + Sync + 'static {
     /// (discovery's `claims_supported`, OIDC Discovery §3).
     fn claim_names(&self) -> Vec<String>;
 
+    /// Whether the userinfo claims differ from the access token's (rules
+    /// for one of them only): `/userinfo` then asks [`Self::claims`] for
+    /// [`TokenKind::UserInfo`] instead of echoing the access token.
+    fn userinfo_differs(&self) -> bool {
+        false
+    }
+
     /// Whether a login of `identity` may go on to `client_id` with
     /// `scopes` (the `allow_groups` gate, rules that fail, tokens over
     /// budget). Asked when a login completes and before single sign-on
@@ -314,6 +321,10 @@ impl TokenCustomizer for MappedCustomizer {
         scopes: &[String],
     ) -> Result<(), Refusal> {
         self.mapping.admit(identity, client_id, scopes)
+    }
+
+    fn userinfo_differs(&self) -> bool {
+        self.mapping.userinfo_differs()
     }
 }
 

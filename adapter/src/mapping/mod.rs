@@ -425,6 +425,19 @@ impl Mapping {
         self.names.clone()
     }
 
+    /// Whether a rule sets a claim in the access token but not in userinfo
+    /// or the other way round: then `/userinfo` runs the rules for itself
+    /// instead of echoing the access token's claims.
+    pub fn userinfo_differs(&self) -> bool {
+        std::iter::once(&self.global)
+            .chain(self.upstreams.values())
+            .chain(self.clients.values())
+            .flat_map(|l| l.rules.iter())
+            .any(|r| {
+                r.tokens.contains(&TokenName::Access) != r.tokens.contains(&TokenName::Userinfo)
+            })
+    }
+
     fn layers<'s>(&'s self, upstream_id: &str, client_id: &str) -> [Option<&'s Layer>; 3] {
         [
             Some(&self.global),

@@ -1,4 +1,5 @@
-//! The code-level token customizer (`Application::build_with_customizer`):
+//! Customizing claims: the rules for userinfo (OIDC Core §5.3.2), and the
+//! code-level token customizer (`Application::build_with_customizer`):
 //! it runs around the configured one and may add claims, but the protocol
 //! claims (OIDC Core §2, RFC 9068 §2.2) stay the provider's, also those a
 //! token leaves out.
@@ -114,4 +115,50 @@ async fn a_code_customizer_adds_claims_but_never_protocol_claims() {
     let (_, id) = jwt_parts(refreshed["id_token"].as_str().unwrap());
     assert_eq!(id["department"], "research");
     assert!(id.get("nonce").is_none(), "{id}");
+}
+
+/// A rule for userinfo only is served by `/userinfo` (OIDC Core §5.3.2)
+/// and kept out of the access token; a rule for the access token only is
+/// kept out of userinfo. The protocol claims stay (`sub` of the token).
+#[tokio::test]
+async fn userinfo_runs_the_rules_for_userinfo() {
+    let app = spawn_app_with(|c| {
+        c.claims.customizer = adapter::config::CustomizerKind::Mapped;
+        for (claim, expr, token) in [
+            ("office", "'B-204'", adapter::config::TokenName::Userinfo),
+            (
+                "api_roles",
+                "['reader']",
+                adapter::config::TokenName::Access,
+            ),
+        ] {
+            c.claims.rules.push(adapter::config::ClaimRule {
+                claim: claim.into(),
+                expr: expr.into(),
+                tokens: vec![token],
+                when: None,
+            });
+        }
+    })
+    .await;
+    let code = app.code().await;
+    let tokens: Value = app.redeem(&code).await.json().await.unwrap();
+    let access_token = tokens["access_token"].as_str().unwrap();
+    let (_, access) = jwt_parts(access_token);
+    assert_eq!(access["api_roles"], json!(["reader"]));
+    assert!(access.get("office").is_none(), "{access}");
+
+    let r = app
+        .rp
+        .get(format!("{}/userinfo", app.base))
+        .bearer_auth(access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let info: Value = r.json().await.unwrap();
+    assert_eq!(info["office"], "B-204", "{info}");
+    assert!(info.get("api_roles").is_none(), "{info}");
+    assert_eq!(info["sub"], access["sub"]);
+    assert_eq!(info["name"], "Alice Example", "{info}");
 }
