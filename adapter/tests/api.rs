@@ -30,6 +30,7 @@ mod outage;
 mod passkeys;
 mod races;
 mod ratelimit;
+mod routing;
 mod support;
 use support::*;
 
@@ -928,6 +929,7 @@ async fn chooser_lists_connectors_and_starts_the_chosen_one() {
         subject: Default::default(),
         allow_shared_subjects: false,
         claims: Default::default(),
+        email_domains: Vec::new(),
     }];
     let clock = std::sync::Arc::new(ManualClock::new());
     let (port, _stop, _handle) = start(config, clock, 0).await;

@@ -44,6 +44,7 @@ fn claim_mapping(c: &mut Criterion) {
             subject: Default::default(),
             allow_shared_subjects: false,
             claims: Default::default(),
+            email_domains: Vec::new(),
         }],
         ..Config::default()
     };
