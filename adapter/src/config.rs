@@ -1746,8 +1746,7 @@ impl Config {
                     && d.len() <= 253
                     && !d.starts_with(['.', '-'])
                     && !d.ends_with('.')
-                    && d
-                        .bytes()
+                    && d.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
                 if !valid {
                     return Err(ConfigError::new(
@@ -2019,6 +2018,43 @@ mod tests {
             up.subject = SubjectStrategy::Namespaced;
         }
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn client_upstreams_and_email_domains_name_configured_connectors() {
+        let mut c = Config {
+            clients: vec![client("a")],
+            upstreams: vec![upstream("corp")],
+            ..Config::default()
+        };
+        c.clients[0].upstreams = Some(vec!["corp".into(), "nope".into()]);
+        assert!(error_of(&c, "clients[a].upstreams").contains("\"nope\""));
+        // `local` exists only with the local accounts on.
+        c.clients[0].upstreams = Some(vec!["local".into()]);
+        error_of(&c, "clients[a].upstreams");
+        c.accounts.enabled = true;
+        c.validate().unwrap();
+        c.clients[0].upstreams = Some(vec![]);
+        error_of(&c, "clients[a].upstreams");
+        c.clients[0].upstreams = None;
+
+        c.upstreams[0].email_domains = vec!["Example.org".into()];
+        c.accounts.email_domains = vec!["local.example".into()];
+        c.validate().unwrap();
+        assert_eq!(
+            c.email_domains(),
+            std::collections::HashMap::from([
+                ("example.org".to_string(), "corp".to_string()),
+                ("local.example".to_string(), "local".to_string()),
+            ])
+        );
+        c.accounts.email_domains = vec!["example.ORG".into()];
+        error_of(&c, "accounts.email_domains");
+        c.accounts.email_domains = vec!["alice@local.example".into()];
+        error_of(&c, "accounts.email_domains");
+        c.accounts.email_domains = vec!["local.example".into()];
+        c.accounts.enabled = false;
+        error_of(&c, "accounts.email_domains");
     }
 
     #[test]

@@ -43,9 +43,7 @@ impl EmailDomains {
         if local.is_empty() {
             return None;
         }
-        self.0
-            .get(&domain.to_ascii_lowercase())
-            .map(String::as_str)
+        self.0.get(&domain.to_ascii_lowercase()).map(String::as_str)
     }
 }
 
@@ -102,7 +100,11 @@ pub fn route<'a>(
 /// Whether a session made with connector `connector_id` may answer
 /// `request` (single sign-on): the client allows that connector, and an
 /// `upstream_hint` names no other one.
-pub fn session_fits(client: Option<&Client>, request: &AuthorizeRequest, connector_id: &str) -> bool {
+pub fn session_fits(
+    client: Option<&Client>,
+    request: &AuthorizeRequest,
+    connector_id: &str,
+) -> bool {
     allows(client, connector_id)
         && request
             .upstream_hint
@@ -196,9 +198,19 @@ mod tests {
         }
     }
 
-    fn decide(client: &Client, login_hint: Option<&str>, upstream_hint: Option<&str>) -> Vec<String> {
+    fn decide(
+        client: &Client,
+        login_hint: Option<&str>,
+        upstream_hint: Option<&str>,
+    ) -> Vec<String> {
         let cs = connectors();
-        let r = route(&cs, Some(client), &request(login_hint, upstream_hint), &domains()).unwrap();
+        let r = route(
+            &cs,
+            Some(client),
+            &request(login_hint, upstream_hint),
+            &domains(),
+        )
+        .unwrap();
         let straight = matches!(r, Route::Straight(_));
         let mut out: Vec<String> = ids(r).into_iter().map(String::from).collect();
         if straight {
@@ -209,7 +221,10 @@ mod tests {
 
     #[test]
     fn the_client_setting_limits_the_chooser() {
-        assert_eq!(decide(&client(None), None, None), ["corp", "partner", "local"]);
+        assert_eq!(
+            decide(&client(None), None, None),
+            ["corp", "partner", "local"]
+        );
         assert_eq!(
             decide(&client(Some(&["local", "corp"])), None, None),
             ["corp", "local"]
@@ -228,8 +243,13 @@ mod tests {
         );
         let cs = connectors();
         for (allowed, hint) in [(None, "nope"), (Some(&["corp", "local"][..]), "partner")] {
-            let err = route(&cs, Some(&client(allowed)), &request(None, Some(hint)), &domains())
-                .unwrap_err();
+            let err = route(
+                &cs,
+                Some(&client(allowed)),
+                &request(None, Some(hint)),
+                &domains(),
+            )
+            .unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidRequest, "{hint}");
         }
     }
@@ -247,11 +267,24 @@ mod tests {
         );
         // Not an exact domain, not an address, or a connector the client
         // may not use: the chooser.
-        for hint in ["alice@sub.example.org", "example.org", "@example.org", "alice@example.org.evil"] {
-            assert_eq!(decide(&all, Some(hint), None), ["corp", "partner", "local"], "{hint}");
+        for hint in [
+            "alice@sub.example.org",
+            "example.org",
+            "@example.org",
+            "alice@example.org.evil",
+        ] {
+            assert_eq!(
+                decide(&all, Some(hint), None),
+                ["corp", "partner", "local"],
+                "{hint}"
+            );
         }
         assert_eq!(
-            decide(&client(Some(&["corp", "local"])), Some("alice@example.org"), None),
+            decide(
+                &client(Some(&["corp", "local"])),
+                Some("alice@example.org"),
+                None
+            ),
             ["corp", "local"]
         );
         // upstream_hint wins over login_hint.
@@ -265,10 +298,22 @@ mod tests {
     fn a_session_fits_only_an_allowed_connector_and_the_hint() {
         let limited = client(Some(&["corp"]));
         assert!(session_fits(Some(&limited), &request(None, None), "corp"));
-        assert!(!session_fits(Some(&limited), &request(None, None), "partner"));
+        assert!(!session_fits(
+            Some(&limited),
+            &request(None, None),
+            "partner"
+        ));
         assert!(!session_fits(None, &request(None, None), "corp"));
         let all = client(None);
-        assert!(session_fits(Some(&all), &request(None, Some("corp")), "corp"));
-        assert!(!session_fits(Some(&all), &request(None, Some("corp")), "partner"));
+        assert!(session_fits(
+            Some(&all),
+            &request(None, Some("corp")),
+            "corp"
+        ));
+        assert!(!session_fits(
+            Some(&all),
+            &request(None, Some("corp")),
+            "partner"
+        ));
     }
 }

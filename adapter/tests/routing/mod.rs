@@ -219,7 +219,11 @@ async fn login_hint_domains_pick_the_upstream() {
     assert_eq!(query(&loc)["login_hint"], "bob@Partner.EXAMPLE");
     let loc = redirect(app, &[("login_hint", "alice@example.org")]).await;
     assert!(loc.starts_with("/login/local?req="), "{loc}");
-    for hint in ["carol@elsewhere.example", "dave@sub.partner.example", "partner.example"] {
+    for hint in [
+        "carol@elsewhere.example",
+        "dave@sub.partner.example",
+        "partner.example",
+    ] {
         let (ids, _) = chooser(app, &[("login_hint", hint)]).await;
         assert_eq!(ids, [UPSTREAM_ID, PARTNER, LOCAL], "{hint}");
     }
