@@ -10,7 +10,7 @@
 //!      ▼
 //!  ChoosingConnector ──Chose──► AwaitingUpstream ──UpstreamCallback──► LoggedIn
 //!      │                    └─► AwaitingCredentials ──Credentials────► LoggedIn
-//!      └─ (one connector: Chose is implied)
+//!      └─ (one allowed connector, or a hint: Chose is implied; see crate::route)
 //! ```
 //!
 //! Every step is saved with compare-and-swap on the login's version, so two
