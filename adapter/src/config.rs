@@ -266,6 +266,11 @@ pub struct AccountsConfig {
     pub privileged_session_seconds: i64,
     /// How long an abandoned authentication (API or form) lives, seconds.
     pub flow_ttl_seconds: i64,
+    /// E-mail domains whose users log in with the local accounts: an
+    /// authorization request with `login_hint=user@<domain>` skips the
+    /// connector chooser (README "Several upstreams").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub email_domains: Vec<String>,
 }
 
 impl Default for AccountsConfig {
@@ -278,6 +283,7 @@ impl Default for AccountsConfig {
             email_codes: false,
             privileged_session_seconds: 300,
             flow_ttl_seconds: 600,
+            email_domains: Vec::new(),
         }
     }
 }
@@ -829,6 +835,11 @@ pub struct ClientConfig {
     /// Claim rules and a login gate of this client (README "Claim mapping").
     #[serde(default, skip_serializing_if = "ClientClaims::is_empty")]
     pub claims: ClientClaims,
+    /// The connectors (upstream ids, `local`) this client's users may log
+    /// in with; absent: all of them. Enforced at `/oauth2/authorize` (the
+    /// chooser, single sign-on) and at the token endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstreams: Option<Vec<String>>,
 }
 
 fn default_grant_types() -> Vec<String> {
@@ -885,6 +896,11 @@ pub struct UpstreamConfig {
     /// Claim rules and a login gate of this upstream's users.
     #[serde(default, skip_serializing_if = "UpstreamClaims::is_empty")]
     pub claims: UpstreamClaims,
+    /// E-mail domains of this upstream's users: an authorization request
+    /// with `login_hint=user@<domain>` goes straight to this upstream
+    /// (exact domain, case-insensitive).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub email_domains: Vec<String>,
     /// What an adapter refresh does with the claims of this upstream's
     /// users: `keep` (default) the ones of the login, or `refresh_upstream`:
     /// ask the upstream again with its refresh token (RFC 6749 §6).
@@ -1266,6 +1282,7 @@ impl Config {
         self.validate_rate_limits()?;
         self.passkeys.validate()?;
         self.validate_passkey_policy()?;
+        self.validate_routes()?;
         Ok(())
     }
 
@@ -1688,6 +1705,108 @@ impl Config {
         }
         c
     }
+
+    /// The ids of the connectors this configuration offers: every upstream,
+    /// then the local accounts when they are on.
+    pub fn connector_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.upstreams.iter().map(|u| u.id.clone()).collect();
+        if self.accounts.enabled || !self.local_users.is_empty() {
+            ids.push(crate::accounts::LOCAL_CONNECTOR_ID.to_string());
+        }
+        ids
+    }
+
+    /// The e-mail-domain rules of the connectors, as (key, connector id,
+    /// domains) for validation and routing.
+    fn email_domain_rules(&self) -> Vec<(String, String, &[String])> {
+        let mut rules: Vec<(String, String, &[String])> = self
+            .upstreams
+            .iter()
+            .map(|u| {
+                (
+                    format!("upstreams[{}].email_domains", u.id),
+                    u.id.clone(),
+                    u.email_domains.as_slice(),
+                )
+            })
+            .collect();
+        rules.push((
+            "accounts.email_domains".into(),
+            crate::accounts::LOCAL_CONNECTOR_ID.into(),
+            self.accounts.email_domains.as_slice(),
+        ));
+        rules
+    }
+
+    /// The e-mail domains (lowercase) that route a `login_hint` straight
+    /// to a connector: domain → connector id. Validated by
+    /// [`Config::validate`].
+    pub fn email_domains(&self) -> std::collections::HashMap<String, String> {
+        self.email_domain_rules()
+            .into_iter()
+            .flat_map(|(_, id, domains)| {
+                domains
+                    .iter()
+                    .map(move |d| (d.to_ascii_lowercase(), id.clone()))
+            })
+            .collect()
+    }
+
+    /// Per-client connectors name configured connectors; each e-mail
+    /// domain routes to one connector that exists.
+    fn validate_routes(&self) -> Result<(), ConfigError> {
+        let known = self.connector_ids();
+        for c in &self.clients {
+            let Some(allowed) = &c.upstreams else {
+                continue;
+            };
+            let key = format!("clients[{}].upstreams", c.id);
+            if allowed.is_empty() {
+                return Err(ConfigError::new(
+                    key,
+                    "names no connector; leave it out to allow all of them",
+                ));
+            }
+            if let Some(unknown) = allowed.iter().find(|id| !known.contains(id)) {
+                return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "{unknown:?} is not a configured connector (configured: {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        let mut seen: Vec<String> = Vec::new();
+        for (key, id, domains) in self.email_domain_rules() {
+            if !domains.is_empty() && !known.contains(&id) {
+                return Err(ConfigError::new(key, "the local accounts are not enabled"));
+            }
+            for domain in domains {
+                let d = domain.to_ascii_lowercase();
+                let valid = !d.is_empty()
+                    && d.len() <= 253
+                    && !d.starts_with(['.', '-'])
+                    && !d.ends_with('.')
+                    && d.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+                if !valid {
+                    return Err(ConfigError::new(
+                        key,
+                        format!("{domain:?} is not a domain name (write example.org, no '@')"),
+                    ));
+                }
+                if seen.contains(&d) {
+                    return Err(ConfigError::new(
+                        key,
+                        format!("{domain:?} is routed to another connector already"),
+                    ));
+                }
+                seen.push(d);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How the adapter's `sub` is derived from an upstream's subject (OIDC Core
@@ -1768,6 +1887,7 @@ mod tests {
             backchannel_logout_uri: None,
             id_token_signed_response_alg: None,
             claims: ClientClaims::default(),
+            upstreams: None,
         }
     }
 
@@ -1784,6 +1904,7 @@ mod tests {
             subject: SubjectStrategy::default(),
             allow_shared_subjects: false,
             claims: UpstreamClaims::default(),
+            email_domains: Vec::new(),
             on_refresh: OnRefresh::default(),
             max_claim_age_seconds: 0,
         }
@@ -1941,6 +2062,43 @@ mod tests {
             up.subject = SubjectStrategy::Namespaced;
         }
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn client_upstreams_and_email_domains_name_configured_connectors() {
+        let mut c = Config {
+            clients: vec![client("a")],
+            upstreams: vec![upstream("corp")],
+            ..Config::default()
+        };
+        c.clients[0].upstreams = Some(vec!["corp".into(), "nope".into()]);
+        assert!(error_of(&c, "clients[a].upstreams").contains("\"nope\""));
+        // `local` exists only with the local accounts on.
+        c.clients[0].upstreams = Some(vec!["local".into()]);
+        error_of(&c, "clients[a].upstreams");
+        c.accounts.enabled = true;
+        c.validate().unwrap();
+        c.clients[0].upstreams = Some(vec![]);
+        error_of(&c, "clients[a].upstreams");
+        c.clients[0].upstreams = None;
+
+        c.upstreams[0].email_domains = vec!["Example.org".into()];
+        c.accounts.email_domains = vec!["local.example".into()];
+        c.validate().unwrap();
+        assert_eq!(
+            c.email_domains(),
+            std::collections::HashMap::from([
+                ("example.org".to_string(), "corp".to_string()),
+                ("local.example".to_string(), "local".to_string()),
+            ])
+        );
+        c.accounts.email_domains = vec!["example.ORG".into()];
+        error_of(&c, "accounts.email_domains");
+        c.accounts.email_domains = vec!["alice@local.example".into()];
+        error_of(&c, "accounts.email_domains");
+        c.accounts.email_domains = vec!["local.example".into()];
+        c.accounts.enabled = false;
+        error_of(&c, "accounts.email_domains");
     }
 
     #[test]

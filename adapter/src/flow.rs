@@ -10,7 +10,7 @@
 //!      ▼
 //!  ChoosingConnector ──Chose──► AwaitingUpstream ──UpstreamCallback──► LoggedIn
 //!      │                    └─► AwaitingCredentials ──Credentials────► LoggedIn
-//!      └─ (one connector: Chose is implied)
+//!      └─ (one allowed connector, or a hint: Chose is implied; see crate::route)
 //! ```
 //!
 //! Every step is saved with compare-and-swap on the login's version, so two
@@ -34,6 +34,7 @@ use crate::paths;
 use crate::provider::redirect::{code_redirect, error_redirect};
 use crate::provider::request::{AuthorizeRequest, Prompt};
 use crate::provider::Client;
+use crate::route::{self, Route};
 use crate::secret::{ct_eq, hash, random_token};
 use crate::store::{codec, CodeInsert, LoginRow, Lookup, SessionRow, Store, StoreError};
 
@@ -353,6 +354,8 @@ pub struct Flows {
     metrics: Metrics,
     /// Asked before a client gets a code (`allow_groups`, claim rules).
     admission: Option<Arc<dyn crate::customizer::TokenCustomizer>>,
+    /// Which connector a `login_hint` e-mail domain goes to.
+    email_domains: route::EmailDomains,
 }
 
 impl Flows {
@@ -373,6 +376,7 @@ impl Flows {
             ttl,
             metrics: Metrics::default(),
             admission: None,
+            email_domains: route::EmailDomains::default(),
         }
     }
 
@@ -394,6 +398,13 @@ impl Flows {
             .admit(identity, &request.client_id, &request.scopes)
             .err()
             .map(|r| OAuthError::new(r.code, r.description))
+    }
+
+    /// Sends a login whose `login_hint` is an address at one of these
+    /// e-mail domains straight to its connector ([`crate::route`]).
+    pub fn with_email_domains(mut self, domains: route::EmailDomains) -> Self {
+        self.email_domains = domains;
+        self
     }
 
     /// Records logins started, succeeded and failed in `metrics`.
@@ -503,10 +514,19 @@ impl Flows {
         browser: Browser<'_>,
     ) -> Result<Next, FlowError> {
         let now = self.clock.now();
+        let client = self.clients.get(&request.client_id);
+        let route = match route::route(&self.connectors, client, &request, &self.email_domains) {
+            Ok(route) => route,
+            Err(error) => return self.error_to_client(&request, &error),
+        };
         // OIDC Core §3.1.2.1: single sign-on unless the client asks for a
-        // fresh login or the session is older than max_age.
+        // fresh login or the session is older than max_age; and only with
+        // a session of a connector this client allows.
         if let Some(s) = self.session(browser.session).await? {
-            if request.prompt != Prompt::Login && fresh_enough(request.max_age, s.auth_time, now) {
+            if request.prompt != Prompt::Login
+                && fresh_enough(request.max_age, s.auth_time, now)
+                && route::session_fits(client, &request, &s.identity.connector_id)
+            {
                 if let Some(error) = self.refusal(&request, &s.identity) {
                     return self.error_to_client(&request, &error);
                 }
@@ -541,9 +561,9 @@ impl Flows {
             },
             login,
         };
-        match self.connectors.as_slice() {
-            [] => Err(FlowError::NoConnectors),
-            [only] => {
+        match route {
+            Route::Choose(none) if none.is_empty() => Err(FlowError::NoConnectors),
+            Route::Straight(only) => {
                 let connector_id = only.id.clone();
                 let result = self
                     .advance(
@@ -556,7 +576,7 @@ impl Flows {
                     .await;
                 self.counted(&connector_id, result)
             }
-            many => Ok(Next::ShowChooser(
+            Route::Choose(many) => Ok(Next::ShowChooser(
                 many.iter()
                     .map(|c| (c.id.clone(), c.name.clone(), paths::login_start(&c.id, &id)))
                     .collect(),
@@ -673,6 +693,12 @@ impl Flows {
             // connector. A pending upstream state is replaced, so its
             // callback no longer matches.
             (_, Event::Chose { connector_id }) => {
+                // A connector the client may not use is not on its
+                // chooser; a crafted link to it finds none either.
+                let client = self.clients.get(&cur.login.request.client_id);
+                if !route::allows(client, connector_id) {
+                    return Err(FlowError::UnknownConnector);
+                }
                 let connector = self
                     .connector(connector_id)
                     .ok_or(FlowError::UnknownConnector)?
@@ -1296,6 +1322,7 @@ mod tests {
             post_logout_redirect_uris: vec![],
             backchannel_logout_uri: None,
             id_token_alg: None,
+            upstreams: None,
         }
     }
 
@@ -1310,6 +1337,7 @@ mod tests {
             prompt: Prompt::Default,
             max_age: None,
             login_hint: None,
+            upstream_hint: None,
         }
     }
 

@@ -48,6 +48,7 @@ pub mod password;
 pub mod paths;
 pub mod provider;
 pub mod ratelimit;
+pub mod route;
 pub mod secret;
 pub mod startup;
 pub mod store;

@@ -500,7 +500,8 @@ pub async fn build_state_with(
         },
     )
     .with_metrics(metrics.clone())
-    .with_admission(customizer.clone());
+    .with_admission(customizer.clone())
+    .with_email_domains(crate::route::EmailDomains::new(config.email_domains()));
     // Secrets were hashed or handed to their connectors above; the state
     // kept for the lifetime of the process holds none, and handlers see
     // only what they need.

@@ -31,6 +31,7 @@ mod outage;
 mod passkeys;
 mod races;
 mod ratelimit;
+mod routing;
 mod support;
 use support::*;
 
@@ -931,6 +932,7 @@ async fn chooser_lists_connectors_and_starts_the_chosen_one() {
         claims: Default::default(),
         on_refresh: Default::default(),
         max_claim_age_seconds: 0,
+        email_domains: Vec::new(),
     }];
     let clock = std::sync::Arc::new(ManualClock::new());
     let (port, _stop, _handle) = start(config, clock, 0).await;

@@ -46,6 +46,7 @@ fn claim_mapping(c: &mut Criterion) {
             claims: Default::default(),
             on_refresh: Default::default(),
             max_claim_age_seconds: 0,
+            email_domains: Vec::new(),
         }],
         ..Config::default()
     };

@@ -367,11 +367,18 @@ impl TestApp {
             to_upstream.starts_with(authorization_endpoint),
             "{to_upstream}"
         );
-        let r = self.browser.get(&to_upstream).send().await.unwrap();
+        self.finish_upstream_login(&to_upstream, UPSTREAM_ID).await
+    }
+
+    /// Browser: from the adapter's redirect to a fake upstream (which
+    /// answers at once) back through upstream `id`'s callback. Returns the
+    /// adapter's redirect to the client.
+    pub async fn finish_upstream_login(&self, to_upstream: &str, id: &str) -> String {
+        let r = self.browser.get(to_upstream).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::FOUND);
         let callback = location(&r);
         assert!(
-            callback.starts_with(&format!("{}/login/oauth2/code/{UPSTREAM_ID}?", self.base)),
+            callback.starts_with(&format!("{}/login/oauth2/code/{id}?", self.base)),
             "{callback}"
         );
         let r = self.browser.get(&callback).send().await.unwrap();

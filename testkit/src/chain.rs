@@ -84,6 +84,7 @@ pub struct ChainBuilder {
     manual_clock: bool,
     tweak_adapter: Option<AdapterTweak>,
     localhost_upstream: bool,
+    second_upstream: Option<String>,
 }
 
 /// The running services. Dropping it stops them.
@@ -102,6 +103,9 @@ pub struct TestChain {
     pub upstream_client_secret: String,
     /// The adapter's clock, when [`ChainBuilder::manual_clock`] was asked for.
     pub clock: Option<Arc<ManualClock>>,
+    /// The issuer of the second upstream-test-server, when
+    /// [`ChainBuilder::second_upstream`] asked for one.
+    pub second_upstream_issuer: Option<String>,
     shutdowns: Vec<oneshot::Sender<()>>,
     /// The adapter, kept apart so a test can restart it.
     adapter: RunningAdapter,
@@ -189,6 +193,7 @@ impl Default for ChainBuilder {
             manual_clock: false,
             tweak_adapter: None,
             localhost_upstream: false,
+            second_upstream: None,
         }
     }
 }
@@ -228,6 +233,14 @@ impl ChainBuilder {
         self
     }
 
+    /// A second upstream-test-server (its own database, so its own users,
+    /// with the same demo user) behind the adapter as upstream `id`; both
+    /// upstreams then get namespaced subjects.
+    pub fn second_upstream(mut self, id: &str) -> Self {
+        self.second_upstream = Some(id.to_string());
+        self
+    }
+
     pub async fn start(self) -> anyhow::Result<TestChain> {
         crate::init_test_log();
         let adapter_listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -236,7 +249,6 @@ impl ChainBuilder {
         let app_addr = app_listener.local_addr()?;
         let adapter_issuer = format!("http://{adapter_addr}");
         let app_url = format!("http://{app_addr}");
-        let upstream_callback = format!("{adapter_issuer}/login/oauth2/code/{UPSTREAM_ID}");
 
         let mut shutdowns = Vec::new();
         let mut dirs = Vec::new();
@@ -252,40 +264,15 @@ impl ChainBuilder {
         let mut upstream_config = None;
         let (upstream_issuer, upstream_client_id, upstream_client_secret) = match &self.upstream {
             Upstream::TestServer => {
-                let listener = TcpListener::bind("127.0.0.1:0").await?;
-                let addr = listener.local_addr()?;
-                let issuer = if self.localhost_upstream {
-                    format!("http://localhost:{}", addr.port())
-                } else {
-                    format!("http://{addr}")
+                let server = UpstreamServer {
+                    id: UPSTREAM_ID,
+                    localhost: self.localhost_upstream,
+                    adapter_issuer: &adapter_issuer,
+                    clock: shared.clone(),
                 };
-                let secret = random_string(24);
-                let (dir, db) = temp_sqlite("e2e-upstream-")?;
-                let mut config = upstream_test_server::default_config();
-                // The passkeys' origin follows the port (the RP ID is `localhost`).
-                config.passkeys.rp_origin = Some(format!("http://localhost:{}", addr.port()));
-                config.server.listen = addr;
-                config.server.issuer = Some(issuer.clone());
-                config.server.shutdown_grace_seconds = 0;
-                config.database.url = db;
-                let mut adapter_client = client_config(
-                    &RpClient {
-                        id: ADAPTER_CLIENT_ID.into(),
-                        secret: secret.clone(),
-                        redirect_uri: upstream_callback.clone(),
-                    },
-                    "Auth Adapter",
-                )?;
-                // The adapter's logout callback (OIDC RP-Initiated Logout 1.0 §3).
-                adapter_client.post_logout_redirect_uris =
-                    vec![format!("{adapter_issuer}/logout/callback")];
-                config.clients = vec![adapter_client];
-                upstream_config = Some(config.clone());
-                let running =
-                    spawn::provider(config, listener, shared.clone(), "upstream-test-server")
-                        .await?;
-                shutdowns.push(running.stop);
-                dirs.push(dir);
+                let (issuer, secret, config) =
+                    server.start(&mut shutdowns, &mut dirs, |_| {}).await?;
+                upstream_config = Some(config);
                 (issuer, ADAPTER_CLIENT_ID.to_string(), secret)
             }
             Upstream::External {
@@ -336,6 +323,36 @@ impl ChainBuilder {
             &upstream_client_secret,
         )?];
         config.local_users = Vec::new();
+        let mut second_upstream_issuer = None;
+        if let Some(id) = &self.second_upstream {
+            let server = UpstreamServer {
+                id,
+                localhost: false,
+                adapter_issuer: &adapter_issuer,
+                clock: shared.clone(),
+            };
+            // Its own cookies: a browser shares cookies across ports.
+            let (issuer, secret, _) = server
+                .start(&mut shutdowns, &mut dirs, |c| {
+                    c.session.cookie_name = "SECOND_IDP_SESSION".into();
+                    c.session.transaction_cookie_name = "SECOND_IDP_TX".into();
+                    c.ui.title = "Second IdP".into();
+                })
+                .await?;
+            config.upstreams.push(clients::upstream(
+                id,
+                "Second IdP",
+                &issuer,
+                ADAPTER_CLIENT_ID,
+                &secret,
+            )?);
+            // OIDC Core §2: `sub` is unique per issuer only; two user bases
+            // behind one adapter need namespaced subjects.
+            for up in &mut config.upstreams {
+                up.subject = adapter::config::SubjectStrategy::Namespaced;
+            }
+            second_upstream_issuer = Some(issuer);
+        }
         if let Some(tweak) = self.tweak_adapter {
             tweak(&mut config);
         }
@@ -381,6 +398,7 @@ impl ChainBuilder {
             second,
             special,
             upstream_client_secret,
+            second_upstream_issuer,
             clock,
             shutdowns,
             adapter,
@@ -747,4 +765,63 @@ pub fn login_form(html: &str, page_url: &Url) -> anyhow::Result<(Url, Vec<(Strin
         rest = &tail[end..];
     }
     Ok((action, fields))
+}
+
+/// An upstream-test-server to start for the adapter at `adapter_issuer`,
+/// where the adapter is client [`ADAPTER_CLIENT_ID`] with the callback of
+/// upstream `id`.
+struct UpstreamServer<'a> {
+    id: &'a str,
+    /// Issuer `http://localhost:{port}` (passkeys need a host name).
+    localhost: bool,
+    adapter_issuer: &'a str,
+    clock: SharedClock,
+}
+
+impl UpstreamServer<'_> {
+    /// Starts it with a fresh SQLite database and a random client secret,
+    /// after `tweak` changed its configuration; returns its issuer, the
+    /// adapter's secret there and its configuration.
+    async fn start(
+        self,
+        shutdowns: &mut Vec<oneshot::Sender<()>>,
+        dirs: &mut Vec<tempfile::TempDir>,
+        tweak: impl FnOnce(&mut adapter::Config),
+    ) -> anyhow::Result<(String, String, adapter::Config)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let issuer = if self.localhost {
+            format!("http://localhost:{}", addr.port())
+        } else {
+            format!("http://{addr}")
+        };
+        let secret = random_string(24);
+        let (dir, db) = temp_sqlite("e2e-upstream-")?;
+        let mut config = upstream_test_server::default_config();
+        // The passkeys' origin follows the port (the RP ID is `localhost`).
+        config.passkeys.rp_origin = Some(format!("http://localhost:{}", addr.port()));
+        config.server.listen = addr;
+        config.server.issuer = Some(issuer.clone());
+        config.server.shutdown_grace_seconds = 0;
+        config.database.url = db;
+        let adapter_issuer = self.adapter_issuer;
+        let mut adapter_client = client_config(
+            &RpClient {
+                id: ADAPTER_CLIENT_ID.into(),
+                secret: secret.clone(),
+                redirect_uri: format!("{adapter_issuer}/login/oauth2/code/{}", self.id),
+            },
+            "Auth Adapter",
+        )?;
+        // The adapter's logout callback (OIDC RP-Initiated Logout 1.0 §3).
+        adapter_client.post_logout_redirect_uris =
+            vec![format!("{adapter_issuer}/logout/callback")];
+        config.clients = vec![adapter_client];
+        tweak(&mut config);
+        let running =
+            spawn::provider(config.clone(), listener, self.clock, "upstream-test-server").await?;
+        shutdowns.push(running.stop);
+        dirs.push(dir);
+        Ok((issuer, secret, config))
+    }
 }

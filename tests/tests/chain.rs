@@ -22,6 +22,8 @@ mod passkeys;
 mod reauth;
 #[path = "chain/upstream.rs"]
 mod upstream;
+#[path = "chain/upstreams.rs"]
+mod upstreams;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;

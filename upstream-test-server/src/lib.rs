@@ -77,6 +77,7 @@ pub fn default_config() -> Config {
             backchannel_logout_uri: None,
             id_token_signed_response_alg: None,
             claims: Default::default(),
+            upstreams: None,
         }],
         local_users: vec![LocalUserConfig {
             username: "testuser".into(),

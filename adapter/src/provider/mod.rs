@@ -63,6 +63,8 @@ pub struct Client {
     pub backchannel_logout_uri: Option<String>,
     /// Algorithm of this client's ID tokens, if not the default.
     pub id_token_alg: Option<String>,
+    /// The connectors this client's users may log in with; `None`: all.
+    pub upstreams: Option<Vec<String>>,
 }
 
 /// The grants a client can be allowed (RFC 6749 §4, §6).
@@ -95,6 +97,14 @@ impl GrantType {
 impl Client {
     pub fn allows(&self, grant: GrantType) -> bool {
         self.grant_types.contains(&grant)
+    }
+
+    /// Whether this client's users may log in with connector `id` (its
+    /// `upstreams` setting; all connectors without one).
+    pub fn allows_connector(&self, id: &str) -> bool {
+        self.upstreams
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|a| a == id))
     }
 }
 
@@ -169,6 +179,7 @@ impl Client {
             post_logout_redirect_uris: c.post_logout_redirect_uris.clone(),
             backchannel_logout_uri: c.backchannel_logout_uri.clone(),
             id_token_alg: c.id_token_signed_response_alg.clone(),
+            upstreams: c.upstreams.clone(),
         })
     }
 }
@@ -348,6 +359,7 @@ mod tests {
             backchannel_logout_uri: None,
             id_token_signed_response_alg: None,
             claims: Default::default(),
+            upstreams: None,
         };
         assert!(Client::from_config(&c)
             .unwrap_err()

@@ -40,9 +40,16 @@ pub struct AuthorizeRequest {
     pub prompt: Prompt,
     /// Seconds; a session older than this is re-authenticated.
     pub max_age: Option<i64>,
-    /// Forwarded to the upstream (OIDC Core §3.1.2.1).
+    /// Forwarded to the upstream (OIDC Core §3.1.2.1); its e-mail domain
+    /// may also pick the connector ([`crate::route`]).
     #[serde(default)]
     pub login_hint: Option<String>,
+    /// `upstream_hint`, this provider's extension parameter (OIDC Core
+    /// §3.1.2.1 lets a provider define others): the connector to log in
+    /// with, skipping the chooser. Well-formed here; that it names a
+    /// connector the client may use is the route's to check.
+    #[serde(default)]
+    pub upstream_hint: Option<String>,
 }
 
 /// Why a request was refused, and how to say so.
@@ -226,6 +233,15 @@ impl AuthorizeRequest {
         if login_hint.as_ref().is_some_and(|h| h.len() > MAX_PARAM_LEN) {
             return Err(fail(OAuthError::invalid_request("login_hint is too long")));
         }
+        let upstream_hint = get("upstream_hint").map(String::from);
+        if upstream_hint
+            .as_deref()
+            .is_some_and(|h| !crate::connector::valid_id(h))
+        {
+            return Err(fail(OAuthError::invalid_request(
+                "upstream_hint names no connector",
+            )));
+        }
         Ok(AuthorizeRequest {
             client_id: client_id.to_string(),
             redirect_uri: redirect_uri.to_string(),
@@ -236,6 +252,7 @@ impl AuthorizeRequest {
             prompt,
             max_age,
             login_hint,
+            upstream_hint,
         })
     }
 }
@@ -258,6 +275,7 @@ mod tests {
             post_logout_redirect_uris: vec![],
             backchannel_logout_uri: None,
             id_token_alg: None,
+            upstreams: None,
         };
         HashMap::from([("app".to_string(), c)])
     }
@@ -404,6 +422,20 @@ mod tests {
             .is_none());
         assert_eq!(
             redirect_code(AuthorizeRequest::parse(&p, &clients(true))),
+            ErrorCode::InvalidRequest
+        );
+    }
+
+    #[test]
+    fn upstream_hint_is_kept_when_well_formed() {
+        let c = clients(true);
+        let r = AuthorizeRequest::parse(&params(&[("upstream_hint", "corp-sso")]), &c).unwrap();
+        assert_eq!(r.upstream_hint.as_deref(), Some("corp-sso"));
+        assert_eq!(
+            redirect_code(AuthorizeRequest::parse(
+                &params(&[("upstream_hint", "Corp SSO")]),
+                &c
+            )),
             ErrorCode::InvalidRequest
         );
     }

@@ -152,6 +152,9 @@ async fn authorization_code(
         )
         .into());
     }
+    if !upstream_allowed(client, &record.identity) {
+        return Err(not_allowed().into());
+    }
     // RFC 7636 §4.6; RFC 9700 §4.8.2 (no downgrade either way).
     match (&request.code_challenge, verifier) {
         (Some(challenge), Some(v)) => {
@@ -582,6 +585,9 @@ async fn refresh_token(
         Rotation::Revoked | Rotation::Expired | Rotation::Missing => return dead(),
     };
     let data: RefreshData = codec::decode(&used.data).map_err(|e| storage_failure(&e))?;
+    if !upstream_allowed(client, &data.identity) {
+        return Err(not_allowed().into());
+    }
     let scopes = narrowed_scopes(&data.scopes, requested.as_deref()).unwrap_or_default();
     // A session-bound token was rotated only with its session alive; an
     // offline one outlives its session, whose state decides only whether
@@ -779,4 +785,16 @@ fn mint(
         .sign_with(g.client.id_token_alg.as_deref(), "JWT", &id)?;
     response.insert("id_token".into(), json!(id_token));
     Ok(response)
+}
+
+/// Whether `client` still allows the connector `identity` logged in with:
+/// the configuration may have changed since the login (README "Several
+/// upstreams").
+fn upstream_allowed(client: &Client, identity: &Identity) -> bool {
+    client.allows_connector(&identity.connector_id)
+}
+
+/// RFC 6749 §5.2: the grant is no longer valid for this client.
+fn not_allowed() -> OAuthError {
+    OAuthError::invalid_grant("this client no longer allows the upstream of this grant")
 }
