@@ -25,6 +25,7 @@ mod logout;
 mod mail;
 mod mapping;
 mod metrics;
+mod oauth2_upstream;
 mod ops;
 mod outage;
 mod passkeys;
@@ -928,6 +929,12 @@ async fn chooser_lists_connectors_and_starts_the_chosen_one() {
         subject: Default::default(),
         allow_shared_subjects: false,
         claims: Default::default(),
+        kind: Default::default(),
+        authorization_endpoint: None,
+        token_endpoint: None,
+        userinfo_endpoint: None,
+        subject_claim: "id".into(),
+        token_endpoint_auth_method: Default::default(),
     }];
     let clock = std::sync::Arc::new(ManualClock::new());
     let (port, _stop, _handle) = start(config, clock, 0).await;

@@ -44,6 +44,12 @@ fn claim_mapping(c: &mut Criterion) {
             subject: Default::default(),
             allow_shared_subjects: false,
             claims: Default::default(),
+            kind: Default::default(),
+            authorization_endpoint: None,
+            token_endpoint: None,
+            userinfo_endpoint: None,
+            subject_claim: "id".into(),
+            token_endpoint_auth_method: Default::default(),
         }],
         ..Config::default()
     };

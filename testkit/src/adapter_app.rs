@@ -356,6 +356,23 @@ impl TestApp {
         extra: &[(&str, &str)],
     ) -> String {
         let r = self
+            .callback_through_upstream(authorization_endpoint, UPSTREAM_ID, extra)
+            .await;
+        assert_eq!(r.status(), StatusCode::FOUND, "adapter callback");
+        location(&r)
+    }
+
+    /// Browser: adapter authorize (with `extra` parameters) → the
+    /// `authorization_endpoint` of the upstream `upstream_id`, which answers
+    /// at once → that upstream's callback at the adapter. Asserts each
+    /// `Location`; returns the callback's response.
+    pub async fn callback_through_upstream(
+        &self,
+        authorization_endpoint: &str,
+        upstream_id: &str,
+        extra: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let r = self
             .browser
             .get(self.authorize_url(extra))
             .send()
@@ -371,12 +388,10 @@ impl TestApp {
         assert_eq!(r.status(), StatusCode::FOUND);
         let callback = location(&r);
         assert!(
-            callback.starts_with(&format!("{}/login/oauth2/code/{UPSTREAM_ID}?", self.base)),
+            callback.starts_with(&format!("{}/login/oauth2/code/{upstream_id}?", self.base)),
             "{callback}"
         );
-        let r = self.browser.get(&callback).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::FOUND, "adapter callback");
-        location(&r)
+        self.browser.get(&callback).send().await.unwrap()
     }
 
     /// [`Self::login_through_upstream_with`] with the default request.
