@@ -84,6 +84,8 @@ pub struct ChainBuilder {
     manual_clock: bool,
     tweak_adapter: Option<AdapterTweak>,
     localhost_upstream: bool,
+    tweak_upstream: Option<AdapterTweak>,
+    adapter_listener: Option<TcpListener>,
 }
 
 /// The running services. Dropping it stops them.
@@ -168,7 +170,8 @@ impl TestChain {
     }
 }
 
-fn client_config(c: &RpClient, name: &str) -> anyhow::Result<adapter::config::ClientConfig> {
+/// The `[[clients]]` block of a relying party `c` shown as `name`.
+pub fn client_config(c: &RpClient, name: &str) -> anyhow::Result<adapter::config::ClientConfig> {
     clients::client(
         &c.id,
         Some(name),
@@ -186,6 +189,8 @@ impl Default for ChainBuilder {
             manual_clock: false,
             tweak_adapter: None,
             localhost_upstream: false,
+            tweak_upstream: None,
+            adapter_listener: None,
         }
     }
 }
@@ -225,9 +230,30 @@ impl ChainBuilder {
         self
     }
 
+    /// Last-minute changes to the upstream-test-server's configuration
+    /// (with [`Upstream::TestServer`]).
+    pub fn tweak_upstream(
+        mut self,
+        f: impl FnOnce(&mut adapter::Config) + Send + 'static,
+    ) -> Self {
+        self.tweak_upstream = Some(Box::new(f));
+        self
+    }
+
+    /// Runs the adapter on this listener: its address is known before the
+    /// chain starts (to register it as a client elsewhere, e.g. at another
+    /// adapter that is its upstream).
+    pub fn adapter_listener(mut self, listener: TcpListener) -> Self {
+        self.adapter_listener = Some(listener);
+        self
+    }
+
     pub async fn start(self) -> anyhow::Result<TestChain> {
         crate::init_test_log();
-        let adapter_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let adapter_listener = match self.adapter_listener {
+            Some(listener) => listener,
+            None => TcpListener::bind("127.0.0.1:0").await?,
+        };
         let app_listener = TcpListener::bind("127.0.0.1:0").await?;
         let adapter_addr = adapter_listener.local_addr()?;
         let app_addr = app_listener.local_addr()?;
@@ -276,6 +302,9 @@ impl ChainBuilder {
                 adapter_client.post_logout_redirect_uris =
                     vec![format!("{adapter_issuer}/logout/callback")];
                 config.clients = vec![adapter_client];
+                if let Some(tweak) = self.tweak_upstream {
+                    tweak(&mut config);
+                }
                 let running =
                     spawn::provider(config, listener, shared.clone(), "upstream-test-server")
                         .await?;

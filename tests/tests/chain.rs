@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "chain/brokers.rs"]
+mod brokers;
 #[path = "chain/logout.rs"]
 mod logout;
 #[path = "chain/openid_client.rs"]
