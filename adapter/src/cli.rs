@@ -340,9 +340,7 @@ pub async fn run(defaults: Config, env_prefix: &str) -> anyhow::Result<()> {
     let config = config::load_from(defaults, cli.config.as_deref(), env_prefix)
         .map_err(|e| config_error(e.to_string()))?;
     // The same checks as `serve`, before anything is printed or opened.
-    config
-        .validate()
-        .map_err(|e| config_error(e.to_string()))?;
+    config.validate().map_err(|e| config_error(e.to_string()))?;
     let command = cli.command.unwrap_or(Command::Serve);
     // Only the server logs to standard output; a command's output is its result.
     crate::telemetry::init_to(

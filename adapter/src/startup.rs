@@ -356,13 +356,13 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
         .map_err(anyhow::Error::msg)?;
         let secret = secret.map(|s| s.expose().to_owned());
         let built = match up.kind {
-            UpstreamKind::Oidc => BuiltUpstream::Oidc(
+            UpstreamKind::Oidc => BuiltUpstream::Oidc(Box::new(
                 OidcConnector::new(up, secret, clock.clone())
                     .map_err(|e| anyhow::anyhow!("{e}"))?,
-            ),
-            UpstreamKind::Oauth2 => BuiltUpstream::OAuth2(
+            )),
+            UpstreamKind::Oauth2 => BuiltUpstream::OAuth2(Box::new(
                 OAuth2Connector::new(up, secret).map_err(|e| anyhow::anyhow!("{e}"))?,
-            ),
+            )),
         };
         oidc_connectors.push((up.id.clone(), up.name.clone(), built));
     }
@@ -404,12 +404,14 @@ pub async fn build_state(config: Config, clock: SharedClock) -> anyhow::Result<A
             EncryptionKey::resolve_shared(&config.keys, &config.database.url).context("keys")?;
         for (id, name, built) in oidc_connectors {
             let kind: Arc<dyn crate::connector::CallbackConnector> = match built {
-                BuiltUpstream::Oidc(mut oidc) => {
+                BuiltUpstream::Oidc(oidc) => {
+                    let mut oidc = *oidc;
                     oidc.set_sealing_key(sealing.clone());
                     oidc.set_metrics(metrics.clone());
                     Arc::new(oidc)
                 }
-                BuiltUpstream::OAuth2(mut oauth2) => {
+                BuiltUpstream::OAuth2(oauth2) => {
+                    let mut oauth2 = *oauth2;
                     oauth2.set_metrics(metrics.clone());
                     Arc::new(oauth2)
                 }
@@ -703,6 +705,6 @@ pub fn app(state: AppState) -> Router {
 /// An upstream connector built from its `[[upstreams]]` block, before the
 /// shared parts (sealing key, metrics) are handed to it.
 enum BuiltUpstream {
-    Oidc(OidcConnector),
-    OAuth2(OAuth2Connector),
+    Oidc(Box<OidcConnector>),
+    OAuth2(Box<OAuth2Connector>),
 }

@@ -232,10 +232,7 @@ impl ChainBuilder {
 
     /// Last-minute changes to the upstream-test-server's configuration
     /// (with [`Upstream::TestServer`]).
-    pub fn tweak_upstream(
-        mut self,
-        f: impl FnOnce(&mut adapter::Config) + Send + 'static,
-    ) -> Self {
+    pub fn tweak_upstream(mut self, f: impl FnOnce(&mut adapter::Config) + Send + 'static) -> Self {
         self.tweak_upstream = Some(Box::new(f));
         self
     }

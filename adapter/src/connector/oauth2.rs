@@ -12,13 +12,13 @@
 
 use std::collections::HashMap;
 
-use async_trait::async_trait;
 use ::oauth2::basic::BasicClient;
 use ::oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
     EndpointSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RequestTokenError, Scope,
     TokenResponse,
 };
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
@@ -332,7 +332,9 @@ mod tests {
         // An error response with the right state is the user's refusal.
         let p = params(&[("state", "st-1"), ("error", "access_denied")]);
         match c.complete(CALLBACK, &p, pending).await {
-            Err(ConnectorError::Denied(m)) => assert_eq!(m, "upstream returned error=access_denied"),
+            Err(ConnectorError::Denied(m)) => {
+                assert_eq!(m, "upstream returned error=access_denied")
+            }
             other => panic!("expected Denied, got {other:?}"),
         }
     }

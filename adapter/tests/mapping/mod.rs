@@ -373,10 +373,16 @@ fn preview_exits_with_1_on_a_rule_error_or_a_budget_overrun() {
     ];
     let over_budget = demo.replace("id = 4096,", "id = 64,");
     assert_ne!(over_budget, demo);
-    let rule_error = format!("{demo}\n[[claims.rules]]\nclaim = \"broken\"\nexpr = \"upstream.name + 1\"\n");
+    let rule_error =
+        format!("{demo}\n[[claims.rules]]\nclaim = \"broken\"\nexpr = \"upstream.name + 1\"\n");
     let bad_config = format!("{demo}\n[claims.nope]\n");
     for (name, text, code, stdout) in [
-        ("over-budget", over_budget, 1, "WARNING: over the budget (claims.max_bytes.id)"),
+        (
+            "over-budget",
+            over_budget,
+            1,
+            "WARNING: over the budget (claims.max_bytes.id)",
+        ),
         ("rule-error", rule_error, 1, "claims.rules[6] (broken)"),
         ("bad-config", bad_config, 2, ""),
     ] {

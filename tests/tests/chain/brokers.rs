@@ -35,9 +35,8 @@ async fn two_brokers() -> (TestChain, TestChain) {
             // Browsers share cookies between the ports of one host.
             c.session.cookie_name = "INNER_ADAPTER_SESSION".into();
             c.session.transaction_cookie_name = "INNER_ADAPTER_TXN".into();
-            c.clients.push(
-                e2e::chain::client_config(&outer_client, "Outer Adapter").unwrap(),
-            );
+            c.clients
+                .push(e2e::chain::client_config(&outer_client, "Outer Adapter").unwrap());
         })
         .start()
         .await
@@ -65,7 +64,10 @@ async fn the_outer_broker_keeps_the_inner_brokers_roles() {
     let resp = agent.get(&outer.authorize_url(&req)).await.unwrap();
     let to_inner = expect_redirect(&resp, "outer /oauth2/authorize").unwrap();
     assert_eq!(without_query(&to_inner), inner.adapter("/oauth2/authorize"));
-    assert_eq!(param(&to_inner, "client_id").as_deref(), Some(OUTER_AT_INNER));
+    assert_eq!(
+        param(&to_inner, "client_id").as_deref(),
+        Some(OUTER_AT_INNER)
+    );
     assert_eq!(
         param(&to_inner, "redirect_uri"),
         Some(outer.upstream_callback())
