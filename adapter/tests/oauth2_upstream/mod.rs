@@ -47,6 +47,8 @@ struct Fake {
     /// code → (code_challenge, redirect_uri)
     codes: HashMap<String, (String, String)>,
     token_requests: Vec<HashMap<String, String>>,
+    /// How each token request authenticated: `post` or `basic`.
+    client_auth: Vec<&'static str>,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -62,6 +64,7 @@ impl GitHub {
             mode,
             codes: HashMap::new(),
             token_requests: Vec::new(),
+            client_auth: Vec::new(),
         }));
         let app = Router::new()
             .route("/login/oauth/authorize", get(authorize))
@@ -127,10 +130,29 @@ async fn authorize(
     (AxumStatus::FOUND, [(header::LOCATION, to.to_string())]).into_response()
 }
 
-/// RFC 6749 §4.1.3 with client_secret_post and the PKCE verifier.
-async fn token(State(state): State<Shared>, Form(form): Form<HashMap<String, String>>) -> Response {
+/// RFC 6749 §4.1.3 with the PKCE verifier; the client authenticates with
+/// client_secret_post or client_secret_basic (RFC 6749 §2.3.1).
+async fn token(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Form(mut form): Form<HashMap<String, String>>,
+) -> Response {
     let mut fake = state.lock().unwrap();
     fake.token_requests.push(form.clone());
+    let basic = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok());
+    match basic.as_deref().and_then(|b| b.split_once(':')) {
+        Some((id, secret)) => {
+            fake.client_auth.push("basic");
+            form.insert("client_id".into(), id.into());
+            form.insert("client_secret".into(), secret.into());
+        }
+        None => fake.client_auth.push("post"),
+    }
     if fake.mode == Mode::TokenDown {
         return (AxumStatus::INTERNAL_SERVER_ERROR, "down").into_response();
     }
@@ -214,7 +236,7 @@ async fn an_oauth2_upstream_logs_the_user_in_with_its_profile() {
     assert_eq!(q["state"], "st-123");
     assert_eq!(q["iss"], app.base.as_str());
     // The code was redeemed once, with the secret in the body.
-    assert_eq!(github.state.lock().unwrap().token_requests.len(), 1);
+    assert_eq!(github.state.lock().unwrap().client_auth, vec!["post"]);
 
     let r = app.redeem(q["code"].as_str().unwrap()).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -234,12 +256,14 @@ async fn an_oauth2_upstream_logs_the_user_in_with_its_profile() {
 }
 
 /// With `subject = "namespaced"` the `sub` is derived from the upstream's
-/// id and the profile's `id`.
+/// id and the profile's `id`; `client_secret_basic` puts the secret in
+/// the `Authorization` header instead of the body.
 #[tokio::test]
 async fn the_namespaced_subject_of_an_oauth2_upstream() {
     let github = GitHub::start(Mode::Ok).await;
     let mut upstream = github.upstream();
     upstream.subject = adapter::config::SubjectStrategy::Namespaced;
+    upstream.token_endpoint_auth_method = adapter::config::TokenEndpointAuth::ClientSecretBasic;
     let app = spawn_app_with(move |c| {
         c.local_users.clear();
         c.claims.customizer = CustomizerKind::Mapped;
@@ -256,6 +280,9 @@ async fn the_namespaced_subject_of_an_oauth2_upstream() {
         id["sub"],
         adapter::customizer::namespaced_subject(GH_ID, "12345")
     );
+    let fake = github.state.lock().unwrap();
+    assert_eq!(fake.client_auth, vec!["basic"]);
+    assert!(!fake.token_requests[0].contains_key("client_secret"));
 }
 
 /// RFC 6749 §10.12: a callback whose state belongs to no login is refused
@@ -331,6 +358,14 @@ async fn a_missing_endpoint_is_a_config_error_naming_the_key() {
             format!("upstreams[github].{key}: required for kind = \"oauth2\"")
         );
     }
+    let mut config = test_config("sqlite::memory:");
+    let mut upstream = github.upstream();
+    upstream.token_endpoint = Some("/login/oauth/access_token".into());
+    config.upstreams = vec![upstream];
+    assert_eq!(
+        config.validate().unwrap_err().to_string(),
+        "upstreams[github].token_endpoint: must be an absolute http(s) URL"
+    );
     // An OIDC upstream still needs its issuer.
     let mut config = test_config("sqlite::memory:");
     let oidc: UpstreamConfig =
