@@ -400,3 +400,18 @@ impl TestApp {
             .await
     }
 }
+
+impl TestApp {
+    /// RFC 6749 §4.1.2.1: `loc` is the error `error` at the client's
+    /// redirect URI, with the default request's `state` and (RFC 9207 §2)
+    /// this provider's `iss`, and no code. Returns its query.
+    pub fn assert_error_at_client(&self, loc: &str, error: &str) -> Map<String, Value> {
+        assert!(loc.starts_with(&format!("{REDIRECT}?")), "{loc}");
+        let q = query(loc);
+        assert_eq!(q["error"], error, "{loc}");
+        assert_eq!(q["state"], "st-123", "{loc}");
+        assert_eq!(q["iss"], self.base.as_str(), "{loc}");
+        assert!(!q.contains_key("code"), "{loc}");
+        q
+    }
+}

@@ -211,17 +211,6 @@ async fn adapter_behind(github: &GitHub) -> TestApp {
     .await
 }
 
-/// RFC 6749 §4.1.2.1: the error at the client's redirect URI, with its
-/// state and (RFC 9207 §2) `iss`.
-fn assert_error_at_client(app: &TestApp, loc: &str, error: &str) {
-    assert!(loc.starts_with(&format!("{REDIRECT}?")), "{loc}");
-    let q = query(loc);
-    assert_eq!(q["error"], error, "{loc}");
-    assert_eq!(q["state"], "st-123");
-    assert_eq!(q["iss"], app.base.as_str());
-    assert!(!q.contains_key("code"), "{loc}");
-}
-
 #[tokio::test]
 async fn an_oauth2_upstream_logs_the_user_in_with_its_profile() {
     let github = GitHub::start(Mode::Ok).await;
@@ -313,7 +302,7 @@ async fn a_refusal_at_the_upstream_is_access_denied() {
         .callback_through_upstream(&github.authorization_endpoint(), GH_ID, &[])
         .await;
     assert_eq!(r.status(), StatusCode::FOUND);
-    assert_error_at_client(&app, &location(&r), "access_denied");
+    app.assert_error_at_client(&location(&r), "access_denied");
     assert!(github.state.lock().unwrap().token_requests.is_empty());
 }
 
@@ -325,7 +314,7 @@ async fn a_token_endpoint_in_trouble_is_temporarily_unavailable() {
         .callback_through_upstream(&github.authorization_endpoint(), GH_ID, &[])
         .await;
     assert_eq!(r.status(), StatusCode::FOUND);
-    assert_error_at_client(&app, &location(&r), "temporarily_unavailable");
+    app.assert_error_at_client(&location(&r), "temporarily_unavailable");
     assert_eq!(github.state.lock().unwrap().token_requests.len(), 1);
 }
 
@@ -337,7 +326,7 @@ async fn a_profile_without_the_subject_claim_is_access_denied() {
         .callback_through_upstream(&github.authorization_endpoint(), GH_ID, &[])
         .await;
     assert_eq!(r.status(), StatusCode::FOUND);
-    assert_error_at_client(&app, &location(&r), "access_denied");
+    app.assert_error_at_client(&location(&r), "access_denied");
 }
 
 /// Each endpoint is required for `kind = "oauth2"`; the issuer is not.
