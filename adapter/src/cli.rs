@@ -83,19 +83,57 @@ fn mapping(config: &Config, action: MappingAction) -> anyhow::Result<()> {
         scope,
     } = action;
     let text = std::fs::read_to_string(&claims)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", claims.display()))?;
+        .map_err(|e| Exit::usage(format!("{}: {e}", claims.display())))?;
     let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: not a JSON object: {e}", claims.display()))?;
+        .map_err(|e| Exit::usage(format!("{}: not a JSON object: {e}", claims.display())))?;
     let request = crate::mapping::preview::Request {
         upstream: &upstream,
         client: &client,
         claims,
         scopes: scope.map(|s| s.split_whitespace().map(String::from).collect()),
     };
-    let out = crate::mapping::preview::preview(config, &request).map_err(anyhow::Error::msg)?;
-    print!("{out}");
+    let report = crate::mapping::preview::report(config, &request).map_err(Exit::usage)?;
+    print!("{}", report.text);
+    if report.rule_errors > 0 || report.over_budget {
+        return Err(Exit {
+            code: Exit::FINDINGS,
+            message: "the mapping has rule errors or a token over its budget (see above)".into(),
+        }
+        .into());
+    }
     Ok(())
 }
+
+/// An error with its own exit code (`adapter mapping preview`: README
+/// "Claim mapping"); every other error exits with 1.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Exit {
+    /// The preview ran and found rule errors or a token over its budget.
+    pub const FINDINGS: u8 = 1;
+    /// The preview could not run: the command line, the claims file or
+    /// the configuration is wrong (clap's own usage errors exit with 2 too).
+    pub const USAGE: u8 = 2;
+
+    fn usage(message: impl Into<String>) -> Exit {
+        Exit {
+            code: Exit::USAGE,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
 
 #[derive(Debug, Subcommand)]
 pub enum UsersAction {
@@ -272,13 +310,16 @@ pub enum ConfigAction {
 
 /// Turns the outcome of [`run`] into the process exit code: an error is
 /// printed as one line (`Error: cause: cause…`, never a backtrace) and
-/// exits with 1.
+/// exits with 1, or with the code of an [`Exit`].
 pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e:#}");
-            std::process::ExitCode::FAILURE
+            match e.downcast_ref::<Exit>() {
+                Some(exit) => std::process::ExitCode::from(exit.code),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -286,12 +327,20 @@ pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
 /// Entry point of a provider binary with its own defaults and env prefix.
 pub async fn run(defaults: Config, env_prefix: &str) -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // A preview of a broken configuration is a usage error (exit 2).
+    let preview = matches!(cli.command, Some(Command::Mapping { .. }));
+    let config_error = |e: String| -> anyhow::Error {
+        let message = format!("configuration: {e}");
+        if preview {
+            Exit::usage(message).into()
+        } else {
+            anyhow::Error::msg(message)
+        }
+    };
     let config = config::load_from(defaults, cli.config.as_deref(), env_prefix)
-        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        .map_err(|e| config_error(e.to_string()))?;
     // The same checks as `serve`, before anything is printed or opened.
-    config
-        .validate()
-        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    config.validate().map_err(|e| config_error(e.to_string()))?;
     let command = cli.command.unwrap_or(Command::Serve);
     // Only the server logs to standard output; a command's output is its result.
     crate::telemetry::init_to(

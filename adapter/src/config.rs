@@ -722,9 +722,10 @@ impl ClaimsBudget {
 }
 
 /// The shipped mapping (the demo chain's tokens): `{upstream}_sub`, the
-/// profile and e-mail claims copied, and `authorities` of `ROLE_USER` plus
-/// one `ROLE_<GROUP>` per upstream group. `config/adapter.toml` writes it
-/// out.
+/// profile and e-mail claims copied, and `authorities` of `ROLE_USER`, the
+/// upstream's own `authorities` (an upstream that is itself an adapter
+/// keeps its roles in a chain of brokers) and one `ROLE_<GROUP>` per
+/// upstream group. `config/adapter.toml` writes it out.
 pub fn default_claim_rules() -> Vec<ClaimRule> {
     let rule = |claim: &str, expr: &str| ClaimRule {
         claim: claim.into(),
@@ -740,7 +741,7 @@ pub fn default_claim_rules() -> Vec<ClaimRule> {
         rule("email_verified", "upstream.email_verified"),
         rule(
             "authorities",
-            "(['ROLE_USER'] + upstream.?groups.orValue([]).map(g, 'ROLE_' + g.constantCase())).distinct()",
+            "(['ROLE_USER'] + upstream.?authorities.orValue([]) + upstream.?groups.orValue([]).map(g, 'ROLE_' + g.constantCase())).distinct()",
         ),
     ]
 }
@@ -869,6 +870,9 @@ pub struct UpstreamConfig {
     pub id: String,
     #[serde(default)]
     pub name: Option<String>,
+    /// The OpenID Provider's issuer (OIDC Discovery §4); required for
+    /// `kind = "oidc"`, unused for `kind = "oauth2"`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub issuer: String,
     pub client_id: String,
     /// Client secret inline (demo only; prefer `client_secret_env`).
@@ -910,6 +914,29 @@ pub struct UpstreamConfig {
     /// kept as they are; 0 (default) asks the upstream at every refresh.
     #[serde(default)]
     pub max_claim_age_seconds: i64,
+    /// `oidc` (default: discovery and a verified ID token) or `oauth2`
+    /// (plain OAuth 2.0 with a userinfo endpoint, GitHub-style).
+    #[serde(default)]
+    pub kind: UpstreamKind,
+    /// `kind = "oauth2"`: the authorization endpoint (RFC 6749 §3.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_endpoint: Option<String>,
+    /// `kind = "oauth2"`: the token endpoint (RFC 6749 §3.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint: Option<String>,
+    /// `kind = "oauth2"`: where the access token buys the user's profile
+    /// (a JSON object: the identity's claims).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userinfo_endpoint: Option<String>,
+    /// `kind = "oauth2"`: the userinfo member holding the user's stable id
+    /// (a string or a number), the identity's subject.
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: String,
+    /// `kind = "oauth2"`: how the client authenticates at the token
+    /// endpoint (RFC 6749 §2.3.1): `client_secret_post` (default) or
+    /// `client_secret_basic`.
+    #[serde(default)]
+    pub token_endpoint_auth_method: TokenEndpointAuth,
 }
 
 /// When an OIDC upstream's userinfo is fetched at login.
@@ -935,6 +962,34 @@ pub enum OnRefresh {
     /// upstream refuses it (the user is gone, the grant revoked), the
     /// adapter's refresh fails with `invalid_grant` and the session ends.
     RefreshUpstream,
+}
+
+/// The protocol of an upstream.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamKind {
+    /// An OpenID Provider ([`crate::connector::oidc`]).
+    #[default]
+    Oidc,
+    /// A plain OAuth 2.0 authorization server with a userinfo endpoint
+    /// ([`crate::connector::oauth2`]).
+    Oauth2,
+}
+
+/// Client authentication at an OAuth 2.0 upstream's token endpoint
+/// (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenEndpointAuth {
+    /// `client_id` and `client_secret` in the form body (what GitHub expects).
+    #[default]
+    ClientSecretPost,
+    /// HTTP Basic with the form-urlencoded id and secret.
+    ClientSecretBasic,
+}
+
+fn default_subject_claim() -> String {
+    "id".into()
 }
 
 /// A local account (identity-provider mode).
@@ -1677,6 +1732,7 @@ impl Config {
                     "must be 0 (every refresh) or more",
                 ));
             }
+            validate_upstream_kind(up)?;
         }
         Ok(())
     }
@@ -1809,6 +1865,49 @@ impl Config {
     }
 }
 
+/// What each upstream kind needs: an `issuer` for OIDC (discovery); the
+/// three endpoints for plain OAuth 2.0, which has no discovery.
+fn validate_upstream_kind(up: &UpstreamConfig) -> Result<(), ConfigError> {
+    let key = |name: &str| format!("upstreams[{}].{name}", up.id);
+    match up.kind {
+        UpstreamKind::Oidc => {
+            if up.issuer.is_empty() {
+                return Err(ConfigError::new(
+                    key("issuer"),
+                    "required for kind = \"oidc\"",
+                ));
+            }
+        }
+        UpstreamKind::Oauth2 => {
+            for (name, value) in [
+                ("authorization_endpoint", &up.authorization_endpoint),
+                ("token_endpoint", &up.token_endpoint),
+                ("userinfo_endpoint", &up.userinfo_endpoint),
+            ] {
+                let Some(value) = value else {
+                    return Err(ConfigError::new(
+                        key(name),
+                        "required for kind = \"oauth2\"",
+                    ));
+                };
+                match url::Url::parse(value) {
+                    Ok(u) if matches!(u.scheme(), "https" | "http") => {}
+                    _ => {
+                        return Err(ConfigError::new(
+                            key(name),
+                            "must be an absolute http(s) URL",
+                        ))
+                    }
+                }
+            }
+            if up.subject_claim.is_empty() {
+                return Err(ConfigError::new(key("subject_claim"), "must not be empty"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// How the adapter's `sub` is derived from an upstream's subject (OIDC Core
 /// §2: `sub` is unique only within one issuer).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -1907,6 +2006,12 @@ mod tests {
             email_domains: Vec::new(),
             on_refresh: OnRefresh::default(),
             max_claim_age_seconds: 0,
+            kind: Default::default(),
+            authorization_endpoint: None,
+            token_endpoint: None,
+            userinfo_endpoint: None,
+            subject_claim: "id".into(),
+            token_endpoint_auth_method: Default::default(),
         }
     }
 

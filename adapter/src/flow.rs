@@ -181,6 +181,15 @@ pub enum Next {
     },
     /// An error for the client at its (validated) redirect URI (§4.1.2.1).
     ErrorToClient(String),
+    /// The login gate (`allow_groups`) refused the user: a page of ours
+    /// says so, with a link back to the client carrying `access_denied`
+    /// (RFC 6749 §4.1.2.1), instead of sending the browser there unasked.
+    NotAllowed {
+        /// The client's display name.
+        client_name: String,
+        /// The client's `access_denied` redirect (with `state` and `iss`).
+        back: String,
+    },
 }
 
 impl Event<'_> {
@@ -528,7 +537,7 @@ impl Flows {
                 && route::session_fits(client, &request, &s.identity.connector_id)
             {
                 if let Some(error) = self.refusal(&request, &s.identity) {
-                    return self.error_to_client(&request, &error);
+                    return self.refused(&request, &error);
                 }
                 let redirect = self
                     .issue_code(&request, &s.identity, s.auth_time, &s.sid, s.expires_at)
@@ -922,7 +931,7 @@ impl Flows {
                 self.connector_label(&identity.connector_id),
                 error.code.as_str(),
             );
-            return self.error_to_client(request, &error);
+            return self.refused(request, &error);
         }
         let started = self.start_session(identity, browser).await?;
         tracing::info!(connector = %started.session.identity.connector_id, client = %request.client_id, "login succeeded");
@@ -1066,6 +1075,26 @@ impl Flows {
         )
         .map(Next::ErrorToClient)
         .ok_or(FlowError::BadRedirect)
+    }
+
+    /// A refused login: the gate's `access_denied` as a page of ours with
+    /// the way back to the client, unless the client asked for no UI
+    /// (`prompt=none`, OIDC Core §3.1.2.6); any other refusal goes to the
+    /// client at once.
+    fn refused(&self, request: &AuthorizeRequest, error: &OAuthError) -> Result<Next, FlowError> {
+        let back = match self.error_to_client(request, error)? {
+            Next::ErrorToClient(back)
+                if error.code == ErrorCode::AccessDenied && request.prompt != Prompt::None =>
+            {
+                back
+            }
+            other => return Ok(other),
+        };
+        let client_name = self
+            .clients
+            .get(&request.client_id)
+            .map_or_else(|| request.client_id.clone(), |c| c.name.clone());
+        Ok(Next::NotAllowed { client_name, back })
     }
 
     fn form_view(

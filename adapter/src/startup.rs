@@ -26,6 +26,8 @@ use crate::accounts::authn::Authenticator;
 use crate::accounts::{Accounts, LOCAL_CONNECTOR_ID};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
+use crate::config::UpstreamKind;
+use crate::connector::oauth2::OAuth2Connector;
 use crate::connector::oidc::OidcConnector;
 use crate::connector::{Connector, ConnectorKind};
 use crate::flow::{Flows, Lifetimes};
@@ -381,10 +383,19 @@ pub async fn build_state_with(
             &format!("upstreams[{}].client_secret", up.id),
         )
         .map_err(anyhow::Error::msg)?;
-        let mut oidc = OidcConnector::new(up, secret.map(|s| s.expose().to_owned()), clock.clone())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        oidc.set_claims_read(crate::mapping::upstream_claims_read(&config, &up.id));
-        oidc_connectors.push((up.id.clone(), up.name.clone(), oidc));
+        let secret = secret.map(|s| s.expose().to_owned());
+        let built = match up.kind {
+            UpstreamKind::Oidc => {
+                let mut oidc = OidcConnector::new(up, secret, clock.clone())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                oidc.set_claims_read(crate::mapping::upstream_claims_read(&config, &up.id));
+                BuiltUpstream::Oidc(Box::new(oidc))
+            }
+            UpstreamKind::Oauth2 => BuiltUpstream::OAuth2(Box::new(
+                OAuth2Connector::new(up, secret).map_err(|e| anyhow::anyhow!("{e}"))?,
+            )),
+        };
+        oidc_connectors.push((up.id.clone(), up.name.clone(), built));
     }
     let local_accounts = config.accounts.enabled || !config.local_users.is_empty();
     // One argon2id pool for the whole process; its dummy hash is computed
@@ -423,13 +434,24 @@ pub async fn build_state_with(
     if !oidc_connectors.is_empty() {
         let sealing =
             EncryptionKey::resolve_shared(&config.keys, &config.database.url).context("keys")?;
-        for (id, name, mut oidc) in oidc_connectors {
-            oidc.set_sealing_key(sealing.clone());
-            oidc.set_metrics(metrics.clone());
+        for (id, name, built) in oidc_connectors {
+            let kind: Arc<dyn crate::connector::CallbackConnector> = match built {
+                BuiltUpstream::Oidc(oidc) => {
+                    let mut oidc = *oidc;
+                    oidc.set_sealing_key(sealing.clone());
+                    oidc.set_metrics(metrics.clone());
+                    Arc::new(oidc)
+                }
+                BuiltUpstream::OAuth2(oauth2) => {
+                    let mut oauth2 = *oauth2;
+                    oauth2.set_metrics(metrics.clone());
+                    Arc::new(oauth2)
+                }
+            };
             connectors.push(Connector {
                 name: name.unwrap_or_else(|| id.clone()),
                 id,
-                kind: ConnectorKind::Callback(Arc::new(oidc)),
+                kind: ConnectorKind::Callback(kind),
             });
         }
     }
@@ -711,4 +733,11 @@ pub fn app(state: AppState) -> Router {
             crate::metrics::track,
         ))
         .with_state(state)
+}
+
+/// An upstream connector built from its `[[upstreams]]` block, before the
+/// shared parts (sealing key, metrics) are handed to it.
+enum BuiltUpstream {
+    Oidc(Box<OidcConnector>),
+    OAuth2(Box<OAuth2Connector>),
 }

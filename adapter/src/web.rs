@@ -225,6 +225,17 @@ pub struct ChoosePage {
     pub connectors: Vec<(String, String, String)>,
 }
 
+/// The login gate's refusal (`allow_groups`): who may not use what, and
+/// the way back to the client with `access_denied` (RFC 6749 §4.1.2.1).
+#[derive(Template, WebTemplate)]
+#[template(path = "adapter/not_allowed.html")]
+pub struct NotAllowedPage {
+    pub title: String,
+    pub client_name: String,
+    /// The client's error redirect.
+    pub back: String,
+}
+
 /// An HTML error page. Used where no redirect to the client is safe
 /// (unknown client, unregistered redirect URI: RFC 6749 §4.1.2.1).
 pub fn error_page(title: &str, status: StatusCode, heading: &str, message: &str) -> Response {

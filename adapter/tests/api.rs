@@ -26,6 +26,7 @@ mod logout;
 mod mail;
 mod mapping;
 mod metrics;
+mod oauth2_upstream;
 mod ops;
 mod outage;
 mod passkeys;
@@ -933,6 +934,12 @@ async fn chooser_lists_connectors_and_starts_the_chosen_one() {
         on_refresh: Default::default(),
         max_claim_age_seconds: 0,
         email_domains: Vec::new(),
+        kind: Default::default(),
+        authorization_endpoint: None,
+        token_endpoint: None,
+        userinfo_endpoint: None,
+        subject_claim: "id".into(),
+        token_endpoint_auth_method: Default::default(),
     }];
     let clock = std::sync::Arc::new(ManualClock::new());
     let (port, _stop, _handle) = start(config, clock, 0).await;

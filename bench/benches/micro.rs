@@ -47,6 +47,12 @@ fn claim_mapping(c: &mut Criterion) {
             on_refresh: Default::default(),
             max_claim_age_seconds: 0,
             email_domains: Vec::new(),
+            kind: Default::default(),
+            authorization_endpoint: None,
+            token_endpoint: None,
+            userinfo_endpoint: None,
+            subject_claim: "id".into(),
+            token_endpoint_auth_method: Default::default(),
         }],
         ..Config::default()
     };

@@ -356,6 +356,23 @@ impl TestApp {
         extra: &[(&str, &str)],
     ) -> String {
         let r = self
+            .callback_through_upstream(authorization_endpoint, UPSTREAM_ID, extra)
+            .await;
+        assert_eq!(r.status(), StatusCode::FOUND, "adapter callback");
+        location(&r)
+    }
+
+    /// Browser: adapter authorize (with `extra` parameters) → the
+    /// `authorization_endpoint` of the upstream `upstream_id`, which answers
+    /// at once → that upstream's callback at the adapter. Asserts each
+    /// `Location`; returns the callback's response.
+    pub async fn callback_through_upstream(
+        &self,
+        authorization_endpoint: &str,
+        upstream_id: &str,
+        extra: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let r = self
             .browser
             .get(self.authorize_url(extra))
             .send()
@@ -367,13 +384,22 @@ impl TestApp {
             to_upstream.starts_with(authorization_endpoint),
             "{to_upstream}"
         );
-        self.finish_upstream_login(&to_upstream, UPSTREAM_ID).await
+        self.upstream_callback(&to_upstream, upstream_id).await
     }
 
     /// Browser: from the adapter's redirect to a fake upstream (which
     /// answers at once) back through upstream `id`'s callback. Returns the
     /// adapter's redirect to the client.
     pub async fn finish_upstream_login(&self, to_upstream: &str, id: &str) -> String {
+        let r = self.upstream_callback(to_upstream, id).await;
+        assert_eq!(r.status(), StatusCode::FOUND, "adapter callback");
+        location(&r)
+    }
+
+    /// Browser: the adapter's redirect to a fake upstream, which answers at
+    /// once, then upstream `id`'s callback at the adapter (its `Location`
+    /// asserted). Returns the callback's response.
+    async fn upstream_callback(&self, to_upstream: &str, id: &str) -> reqwest::Response {
         let r = self.browser.get(to_upstream).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::FOUND);
         let callback = location(&r);
@@ -381,14 +407,27 @@ impl TestApp {
             callback.starts_with(&format!("{}/login/oauth2/code/{id}?", self.base)),
             "{callback}"
         );
-        let r = self.browser.get(&callback).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::FOUND, "adapter callback");
-        location(&r)
+        self.browser.get(&callback).send().await.unwrap()
     }
 
     /// [`Self::login_through_upstream_with`] with the default request.
     pub async fn login_through_upstream(&self, authorization_endpoint: &str) -> String {
         self.login_through_upstream_with(authorization_endpoint, &[])
             .await
+    }
+}
+
+impl TestApp {
+    /// RFC 6749 §4.1.2.1: `loc` is the error `error` at the client's
+    /// redirect URI, with the default request's `state` and (RFC 9207 §2)
+    /// this provider's `iss`, and no code. Returns its query.
+    pub fn assert_error_at_client(&self, loc: &str, error: &str) -> Map<String, Value> {
+        assert!(loc.starts_with(&format!("{REDIRECT}?")), "{loc}");
+        let q = query(loc);
+        assert_eq!(q["error"], error, "{loc}");
+        assert_eq!(q["state"], "st-123", "{loc}");
+        assert_eq!(q["iss"], self.base.as_str(), "{loc}");
+        assert!(!q.contains_key("code"), "{loc}");
+        q
     }
 }

@@ -85,6 +85,8 @@ pub struct ChainBuilder {
     tweak_adapter: Option<AdapterTweak>,
     localhost_upstream: bool,
     second_upstream: Option<String>,
+    tweak_upstream: Option<AdapterTweak>,
+    adapter_listener: Option<TcpListener>,
 }
 
 /// The running services. Dropping it stops them.
@@ -175,7 +177,8 @@ impl TestChain {
     }
 }
 
-fn client_config(c: &RpClient, name: &str) -> anyhow::Result<adapter::config::ClientConfig> {
+/// The `[[clients]]` block of a relying party `c` shown as `name`.
+pub fn client_config(c: &RpClient, name: &str) -> anyhow::Result<adapter::config::ClientConfig> {
     clients::client(
         &c.id,
         Some(name),
@@ -194,6 +197,8 @@ impl Default for ChainBuilder {
             tweak_adapter: None,
             localhost_upstream: false,
             second_upstream: None,
+            tweak_upstream: None,
+            adapter_listener: None,
         }
     }
 }
@@ -241,9 +246,27 @@ impl ChainBuilder {
         self
     }
 
+    /// Last-minute changes to the upstream-test-server's configuration
+    /// (with [`Upstream::TestServer`]).
+    pub fn tweak_upstream(mut self, f: impl FnOnce(&mut adapter::Config) + Send + 'static) -> Self {
+        self.tweak_upstream = Some(Box::new(f));
+        self
+    }
+
+    /// Runs the adapter on this listener: its address is known before the
+    /// chain starts (to register it as a client elsewhere, e.g. at another
+    /// adapter that is its upstream).
+    pub fn adapter_listener(mut self, listener: TcpListener) -> Self {
+        self.adapter_listener = Some(listener);
+        self
+    }
+
     pub async fn start(self) -> anyhow::Result<TestChain> {
         crate::init_test_log();
-        let adapter_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let adapter_listener = match self.adapter_listener {
+            Some(listener) => listener,
+            None => TcpListener::bind("127.0.0.1:0").await?,
+        };
         let app_listener = TcpListener::bind("127.0.0.1:0").await?;
         let adapter_addr = adapter_listener.local_addr()?;
         let app_addr = app_listener.local_addr()?;
@@ -270,8 +293,14 @@ impl ChainBuilder {
                     adapter_issuer: &adapter_issuer,
                     clock: shared.clone(),
                 };
-                let (issuer, secret, config) =
-                    server.start(&mut shutdowns, &mut dirs, |_| {}).await?;
+                let tweak = self.tweak_upstream;
+                let (issuer, secret, config) = server
+                    .start(&mut shutdowns, &mut dirs, |c| {
+                        if let Some(tweak) = tweak {
+                            tweak(c);
+                        }
+                    })
+                    .await?;
                 upstream_config = Some(config);
                 (issuer, ADAPTER_CLIENT_ID.to_string(), secret)
             }

@@ -303,7 +303,7 @@ pub async fn token_request(
 
 // ---------------------------------------------------------------- HTML ----
 
-/// Decodes the few entities askama's escaper produces.
+/// Decodes the few entities askama's escaper produces (named or numeric).
 pub fn html_unescape(s: &str) -> String {
     s.replace("&quot;", "\"")
         .replace("&#34;", "\"")
@@ -313,8 +313,12 @@ pub fn html_unescape(s: &str) -> String {
         .replace("&#x2F;", "/")
         .replace("&#47;", "/")
         .replace("&lt;", "<")
+        .replace("&#60;", "<")
         .replace("&gt;", ">")
+        .replace("&#62;", ">")
+        // Last: `&` is the start of every other entity.
         .replace("&amp;", "&")
+        .replace("&#38;", "&")
 }
 
 /// The start tags `<tag ...>` in `html` (lower-case tag names only).

@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "chain/brokers.rs"]
+mod brokers;
 #[path = "chain/fresh.rs"]
 mod fresh;
 #[path = "chain/logout.rs"]

@@ -1,12 +1,14 @@
 //! Connectors: where identities come from (Dex's shape).
 //!
 //! A [`CallbackConnector`] sends the browser elsewhere and gets it back on
-//! its own callback path (the OIDC upstream, [`oidc::OidcConnector`]). The
+//! its own callback path (the OIDC upstream, [`oidc::OidcConnector`]; a
+//! plain OAuth 2.0 upstream, [`oauth2::OAuth2Connector`]). The
 //! local-accounts connector checks credentials typed into our own forms
 //! ([`crate::accounts`]). The opaque state a callback
 //! connector returns from `begin` is persisted with the login state, so a
 //! login survives a restart and can finish on another replica.
 
+pub mod oauth2;
 pub mod oidc;
 
 use std::collections::HashMap;

@@ -684,8 +684,9 @@ pub fn upstream_claims_read(config: &Config, upstream_id: &str) -> Option<BTreeS
     Some(names)
 }
 
-/// The fields of the variable `upstream` a CEL expression reads:
-/// `upstream.name`, `upstream.?name`, `upstream['name']`. `None` when it
+/// The fields of the variable `upstream` a CEL expression needs:
+/// `upstream.name`, `upstream['name']` (not the optional `upstream.?name`,
+/// `upstream[?'name']`). `None` when it
 /// uses `upstream` otherwise (passed whole to a function, indexed by a
 /// computed key).
 fn fields_of_upstream(source: &str) -> Option<BTreeSet<String>> {
@@ -705,17 +706,29 @@ fn fields_of_upstream(source: &str) -> Option<BTreeSet<String>> {
         }
         let rest = rest.trim_start();
         if let Some(field) = rest.strip_prefix('.') {
-            let field = field.strip_prefix('?').unwrap_or(field).trim_start();
+            // `upstream.?x` reads a claim that may be absent: it alone does
+            // not send a login to userinfo.
+            let (optional, field) = match field.strip_prefix('?') {
+                Some(f) => (true, f.trim_start()),
+                None => (false, field.trim_start()),
+            };
             let name: String = field.chars().take_while(|c| ident(*c)).collect();
             if name.is_empty() {
                 return None;
             }
-            out.insert(name);
+            if !optional {
+                out.insert(name);
+            }
         } else if let Some(index) = rest.strip_prefix('[') {
-            let index = index.strip_prefix('?').unwrap_or(index).trim_start();
+            let (optional, index) = match index.strip_prefix('?') {
+                Some(i) => (true, i.trim_start()),
+                None => (false, index.trim_start()),
+            };
             let quote = index.chars().next().filter(|c| *c == '\'' || *c == '"')?;
             let name: String = index[1..].chars().take_while(|c| *c != quote).collect();
-            out.insert(name);
+            if !optional {
+                out.insert(name);
+            }
         } else {
             return None;
         }

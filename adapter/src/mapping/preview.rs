@@ -26,6 +26,21 @@ pub struct Request<'a> {
 /// The preview as text (stable: golden files compare it exactly). Errs
 /// when the request names what the configuration does not have.
 pub fn preview(config: &Config, request: &Request<'_>) -> Result<String, String> {
+    report(config, request).map(|r| r.text)
+}
+
+/// A preview and what it found (the command's exit code follows them).
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub text: String,
+    /// Rule errors over the three tokens.
+    pub rule_errors: usize,
+    /// Some token's claims are over their budget.
+    pub over_budget: bool,
+}
+
+/// [`preview`], with its findings.
+pub fn report(config: &Config, request: &Request<'_>) -> Result<Report, String> {
     let local = crate::accounts::LOCAL_CONNECTOR_ID;
     let mut connector_ids: Vec<String> = config.upstreams.iter().map(|u| u.id.clone()).collect();
     if config.accounts.enabled || !config.local_users.is_empty() {
@@ -83,6 +98,7 @@ pub fn preview(config: &Config, request: &Request<'_>) -> Result<String, String>
     );
     let openid = scopes.iter().any(|s| s == "openid");
     let mut errors = Vec::new();
+    let mut over_budget = false;
     for (token, title) in [
         (TokenName::Id, "ID token"),
         (TokenName::Access, "Access token"),
@@ -100,6 +116,7 @@ pub fn preview(config: &Config, request: &Request<'_>) -> Result<String, String>
             token,
         });
         section(&mut out, title, token, &mapped);
+        over_budget |= mapped.over_budget();
         errors.extend(
             mapped
                 .errors
@@ -119,6 +136,7 @@ pub fn preview(config: &Config, request: &Request<'_>) -> Result<String, String>
             );
         }
     }
+    let rule_errors = errors.len();
     if errors.is_empty() {
         let _ = writeln!(out, "Rule errors: none");
     } else {
@@ -127,7 +145,11 @@ pub fn preview(config: &Config, request: &Request<'_>) -> Result<String, String>
             let _ = writeln!(out, "  {e}");
         }
     }
-    Ok(out)
+    Ok(Report {
+        text: out,
+        rule_errors,
+        over_budget,
+    })
 }
 
 fn section(out: &mut String, title: &str, token: TokenName, mapped: &Mapped) {

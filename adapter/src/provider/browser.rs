@@ -279,6 +279,16 @@ pub fn render(
             let jar = set_session_cookies(st, jar, session_cookie, device_cookie, expires_at);
             (jar, go(&redirect)).into_response()
         }
+        Next::NotAllowed { client_name, back } => (
+            StatusCode::FORBIDDEN,
+            jar,
+            web::NotAllowedPage {
+                title: st.title().to_string(),
+                client_name,
+                back,
+            },
+        )
+            .into_response(),
         Next::ShowChooser(connectors) => (
             jar,
             ChoosePage {

@@ -263,8 +263,10 @@ fn flow_json(st: &AppState, jar: CookieJar, next: Next) -> Response {
             let jar = set_session_cookies(st, jar, session_cookie, device_cookie, expires_at);
             (jar, web::no_store(), Json(json!({ "redirect": redirect }))).into_response()
         }
+        // The script navigates; a gate refusal goes to the client as before.
         Next::CodeIssued(url)
         | Next::ErrorToClient(url)
+        | Next::NotAllowed { back: url, .. }
         | Next::Redirect(url)
         | Next::RedirectUpstream(url) => {
             (jar, web::no_store(), Json(json!({ "redirect": url }))).into_response()

@@ -1,6 +1,7 @@
 //! The claim mapping end to end: the adapter with the fake upstream on
 //! real sockets, the `allow_groups` gate at login and at single sign-on
-//! (RFC 6749 §4.1.2.1 `access_denied` with the client's `state`), the size
+//! (a page of the adapter whose link carries RFC 6749 §4.1.2.1
+//! `access_denied` with the client's `state`), the size
 //! budget failing a login with `server_error`, the mapped claims in the
 //! tokens; then golden files of `adapter mapping preview`
 //! (`UPDATE_GOLDEN=1` rewrites them).
@@ -39,26 +40,51 @@ async fn broker(tweak: impl FnOnce(&mut adapter::Config) + Send + 'static) -> (F
 /// RFC 6749 §4.1.2.1: the error goes to the client's redirect URI with
 /// its state (and RFC 9207 §2 `iss`).
 fn assert_error_redirect(app: &TestApp, loc: &str, error: &str, description: &str) {
-    assert!(loc.starts_with(REDIRECT), "{loc}");
-    let q = query(loc);
-    assert_eq!(q["error"], error, "{loc}");
+    let q = app.assert_error_at_client(loc, error);
     assert_eq!(q["error_description"], description);
-    assert_eq!(q["state"], "st-123");
-    assert_eq!(q["iss"], app.base.as_str());
-    assert!(!q.contains_key("code"));
+}
+
+/// The gate's refusal is a page of the adapter (403) naming the client,
+/// whose "Back to" link carries the client's `access_denied` redirect.
+/// Returns that link.
+async fn assert_gate_page(app: &TestApp, r: reqwest::Response, client_name: &str) -> String {
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.headers().get(reqwest::header::LOCATION).is_none());
+    let html = r.text().await.unwrap();
+    assert_eq!(
+        testkit::rp::element_text(&html, "not-allowed-title").as_deref(),
+        Some(format!("You are not allowed to use {client_name}").as_str()),
+        "{html}"
+    );
+    let link = testkit::rp::find_tag(&html, "a", "id", "back-to-client")
+        .unwrap_or_else(|| panic!("no #back-to-client link: {html}"));
+    assert_eq!(
+        testkit::rp::element_text(&html, "back-to-client").as_deref(),
+        Some(format!("Back to {client_name}").as_str())
+    );
+    let href = testkit::rp::attr(link, "href").unwrap();
+    assert_error_redirect(
+        app,
+        &href,
+        "access_denied",
+        "the user is not in a group allowed to use this application",
+    );
+    href
 }
 
 #[tokio::test]
 async fn a_user_in_none_of_the_allowed_groups_is_denied_at_the_client() {
     let (fake, app) = broker(|c| c.clients[0].claims.allow_groups = vec!["admins".into()]).await;
-    let loc = app
-        .login_through_upstream(&fake.authorization_endpoint())
+    let r = app
+        .callback_through_upstream(&fake.authorization_endpoint(), UPSTREAM_ID, &[])
         .await;
-    assert_error_redirect(
-        &app,
-        &loc,
-        "access_denied",
-        "the user is not in a group allowed to use this application",
+    let href = assert_gate_page(&app, r, "Test App").await;
+    assert_eq!(
+        href,
+        format!(
+            "{REDIRECT}?error=access_denied&error_description=the+user+is+not+in+a+group+allowed+to+use+this+application&state=st-123&iss={}",
+            url_encoded(&app.base)
+        )
     );
     // No session was started: the next request logs in again.
     let r = app
@@ -85,6 +111,20 @@ async fn single_sign_on_to_a_gated_client_is_denied_too() {
         .send()
         .await
         .unwrap();
+    // `other` has no display name: the page names its id.
+    assert_gate_page(&app, r, "other").await;
+    // OIDC Core §3.1.2.6: with prompt=none no page may show; the error
+    // goes to the client at once.
+    let r = app
+        .browser
+        .get(app.authorize_url(&[
+            ("client_id", "other"),
+            ("scope", "openid"),
+            ("prompt", "none"),
+        ]))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FOUND);
     assert_error_redirect(
         &app,
@@ -92,6 +132,10 @@ async fn single_sign_on_to_a_gated_client_is_denied_too() {
         "access_denied",
         "the user is not in a group allowed to use this application",
     );
+}
+
+fn url_encoded(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 #[tokio::test]
@@ -149,10 +193,10 @@ fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mapping/golden")
 }
 
-/// Runs `adapter --config <config> mapping preview <args>` and compares its
-/// standard output with `golden/<name>.txt`.
-fn golden(name: &str, config: &Path, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_adapter"))
+/// Runs `adapter --config <config> mapping preview <args>` in the golden
+/// directory.
+fn preview(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_adapter"))
         .env_clear()
         .arg("--config")
         .arg(config)
@@ -160,9 +204,17 @@ fn golden(name: &str, config: &Path, args: &[&str]) {
         .args(args)
         .current_dir(golden_dir())
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
+        .unwrap()
+}
+
+/// [`preview`], asserting its exit code (README "Claim mapping": 0 clean,
+/// 1 rule errors or a token over its budget), and compares its standard
+/// output with `golden/<name>.txt`.
+fn golden(name: &str, config: &Path, args: &[&str], code: i32) {
+    let out = preview(config, args);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -196,6 +248,7 @@ fn golden_demo_mapping_for_the_demo_user() {
             "--claims",
             "testuser.json",
         ],
+        0,
     );
 }
 
@@ -214,6 +267,26 @@ fn golden_demo_mapping_without_the_email_scope() {
             "--scope",
             "openid profile",
         ],
+        0,
+    );
+}
+
+/// The upstream is itself an adapter: the shipped mapping keeps the
+/// inner broker's `authorities` (a chain of brokers).
+#[test]
+fn golden_demo_mapping_keeps_an_inner_adapters_authorities() {
+    golden(
+        "demo-inner-adapter",
+        &demo_config(),
+        &[
+            "--upstream",
+            "test-auth-server",
+            "--client",
+            "test-app",
+            "--claims",
+            "inner-adapter.json",
+        ],
+        0,
     );
 }
 
@@ -234,26 +307,94 @@ fn golden_examples_mapping() {
                 "--claims",
                 "jane.json",
             ],
+            1,
         );
     }
 }
 
+/// Exit code 2: the preview cannot run (README "Claim mapping").
 #[test]
 fn preview_refuses_an_unknown_client() {
-    let out = Command::new(env!("CARGO_BIN_EXE_adapter"))
-        .env_clear()
-        .arg("--config")
-        .arg(demo_config())
-        .args(["mapping", "preview", "--upstream", "test-auth-server"])
-        .args(["--client", "nope", "--claims", "testuser.json"])
-        .current_dir(golden_dir())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let out = preview(
+        &demo_config(),
+        &["--upstream", "test-auth-server", "--client", "nope"],
+    );
+    // clap's own usage error: `--claims` is missing.
+    assert_eq!(out.status.code(), Some(2));
+    let out = preview(
+        &demo_config(),
+        &[
+            "--upstream",
+            "test-auth-server",
+            "--client",
+            "nope",
+            "--claims",
+            "testuser.json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
         "Error: no client `nope` in the configuration"
     );
+    let out = preview(
+        &demo_config(),
+        &[
+            "--upstream",
+            "test-auth-server",
+            "--client",
+            "test-app",
+            "--claims",
+            "missing.json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// Exit code 1 for a rule error alone and for a budget overrun alone (the
+/// preview is printed all the same); 2 for a configuration that does not
+/// load.
+#[test]
+fn preview_exits_with_1_on_a_rule_error_or_a_budget_overrun() {
+    let demo = std::fs::read_to_string(demo_config()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--upstream",
+        "test-auth-server",
+        "--client",
+        "test-app",
+        "--claims",
+        "testuser.json",
+    ];
+    let over_budget = demo.replace("id = 4096,", "id = 64,");
+    assert_ne!(over_budget, demo);
+    let rule_error =
+        format!("{demo}\n[[claims.rules]]\nclaim = \"broken\"\nexpr = \"upstream.name + 1\"\n");
+    let bad_config = format!("{demo}\n[claims.nope]\n");
+    for (name, text, code, stdout) in [
+        (
+            "over-budget",
+            over_budget,
+            1,
+            "WARNING: over the budget (claims.max_bytes.id)",
+        ),
+        ("rule-error", rule_error, 1, "claims.rules[6] (broken)"),
+        ("bad-config", bad_config, 2, ""),
+    ] {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = preview(&path, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{name}: {err}");
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert!(printed.contains(stdout), "{name}: {printed}");
+        if code == 1 {
+            assert_eq!(
+                err.trim(),
+                "Error: the mapping has rule errors or a token over its budget (see above)"
+            );
+        }
+    }
 }
 
 /// A rule that does not compile stops the command (and start-up) with the
