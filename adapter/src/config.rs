@@ -914,6 +914,11 @@ pub struct UpstreamConfig {
     /// kept as they are; 0 (default) asks the upstream at every refresh.
     #[serde(default)]
     pub max_claim_age_seconds: i64,
+    /// The most seconds any request to this upstream may take (discovery,
+    /// JWKS, token, userinfo, revocation; connecting at most 5 of them):
+    /// 1 to 120, default 15.
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout_seconds: u64,
     /// `oidc` (default: discovery and a verified ID token) or `oauth2`
     /// (plain OAuth 2.0 with a userinfo endpoint, GitHub-style).
     #[serde(default)]
@@ -986,6 +991,10 @@ pub enum TokenEndpointAuth {
     ClientSecretPost,
     /// HTTP Basic with the form-urlencoded id and secret.
     ClientSecretBasic,
+}
+
+fn default_upstream_timeout() -> u64 {
+    15
 }
 
 fn default_subject_claim() -> String {
@@ -1726,6 +1735,12 @@ impl Config {
                 let key = format!("upstreams[{}].client_secret", up.id);
                 return Err(ConfigError::new(key.clone(), both_set(&key)));
             }
+            if !(1..=120).contains(&up.timeout_seconds) {
+                return Err(ConfigError::new(
+                    format!("upstreams[{}].timeout_seconds", up.id),
+                    "must be 1 to 120",
+                ));
+            }
             if up.max_claim_age_seconds < 0 {
                 return Err(ConfigError::new(
                     format!("upstreams[{}].max_claim_age_seconds", up.id),
@@ -2006,6 +2021,7 @@ mod tests {
             email_domains: Vec::new(),
             on_refresh: OnRefresh::default(),
             max_claim_age_seconds: 0,
+            timeout_seconds: 15,
             kind: Default::default(),
             authorization_endpoint: None,
             token_endpoint: None,

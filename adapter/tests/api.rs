@@ -29,6 +29,7 @@ mod metrics;
 mod oauth2_upstream;
 mod ops;
 mod outage;
+mod outbound;
 mod passkeys;
 mod races;
 mod ratelimit;
@@ -933,6 +934,7 @@ async fn chooser_lists_connectors_and_starts_the_chosen_one() {
         claims: Default::default(),
         on_refresh: Default::default(),
         max_claim_age_seconds: 0,
+        timeout_seconds: 15,
         email_domains: Vec::new(),
         kind: Default::default(),
         authorization_endpoint: None,

@@ -46,6 +46,7 @@ fn claim_mapping(c: &mut Criterion) {
             claims: Default::default(),
             on_refresh: Default::default(),
             max_claim_age_seconds: 0,
+            timeout_seconds: 15,
             email_domains: Vec::new(),
             kind: Default::default(),
             authorization_endpoint: None,

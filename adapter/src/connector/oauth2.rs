@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 
-use super::oidc::{bridge, http_client, HttpError};
+use super::oidc::{bridge, http_client_with, HttpError};
 use super::{BeginRequest, BeginResponse, CallbackConnector, ConnectorError, Identity};
 use crate::config::{TokenEndpointAuth, UpstreamConfig};
 
@@ -95,7 +95,8 @@ impl OAuth2Connector {
             userinfo_endpoint: endpoint("userinfo_endpoint", &config.userinfo_endpoint)?,
             subject_claim: config.subject_claim.clone(),
             scopes: config.scopes.clone(),
-            http: http_client().map_err(|e| ConnectorError::Config(e.to_string()))?,
+            http: http_client_with(std::time::Duration::from_secs(config.timeout_seconds))
+                .map_err(|e| ConnectorError::Config(e.to_string()))?,
             metrics: crate::metrics::Metrics::default(),
         })
     }

@@ -66,12 +66,21 @@ pub enum HttpError {
     ServerError(reqwest::StatusCode),
 }
 
+/// Total time an outbound request may take unless configured otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// The outbound client: no redirects (SSRF), connect and total timeouts.
 pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    http_client_with(DEFAULT_TIMEOUT)
+}
+
+/// [`http_client`] with the total timeout `timeout` (an upstream's
+/// `timeout_seconds`); connecting takes at most 5 s of it.
+pub fn http_client_with(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15))
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .timeout(timeout)
         .build()
 }
 
@@ -333,7 +342,8 @@ impl OidcConnector {
             claims_max_age: (config.on_refresh == OnRefresh::RefreshUpstream)
                 .then_some(config.max_claim_age_seconds),
             clock,
-            http: http_client().map_err(|e| ConnectorError::Config(e.to_string()))?,
+            http: http_client_with(Duration::from_secs(config.timeout_seconds))
+                .map_err(|e| ConnectorError::Config(e.to_string()))?,
             cache: RwLock::new(None),
             discovering: Mutex::new(()),
             last_forced: Mutex::new(None),
@@ -418,9 +428,11 @@ impl OidcConnector {
                 openidconnect::DiscoveryError::Validation(v) => {
                     ConnectorError::Invalid(format!("discovery: {v}"))
                 }
-                other => {
-                    ConnectorError::Unavailable(format!("discovery of {}: {other}", self.issuer))
-                }
+                other => ConnectorError::Unavailable(format!(
+                    "discovery of {}: {}",
+                    self.issuer,
+                    error_chain(&other)
+                )),
             })?;
         *self.cache.write().await = Some(Cached {
             metadata: metadata.clone(),
@@ -594,7 +606,7 @@ fn token_error(
 ) -> ConnectorError {
     match e {
         RequestTokenError::Request(e) => {
-            ConnectorError::Unavailable(format!("token endpoint: {e}"))
+            ConnectorError::Unavailable(format!("token endpoint: {}", error_chain(&e)))
         }
         RequestTokenError::ServerResponse(r)
             if *r.error() == CoreErrorResponseType::InvalidGrant =>
@@ -606,6 +618,19 @@ fn token_error(
         }
         other => ConnectorError::Invalid(format!("token endpoint: {other}")),
     }
+}
+
+/// `e` and its sources, for the log: `openidconnect` says "Request
+/// failed" and keeps why (timeout, size cap, redirect) in its source.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The payload of a JWS whose signature has already been verified.
