@@ -505,6 +505,19 @@ impl Flows {
             .collect()
     }
 
+    /// Puts fresh claims of an upstream (an adapter refresh asked it again)
+    /// into session `sid`, so single sign-on and userinfo see them too.
+    pub async fn refresh_session_identity(
+        &self,
+        sid: &str,
+        identity: &Identity,
+    ) -> Result<bool, StoreError> {
+        let data = codec::encode(&SessionData {
+            identity: identity.clone(),
+        })?;
+        self.store.set_session_data(sid, &data).await
+    }
+
     /// The valid session with the published id `sid` (an ID token's `sid`
     /// claim), with the hash that keys it. For logout (OIDC RP-Initiated
     /// Logout 1.0 §2) when the browser no longer sends the cookie.

@@ -601,6 +601,12 @@ async fn refresh_token(
             .map_err(|e| storage_failure(&e))?
             .is_some()
     };
+    if let (Some(identity), true) = (&fresh, in_session) {
+        st.flows
+            .refresh_session_identity(&data.sid, identity)
+            .await
+            .map_err(|e| storage_failure(&e))?;
+    }
     let grant = Grant {
         client,
         identity: fresh.as_ref().unwrap_or(&data.identity),

@@ -1150,6 +1150,23 @@ async fn sessions_per_device(s: &dyn Store) {
     assert!(s.touch_session("dev-old", 50, 0).await.unwrap());
     assert_eq!(seen(s.session("dev-old", 51).await.unwrap()), Some(50));
     assert!(!s.touch_session("dev-missing", 50, 60).await.unwrap());
+
+    // Fresh claims replace a session's data, nothing else.
+    let before = s.session("dev-b", 101).await.unwrap().unwrap();
+    assert!(s
+        .set_session_data(&before.sid, "{\"fresh\":true}")
+        .await
+        .unwrap());
+    let after = s.session("dev-b", 101).await.unwrap().unwrap();
+    assert_eq!(after.data, "{\"fresh\":true}");
+    assert_eq!(
+        SessionRow {
+            data: before.data.clone(),
+            ..after
+        },
+        before
+    );
+    assert!(!s.set_session_data("no-such-sid", "{}").await.unwrap());
 }
 
 async fn passkey_handles_name_one_account(s: &dyn Store) {

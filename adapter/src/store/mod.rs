@@ -440,6 +440,10 @@ pub trait Store: Send + Sync + 'static {
         stale_before: i64,
     ) -> Result<bool, StoreError>;
 
+    /// Replaces the data (the identity) of session `sid`, when fresh claims
+    /// came from its upstream. True if the session exists.
+    async fn set_session_data(&self, sid: &str, data: &str) -> Result<bool, StoreError>;
+
     // ---- mail (outbox and e-mail one-time codes) -------------------------------
 
     /// Stores a mail in the outbox (durable when this returns).

@@ -1170,6 +1170,15 @@ impl Store for SqlStore {
         Ok(r.rows_affected() == 1)
     }
 
+    async fn set_session_data(&self, sid: &str, data: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE sessions SET data = $1 WHERE sid = $2")
+            .bind(data)
+            .bind(sid)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     async fn compact(&self) -> Result<(), StoreError> {
         if self.sqlite {
             // With requests always in flight the automatic (passive)

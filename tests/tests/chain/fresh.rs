@@ -95,8 +95,9 @@ fn refresh_upstream(max_age: i64) -> impl FnOnce(&mut adapter::Config) + Send + 
     }
 }
 
-/// Groups changed upstream reach the next adapter refresh; the upstream's
-/// rotated refresh token is the one used next; an upstream that refuses the
+/// Groups changed upstream reach the next adapter refresh and the adapter
+/// session (single sign-on); the upstream's rotated refresh token is the
+/// one used next; an upstream that refuses the
 /// refresh (`invalid_grant`) ends the adapter's grant and its session.
 #[tokio::test]
 async fn refresh_upstream_brings_fresh_groups_and_a_refusal_ends_the_grant() {
@@ -127,6 +128,21 @@ async fn refresh_upstream_brings_fresh_groups_and_a_refusal_ends_the_grant() {
         .1;
     assert_eq!(id["name"], "Renamed User");
     assert_eq!(id["sub"], "fakeuser");
+    // The session has them too: single sign-on to another client, with no
+    // trip to the upstream, issues the fresh groups.
+    let authorize_hits = fake.authorize_requests().len();
+    let req = AuthRequest::new(&chain.second);
+    let sso = chain.obtain_code(&agent, &req).await.unwrap();
+    assert_eq!(fake.authorize_requests().len(), authorize_hits);
+    let second = chain
+        .redeem(&agent, &sso, &chain.second.basic())
+        .await
+        .unwrap();
+    assert_eq!(second.status, 200, "{}", second.text);
+    assert_eq!(
+        access_claims(&second)["authorities"],
+        json!(["ROLE_USER", "ROLE_FAKERS", "ROLE_ADMINS"])
+    );
     // It presented the refresh token of the login.
     let asked = fake.token_requests();
     let last = asked.last().unwrap();
