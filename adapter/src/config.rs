@@ -944,6 +944,36 @@ pub struct UpstreamConfig {
     pub token_endpoint_auth_method: TokenEndpointAuth,
 }
 
+impl UpstreamConfig {
+    /// An OpenID Provider upstream with every optional key at its default
+    /// (as if only `id`, `issuer` and `client_id` were in the file).
+    pub fn oidc(id: &str, issuer: &str, client_id: &str) -> UpstreamConfig {
+        UpstreamConfig {
+            id: id.into(),
+            name: None,
+            issuer: issuer.into(),
+            client_id: client_id.into(),
+            client_secret: None,
+            client_secret_env: None,
+            scopes: default_upstream_scopes(),
+            userinfo: UserinfoPolicy::default(),
+            subject: SubjectStrategy::default(),
+            allow_shared_subjects: false,
+            claims: UpstreamClaims::default(),
+            email_domains: Vec::new(),
+            on_refresh: OnRefresh::default(),
+            max_claim_age_seconds: 0,
+            timeout_seconds: default_upstream_timeout(),
+            kind: UpstreamKind::default(),
+            authorization_endpoint: None,
+            token_endpoint: None,
+            userinfo_endpoint: None,
+            subject_claim: default_subject_claim(),
+            token_endpoint_auth_method: TokenEndpointAuth::default(),
+        }
+    }
+}
+
 /// When an OIDC upstream's userinfo is fetched at login.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -2007,27 +2037,8 @@ mod tests {
 
     fn upstream(id: &str) -> UpstreamConfig {
         UpstreamConfig {
-            id: id.into(),
-            name: None,
-            issuer: "https://idp.example.org".into(),
-            client_id: "adapter".into(),
             client_secret: Some("upstream-secret-value".into()),
-            client_secret_env: None,
-            scopes: default_upstream_scopes(),
-            userinfo: UserinfoPolicy::default(),
-            subject: SubjectStrategy::default(),
-            allow_shared_subjects: false,
-            claims: UpstreamClaims::default(),
-            email_domains: Vec::new(),
-            on_refresh: OnRefresh::default(),
-            max_claim_age_seconds: 0,
-            timeout_seconds: 15,
-            kind: Default::default(),
-            authorization_endpoint: None,
-            token_endpoint: None,
-            userinfo_endpoint: None,
-            subject_claim: "id".into(),
-            token_endpoint_auth_method: Default::default(),
+            ..UpstreamConfig::oidc(id, "https://idp.example.org", "adapter")
         }
     }
 

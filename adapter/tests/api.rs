@@ -921,27 +921,14 @@ async fn chooser_lists_connectors_and_starts_the_chosen_one() {
     let closed_port = closed.local_addr().unwrap().port();
     drop(closed);
     config.upstreams = vec![adapter::config::UpstreamConfig {
-        id: "corp-sso".into(),
         name: Some("Corporate SSO".into()),
-        issuer: format!("http://127.0.0.1:{closed_port}"),
-        client_id: "adapter".into(),
         client_secret: Some("x".into()),
-        client_secret_env: None,
         scopes: vec!["openid".into()],
-        userinfo: Default::default(),
-        subject: Default::default(),
-        allow_shared_subjects: false,
-        claims: Default::default(),
-        on_refresh: Default::default(),
-        max_claim_age_seconds: 0,
-        timeout_seconds: 15,
-        email_domains: Vec::new(),
-        kind: Default::default(),
-        authorization_endpoint: None,
-        token_endpoint: None,
-        userinfo_endpoint: None,
-        subject_claim: "id".into(),
-        token_endpoint_auth_method: Default::default(),
+        ..adapter::config::UpstreamConfig::oidc(
+            "corp-sso",
+            &format!("http://127.0.0.1:{closed_port}"),
+            "adapter",
+        )
     }];
     let clock = std::sync::Arc::new(ManualClock::new());
     let (port, _stop, _handle) = start(config, clock, 0).await;

@@ -33,27 +33,8 @@ fn signing(c: &mut Criterion) {
 fn claim_mapping(c: &mut Criterion) {
     let config = Config {
         upstreams: vec![UpstreamConfig {
-            id: "corp".into(),
-            name: None,
-            issuer: "https://idp.example.org".into(),
-            client_id: "adapter".into(),
-            client_secret: None,
-            client_secret_env: None,
             scopes: vec!["openid".into()],
-            userinfo: Default::default(),
-            subject: Default::default(),
-            allow_shared_subjects: false,
-            claims: Default::default(),
-            on_refresh: Default::default(),
-            max_claim_age_seconds: 0,
-            timeout_seconds: 15,
-            email_domains: Vec::new(),
-            kind: Default::default(),
-            authorization_endpoint: None,
-            token_endpoint: None,
-            userinfo_endpoint: None,
-            subject_claim: "id".into(),
-            token_endpoint_auth_method: Default::default(),
+            ..UpstreamConfig::oidc("corp", "https://idp.example.org", "adapter")
         }],
         ..Config::default()
     };

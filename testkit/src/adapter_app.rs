@@ -83,13 +83,28 @@ pub async fn start(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 ) {
+    start_wrapped(config, clock, port, Box::new(|c| c)).await
+}
+
+/// [`start`] with a code-level token customizer around the configured one
+/// (`Application::build_with_customizer`).
+pub async fn start_wrapped(
+    config: Config,
+    clock: Arc<ManualClock>,
+    port: u16,
+    wrap: adapter::startup::WrapCustomizer,
+) -> (
+    u16,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
     let port = listener.local_addr().unwrap().port();
     let mut config = config;
     config.server.issuer = Some(format!("http://127.0.0.1:{port}"));
-    let app = Application::build_with_clock(config, listener, clock)
+    let app = Application::build_with_customizer(config, listener, clock, wrap)
         .await
         .unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -110,13 +125,21 @@ pub async fn spawn_app() -> TestApp {
 /// [`spawn_app`] with a last-minute change to the configuration (e.g. an
 /// upstream instead of the local accounts).
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_wrapped(tweak, Box::new(|c| c)).await
+}
+
+/// [`spawn_app_with`] with a code-level token customizer ([`start_wrapped`]).
+pub async fn spawn_app_wrapped(
+    tweak: impl FnOnce(&mut Config),
+    wrap: adapter::startup::WrapCustomizer,
+) -> TestApp {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let db_url = format!("sqlite://{}/adapter.db", dir.path().display());
     let clock = Arc::new(ManualClock::new());
     let mut config = test_config(&db_url);
     tweak(&mut config);
-    let (port, tx, handle) = start(config, clock.clone(), 0).await;
+    let (port, tx, handle) = start_wrapped(config, clock.clone(), 0, wrap).await;
     TestApp {
         clock,
         _dir: dir,
@@ -208,9 +231,9 @@ impl TestApp {
         url.to_string()
     }
 
-    /// Browser: authorize → login form → POST credentials (or straight
-    /// back when the browser has a session). Returns the client redirect.
-    pub async fn login(&self, extra: &[(&str, &str)]) -> String {
+    /// Browser: the authorization request with `extra` parameters; the
+    /// `Location` it answers with (a 302 is asserted).
+    pub async fn authorize_location(&self, extra: &[(&str, &str)]) -> String {
         let r = self
             .browser
             .get(self.authorize_url(extra))
@@ -218,7 +241,13 @@ impl TestApp {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::FOUND);
-        let form_url = location(&r);
+        location(&r)
+    }
+
+    /// Browser: authorize → login form → POST credentials (or straight
+    /// back when the browser has a session). Returns the client redirect.
+    pub async fn login(&self, extra: &[(&str, &str)]) -> String {
+        let form_url = self.authorize_location(extra).await;
         if form_url.starts_with(REDIRECT) {
             // Single sign-on: this browser already has a session.
             return form_url;

@@ -199,6 +199,22 @@ impl Browser {
         Ok(())
     }
 
+    /// Types `username` and `password` into a login form's `username` and
+    /// `password` fields (the upstream-test-server's form).
+    pub async fn type_credentials(
+        form: &fantoccini::elements::Element,
+        username: &str,
+        password: &str,
+    ) -> anyhow::Result<()> {
+        for (id, value) in [("username", username), ("password", password)] {
+            form.find(fantoccini::Locator::Id(id))
+                .await?
+                .send_keys(value)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Ends the WebDriver session (the driver process goes on Drop).
     pub async fn close(self) -> anyhow::Result<()> {
         self.client

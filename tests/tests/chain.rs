@@ -607,16 +607,7 @@ async fn browser_chain_headless_chromium() {
     );
     browser.screenshot("upstream-login").await.unwrap();
 
-    form.find(Locator::Id("username"))
-        .await
-        .unwrap()
-        .send_keys(USERNAME)
-        .await
-        .unwrap();
-    form.find(Locator::Id("password"))
-        .await
-        .unwrap()
-        .send_keys(PASSWORD)
+    Browser::type_credentials(&form, USERNAME, PASSWORD)
         .await
         .unwrap();
     browser.screenshot("upstream-login-filled").await.unwrap();

@@ -183,6 +183,43 @@ impl std::fmt::Debug for Connector {
     }
 }
 
+/// What `begin` hands back: `url` and the pending login serialized as the
+/// opaque connector state.
+pub fn begin_response<T: Serialize>(
+    url: String,
+    pending: &T,
+) -> Result<BeginResponse, ConnectorError> {
+    Ok(BeginResponse {
+        redirect_url: url,
+        connector_state: serde_json::to_string(pending)
+            .map_err(|e| ConnectorError::Config(e.to_string()))?,
+    })
+}
+
+/// The pending login `begin` stored as the connector state.
+pub fn pending_login<T: serde::de::DeserializeOwned>(
+    connector_state: &str,
+) -> Result<T, ConnectorError> {
+    serde_json::from_str(connector_state)
+        .map_err(|e| ConnectorError::Invalid(format!("login state: {e}")))
+}
+
+/// An error response at a callback (RFC 6749 §4.1.2.1): `Denied` with its
+/// code only, as upstream descriptions are not trusted (and never shown).
+pub fn callback_error(params: &HashMap<String, String>) -> Result<(), ConnectorError> {
+    let Some(error) = params.get("error") else {
+        return Ok(());
+    };
+    let code: String = error
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(64)
+        .collect();
+    Err(ConnectorError::Denied(format!(
+        "upstream returned error={code}"
+    )))
+}
+
 /// True for ids usable in paths and claim names.
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()

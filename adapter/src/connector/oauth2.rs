@@ -24,7 +24,10 @@ use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 
 use super::oidc::{bridge, http_client_with, HttpError};
-use super::{BeginRequest, BeginResponse, CallbackConnector, ConnectorError, Identity};
+use super::{
+    begin_response, callback_error, pending_login, BeginRequest, BeginResponse, CallbackConnector,
+    ConnectorError, Identity,
+};
 use crate::config::{TokenEndpointAuth, UpstreamConfig};
 
 type Client = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
@@ -174,11 +177,7 @@ impl CallbackConnector for OAuth2Connector {
             state: req.state.to_string(),
             pkce_verifier: verifier.secret().clone(),
         };
-        Ok(BeginResponse {
-            redirect_url: url.to_string(),
-            connector_state: serde_json::to_string(&pending)
-                .map_err(|e| ConnectorError::Config(e.to_string()))?,
-        })
+        begin_response(url.to_string(), &pending)
     }
 
     async fn complete(
@@ -187,8 +186,7 @@ impl CallbackConnector for OAuth2Connector {
         params: &HashMap<String, String>,
         connector_state: &str,
     ) -> Result<Identity, ConnectorError> {
-        let pending: PendingLogin = serde_json::from_str(connector_state)
-            .map_err(|e| ConnectorError::Invalid(format!("login state: {e}")))?;
+        let pending: PendingLogin = pending_login(connector_state)?;
         // RFC 6749 §10.12: the callback must carry the state this login sent.
         let state = params.get("state").map_or("", String::as_str);
         if !bool::from(state.as_bytes().ct_eq(pending.state.as_bytes())) {
@@ -196,17 +194,7 @@ impl CallbackConnector for OAuth2Connector {
                 "the callback's state is not this login's".into(),
             ));
         }
-        if let Some(error) = params.get("error") {
-            // RFC 6749 §4.1.2.1; only the code travels on.
-            let code: String = error
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .take(64)
-                .collect();
-            return Err(ConnectorError::Denied(format!(
-                "upstream returned error={code}"
-            )));
-        }
+        callback_error(params)?;
         let code = params
             .get("code")
             .ok_or_else(|| ConnectorError::Invalid("callback without code".into()))?;

@@ -39,7 +39,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{Mutex, RwLock};
 
 use super::{
-    BeginRequest, BeginResponse, CallbackConnector, ConnectorError, Identity, UpstreamTokens,
+    begin_response, callback_error, pending_login, BeginRequest, BeginResponse, CallbackConnector,
+    ConnectorError, Identity, UpstreamTokens,
 };
 use crate::clock::SharedClock;
 use crate::config::{OnRefresh, UpstreamConfig, UserinfoPolicy};
@@ -682,11 +683,7 @@ impl CallbackConnector for OidcConnector {
             max_age: req.max_age,
             requested_at: self.clock.now(),
         };
-        Ok(BeginResponse {
-            redirect_url: url.to_string(),
-            connector_state: serde_json::to_string(&pending)
-                .map_err(|e| ConnectorError::Config(e.to_string()))?,
-        })
+        begin_response(url.to_string(), &pending)
     }
 
     async fn complete(
@@ -695,8 +692,7 @@ impl CallbackConnector for OidcConnector {
         params: &HashMap<String, String>,
         connector_state: &str,
     ) -> Result<Identity, ConnectorError> {
-        let pending: PendingLogin = serde_json::from_str(connector_state)
-            .map_err(|e| ConnectorError::Invalid(format!("login state: {e}")))?;
+        let pending: PendingLogin = pending_login(connector_state)?;
         let mut metadata = self.metadata().await?;
         // RFC 9207 §2.4: error responses carry `iss` too, so check it first.
         check_callback_iss(
@@ -707,17 +703,7 @@ impl CallbackConnector for OidcConnector {
                 .authorization_response_iss_parameter_supported
                 == Some(true),
         )?;
-        if let Some(error) = params.get("error") {
-            // Only the code travels on; upstream descriptions are not trusted.
-            let code: String = error
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .take(64)
-                .collect();
-            return Err(ConnectorError::Denied(format!(
-                "upstream returned error={code}"
-            )));
-        }
+        callback_error(params)?;
         let code = params
             .get("code")
             .ok_or_else(|| ConnectorError::Invalid("callback without code".into()))?;

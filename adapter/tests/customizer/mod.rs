@@ -46,37 +46,7 @@ impl TokenCustomizer for Forging {
 
 /// The test app (local accounts) with [`Forging`] around its customizer.
 async fn spawn_forging() -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}/adapter.db", dir.path().display());
-    let clock = Arc::new(adapter::clock::ManualClock::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let mut config = test_config(&db_url);
-    config.server.issuer = Some(format!("http://127.0.0.1:{port}"));
-    let app = adapter::Application::build_with_customizer(
-        config,
-        listener,
-        clock.clone(),
-        Box::new(|configured| Arc::new(Forging(configured))),
-    )
-    .await
-    .unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        app.run_until(async {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-    });
-    TestApp {
-        clock,
-        _dir: dir,
-        db_url,
-        shutdown: Some(tx),
-        handle: Some(handle),
-        ..TestApp::connect(&format!("http://127.0.0.1:{port}"))
-    }
+    spawn_app_wrapped(|_| {}, Box::new(|configured| Arc::new(Forging(configured)))).await
 }
 
 #[tokio::test]

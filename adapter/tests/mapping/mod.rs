@@ -234,40 +234,34 @@ fn demo_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/adapter.toml")
 }
 
+/// `mapping preview` of the shipped demo config for `test-app` behind
+/// `test-auth-server`, with upstream claims from `claims` and `extra`
+/// arguments, against the golden file `name` (exit code 0).
+fn golden_demo(name: &str, claims: &str, extra: &[&str]) {
+    let mut args = vec![
+        "--upstream",
+        "test-auth-server",
+        "--client",
+        "test-app",
+        "--claims",
+        claims,
+    ];
+    args.extend_from_slice(extra);
+    golden(name, &demo_config(), &args, 0);
+}
+
 /// The shipped demo mapping: the seed's token for the demo user.
 #[test]
 fn golden_demo_mapping_for_the_demo_user() {
-    golden(
-        "demo-testuser",
-        &demo_config(),
-        &[
-            "--upstream",
-            "test-auth-server",
-            "--client",
-            "test-app",
-            "--claims",
-            "testuser.json",
-        ],
-        0,
-    );
+    golden_demo("demo-testuser", "testuser.json", &[]);
 }
 
 #[test]
 fn golden_demo_mapping_without_the_email_scope() {
-    golden(
+    golden_demo(
         "demo-testuser-no-email",
-        &demo_config(),
-        &[
-            "--upstream",
-            "test-auth-server",
-            "--client",
-            "test-app",
-            "--claims",
-            "testuser.json",
-            "--scope",
-            "openid profile",
-        ],
-        0,
+        "testuser.json",
+        &["--scope", "openid profile"],
     );
 }
 
@@ -275,19 +269,7 @@ fn golden_demo_mapping_without_the_email_scope() {
 /// inner broker's `authorities` (a chain of brokers).
 #[test]
 fn golden_demo_mapping_keeps_an_inner_adapters_authorities() {
-    golden(
-        "demo-inner-adapter",
-        &demo_config(),
-        &[
-            "--upstream",
-            "test-auth-server",
-            "--client",
-            "test-app",
-            "--claims",
-            "inner-adapter.json",
-        ],
-        0,
-    );
+    golden_demo("demo-inner-adapter", "inner-adapter.json", &[]);
 }
 
 /// Every operation, per-client rules, the gate, a rule error and a budget

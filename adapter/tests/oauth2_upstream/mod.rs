@@ -294,39 +294,34 @@ async fn a_callback_with_a_forged_state_is_rejected() {
     assert!(github.state.lock().unwrap().token_requests.is_empty());
 }
 
-#[tokio::test]
-async fn a_refusal_at_the_upstream_is_access_denied() {
-    let github = GitHub::start(Mode::Refuse).await;
+/// A login through a fake GitHub in `mode` that ends with `error` at the
+/// client (RFC 6749 §4.1.2.1); the fake, for what it saw.
+async fn failed_login(mode: Mode, error: &str) -> GitHub {
+    let github = GitHub::start(mode).await;
     let app = adapter_behind(&github).await;
     let r = app
         .callback_through_upstream(&github.authorization_endpoint(), GH_ID, &[])
         .await;
     assert_eq!(r.status(), StatusCode::FOUND);
-    app.assert_error_at_client(&location(&r), "access_denied");
+    app.assert_error_at_client(&location(&r), error);
+    github
+}
+
+#[tokio::test]
+async fn a_refusal_at_the_upstream_is_access_denied() {
+    let github = failed_login(Mode::Refuse, "access_denied").await;
     assert!(github.state.lock().unwrap().token_requests.is_empty());
 }
 
 #[tokio::test]
 async fn a_token_endpoint_in_trouble_is_temporarily_unavailable() {
-    let github = GitHub::start(Mode::TokenDown).await;
-    let app = adapter_behind(&github).await;
-    let r = app
-        .callback_through_upstream(&github.authorization_endpoint(), GH_ID, &[])
-        .await;
-    assert_eq!(r.status(), StatusCode::FOUND);
-    app.assert_error_at_client(&location(&r), "temporarily_unavailable");
+    let github = failed_login(Mode::TokenDown, "temporarily_unavailable").await;
     assert_eq!(github.state.lock().unwrap().token_requests.len(), 1);
 }
 
 #[tokio::test]
 async fn a_profile_without_the_subject_claim_is_access_denied() {
-    let github = GitHub::start(Mode::NoSubject).await;
-    let app = adapter_behind(&github).await;
-    let r = app
-        .callback_through_upstream(&github.authorization_endpoint(), GH_ID, &[])
-        .await;
-    assert_eq!(r.status(), StatusCode::FOUND);
-    app.assert_error_at_client(&location(&r), "access_denied");
+    failed_login(Mode::NoSubject, "access_denied").await;
 }
 
 /// Each endpoint is required for `kind = "oauth2"`; the issuer is not.

@@ -195,19 +195,11 @@ async fn claims_are_refreshed_only_when_older_than_their_maximum_age() {
     let clock = chain.clock.clone().unwrap();
     let agent = Agent::new().unwrap();
     let tokens = login(&fake, &chain, &agent).await;
-    let mut changed = default_identity();
-    changed["groups"] = json!(["admins"]);
-    fake.set_identity(changed);
+    move_to_admins(&fake);
 
     // Young claims: the login's, no upstream call.
     clock.advance(599);
-    let kept = refresh(&chain, &agent, tokens.str("refresh_token").unwrap()).await;
-    assert_eq!(kept.status, 200, "{}", kept.text);
-    assert_eq!(
-        access_claims(&kept)["authorities"],
-        json!(["ROLE_USER", "ROLE_FAKERS"])
-    );
-    assert_eq!(upstream_refreshes(&fake), 0);
+    let kept = refresh_keeping_the_login_claims(&fake, &chain, &agent, &tokens).await;
 
     // Old claims, upstream down: 503, and the presented token survives.
     clock.advance(2);
@@ -253,16 +245,33 @@ async fn keep_never_asks_the_upstream() {
     let (fake, chain) = chain_on_fake(|_| {}, false).await;
     let agent = Agent::new().unwrap();
     let tokens = login(&fake, &chain, &agent).await;
+    move_to_admins(&fake);
+    refresh_keeping_the_login_claims(&fake, &chain, &agent, &tokens).await;
+}
+
+/// The user's groups change upstream: `admins` only.
+fn move_to_admins(fake: &FakeUpstream) {
     let mut changed = default_identity();
     changed["groups"] = json!(["admins"]);
     fake.set_identity(changed);
-    let kept = refresh(&chain, &agent, tokens.str("refresh_token").unwrap()).await;
+}
+
+/// A refresh of `tokens` that keeps the login's claims (`fakers`) without
+/// asking the upstream; the token response.
+async fn refresh_keeping_the_login_claims(
+    fake: &FakeUpstream,
+    chain: &TestChain,
+    agent: &Agent,
+    tokens: &TokenResponse,
+) -> TokenResponse {
+    let kept = refresh(chain, agent, tokens.str("refresh_token").unwrap()).await;
     assert_eq!(kept.status, 200, "{}", kept.text);
     assert_eq!(
         access_claims(&kept)["authorities"],
         json!(["ROLE_USER", "ROLE_FAKERS"])
     );
-    assert_eq!(upstream_refreshes(&fake), 0);
+    assert_eq!(upstream_refreshes(fake), 0);
+    kept
 }
 
 /// A rule reading `department`, a claim only the fake's userinfo has.

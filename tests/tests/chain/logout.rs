@@ -253,16 +253,7 @@ async fn browser_logout_asks_for_the_password_again() {
             without_query(&c.current_url().await.unwrap()),
             chain.upstream("/login/local")
         );
-        form.find(Locator::Id("username"))
-            .await
-            .unwrap()
-            .send_keys(USERNAME)
-            .await
-            .unwrap();
-        form.find(Locator::Id("password"))
-            .await
-            .unwrap()
-            .send_keys(e2e::chain::PASSWORD)
+        Browser::type_credentials(&form, USERNAME, e2e::chain::PASSWORD)
             .await
             .unwrap();
         form.find(Locator::Id("login-submit"))

@@ -49,14 +49,9 @@ async fn login_via(
     let form = wait("login-form".into()).await;
     let url = c.current_url().await.unwrap();
     assert_eq!(without_query(&url), format!("{issuer}/login/local"));
-    for (id, value) in [("username", USERNAME), ("password", PASSWORD)] {
-        form.find(Locator::Id(id))
-            .await
-            .unwrap()
-            .send_keys(value)
-            .await
-            .unwrap();
-    }
+    Browser::type_credentials(&form, USERNAME, PASSWORD)
+        .await
+        .unwrap();
     form.find(Locator::Id("login-submit"))
         .await
         .unwrap()
