@@ -141,7 +141,7 @@ async fn login_by_callback_state(s: &dyn Store) {
 async fn codes_are_single_use_and_record_the_grant(s: &dyn Store) {
     s.insert_code("c1", "payload", 100).await.unwrap();
     assert_eq!(
-        redeem(&*s, "c1", "jti-1", 10).await,
+        redeem(s, "c1", "jti-1", 10).await,
         Redeemed::Fresh {
             data: "payload".into(),
             expires_at: 100,
@@ -149,12 +149,12 @@ async fn codes_are_single_use_and_record_the_grant(s: &dyn Store) {
         }
     );
     assert_eq!(
-        redeem(&*s, "c1", "jti-2", 11).await,
+        redeem(s, "c1", "jti-2", 11).await,
         Redeemed::Replayed {
             grant_id: Some("jti-1".into())
         }
     );
-    assert_eq!(redeem(&*s, "nope", "j", 11).await, Redeemed::Missing);
+    assert_eq!(redeem(s, "nope", "j", 11).await, Redeemed::Missing);
 }
 
 async fn concurrent_redemptions_have_one_winner(s: Arc<dyn Store>) {
@@ -186,10 +186,10 @@ async fn concurrent_redemptions_have_one_winner(s: Arc<dyn Store>) {
 
 async fn inserts_never_resurrect(s: &dyn Store) {
     s.insert_code("c9", "x", 100).await.unwrap();
-    redeem(&*s, "c9", "g", 1).await;
+    redeem(s, "c9", "g", 1).await;
     assert!(s.insert_code("c9", "y", 100).await.is_err());
     assert!(matches!(
-        redeem(&*s, "c9", "h", 2).await,
+        redeem(s, "c9", "h", 2).await,
         Redeemed::Replayed { .. }
     ));
 }
@@ -392,7 +392,7 @@ async fn gc_removes_expired(s: &dyn Store) {
     s.insert_code("old-code", "x", 10).await.unwrap();
     assert!(s.delete_expired(20, 1000).await.unwrap() >= 2);
     assert_eq!(s.login("old", 5).await.unwrap(), Lookup::Missing);
-    assert_eq!(redeem(&*s, "old-code", "g", 5).await, Redeemed::Missing);
+    assert_eq!(redeem(s, "old-code", "g", 5).await, Redeemed::Missing);
     assert!(matches!(
         s.login("new", 20).await.unwrap(),
         Lookup::Found(_)
@@ -1410,7 +1410,7 @@ async fn a_code_is_stored_with_its_session_client(s: &dyn Store) {
         vec!["app7".to_string()]
     );
     assert_eq!(
-        redeem(&*s, "c-sess", "g-sess", 6).await,
+        redeem(s, "c-sess", "g-sess", 6).await,
         Redeemed::Fresh {
             data: "payload".into(),
             expires_at: 600,
