@@ -1482,7 +1482,7 @@ mod tests {
         let code = param(redirect, "code").expect("a code");
         match f
             .store
-            .redeem_code(&hash(&code), "g", f.clock.now())
+            .redeem_code_and_issue(&hash(&code), "g", f.clock.now(), Box::new(|_, _| Ok(None)))
             .await
             .unwrap()
         {

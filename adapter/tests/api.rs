@@ -1194,3 +1194,32 @@ async fn upstream_id_token_with_bad_signature_is_access_denied() {
 async fn upstream_id_token_hmac_with_client_secret_is_access_denied() {
     assert_upstream_login_denied(Tamper::IdHs256WithClientSecret).await;
 }
+
+/// RFC 6749 §4.1.2: the code is consumed before it is checked, so a request
+/// that fails a check (here a wrong PKCE verifier, RFC 7636 §4.6) burns it:
+/// the right verifier afterwards gets nothing either.
+#[tokio::test]
+async fn a_failed_check_burns_the_code() {
+    let app = spawn_app().await;
+    let code = app.code().await;
+    let wrong = "X".repeat(43);
+    let r = app
+        .token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", &wrong),
+            ],
+            Some(("app", SECRET)),
+        )
+        .await;
+    assert_eq!(
+        error_of(r).await,
+        (StatusCode::BAD_REQUEST, "invalid_grant".into())
+    );
+    assert_eq!(
+        error_of(app.redeem(&code).await).await,
+        (StatusCode::BAD_REQUEST, "invalid_grant".into())
+    );
+}

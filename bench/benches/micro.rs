@@ -126,7 +126,9 @@ fn store(c: &mut Criterion) {
             rt.block_on(async {
                 let code = hash(&random_token());
                 store.insert_code(&code, "{}", now + 60).await?;
-                store.redeem_code(&code, "grant", now).await
+                store
+                    .redeem_code_and_issue(&code, "grant", now, Box::new(|_, _| Ok(None)))
+                    .await
             })
         })
     });

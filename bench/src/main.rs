@@ -32,6 +32,12 @@ struct Args {
     /// Override the active-session counts of the memory case (comma-separated).
     #[arg(long, value_delimiter = ',')]
     sessions: Option<Vec<usize>>,
+    /// Run only the cases whose name contains this (repeatable: a case
+    /// runs when it matches any). A case at 70% of peak also runs its peak
+    /// case, and the login flood the plain client_credentials ES256 case,
+    /// whose figures they need.
+    #[arg(long, value_name = "SUBSTRING")]
+    only: Vec<String>,
 }
 
 #[tokio::main]
@@ -72,6 +78,7 @@ async fn bench() -> anyhow::Result<()> {
     if let Some(s) = args.sessions {
         scale.sessions = s;
     }
+    scale.only = args.only;
     let bins = bench::services::Binaries::current()?;
     let report = bench::run::run(&bins, scale).await?;
     let errors: usize = report.rows.iter().map(|r| r.errors).sum();

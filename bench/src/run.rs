@@ -47,9 +47,22 @@ pub struct Scale {
     pub repeats: usize,
     /// Foreign CPU (cores) above which a case counts as disturbed.
     pub foreign_limit: f64,
+    /// Run only the cases whose name contains one of these (all when
+    /// empty). A case that needs another one's figure (a case at 70% of
+    /// peak needs its peak, the login flood the plain client-credentials
+    /// throughput) runs that one too.
+    pub only: Vec<String>,
 }
 
 impl Scale {
+    /// Whether any of the cases `names` is selected by [`Scale::only`].
+    pub fn wants(&self, names: &[&str]) -> bool {
+        self.only.is_empty()
+            || names
+                .iter()
+                .any(|n| self.only.iter().any(|o| n.contains(o.as_str())))
+    }
+
     /// A few hundred requests per case: the smoke test's size.
     pub fn smoke() -> Scale {
         Scale {
@@ -62,6 +75,7 @@ impl Scale {
             flood_browsers: 2,
             repeats: 0,
             foreign_limit: 2.0,
+            only: vec![],
         }
     }
 
@@ -77,6 +91,7 @@ impl Scale {
             flood_browsers: 8,
             repeats: 2,
             foreign_limit: 0.25,
+            only: vec![],
         }
     }
 }
@@ -428,13 +443,24 @@ async fn run_cases(
     r.say(&format!("\n{}", Row::header()));
 
     // client_credentials per algorithm (RFC 6749 §4.4): one signature each.
+    const CC_70: &str = "client_credentials ES256 at 70% of peak";
+    const FLOOD: [&str; 3] = [
+        "local-connector process: client_credentials RS256, no flood",
+        "local-connector process: client_credentials RS256, login flood",
+        "adapter: client_credentials ES256, login flood at the upstream",
+    ];
     let mut cc_peak = 0.0;
     for alg in ceiling::ALGS {
+        let name = format!("client_credentials {alg}");
+        let needed = alg == "ES256" && (scale.wants(&[CC_70]) || scale.wants(&FLOOD));
+        if !scale.wants(&[&name]) && !needed {
+            continue;
+        }
         let svc = adapters.get(alg).context("adapter")?;
         let row = r
             .measure(
                 Case {
-                    name: format!("client_credentials {alg}"),
+                    name,
                     target: svc,
                     upstream: None,
                     count: if alg == "RS256" { n / 2 } else { n },
@@ -450,65 +476,73 @@ async fn run_cases(
         }
         r.push(row, "1 signature per request");
     }
-    let row = r
-        .measure(
-            Case {
-                name: "client_credentials ES256 at 70% of peak".into(),
-                target: es,
-                upstream: None,
-                count: n,
-                mode: Mode::Open {
-                    rate: 0.7 * cc_peak,
+    if scale.wants(&[CC_70]) {
+        let row = r
+            .measure(
+                Case {
+                    name: "client_credentials ES256 at 70% of peak".into(),
+                    target: es,
+                    upstream: None,
+                    count: n,
+                    mode: Mode::Open {
+                        rate: 0.7 * cc_peak,
+                    },
+                    signatures: Some(("ES256", 1.0)),
+                    repeatable: true,
                 },
-                signatures: Some(("ES256", 1.0)),
-                repeatable: true,
-            },
-            cc_op(&rp, &es.base),
-        )
-        .await;
-    let rate = 0.7 * cc_peak;
-    r.push(row, format!("open loop at {rate:.0}/s"));
+                cc_op(&rp, &es.base),
+            )
+            .await;
+        let rate = 0.7 * cc_peak;
+        r.push(row, format!("open loop at {rate:.0}/s"));
+    }
 
     // Authorization-code redemption alone: codes made beforehand by a
     // browser with an adapter session.
     let browser = flows::browser()?;
     let first = flows::login(&browser, &rp, &es.base).await?;
-    let codes_n = n.min(3000);
-    let codes = make_codes(&browser, &es.base, codes_n, conc).await?;
-    let codes = Arc::new(codes);
-    let (rp2, base) = (rp.clone(), es.base.clone());
-    let row = r
-        .measure(
-            Case {
-                name: "authorization_code redemption ES256".into(),
-                target: es,
-                upstream: None,
-                count: codes_n,
-                mode: Mode::Closed { concurrency: conc },
-                signatures: Some(("ES256", 2.0)),
-                repeatable: false,
-            },
-            op(move |i| {
-                let (rp, base, codes) = (rp2.clone(), base.clone(), codes.clone());
-                async move {
-                    let (code, verifier) = &codes[i];
-                    flows::redeem(&rp, &base, code, verifier).await.map(|_| ())
-                }
-            }),
-        )
-        .await;
-    r.push(
-        row,
-        "ID + access token (2 signatures), refresh token stored",
-    );
+    if scale.wants(&["authorization_code redemption ES256"]) {
+        let codes_n = n.min(3000);
+        let codes = make_codes(&browser, &es.base, codes_n, conc).await?;
+        let codes = Arc::new(codes);
+        let (rp2, base) = (rp.clone(), es.base.clone());
+        let row = r
+            .measure(
+                Case {
+                    name: "authorization_code redemption ES256".into(),
+                    target: es,
+                    upstream: None,
+                    count: codes_n,
+                    mode: Mode::Closed { concurrency: conc },
+                    signatures: Some(("ES256", 2.0)),
+                    repeatable: false,
+                },
+                op(move |i| {
+                    let (rp, base, codes) = (rp2.clone(), base.clone(), codes.clone());
+                    async move {
+                        let (code, verifier) = &codes[i];
+                        flows::redeem(&rp, &base, code, verifier).await.map(|_| ())
+                    }
+                }),
+            )
+            .await;
+        r.push(
+            row,
+            "ID + access token (2 signatures), refresh token stored",
+        );
+    }
 
     // Refresh with rotation (RFC 9700 §4.14.2) on SQLite and PostgreSQL.
     for (label, svc) in [("SQLite", es), ("PostgreSQL", &pg_adapter)] {
+        let name = format!("refresh_token rotation ES256 {label}");
+        if !scale.wants(&[&name]) {
+            continue;
+        }
         let chains = flows::refresh_tokens(&rp, &svc.base, conc).await?;
         let row = r
             .measure(
                 Case {
-                    name: format!("refresh_token rotation ES256 {label}"),
+                    name,
                     target: svc,
                     upstream: None,
                     count: n,
@@ -529,133 +563,153 @@ async fn run_cases(
 
     // The full federated login: adapter → upstream login form (argon2id)
     // → adapter callback → code → token, each with a new browser.
-    let (rp2, base) = (rp.clone(), es.base.clone());
-    let row = r
-        .measure(
-            Case {
-                name: "full federated login ES256".into(),
-                target: es,
-                upstream: Some(&upstream),
-                count: scale.logins,
-                mode: Mode::Closed {
-                    concurrency: scale.login_concurrency,
+    if scale.wants(&["full federated login ES256"]) {
+        let (rp2, base) = (rp.clone(), es.base.clone());
+        let row = r
+            .measure(
+                Case {
+                    name: "full federated login ES256".into(),
+                    target: es,
+                    upstream: Some(&upstream),
+                    count: scale.logins,
+                    mode: Mode::Closed {
+                        concurrency: scale.login_concurrency,
+                    },
+                    signatures: None,
+                    repeatable: true,
                 },
-                signatures: None,
-                repeatable: true,
-            },
-            op(move |_| {
-                let (rp, base) = (rp2.clone(), base.clone());
-                async move {
-                    flows::login(&flows::browser()?, &rp, &base)
-                        .await
-                        .map(|_| ())
-                }
-            }),
-        )
-        .await;
-    r.push(
+                op(move |_| {
+                    let (rp, base) = (rp2.clone(), base.clone());
+                    async move {
+                        flows::login(&flows::browser()?, &rp, &base)
+                            .await
+                            .map(|_| ())
+                    }
+                }),
+            )
+            .await;
+        r.push(
         row,
         "new browser: every redirect through both services, then the code redemption; upstream CPU includes the argon2id check",
     );
+    }
 
     // Userinfo, introspection, discovery, JWKS.
     let access = first["access_token"]
         .as_str()
         .context("access_token")?
         .to_string();
-    let userinfo = {
-        let (rp, url, access) = (
-            rp.clone(),
-            format!("{}{}", es.base, adapter::paths::USERINFO),
-            access.clone(),
-        );
-        op(move |_| {
-            let (rp, url, access) = (rp.clone(), url.clone(), access.clone());
-            async move {
-                let r = rp.get(&url).bearer_auth(&access).send().await?;
-                if !r.status().is_success() {
-                    bail!("userinfo {}", r.status());
+    const USERINFO_70: &str = "userinfo at 70% of peak";
+    if scale.wants(&["userinfo", USERINFO_70]) {
+        let access = access.clone();
+        let userinfo = {
+            let (rp, url, access) = (
+                rp.clone(),
+                format!("{}{}", es.base, adapter::paths::USERINFO),
+                access.clone(),
+            );
+            op(move |_| {
+                let (rp, url, access) = (rp.clone(), url.clone(), access.clone());
+                async move {
+                    let r = rp.get(&url).bearer_auth(&access).send().await?;
+                    if !r.status().is_success() {
+                        bail!("userinfo {}", r.status());
+                    }
+                    let _: Value = r.json().await?;
+                    Ok(())
                 }
-                let _: Value = r.json().await?;
-                Ok(())
-            }
-        })
-    };
-    let peak = r
-        .measure(
-            Case {
-                name: "userinfo".into(),
-                target: es,
-                upstream: None,
-                count: n,
-                mode: Mode::Closed { concurrency: conc },
-                signatures: None,
-                repeatable: true,
-            },
-            userinfo.clone(),
-        )
-        .await;
-    let rate = 0.7 * peak.rps;
-    r.push(peak, "JWT verification + revocation check + claims");
-    let row = r
-        .measure(
-            Case {
-                name: "userinfo at 70% of peak".into(),
-                target: es,
-                upstream: None,
-                count: n,
-                mode: Mode::Open { rate },
-                signatures: None,
-                repeatable: true,
-            },
-            userinfo,
-        )
-        .await;
-    r.push(row, format!("open loop at {rate:.0}/s"));
+            })
+        };
+        let peak = r
+            .measure(
+                Case {
+                    name: "userinfo".into(),
+                    target: es,
+                    upstream: None,
+                    count: n,
+                    mode: Mode::Closed { concurrency: conc },
+                    signatures: None,
+                    repeatable: true,
+                },
+                userinfo.clone(),
+            )
+            .await;
+        let rate = 0.7 * peak.rps;
+        r.push(peak, "JWT verification + revocation check + claims");
+        if scale.wants(&[USERINFO_70]) {
+            let row = r
+                .measure(
+                    Case {
+                        name: USERINFO_70.into(),
+                        target: es,
+                        upstream: None,
+                        count: n,
+                        mode: Mode::Open { rate },
+                        signatures: None,
+                        repeatable: true,
+                    },
+                    userinfo,
+                )
+                .await;
+            r.push(row, format!("open loop at {rate:.0}/s"));
+        }
+    }
 
-    let introspect = {
-        let (rp, url) = (
-            rp.clone(),
-            format!("{}{}", es.base, adapter::paths::INTROSPECT),
-        );
-        op(move |_| {
-            let (rp, url, access) = (rp.clone(), url.clone(), access.clone());
-            async move {
-                let v: Value = rp
-                    .post(&url)
-                    .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
-                    .form(&[("token", access.as_str())])
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
-                if v["active"] != Value::Bool(true) {
-                    bail!("introspection: {v}");
+    if scale.wants(&["introspection"]) {
+        let access = access.clone();
+        let introspect = {
+            let (rp, url) = (
+                rp.clone(),
+                format!("{}{}", es.base, adapter::paths::INTROSPECT),
+            );
+            op(move |_| {
+                let (rp, url, access) = (rp.clone(), url.clone(), access.clone());
+                async move {
+                    let v: Value = rp
+                        .post(&url)
+                        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+                        .form(&[("token", access.as_str())])
+                        .send()
+                        .await?
+                        .json()
+                        .await?;
+                    if v["active"] != Value::Bool(true) {
+                        bail!("introspection: {v}");
+                    }
+                    Ok(())
                 }
-                Ok(())
-            }
-        })
-    };
-    let row = r
-        .measure(
-            Case {
-                name: "introspection".into(),
-                target: es,
-                upstream: None,
-                count: n,
-                mode: Mode::Closed { concurrency: conc },
-                signatures: None,
-                repeatable: true,
-            },
-            introspect,
-        )
-        .await;
-    r.push(row, "RFC 7662, client authenticated");
+            })
+        };
+        let row = r
+            .measure(
+                Case {
+                    name: "introspection".into(),
+                    target: es,
+                    upstream: None,
+                    count: n,
+                    mode: Mode::Closed { concurrency: conc },
+                    signatures: None,
+                    repeatable: true,
+                },
+                introspect,
+            )
+            .await;
+        r.push(row, "RFC 7662, client authenticated");
+    }
 
+    const JWKS_70: &str = "JWKS at 70% of peak";
     for (name, path) in [
         ("discovery", adapter::paths::OPENID_CONFIGURATION),
         ("JWKS", adapter::paths::JWKS),
     ] {
+        let wanted = if name == "JWKS" {
+            vec![name, JWKS_70]
+        } else {
+            vec![name]
+        };
+        if !scale.wants(&wanted) {
+            continue;
+        }
         let get = get_op(&rp, &format!("{}{path}", es.base));
         let peak = r
             .measure(
@@ -673,11 +727,11 @@ async fn run_cases(
             .await;
         let rate = 0.7 * peak.rps;
         r.push(peak, "");
-        if name == "JWKS" {
+        if name == "JWKS" && scale.wants(&[JWKS_70]) {
             let row = r
                 .measure(
                     Case {
-                        name: "JWKS at 70% of peak".into(),
+                        name: JWKS_70.into(),
                         target: es,
                         upstream: None,
                         count: n,
@@ -692,8 +746,22 @@ async fn run_cases(
         }
     }
 
-    login_flood(r, &rp, &upstream, es, ports[0]).await?;
-    memory(r, bins, dir, layout, env, &rp, ports[4]).await?;
+    if scale.wants(&FLOOD) {
+        login_flood(r, &rp, &upstream, es, ports[0]).await?;
+    }
+    let memory_cases: Vec<String> = ["adapter idle", "warm-up: client_credentials ES256"]
+        .into_iter()
+        .map(String::from)
+        .chain(
+            scale
+                .sessions
+                .iter()
+                .map(|s| format!("{s} active sessions: refresh each new one")),
+        )
+        .collect();
+    if scale.wants(&memory_cases.iter().map(String::as_str).collect::<Vec<_>>()) {
+        memory(r, bins, dir, layout, env, &rp, ports[4]).await?;
+    }
 
     for (_, s) in adapters {
         s.stop().await;
@@ -1115,4 +1183,21 @@ async fn insert_sessions(
         all.extend(t.await??);
     }
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Scale;
+
+    #[test]
+    fn only_selects_cases_by_substring() {
+        let mut s = Scale::smoke();
+        assert!(s.wants(&["JWKS"]), "no filter: every case");
+        s.only = vec!["refresh_token".into(), "JWKS".into()];
+        assert!(s.wants(&["refresh_token rotation ES256 SQLite"]));
+        assert!(s.wants(&["JWKS at 70% of peak"]));
+        assert!(s.wants(&["discovery", "JWKS"]), "any of the names");
+        assert!(!s.wants(&["authorization_code redemption ES256"]));
+        assert!(!s.wants(&[]));
+    }
 }

@@ -78,3 +78,23 @@ async fn every_case_produces_sane_figures() {
         "the sessions added from 100 to 300 were each refreshed once"
     );
 }
+
+/// `--only`: the report has the selected cases and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_runs_the_selected_cases() {
+    let bins = Binaries {
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_bench")),
+    };
+    let scale = Scale {
+        only: vec!["discovery".into(), "authorization_code".into()],
+        ..Scale::smoke()
+    };
+    let report = run(&bins, scale).await.unwrap();
+    let cases: Vec<&str> = report.rows.iter().map(|r| r.case.as_str()).collect();
+    assert_eq!(
+        cases,
+        ["authorization_code redemption ES256", "discovery"],
+        "{cases:?}"
+    );
+    assert!(report.rows.iter().all(|r| r.errors == 0 && r.rps > 0.0));
+}

@@ -44,7 +44,8 @@ use crate::error::{ErrorCode, OAuthError};
 use crate::flow::CodeRecord;
 use crate::secret::{at_hash, ct_eq, hash, is_valid_pkce_verifier, pkce_s256, random_token};
 use crate::store::{
-    codec, Redeemed, RefreshRow, RefreshStatus, Rotation, Store, StoreError, FAMILY_MARKER_PREFIX,
+    codec, FirstRefresh, Redeemed, RefreshRow, RefreshStatus, Rotation, Store, StoreError,
+    FAMILY_MARKER_PREFIX,
 };
 use crate::web::{no_store, WebError};
 
@@ -114,13 +115,50 @@ async fn authorization_code(
     // redeems the code: a replay, even one racing this request, finds it and
     // revokes what the code issued (RFC 6749 §4.1.2).
     let jti = random_token();
-    let record: CodeRecord = match st.store.redeem_code(&hash(code), &jti, now).await {
-        Ok(Redeemed::Fresh { data, expires_at }) if expires_at > now => {
-            codec::decode(&data).map_err(|e| storage_failure(&e))?
-        }
-        Ok(Redeemed::Fresh { .. }) => {
-            return Err(OAuthError::invalid_grant("the code has expired").into())
-        }
+    let refresh_token = client.allows(GrantType::RefreshToken).then(random_token);
+    // The checks run inside the redemption's transaction, after the code is
+    // consumed (a failed check burns the code too); their verdict comes out
+    // through this channel, the refresh row they allow goes in with it.
+    let (verdict_tx, verdict_rx) = tokio::sync::oneshot::channel();
+    let first: FirstRefresh = {
+        let check = CodeCheck {
+            client: client.clone(),
+            redirect_uri: param("redirect_uri").map(str::to_string),
+            verifier: verifier.map(str::to_string),
+            now,
+        };
+        let (jti, refresh_hash) = (jti.clone(), refresh_token.as_deref().map(hash));
+        let (absolute_ttl, idle_ttl) = (
+            st.tokens.refresh_token_absolute_ttl_seconds,
+            st.tokens.refresh_token_idle_ttl_seconds,
+        );
+        Box::new(move |data: &str, expires_at: i64| {
+            let verdict = check.run(data, expires_at);
+            let row = match (&verdict, refresh_hash) {
+                (Ok(record), Some(token_hash)) => {
+                    let data = first_refresh_data(record, &jti, now, absolute_ttl);
+                    Some(refresh_row(
+                        token_hash,
+                        &jti,
+                        &check.client.id,
+                        &data,
+                        now,
+                        idle_ttl,
+                    )?)
+                }
+                _ => None,
+            };
+            // The receiver waits below; it cannot be gone.
+            let _ = verdict_tx.send(verdict);
+            Ok(row)
+        })
+    };
+    let refresh_issued = match st
+        .store
+        .redeem_code_and_issue(&hash(code), &jti, now, first)
+        .await
+    {
+        Ok(Redeemed::Fresh { refresh_issued, .. }) => refresh_issued,
         Ok(Redeemed::Replayed { grant_id }) => {
             tracing::warn!(client = %client.id, "authorization code replayed; revoking what it issued");
             if let Some(grant_id) = grant_id {
@@ -140,38 +178,12 @@ async fn authorization_code(
         Ok(Redeemed::Missing) => return Err(OAuthError::invalid_grant("unknown code").into()),
         Err(e) => return Err(storage_failure(&e)),
     };
+    let record = match verdict_rx.await {
+        Ok(verdict) => verdict?,
+        // A fresh redemption always ran the checks.
+        Err(_) => return Err(OAuthError::server_error("the code was not checked").into()),
+    };
     let request = &record.request;
-    // RFC 6749 §4.1.3: the code belongs to the client that asked for it…
-    if request.client_id != client.id {
-        return Err(OAuthError::invalid_grant("the code was issued to another client").into());
-    }
-    // …and comes with the redirect_uri of the authorization request.
-    if param("redirect_uri") != Some(request.redirect_uri.as_str()) {
-        return Err(OAuthError::invalid_grant(
-            "redirect_uri does not match the authorization request",
-        )
-        .into());
-    }
-    if !upstream_allowed(client, &record.identity) {
-        return Err(not_allowed().into());
-    }
-    // RFC 7636 §4.6; RFC 9700 §4.8.2 (no downgrade either way).
-    match (&request.code_challenge, verifier) {
-        (Some(challenge), Some(v)) => {
-            if !ct_eq(challenge, &pkce_s256(v)) {
-                return Err(OAuthError::invalid_grant("PKCE verification failed").into());
-            }
-        }
-        (Some(_), None) => {
-            return Err(OAuthError::invalid_grant("code_verifier is required").into())
-        }
-        (None, Some(_)) => {
-            return Err(
-                OAuthError::invalid_grant("code_verifier sent but no code_challenge was").into(),
-            )
-        }
-        (None, None) => {}
-    }
     let grant = Grant {
         client,
         identity: &record.identity,
@@ -183,28 +195,84 @@ async fn authorization_code(
         jti: &jti,
     };
     let mut response = mint(st, &grant, now).map_err(signing_failure)?;
-    if client.allows(GrantType::RefreshToken) {
+    if let (true, Some(refresh)) = (refresh_issued, refresh_token) {
+        response.insert("refresh_token".into(), json!(refresh));
+    }
+    Ok(Value::Object(response))
+}
+
+/// What a token request must match in the code it redeems (RFC 6749
+/// §4.1.3, RFC 7636 §4.6), checked after the code is consumed.
+struct CodeCheck {
+    client: Client,
+    redirect_uri: Option<String>,
+    verifier: Option<String>,
+    now: i64,
+}
+
+impl CodeCheck {
+    /// The code's record when every check passes, the token endpoint's
+    /// answer otherwise.
+    fn run(&self, data: &str, expires_at: i64) -> Result<CodeRecord, TokenError> {
+        if expires_at <= self.now {
+            return Err(OAuthError::invalid_grant("the code has expired").into());
+        }
+        let record: CodeRecord = codec::decode(data).map_err(|e| storage_failure(&e))?;
+        let request = &record.request;
+        // RFC 6749 §4.1.3: the code belongs to the client that asked for it…
+        if request.client_id != self.client.id {
+            return Err(OAuthError::invalid_grant("the code was issued to another client").into());
+        }
+        // …and comes with the redirect_uri of the authorization request.
+        if self.redirect_uri.as_deref() != Some(request.redirect_uri.as_str()) {
+            return Err(OAuthError::invalid_grant(
+                "redirect_uri does not match the authorization request",
+            )
+            .into());
+        }
+        if !upstream_allowed(&self.client, &record.identity) {
+            return Err(not_allowed().into());
+        }
+        // RFC 7636 §4.6; RFC 9700 §4.8.2 (no downgrade either way).
+        match (&request.code_challenge, self.verifier.as_deref()) {
+            (Some(challenge), Some(v)) => {
+                if !ct_eq(challenge, &pkce_s256(v)) {
+                    return Err(OAuthError::invalid_grant("PKCE verification failed").into());
+                }
+            }
+            (Some(_), None) => {
+                return Err(OAuthError::invalid_grant("code_verifier is required").into())
+            }
+            (None, Some(_)) => {
+                return Err(OAuthError::invalid_grant(
+                    "code_verifier sent but no code_challenge was",
+                )
+                .into())
+            }
+            (None, None) => {}
+        }
+        Ok(record)
+    }
+}
+
+/// The first refresh token of the grant `jti` a code started.
+fn first_refresh_data(record: &CodeRecord, jti: &str, now: i64, absolute_ttl: i64) -> RefreshData {
+    let request = &record.request;
+    RefreshData {
+        identity: record.identity.clone(),
+        scopes: request.scopes.clone(),
+        auth_time: record.auth_time,
+        sid: record.sid.clone(),
         // OIDC Core §11: offline_access is granted when the client may have
         // it and asked for it (the request's scopes are already limited to
         // the client's allowed scopes, so being there means both). The
         // client's configuration is the consent this provider records.
-        let data = RefreshData {
-            identity: record.identity.clone(),
-            scopes: request.scopes.clone(),
-            auth_time: record.auth_time,
-            sid: record.sid.clone(),
-            offline: request.scopes.iter().any(|s| s == OFFLINE_ACCESS),
-            absolute_expires_at: now + st.tokens.refresh_token_absolute_ttl_seconds,
-            access_jti: jti.clone(),
-            // The login that made the code fetched them.
-            claims_at: now,
-        };
-        let refresh = issue_refresh(st, client, &jti, &data, now)
-            .await
-            .map_err(|e| storage_failure(&e))?;
-        response.insert("refresh_token".into(), json!(refresh));
+        offline: request.scopes.iter().any(|s| s == OFFLINE_ACCESS),
+        absolute_expires_at: now + absolute_ttl,
+        access_jti: jti.to_string(),
+        // The login that made the code fetched them.
+        claims_at: now,
     }
-    Ok(Value::Object(response))
 }
 
 /// What a refresh token stands for (persisted under its hash, RFC 6749 §6:
@@ -251,27 +319,6 @@ pub async fn revoke_refresh_family(
     store.revoke_token(&family_marker(family_id), until).await?;
     store.revoke_family(family_id, now).await?;
     Ok(())
-}
-
-/// Issues a refresh token of `family_id` for `data`.
-async fn issue_refresh(
-    st: &AppState,
-    client: &Client,
-    family_id: &str,
-    data: &RefreshData,
-    now: i64,
-) -> Result<String, StoreError> {
-    let token = random_token();
-    let row = refresh_row(
-        hash(&token),
-        family_id,
-        &client.id,
-        data,
-        now,
-        st.tokens.refresh_token_idle_ttl_seconds,
-    )?;
-    st.store.insert_refresh(&row).await?;
-    Ok(token)
 }
 
 /// The stored row of a refresh token (by its hash) of `family_id` for

@@ -48,6 +48,9 @@ pub async fn run_all(store: Arc<dyn Store>) {
     // ---- a login's last steps in fewer calls ----
     a_session_replaces_the_one_of_its_device(&*store).await;
     a_code_is_stored_with_its_session_client(&*store).await;
+    // ---- the authorization-code grant in one call ----
+    a_redemption_inserts_the_first_refresh_token_only_when_asked(&*store).await;
+    concurrent_redemptions_issue_one_refresh_token(store.clone()).await;
     store.ping().await.unwrap();
 }
 
@@ -138,22 +141,20 @@ async fn login_by_callback_state(s: &dyn Store) {
 async fn codes_are_single_use_and_record_the_grant(s: &dyn Store) {
     s.insert_code("c1", "payload", 100).await.unwrap();
     assert_eq!(
-        s.redeem_code("c1", "jti-1", 10).await.unwrap(),
+        redeem(s, "c1", "jti-1", 10).await,
         Redeemed::Fresh {
             data: "payload".into(),
-            expires_at: 100
+            expires_at: 100,
+            refresh_issued: false
         }
     );
     assert_eq!(
-        s.redeem_code("c1", "jti-2", 11).await.unwrap(),
+        redeem(s, "c1", "jti-2", 11).await,
         Redeemed::Replayed {
             grant_id: Some("jti-1".into())
         }
     );
-    assert_eq!(
-        s.redeem_code("nope", "j", 11).await.unwrap(),
-        Redeemed::Missing
-    );
+    assert_eq!(redeem(s, "nope", "j", 11).await, Redeemed::Missing);
 }
 
 async fn concurrent_redemptions_have_one_winner(s: Arc<dyn Store>) {
@@ -162,7 +163,7 @@ async fn concurrent_redemptions_have_one_winner(s: Arc<dyn Store>) {
     for i in 0..8 {
         let s = s.clone();
         handles.push(tokio::spawn(async move {
-            (i, s.redeem_code("race", &format!("g{i}"), 1).await.unwrap())
+            (i, redeem(&*s, "race", &format!("g{i}"), 1).await)
         }));
     }
     let mut winner = None;
@@ -185,10 +186,10 @@ async fn concurrent_redemptions_have_one_winner(s: Arc<dyn Store>) {
 
 async fn inserts_never_resurrect(s: &dyn Store) {
     s.insert_code("c9", "x", 100).await.unwrap();
-    s.redeem_code("c9", "g", 1).await.unwrap();
+    redeem(s, "c9", "g", 1).await;
     assert!(s.insert_code("c9", "y", 100).await.is_err());
     assert!(matches!(
-        s.redeem_code("c9", "h", 2).await.unwrap(),
+        redeem(s, "c9", "h", 2).await,
         Redeemed::Replayed { .. }
     ));
 }
@@ -391,10 +392,7 @@ async fn gc_removes_expired(s: &dyn Store) {
     s.insert_code("old-code", "x", 10).await.unwrap();
     assert!(s.delete_expired(20, 1000).await.unwrap() >= 2);
     assert_eq!(s.login("old", 5).await.unwrap(), Lookup::Missing);
-    assert_eq!(
-        s.redeem_code("old-code", "g", 5).await.unwrap(),
-        Redeemed::Missing
-    );
+    assert_eq!(redeem(s, "old-code", "g", 5).await, Redeemed::Missing);
     assert!(matches!(
         s.login("new", 20).await.unwrap(),
         Lookup::Found(_)
@@ -1429,10 +1427,11 @@ async fn a_code_is_stored_with_its_session_client(s: &dyn Store) {
         vec!["app7".to_string()]
     );
     assert_eq!(
-        s.redeem_code("c-sess", "g-sess", 6).await.unwrap(),
+        redeem(s, "c-sess", "g-sess", 6).await,
         Redeemed::Fresh {
             data: "payload".into(),
-            expires_at: 600
+            expires_at: 600,
+            refresh_issued: false
         }
     );
     // A second code of the same client and session: the index stays one row.
@@ -1455,4 +1454,157 @@ async fn a_code_is_stored_with_its_session_client(s: &dyn Store) {
         s.session_clients("sid-code").await.unwrap(),
         vec!["app7".to_string()]
     );
+}
+
+// ---- the authorization-code grant in one call ----------------------------------
+
+/// Redeems without issuing a refresh token.
+async fn redeem(s: &dyn Store, code_hash: &str, grant_id: &str, now: i64) -> Redeemed {
+    s.redeem_code_and_issue(code_hash, grant_id, now, Box::new(|_, _| Ok(None)))
+        .await
+        .unwrap()
+}
+
+/// A [`FirstRefresh`] that records what it was called with and answers
+/// `answer`.
+fn first_refresh(
+    answer: Result<Option<RefreshRow>, StoreError>,
+    seen: Arc<std::sync::Mutex<Vec<(String, i64)>>>,
+) -> FirstRefresh {
+    Box::new(move |data: &str, expires_at: i64| {
+        seen.lock().unwrap().push((data.to_string(), expires_at));
+        answer
+    })
+}
+
+async fn a_redemption_inserts_the_first_refresh_token_only_when_asked(s: &dyn Store) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let status = |h: &'static str| async move { s.refresh_status(h).await.unwrap() };
+
+    // Asked: the code is consumed and the family's first token is there.
+    s.insert_code("ci-1", "payload-1", 100).await.unwrap();
+    let first = refresh("rt-first", "g-first", Some("sid-first"));
+    assert_eq!(
+        s.redeem_code_and_issue(
+            "ci-1",
+            "g-first",
+            10,
+            first_refresh(Ok(Some(first.clone())), seen.clone())
+        )
+        .await
+        .unwrap(),
+        Redeemed::Fresh {
+            data: "payload-1".into(),
+            expires_at: 100,
+            refresh_issued: true
+        }
+    );
+    assert_eq!(*seen.lock().unwrap(), [("payload-1".to_string(), 100)]);
+    let stored = status("rt-first").await.expect("the first refresh token");
+    assert_eq!((stored.row, stored.used_at), (first, None));
+
+    // Refused (a failed check): the code is burnt all the same, and
+    // nothing is inserted.
+    s.insert_code("ci-2", "payload-2", 100).await.unwrap();
+    assert_eq!(
+        s.redeem_code_and_issue("ci-2", "g-2", 10, first_refresh(Ok(None), seen.clone()))
+            .await
+            .unwrap(),
+        Redeemed::Fresh {
+            data: "payload-2".into(),
+            expires_at: 100,
+            refresh_issued: false
+        }
+    );
+    assert_eq!(
+        redeem(s, "ci-2", "g-again", 11).await,
+        Redeemed::Replayed {
+            grant_id: Some("g-2".into())
+        }
+    );
+
+    // A replay or an unknown code never reaches the caller's closure, so
+    // it never inserts a token.
+    seen.lock().unwrap().clear();
+    let row = refresh("rt-replay", "g-replay", None);
+    assert_eq!(
+        s.redeem_code_and_issue(
+            "ci-1",
+            "g-replay",
+            12,
+            first_refresh(Ok(Some(row.clone())), seen.clone())
+        )
+        .await
+        .unwrap(),
+        Redeemed::Replayed {
+            grant_id: Some("g-first".into())
+        }
+    );
+    assert_eq!(
+        s.redeem_code_and_issue(
+            "ci-none",
+            "g-replay",
+            12,
+            first_refresh(Ok(Some(row)), seen.clone())
+        )
+        .await
+        .unwrap(),
+        Redeemed::Missing
+    );
+    assert!(seen.lock().unwrap().is_empty());
+    assert_eq!(status("rt-replay").await, None);
+
+    // An error of the closure rolls the whole transaction back: nothing
+    // issued, so the code is still unused.
+    s.insert_code("ci-3", "payload-3", 100).await.unwrap();
+    assert!(s
+        .redeem_code_and_issue(
+            "ci-3",
+            "g-3",
+            10,
+            first_refresh(Err(StoreError::Url("refused".into())), seen.clone())
+        )
+        .await
+        .is_err());
+    assert!(matches!(
+        redeem(s, "ci-3", "g-3b", 11).await,
+        Redeemed::Fresh { .. }
+    ));
+}
+
+async fn concurrent_redemptions_issue_one_refresh_token(s: Arc<dyn Store>) {
+    s.insert_code("ci-race", "x", 1000).await.unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut handles = Vec::new();
+    for i in 0..2 {
+        let (s, seen) = (s.clone(), seen.clone());
+        handles.push(tokio::spawn(async move {
+            let row = refresh(&format!("rt-race-{i}"), &format!("g-race-{i}"), None);
+            let first = first_refresh(Ok(Some(row)), seen);
+            let out = s
+                .redeem_code_and_issue("ci-race", &format!("g-race-{i}"), 1, first)
+                .await
+                .unwrap();
+            (i, out)
+        }));
+    }
+    let mut winner = None;
+    let mut replays = Vec::new();
+    for h in handles {
+        match h.await.unwrap() {
+            (i, Redeemed::Fresh { refresh_issued, .. }) => {
+                assert!(refresh_issued);
+                assert!(winner.replace(i).is_none(), "two winners");
+            }
+            (_, Redeemed::Replayed { grant_id }) => replays.push(grant_id),
+            (_, Redeemed::Missing) => panic!("code vanished"),
+        }
+    }
+    let winner = winner.expect("one redemption wins");
+    assert_eq!(replays, [Some(format!("g-race-{winner}"))]);
+    assert_eq!(seen.lock().unwrap().len(), 1, "one closure ran");
+    for i in 0..2 {
+        let row = s.refresh_status(&format!("rt-race-{i}")).await.unwrap();
+        assert_eq!(row.is_some(), i == winner, "rt-race-{i}");
+    }
 }

@@ -77,13 +77,17 @@ pub struct LoginRow {
     pub expires_at: i64,
 }
 
-/// Outcome of redeeming an authorization code.
+/// Outcome of redeeming an authorization code
+/// ([`Store::redeem_code_and_issue`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redeemed {
     /// Redeemed now, by this caller; `grant_id` was recorded with it.
+    /// `refresh_issued`: the first refresh token of the grant was inserted
+    /// in the same transaction.
     Fresh {
         data: String,
         expires_at: i64,
+        refresh_issued: bool,
     },
     /// Redeemed before: the grant that redemption recorded.
     Replayed {
@@ -244,15 +248,6 @@ pub trait Store: Send + Sync + 'static {
         data: &str,
         expires_at: i64,
     ) -> Result<(), StoreError>;
-
-    /// Redeems a code exactly once, recording `grant_id` in the same
-    /// statement. Expiry is left to the caller.
-    async fn redeem_code(
-        &self,
-        code_hash: &str,
-        grant_id: &str,
-        now: i64,
-    ) -> Result<Redeemed, StoreError>;
 
     // ---- sessions ------------------------------------------------------------
 
@@ -571,7 +566,35 @@ pub trait Store: Send + Sync + 'static {
     /// logged in to session `sid` ([`Store::add_session_client`]), in one
     /// transaction.
     async fn insert_code_for_session(&self, code: &CodeInsert) -> Result<(), StoreError>;
+
+    // ---- the authorization-code grant in one call ------------------------------------
+
+    /// The whole store side of a code redemption (RFC 6749 §4.1.3) in one
+    /// transaction on one connection: consumes the code `code_hash` first
+    /// (one conditional `UPDATE … RETURNING`, recording `grant_id`, so two
+    /// concurrent redemptions get one [`Redeemed::Fresh`] and a code can
+    /// never be redeemed twice, RFC 6749 §4.1.2), then calls `first` with
+    /// the code's payload and expiry and inserts the refresh token it
+    /// builds, if any, before committing. `first` refusing (`Ok(None)`:
+    /// a failed check, or no refresh token for this client) leaves the code
+    /// consumed and inserts nothing; an error of `first` rolls everything
+    /// back. Expiry is left to `first`. A used code answers
+    /// [`Redeemed::Replayed`] with the grant its redemption recorded.
+    async fn redeem_code_and_issue(
+        &self,
+        code_hash: &str,
+        grant_id: &str,
+        now: i64,
+        first: FirstRefresh,
+    ) -> Result<Redeemed, StoreError>;
 }
+
+/// Builds, inside [`Store::redeem_code_and_issue`]'s transaction and after
+/// the code is consumed, the first refresh token of the grant from the
+/// code's payload and expiry (`data`, `expires_at`). `Ok(None)` inserts
+/// none; the code stays consumed.
+pub type FirstRefresh =
+    Box<dyn FnOnce(&str, i64) -> Result<Option<RefreshRow>, StoreError> + Send + 'static>;
 
 /// What [`Store::insert_code_for_session`] stores.
 #[derive(Debug, Clone, PartialEq, Eq)]

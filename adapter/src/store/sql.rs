@@ -13,9 +13,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
 use super::{
-    AccountRow, BackchannelRow, CodeCheck, CodeInsert, KeyRecord, LoginRow, Lookup, NextRefresh,
-    OutboxRow, Redeemed, RefreshRow, RefreshStatus, RefreshUse, Rotation, SessionRow, Store,
-    StoreError, FAMILY_MARKER_PREFIX,
+    AccountRow, BackchannelRow, CodeCheck, CodeInsert, FirstRefresh, KeyRecord, LoginRow, Lookup,
+    NextRefresh, OutboxRow, Redeemed, RefreshRow, RefreshStatus, RefreshUse, Rotation, SessionRow,
+    Store, StoreError, FAMILY_MARKER_PREFIX,
 };
 
 /// SQL implementation for SQLite and PostgreSQL.
@@ -336,41 +336,6 @@ impl Store for SqlStore {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-
-    async fn redeem_code(
-        &self,
-        code_hash: &str,
-        grant_id: &str,
-        now: i64,
-    ) -> Result<Redeemed, StoreError> {
-        let row = sqlx::query(
-            "UPDATE codes SET redeemed_at = $3, grant_id = $2 \
-             WHERE code_hash = $1 AND redeemed_at IS NULL RETURNING data, expires_at",
-        )
-        .bind(code_hash)
-        .bind(grant_id)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(r) = row {
-            return Ok(Redeemed::Fresh {
-                data: r.try_get("data")?,
-                expires_at: r.try_get("expires_at")?,
-            });
-        }
-        // The grant id was written by the statement that redeemed the code,
-        // so a replay sees it as soon as the code is consumed.
-        let used = sqlx::query("SELECT grant_id FROM codes WHERE code_hash = $1")
-            .bind(code_hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match used {
-            Some(r) => Redeemed::Replayed {
-                grant_id: r.try_get("grant_id")?,
-            },
-            None => Redeemed::Missing,
-        })
     }
 
     async fn insert_session(&self, s: &SessionRow) -> Result<(), StoreError> {
@@ -1406,7 +1371,117 @@ impl Store for SqlStore {
         tx.commit().await?;
         Ok(())
     }
+
+    async fn redeem_code_and_issue(
+        &self,
+        code_hash: &str,
+        grant_id: &str,
+        now: i64,
+        first: FirstRefresh,
+    ) -> Result<Redeemed, StoreError> {
+        if let Some(conn) = &self.grants {
+            let (code_hash, grant_id) = (code_hash.to_string(), grant_id.to_string());
+            return Self::on_sqlite(conn, move |tx| {
+                use rusqlite::OptionalExtension;
+                let redeemed = tx
+                    .prepare_cached(&SQLITE_REDEEM_CODE)?
+                    .query_row(rusqlite::params![code_hash, grant_id, now], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                    })
+                    .optional()?;
+                let Some((data, expires_at)) = redeemed else {
+                    let used = tx
+                        .prepare_cached(&SQLITE_CODE_GRANT)?
+                        .query_row(rusqlite::params![code_hash], |r| r.get(0))
+                        .optional()?;
+                    return Ok(not_redeemed(used));
+                };
+                // An error here returns before the commit: all rolled back.
+                let refresh = first(&data, expires_at)?;
+                if let Some(row) = &refresh {
+                    tx.prepare_cached(&SQLITE_INSERT_REFRESH)?
+                        .execute(rusqlite::params![
+                            row.token_hash,
+                            row.family_id,
+                            row.client_id,
+                            row.sid,
+                            row.data,
+                            row.issued_at,
+                            row.expires_at,
+                        ])?;
+                }
+                Ok(Redeemed::Fresh {
+                    data,
+                    expires_at,
+                    refresh_issued: refresh.is_some(),
+                })
+            })
+            .await;
+        }
+        // PostgreSQL: a concurrent redemption's `UPDATE` waits for the row
+        // lock of this one, then finds the code redeemed.
+        let mut tx = self.pool.begin().await?;
+        let redeemed = sqlx::query(REDEEM_CODE)
+            .bind(code_hash)
+            .bind(grant_id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(r) = redeemed else {
+            // The grant id was written by the statement that redeemed the
+            // code, so a replay sees it as soon as the code is consumed.
+            let used = sqlx::query(CODE_GRANT)
+                .bind(code_hash)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get::<Option<String>, _>("grant_id"))
+                .transpose()?;
+            tx.commit().await?;
+            return Ok(not_redeemed(used));
+        };
+        let (data, expires_at): (String, i64) = (r.try_get("data")?, r.try_get("expires_at")?);
+        // An error here drops `tx`, which rolls it back.
+        let refresh = first(&data, expires_at)?;
+        if let Some(row) = &refresh {
+            sqlx::query(INSERT_REFRESH)
+                .bind(&row.token_hash)
+                .bind(&row.family_id)
+                .bind(&row.client_id)
+                .bind(row.sid.as_deref())
+                .bind(&row.data)
+                .bind(row.issued_at)
+                .bind(row.expires_at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Redeemed::Fresh {
+            data,
+            expires_at,
+            refresh_issued: refresh.is_some(),
+        })
+    }
 }
+
+/// A code that was not redeemed now: used before (with the grant its
+/// redemption recorded), or unknown.
+fn not_redeemed(used: Option<Option<String>>) -> Redeemed {
+    match used {
+        Some(grant_id) => Redeemed::Replayed { grant_id },
+        None => Redeemed::Missing,
+    }
+}
+
+/// Consumes a code once: only the statement that finds it unredeemed
+/// returns it, and it records the grant in the same write.
+const REDEEM_CODE: &str = "UPDATE codes SET redeemed_at = $3, grant_id = $2 \
+     WHERE code_hash = $1 AND redeemed_at IS NULL RETURNING data, expires_at";
+const CODE_GRANT: &str = "SELECT grant_id FROM codes WHERE code_hash = $1";
+
+static SQLITE_REDEEM_CODE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| numbered(REDEEM_CODE));
+static SQLITE_CODE_GRANT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| numbered(CODE_GRANT));
 
 impl SqlStore {
     /// Runs `job` in one `BEGIN IMMEDIATE` transaction (the write lock from
@@ -1725,7 +1800,9 @@ mod tests {
         drop(a);
         let b = SqlStore::connect(&url, 1).await.unwrap();
         assert!(matches!(
-            b.redeem_code("keep", "g", 0).await.unwrap(),
+            b.redeem_code_and_issue("keep", "g", 0, Box::new(|_, _| Ok(None)))
+                .await
+                .unwrap(),
             Redeemed::Fresh { .. }
         ));
     }
