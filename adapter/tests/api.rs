@@ -556,17 +556,7 @@ async fn codes_are_single_use_and_bound() {
     // a malformed request, RFC 6749 §5.2).
     let code = app.code().await;
     let wrong = "X".repeat(43);
-    let r = app
-        .token(
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", REDIRECT),
-                ("code_verifier", &wrong),
-            ],
-            Some(("app", SECRET)),
-        )
-        .await;
+    let r = app.redeem_with_verifier(&code, &wrong).await;
     assert_eq!(error_of(r).await.1, "invalid_grant");
     let code = app.code().await;
     let r = app
@@ -1203,17 +1193,7 @@ async fn a_failed_check_burns_the_code() {
     let app = spawn_app().await;
     let code = app.code().await;
     let wrong = "X".repeat(43);
-    let r = app
-        .token(
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", REDIRECT),
-                ("code_verifier", &wrong),
-            ],
-            Some(("app", SECRET)),
-        )
-        .await;
+    let r = app.redeem_with_verifier(&code, &wrong).await;
     assert_eq!(
         error_of(r).await,
         (StatusCode::BAD_REQUEST, "invalid_grant".into())

@@ -207,6 +207,27 @@ struct Case<'a> {
     repeatable: bool,
 }
 
+impl<'a> Case<'a> {
+    /// A repeatable closed-loop case of `count` requests at `concurrency`
+    /// against `target` alone, with no signing ceiling.
+    fn closed(
+        name: impl Into<String>,
+        target: &'a Service,
+        count: usize,
+        concurrency: usize,
+    ) -> Self {
+        Case {
+            name: name.into(),
+            target,
+            upstream: None,
+            count,
+            mode: Mode::Closed { concurrency },
+            signatures: None,
+            repeatable: true,
+        }
+    }
+}
+
 struct Runner {
     scale: Scale,
     /// Every service process alive (their CPU is not "foreign").
@@ -621,18 +642,7 @@ async fn run_cases(
             })
         };
         let peak = r
-            .measure(
-                Case {
-                    name: "userinfo".into(),
-                    target: es,
-                    upstream: None,
-                    count: n,
-                    mode: Mode::Closed { concurrency: conc },
-                    signatures: None,
-                    repeatable: true,
-                },
-                userinfo.clone(),
-            )
+            .measure(Case::closed("userinfo", es, n, conc), userinfo.clone())
             .await;
         let rate = 0.7 * peak.rps;
         r.push(peak, "JWT verification + revocation check + claims");
@@ -681,18 +691,7 @@ async fn run_cases(
             })
         };
         let row = r
-            .measure(
-                Case {
-                    name: "introspection".into(),
-                    target: es,
-                    upstream: None,
-                    count: n,
-                    mode: Mode::Closed { concurrency: conc },
-                    signatures: None,
-                    repeatable: true,
-                },
-                introspect,
-            )
+            .measure(Case::closed("introspection", es, n, conc), introspect)
             .await;
         r.push(row, "RFC 7662, client authenticated");
     }
@@ -712,18 +711,7 @@ async fn run_cases(
         }
         let get = get_op(&rp, &format!("{}{path}", es.base));
         let peak = r
-            .measure(
-                Case {
-                    name: name.into(),
-                    target: es,
-                    upstream: None,
-                    count: n,
-                    mode: Mode::Closed { concurrency: conc },
-                    signatures: None,
-                    repeatable: true,
-                },
-                get.clone(),
-            )
+            .measure(Case::closed(name, es, n, conc), get.clone())
             .await;
         let rate = 0.7 * peak.rps;
         r.push(peak, "");

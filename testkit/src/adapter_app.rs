@@ -312,12 +312,17 @@ impl TestApp {
     }
 
     pub async fn redeem(&self, code: &str) -> reqwest::Response {
+        self.redeem_with_verifier(code, VERIFIER).await
+    }
+
+    /// [`Self::redeem`] with another PKCE `code_verifier` (RFC 7636 §4.5).
+    pub async fn redeem_with_verifier(&self, code: &str, verifier: &str) -> reqwest::Response {
         self.token(
             &[
                 ("grant_type", "authorization_code"),
                 ("code", code),
                 ("redirect_uri", REDIRECT),
-                ("code_verifier", VERIFIER),
+                ("code_verifier", verifier),
             ],
             Some(("app", SECRET)),
         )
