@@ -14,18 +14,26 @@ pub fn session_marker(sid: &str) -> String {
     format!("sid:{sid}")
 }
 
-/// True when the verified access token `claims` was revoked.
+/// True when the verified access token `claims` was revoked: itself (its
+/// `jti`), its session (`sid`), or its refresh family (named in its `jti`,
+/// RFC 6749 §4.1.2 and RFC 7009 §2.1: tokens of a revoked grant die with
+/// it, those of a refresh too). One store query.
 pub async fn access_token_revoked(
     store: &dyn Store,
     claims: &Map<String, Value>,
     now: i64,
 ) -> Result<bool, StoreError> {
     let jti = claims.get("jti").and_then(Value::as_str);
-    let marker = claims
+    let session = claims
         .get("sid")
         .and_then(Value::as_str)
         .map(session_marker);
-    let ids: Vec<&str> = jti.into_iter().chain(marker.as_deref()).collect();
+    let family = jti.map(|j| super::token::family_marker(super::token::family_of_jti(j)));
+    let ids: Vec<&str> = jti
+        .into_iter()
+        .chain(session.as_deref())
+        .chain(family.as_deref())
+        .collect();
     store.any_revoked(&ids, now).await
 }
 

@@ -301,6 +301,20 @@ pub struct RefreshData {
     pub claims_at: i64,
 }
 
+/// The `jti` of an access token of refresh family `family_id`: the family
+/// id, a dot, a random part ([`super::revocation::access_token_revoked`]
+/// reads the family back from it). The code grant's access token has the
+/// family id itself as its `jti`.
+pub fn family_jti(family_id: &str, random: &str) -> String {
+    format!("{family_id}.{random}")
+}
+
+/// The family an access token's `jti` belongs to (see [`family_jti`]); a
+/// token from the code grant is the family's first.
+pub fn family_of_jti(jti: &str) -> &str {
+    jti.split_once('.').map_or(jti, |(family, _)| family)
+}
+
 /// The marker in the revoked-token list that kills a whole refresh family,
 /// including a token a concurrent rotation inserts after the revocation:
 /// every use checks the marker first, so no race outlives it.
@@ -566,12 +580,15 @@ async fn refresh_token(
     // Before the rotation, so a refused or failed upstream refresh leaves
     // the presented token as it was (or revoked, when the user is gone).
     let fresh = fresh_identity(st, &hash(token), &client.id, now).await?;
-    let jti = random_token();
+    // The access token's `jti` names its family, so revoking the family
+    // (code replay, reuse, RFC 7009) revokes it too.
+    let jti_suffix = random_token();
     let next_token = random_token();
     // Runs inside the rotation, on the live token before it is consumed: a
     // narrower scope asked wrongly does not cost the client its token.
     let next = {
-        let (next_hash, jti, client_id) = (hash(&next_token), jti.clone(), client.id.clone());
+        let (next_hash, suffix, client_id) =
+            (hash(&next_token), jti_suffix.clone(), client.id.clone());
         let (requested, idle_ttl) = (requested.clone(), st.tokens.refresh_token_idle_ttl_seconds);
         let fresh = fresh.clone();
         Box::new(move |row: &RefreshRow| {
@@ -580,7 +597,7 @@ async fn refresh_token(
                 return Ok(None);
             }
             let mut next = RefreshData {
-                access_jti: jti,
+                access_jti: family_jti(&row.family_id, &suffix),
                 ..data
             };
             if let Some(identity) = fresh {
@@ -632,6 +649,7 @@ async fn refresh_token(
         Rotation::Revoked | Rotation::Expired | Rotation::Missing => return dead(),
     };
     let data: RefreshData = codec::decode(&used.data).map_err(|e| storage_failure(&e))?;
+    let jti = family_jti(&used.family_id, &jti_suffix);
     if !upstream_allowed(client, &data.identity) {
         return Err(not_allowed().into());
     }

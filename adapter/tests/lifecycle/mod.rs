@@ -439,15 +439,23 @@ async fn replayed_code_revokes_the_refresh_token() {
     assert_eq!(r.status(), StatusCode::OK);
     let t0: Value = r.json().await.unwrap();
     let t1 = refreshed(&app, s(&t0, "refresh_token")).await;
+    assert_eq!(
+        userinfo_status(&app, s(&t1, "access_token")).await,
+        StatusCode::OK
+    );
     assert_eq!(error_of(app.redeem(&code).await).await, invalid_grant());
     assert_eq!(
         refresh_error(&app, s(&t1, "refresh_token")).await,
         invalid_grant()
     );
-    assert_eq!(
-        userinfo_status(&app, s(&t0, "access_token")).await,
-        StatusCode::UNAUTHORIZED
-    );
+    // Every access token of the grant dies, the refreshed one too (its
+    // `jti` names the family).
+    for t in [&t0, &t1] {
+        assert_eq!(
+            userinfo_status(&app, s(t, "access_token")).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
 }
 
 /// RFC 6749 §5.2: a client not allowed the refresh_token grant gets no
@@ -546,14 +554,21 @@ async fn revoked_refresh_token_kills_its_family() {
     let t1 = refreshed(&app, s(&t0, "refresh_token")).await;
     let r1 = s(&t1, "refresh_token");
     assert_eq!(introspect(&app, r1, APP).await["active"], true);
+    assert_eq!(
+        userinfo_status(&app, s(&t0, "access_token")).await,
+        StatusCode::OK
+    );
     revoke(&app, r1, Some("access_token"), APP).await;
     assert_eq!(refresh_error(&app, r1).await, invalid_grant());
     assert_eq!(introspect(&app, r1, APP).await, json!({"active": false}));
-    // The access token issued with it goes too (RFC 7009 §2.1).
-    assert_eq!(
-        userinfo_status(&app, s(&t1, "access_token")).await,
-        StatusCode::UNAUTHORIZED
-    );
+    // The access tokens of the same grant go too (RFC 7009 §2.1): the one
+    // issued with it, and the first, from the code.
+    for t in [&t0, &t1] {
+        assert_eq!(
+            userinfo_status(&app, s(t, "access_token")).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
 }
 
 /// RFC 7009 §2.1–2.2: a client cannot revoke another client's tokens; the
