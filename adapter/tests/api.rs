@@ -826,18 +826,11 @@ async fn every_cookie_is_secure_behind_an_https_issuer() {
 /// `config check` prints the effective configuration without secrets.
 #[test]
 fn binary_config_check_redacts_and_names_bad_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let good = dir.path().join("adapter.toml");
-    std::fs::write(
-        &good,
+    let out = config_check(
+        "adapter.toml",
         "[[clients]]\nid = \"c\"\nsecret = \"very-secret-value\"\nredirect_uris = [\"http://127.0.0.1/cb\"]\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_adapter"))
-        .args(["--config", good.to_str().unwrap(), "config", "check"])
-        .env("AUTH_ADAPTER__SERVER__ISSUER", "https://login.example.org")
-        .output()
-        .unwrap();
+        &[("AUTH_ADAPTER__SERVER__ISSUER", "https://login.example.org")],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -851,16 +844,11 @@ fn binary_config_check_redacts_and_names_bad_keys() {
         "env overrides the file: {stdout}"
     );
 
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(
-        &bad,
+    let out = config_check(
+        "bad.toml",
         "[server]\nissuer = \"http://127.0.0.1:9000\"\nlisten_port = 1\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_adapter"))
-        .args(["--config", bad.to_str().unwrap(), "config", "check"])
-        .output()
-        .unwrap();
+        &[],
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

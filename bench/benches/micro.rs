@@ -30,6 +30,30 @@ fn signing(c: &mut Criterion) {
     }
 }
 
+/// The user `jane` of upstream `corp` with her profile claims and `extra`.
+fn jane(extra: serde_json::Value) -> Identity {
+    let mut claims: Map<String, serde_json::Value> = json!({
+        "sub": "248289761001",
+        "preferred_username": "jane",
+        "name": "Jane Doe",
+        "email": "jane@example.org",
+        "email_verified": true,
+    })
+    .as_object()
+    .cloned()
+    .unwrap_or_default();
+    claims.extend(extra.as_object().cloned().unwrap_or_default());
+    Identity {
+        connector_id: "corp".into(),
+        subject: "248289761001".into(),
+        claims,
+        auth_time: None,
+        upstream: None,
+        amr: vec!["pwd".into()],
+        acr: None,
+    }
+}
+
 fn claim_mapping(c: &mut Criterion) {
     let config = Config {
         upstreams: vec![UpstreamConfig {
@@ -39,26 +63,7 @@ fn claim_mapping(c: &mut Criterion) {
         ..Config::default()
     };
     let customizer = adapter::customizer::from_config(&config).expect("customizer");
-    let claims: Map<String, serde_json::Value> = json!({
-        "sub": "248289761001",
-        "preferred_username": "jane",
-        "name": "Jane Doe",
-        "email": "jane@example.org",
-        "email_verified": true,
-        "groups": ["admins", "staff", "users"],
-    })
-    .as_object()
-    .cloned()
-    .unwrap_or_default();
-    let identity = Identity {
-        connector_id: "corp".into(),
-        subject: "248289761001".into(),
-        claims,
-        auth_time: None,
-        upstream: None,
-        amr: vec!["pwd".into()],
-        acr: None,
-    };
+    let identity = jane(json!({"groups": ["admins", "staff", "users"]}));
     let scopes = vec!["openid".into(), "profile".into(), "email".into()];
     c.bench_function("map claims (mapped customizer, access token)", |b| {
         b.iter(|| {
@@ -161,27 +166,10 @@ fn claim_rules(c: &mut Criterion) {
     config.claims.allow_groups = vec!["staff".into()];
     let ids = vec!["corp".to_string()];
     let mapping = adapter::mapping::Mapping::from_config(&config, &ids).expect("mapping");
-    let claims: Map<String, serde_json::Value> = json!({
-        "sub": "248289761001",
-        "preferred_username": "jane",
-        "name": "Jane Doe",
-        "email": "jane@example.org",
-        "email_verified": true,
+    let identity = jane(json!({
         "groups": ["staff", "app-editors", "app-viewers", "dev-ops"],
         "roles": "reader,writer",
-    })
-    .as_object()
-    .cloned()
-    .unwrap_or_default();
-    let identity = Identity {
-        connector_id: "corp".into(),
-        subject: "248289761001".into(),
-        claims,
-        auth_time: None,
-        upstream: None,
-        amr: vec!["pwd".into()],
-        acr: None,
-    };
+    }));
     let scopes: Vec<String> = vec!["openid".into(), "profile".into(), "email".into()];
     c.bench_function("map claims (9 CEL rules, access token)", |b| {
         b.iter(|| {

@@ -365,6 +365,11 @@ pub async fn start_fake_upstream(tamper: Tamper) -> FakeOp {
 /// [`spawn_app`] with one OIDC upstream at `issuer` and no local accounts:
 /// `/oauth2/authorize` goes straight to the upstream.
 pub async fn spawn_app_with_upstream(issuer: &str) -> TestApp {
+    spawn_app_with_upstream_and(issuer, |_| {}).await
+}
+
+/// [`spawn_app_with_upstream`] with `tweak` applied last.
+pub async fn spawn_app_with_upstream_and(issuer: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let issuer = issuer.to_string();
     spawn_app_with(move |c| {
         c.local_users.clear();
@@ -376,6 +381,7 @@ pub async fn spawn_app_with_upstream(issuer: &str) -> TestApp {
             UPSTREAM_SECRET,
         )
         .unwrap()];
+        tweak(c);
     })
     .await
 }

@@ -339,24 +339,7 @@ impl Store for SqlStore {
     }
 
     async fn insert_session(&self, s: &SessionRow) -> Result<(), StoreError> {
-        sqlx::query(&format!(
-            "INSERT INTO sessions ({SESSION_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-        ))
-        .bind(&s.id_hash)
-        .bind(&s.sid)
-        .bind(&s.connector_id)
-        .bind(&s.subject)
-        .bind(s.auth_time)
-        .bind(&s.data)
-        .bind(s.created_at)
-        .bind(s.expires_at)
-        .bind(&s.device_hash)
-        .bind(&s.device_label)
-        .bind(&s.ip)
-        .bind(s.last_seen_at)
-        .execute(&self.pool)
-        .await?;
+        insert_session_query(s).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -459,19 +442,7 @@ impl Store for SqlStore {
     }
 
     async fn insert_refresh(&self, t: &RefreshRow) -> Result<(), StoreError> {
-        sqlx::query(&format!(
-            "INSERT INTO refresh_tokens ({REFRESH_COLUMNS}, used_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL)"
-        ))
-        .bind(&t.token_hash)
-        .bind(&t.family_id)
-        .bind(&t.client_id)
-        .bind(t.sid.as_deref())
-        .bind(&t.data)
-        .bind(t.issued_at)
-        .bind(t.expires_at)
-        .execute(&self.pool)
-        .await?;
+        insert_refresh_query(t).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -1246,16 +1217,7 @@ impl Store for SqlStore {
         if consumed != 1 {
             return Ok(Rotation::Reused(used));
         }
-        sqlx::query(INSERT_REFRESH)
-            .bind(&next.token_hash)
-            .bind(&next.family_id)
-            .bind(&next.client_id)
-            .bind(next.sid.as_deref())
-            .bind(&next.data)
-            .bind(next.issued_at)
-            .bind(next.expires_at)
-            .execute(&mut *tx)
-            .await?;
+        insert_refresh_query(&next).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(Rotation::Rotated {
             used,
@@ -1318,21 +1280,7 @@ impl Store for SqlStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query(&insert_session_sql())
-            .bind(&row.id_hash)
-            .bind(&row.sid)
-            .bind(&row.connector_id)
-            .bind(&row.subject)
-            .bind(row.auth_time)
-            .bind(&row.data)
-            .bind(row.created_at)
-            .bind(row.expires_at)
-            .bind(&row.device_hash)
-            .bind(&row.device_label)
-            .bind(&row.ip)
-            .bind(row.last_seen_at)
-            .execute(&mut *tx)
-            .await?;
+        insert_session_query(row).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(sids)
     }
@@ -1399,16 +1347,7 @@ impl Store for SqlStore {
                 // An error here returns before the commit: all rolled back.
                 let refresh = first(&data, expires_at)?;
                 if let Some(row) = &refresh {
-                    tx.prepare_cached(&SQLITE_INSERT_REFRESH)?
-                        .execute(rusqlite::params![
-                            row.token_hash,
-                            row.family_id,
-                            row.client_id,
-                            row.sid,
-                            row.data,
-                            row.issued_at,
-                            row.expires_at,
-                        ])?;
+                    sqlite_insert_refresh(tx, row)?;
                 }
                 Ok(Redeemed::Fresh {
                     data,
@@ -1443,16 +1382,7 @@ impl Store for SqlStore {
         // An error here drops `tx`, which rolls it back.
         let refresh = first(&data, expires_at)?;
         if let Some(row) = &refresh {
-            sqlx::query(INSERT_REFRESH)
-                .bind(&row.token_hash)
-                .bind(&row.family_id)
-                .bind(&row.client_id)
-                .bind(row.sid.as_deref())
-                .bind(&row.data)
-                .bind(row.issued_at)
-                .bind(row.expires_at)
-                .execute(&mut *tx)
-                .await?;
+            insert_refresh_query(row).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(Redeemed::Fresh {
@@ -1519,11 +1449,30 @@ const INSERT_CODE: &str = "INSERT INTO codes (code_hash, data, expires_at, redee
 const INSERT_SESSION_CLIENT: &str = "INSERT INTO session_clients \
      (sid, client_id, first_at, expires_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
 
-fn insert_session_sql() -> String {
+static INSERT_SESSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "INSERT INTO sessions ({SESSION_COLUMNS}) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
     )
+});
+
+/// [`INSERT_SESSION`] of `row`, bound (sqlx).
+fn insert_session_query(
+    row: &SessionRow,
+) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    sqlx::query(&INSERT_SESSION)
+        .bind(&row.id_hash)
+        .bind(&row.sid)
+        .bind(&row.connector_id)
+        .bind(&row.subject)
+        .bind(row.auth_time)
+        .bind(&row.data)
+        .bind(row.created_at)
+        .bind(row.expires_at)
+        .bind(&row.device_hash)
+        .bind(&row.device_label)
+        .bind(&row.ip)
+        .bind(row.last_seen_at)
 }
 
 /// The refresh grant's one read: the token, its state, its family's
@@ -1546,6 +1495,35 @@ const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens \
      (token_hash, family_id, client_id, sid, data, issued_at, expires_at, used_at, revoked_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL)";
 
+/// [`INSERT_REFRESH`] of `row`, bound (sqlx).
+fn insert_refresh_query(
+    row: &RefreshRow,
+) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    sqlx::query(INSERT_REFRESH)
+        .bind(&row.token_hash)
+        .bind(&row.family_id)
+        .bind(&row.client_id)
+        .bind(row.sid.as_deref())
+        .bind(&row.data)
+        .bind(row.issued_at)
+        .bind(row.expires_at)
+}
+
+/// [`INSERT_REFRESH`] of `row` in a rusqlite transaction.
+fn sqlite_insert_refresh(tx: &rusqlite::Transaction<'_>, row: &RefreshRow) -> rusqlite::Result<()> {
+    tx.prepare_cached(&SQLITE_INSERT_REFRESH)?
+        .execute(rusqlite::params![
+            row.token_hash,
+            row.family_id,
+            row.client_id,
+            row.sid,
+            row.data,
+            row.issued_at,
+            row.expires_at,
+        ])?;
+    Ok(())
+}
+
 /// SQLite numbers `?n` parameters by `n` but `$n` ones by first
 /// appearance (they are names there): the rusqlite path uses `?n`.
 fn numbered(sql: &str) -> String {
@@ -1564,7 +1542,7 @@ static SQLITE_DELETE_DEVICE_SESSIONS: std::sync::LazyLock<String> =
 static SQLITE_DELETE_SESSION_CLIENTS: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| numbered(DELETE_SESSION_CLIENTS));
 static SQLITE_INSERT_SESSION: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| numbered(&insert_session_sql()));
+    std::sync::LazyLock::new(|| numbered(&INSERT_SESSION));
 static SQLITE_INSERT_CODE: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| numbered(INSERT_CODE));
 static SQLITE_INSERT_SESSION_CLIENT: std::sync::LazyLock<String> =
@@ -1676,16 +1654,7 @@ fn rotate_on_sqlite(
     if consumed != 1 {
         return Ok(Rotation::Reused(used));
     }
-    tx.prepare_cached(&SQLITE_INSERT_REFRESH)?
-        .execute(rusqlite::params![
-            next.token_hash,
-            next.family_id,
-            next.client_id,
-            next.sid,
-            next.data,
-            next.issued_at,
-            next.expires_at,
-        ])?;
+    sqlite_insert_refresh(&tx, &next)?;
     tx.commit()?;
     Ok(Rotation::Rotated {
         used,

@@ -525,18 +525,8 @@ async fn logout_goes_through_the_upstream_end_session_endpoint_and_back() {
     options.client_secret = Some(UPSTREAM_SECRET.into());
     options.end_session = true;
     let fake = FakeOp::start_with(options).await.unwrap();
-    let issuer = fake.issuer.clone();
-    let app = spawn_app_with(move |c| {
-        c.local_users.clear();
+    let app = spawn_app_with_upstream_and(&fake.issuer, |c| {
         c.clients[0].post_logout_redirect_uris = vec![AFTER_LOGOUT.into()];
-        c.upstreams = vec![clients::upstream(
-            UPSTREAM_ID,
-            "Fake OP",
-            &issuer,
-            UPSTREAM_CLIENT_ID,
-            UPSTREAM_SECRET,
-        )
-        .unwrap()];
     })
     .await;
     let to_client = app

@@ -19,18 +19,8 @@ use crate::support::*;
 /// in the group `fakers`), with `tweak` applied last.
 async fn broker(tweak: impl FnOnce(&mut adapter::Config) + Send + 'static) -> (FakeOp, TestApp) {
     let fake = start_fake_upstream(Tamper::None).await;
-    let issuer = fake.issuer.clone();
-    let app = spawn_app_with(move |c| {
-        c.local_users.clear();
+    let app = spawn_app_with_upstream_and(&fake.issuer, move |c| {
         c.claims.customizer = CustomizerKind::Mapped;
-        c.upstreams = vec![clients::upstream(
-            UPSTREAM_ID,
-            "Fake OP",
-            &issuer,
-            UPSTREAM_CLIENT_ID,
-            UPSTREAM_SECRET,
-        )
-        .unwrap()];
         tweak(c);
     })
     .await;
@@ -383,20 +373,11 @@ fn preview_exits_with_1_on_a_rule_error_or_a_budget_overrun() {
 /// rule's key and the position.
 #[test]
 fn a_bad_rule_stops_the_command_naming_rule_and_position() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("adapter.toml");
-    std::fs::write(
-        &path,
+    let out = config_check(
+        "adapter.toml",
         "[[claims.rules]]\nclaim = \"authorities\"\nexpr = \"['ROLE_USER'] +\"\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_adapter"))
-        .env_clear()
-        .arg("--config")
-        .arg(&path)
-        .args(["config", "check"])
-        .output()
-        .unwrap();
+        &[],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(

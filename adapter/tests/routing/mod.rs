@@ -271,10 +271,8 @@ async fn refresh(app: &TestApp, token: &str) -> reqwest::Response {
 /// naming the key.
 #[test]
 fn a_client_naming_an_unknown_upstream_is_a_config_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("adapter.toml");
-    std::fs::write(
-        &file,
+    let out = config_check(
+        "adapter.toml",
         r#"
 [[clients]]
 id = "c"
@@ -288,12 +286,8 @@ issuer = "https://idp.example.org"
 client_id = "adapter"
 client_secret = "upstream-secret"
 "#,
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_adapter"))
-        .args(["--config", file.to_str().unwrap(), "config", "check"])
-        .output()
-        .unwrap();
+        &[],
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
