@@ -700,8 +700,7 @@ fn fields_of_upstream(source: &str) -> Option<BTreeSet<String>> {
         if before.is_some_and(|c| ident(c) || c == '.') || rest.starts_with(ident) {
             continue;
         }
-        // Inside a string literal: count the quotes before it.
-        if source[..i].matches(['\'', '"']).count() % 2 == 1 {
+        if in_string_literal(&source[..i]) {
             continue;
         }
         let rest = rest.trim_start();
@@ -734,6 +733,25 @@ fn fields_of_upstream(source: &str) -> Option<BTreeSet<String>> {
         }
     }
     Some(out)
+}
+
+/// Whether the end of `prefix` lies inside a CEL string literal: the quote
+/// that opened it (`'` or `"`) has not closed, backslash escapes counted.
+fn in_string_literal(prefix: &str) -> bool {
+    let mut open: Option<char> = None;
+    let mut chars = prefix.chars();
+    while let Some(c) = chars.next() {
+        match open {
+            Some(_) if c == '\\' => {
+                chars.next();
+            }
+            Some(q) if c == q => open = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => open = Some(c),
+            None => {}
+        }
+    }
+    open.is_some()
 }
 
 #[cfg(test)]

@@ -485,6 +485,11 @@ fn the_upstream_claims_a_rule_reads_are_found() {
         fields("upstream_id + 'upstream.secret' + subject"),
         Some(vec![])
     );
+    // A quote of the other kind inside a string does not end it.
+    assert_eq!(
+        fields("\"it's \" + upstream.name + 'say \"upstream.x\"'"),
+        Some(vec!["name".to_string()])
+    );
     // The map as a whole: any claim may matter.
     assert_eq!(fields("size(upstream) > 2"), None);
     assert_eq!(fields("upstream[subject]"), None);
