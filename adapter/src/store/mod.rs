@@ -24,6 +24,7 @@
 
 pub mod codec;
 mod sql;
+mod writer;
 
 #[cfg(test)]
 pub(crate) mod conformance;
@@ -49,9 +50,10 @@ pub enum StoreError {
     /// The SQLite connection of the grant paths (see [`Store::rotate_refresh`]).
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    /// The blocking thread running a SQLite transaction died.
-    #[error("storage worker failed: {0}")]
-    Worker(#[from] tokio::task::JoinError),
+    /// The SQLite grant writer could not run or commit a grant's
+    /// transaction (see `store::writer`).
+    #[error("database error: {0}")]
+    Writer(String),
 }
 
 /// How a lookup of a single-use record came out.

@@ -5,13 +5,13 @@
 //! and payloads.
 
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
+use super::writer::GrantWriter;
 use super::{
     AccountRow, BackchannelRow, CodeCheck, CodeInsert, FirstRefresh, KeyRecord, LoginRow, Lookup,
     NextRefresh, OutboxRow, Redeemed, RefreshRow, RefreshStatus, RefreshUse, Rotation, SessionRow,
@@ -24,13 +24,14 @@ pub struct SqlStore {
     pool: AnyPool,
     /// SQLite (a file with a write-ahead log) rather than PostgreSQL.
     sqlite: bool,
-    /// SQLite only: the connection of the grant paths, used on a blocking
-    /// thread. sqlx-sqlite hands every statement to its connection's worker
-    /// thread (two thread switches per statement); a grant's transaction
-    /// here costs one hop for all its statements. One connection behind a
-    /// mutex: SQLite has one writer at a time anyway, and waiting on the
-    /// mutex is cheaper than SQLite's busy handler (which sleeps).
-    grants: Option<Arc<Mutex<rusqlite::Connection>>>,
+    /// SQLite only: the writer thread of the grant paths, which owns a
+    /// connection of its own and commits queued grants in groups (see
+    /// [`GrantWriter`]). sqlx-sqlite hands every statement to its
+    /// connection's worker thread (two thread switches per statement); a
+    /// grant here costs one hand-off for all its statements, and a commit
+    /// (with its `fsync`) is shared by the grants queued together. SQLite
+    /// has one writer at a time anyway.
+    grants: Option<GrantWriter>,
 }
 
 /// Longest a query waits for a pooled connection.
@@ -77,7 +78,7 @@ impl SqlStore {
             .await?;
         MIGRATOR.run(&pool).await?;
         let grants = if is_sqlite {
-            Some(Arc::new(Mutex::new(open_grant_connection(&url)?)))
+            Some(GrantWriter::start(open_grant_connection(&url)?)?)
         } else {
             None
         };
@@ -103,9 +104,11 @@ fn open_grant_connection(url: &str) -> Result<rusqlite::Connection, StoreError> 
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     // As the pool's connections (see `connect`); the file is in WAL mode
-    // already (a persistent setting).
+    // already (a persistent setting). But FULL: a grant's commit reaches
+    // the disk (`fsync` of the log) before it is answered, and the group
+    // commit shares that `fsync` among the grants of a batch.
     conn.execute_batch(
-        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
          PRAGMA busy_timeout = 5000; PRAGMA journal_size_limit = 67108864;",
     )?;
     Ok(conn)
@@ -1170,16 +1173,11 @@ impl Store for SqlStore {
         now: i64,
         next: NextRefresh,
     ) -> Result<Rotation, StoreError> {
-        if let Some(conn) = &self.grants {
-            let (conn, token_hash, client_id) =
-                (conn.clone(), token_hash.to_string(), client_id.to_string());
-            return tokio::task::spawn_blocking(move || {
-                // A panic in another grant rolled its transaction back while
-                // unwinding: the connection is usable.
-                let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-                rotate_on_sqlite(&mut conn, &token_hash, &client_id, now, next)
-            })
-            .await?;
+        if let Some(writer) = &self.grants {
+            let (token_hash, client_id) = (token_hash.to_string(), client_id.to_string());
+            return writer
+                .run(move |conn| rotate_on_sqlite(conn, &token_hash, &client_id, now, next))
+                .await;
         }
         // PostgreSQL: the row is locked by the read (`FOR UPDATE`), so a
         // concurrent rotation waits and then reads it used.
@@ -1226,40 +1224,44 @@ impl Store for SqlStore {
     }
 
     async fn replace_device_sessions(&self, row: &SessionRow) -> Result<Vec<String>, StoreError> {
-        if let Some(conn) = &self.grants {
+        if let Some(writer) = &self.grants {
             let row = row.clone();
-            return Self::on_sqlite(conn, move |tx| {
-                let mut sids = Vec::new();
-                if let Some(device) = &row.device_hash {
-                    let mut delete = tx.prepare_cached(&SQLITE_DELETE_DEVICE_SESSIONS)?;
-                    let mut found =
-                        delete.query(rusqlite::params![row.connector_id, row.subject, device])?;
-                    while let Some(r) = found.next()? {
-                        sids.push(r.get::<_, String>(0)?);
+            return writer
+                .run(move |tx| {
+                    let mut sids = Vec::new();
+                    if let Some(device) = &row.device_hash {
+                        let mut delete = tx.prepare_cached(&SQLITE_DELETE_DEVICE_SESSIONS)?;
+                        let mut found = delete.query(rusqlite::params![
+                            row.connector_id,
+                            row.subject,
+                            device
+                        ])?;
+                        while let Some(r) = found.next()? {
+                            sids.push(r.get::<_, String>(0)?);
+                        }
                     }
-                }
-                for sid in &sids {
-                    tx.prepare_cached(&SQLITE_DELETE_SESSION_CLIENTS)?
-                        .execute([sid])?;
-                }
-                tx.prepare_cached(&SQLITE_INSERT_SESSION)?
-                    .execute(rusqlite::params![
-                        row.id_hash,
-                        row.sid,
-                        row.connector_id,
-                        row.subject,
-                        row.auth_time,
-                        row.data,
-                        row.created_at,
-                        row.expires_at,
-                        row.device_hash,
-                        row.device_label,
-                        row.ip,
-                        row.last_seen_at,
-                    ])?;
-                Ok(sids)
-            })
-            .await;
+                    for sid in &sids {
+                        tx.prepare_cached(&SQLITE_DELETE_SESSION_CLIENTS)?
+                            .execute([sid])?;
+                    }
+                    tx.prepare_cached(&SQLITE_INSERT_SESSION)?
+                        .execute(rusqlite::params![
+                            row.id_hash,
+                            row.sid,
+                            row.connector_id,
+                            row.subject,
+                            row.auth_time,
+                            row.data,
+                            row.created_at,
+                            row.expires_at,
+                            row.device_hash,
+                            row.device_label,
+                            row.ip,
+                            row.last_seen_at,
+                        ])?;
+                    Ok(sids)
+                })
+                .await;
         }
         let mut tx = self.pool.begin().await?;
         let mut sids = Vec::new();
@@ -1286,21 +1288,18 @@ impl Store for SqlStore {
     }
 
     async fn insert_code_for_session(&self, code: &CodeInsert) -> Result<(), StoreError> {
-        if let Some(conn) = &self.grants {
+        if let Some(writer) = &self.grants {
             let c = code.clone();
-            return Self::on_sqlite(conn, move |tx| {
-                tx.prepare_cached(&SQLITE_INSERT_CODE)?
-                    .execute(rusqlite::params![c.code_hash, c.data, c.expires_at])?;
-                tx.prepare_cached(&SQLITE_INSERT_SESSION_CLIENT)?
-                    .execute(rusqlite::params![
-                        c.sid,
-                        c.client_id,
-                        c.now,
-                        c.session_expires_at
-                    ])?;
-                Ok(())
-            })
-            .await;
+            return writer
+                .run(move |tx| {
+                    tx.prepare_cached(&SQLITE_INSERT_CODE)?
+                        .execute(rusqlite::params![c.code_hash, c.data, c.expires_at])?;
+                    tx.prepare_cached(&SQLITE_INSERT_SESSION_CLIENT)?.execute(
+                        rusqlite::params![c.sid, c.client_id, c.now, c.session_expires_at],
+                    )?;
+                    Ok(())
+                })
+                .await;
         }
         let mut tx = self.pool.begin().await?;
         sqlx::query(INSERT_CODE)
@@ -1327,35 +1326,37 @@ impl Store for SqlStore {
         now: i64,
         first: FirstRefresh,
     ) -> Result<Redeemed, StoreError> {
-        if let Some(conn) = &self.grants {
+        if let Some(writer) = &self.grants {
             let (code_hash, grant_id) = (code_hash.to_string(), grant_id.to_string());
-            return Self::on_sqlite(conn, move |tx| {
-                use rusqlite::OptionalExtension;
-                let redeemed = tx
-                    .prepare_cached(&SQLITE_REDEEM_CODE)?
-                    .query_row(rusqlite::params![code_hash, grant_id, now], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                    })
-                    .optional()?;
-                let Some((data, expires_at)) = redeemed else {
-                    let used = tx
-                        .prepare_cached(&SQLITE_CODE_GRANT)?
-                        .query_row(rusqlite::params![code_hash], |r| r.get(0))
+            return writer
+                .run(move |tx| {
+                    use rusqlite::OptionalExtension;
+                    let redeemed = tx
+                        .prepare_cached(&SQLITE_REDEEM_CODE)?
+                        .query_row(rusqlite::params![code_hash, grant_id, now], |r| {
+                            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                        })
                         .optional()?;
-                    return Ok(not_redeemed(used));
-                };
-                // An error here returns before the commit: all rolled back.
-                let refresh = first(&data, expires_at)?;
-                if let Some(row) = &refresh {
-                    sqlite_insert_refresh(tx, row)?;
-                }
-                Ok(Redeemed::Fresh {
-                    data,
-                    expires_at,
-                    refresh_issued: refresh.is_some(),
+                    let Some((data, expires_at)) = redeemed else {
+                        let used = tx
+                            .prepare_cached(&SQLITE_CODE_GRANT)?
+                            .query_row(rusqlite::params![code_hash], |r| r.get(0))
+                            .optional()?;
+                        return Ok(not_redeemed(used));
+                    };
+                    // An error here rolls this grant's writes back (its
+                    // savepoint), the code's consumption included.
+                    let refresh = first(&data, expires_at)?;
+                    if let Some(row) = &refresh {
+                        sqlite_insert_refresh(tx, row)?;
+                    }
+                    Ok(Redeemed::Fresh {
+                        data,
+                        expires_at,
+                        refresh_issued: refresh.is_some(),
+                    })
                 })
-            })
-            .await;
+                .await;
         }
         // PostgreSQL: a concurrent redemption's `UPDATE` waits for the row
         // lock of this one, then finds the code redeemed.
@@ -1412,34 +1413,6 @@ static SQLITE_REDEEM_CODE: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| numbered(REDEEM_CODE));
 static SQLITE_CODE_GRANT: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| numbered(CODE_GRANT));
-
-impl SqlStore {
-    /// Runs `job` in one `BEGIN IMMEDIATE` transaction (the write lock from
-    /// the start, so nothing it read goes stale before it writes) on the
-    /// SQLite grant connection, on a blocking thread: one thread hop for
-    /// all its statements. Committed when `job` succeeds, rolled back
-    /// otherwise.
-    async fn on_sqlite<T, F>(
-        conn: &Arc<Mutex<rusqlite::Connection>>,
-        job: F,
-    ) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
-    {
-        let conn = conn.clone();
-        tokio::task::spawn_blocking(move || {
-            // A panic in another job rolled its transaction back while
-            // unwinding: the connection is usable.
-            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let out = job(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })
-        .await?
-    }
-}
 
 const DELETE_DEVICE_SESSIONS: &str = "DELETE FROM sessions \
      WHERE connector_id = $1 AND subject = $2 AND device_hash = $3 RETURNING sid";
@@ -1510,7 +1483,7 @@ fn insert_refresh_query(
 }
 
 /// [`INSERT_REFRESH`] of `row` in a rusqlite transaction.
-fn sqlite_insert_refresh(tx: &rusqlite::Transaction<'_>, row: &RefreshRow) -> rusqlite::Result<()> {
+fn sqlite_insert_refresh(tx: &rusqlite::Connection, row: &RefreshRow) -> rusqlite::Result<()> {
     tx.prepare_cached(&SQLITE_INSERT_REFRESH)?
         .execute(rusqlite::params![
             row.token_hash,
@@ -1604,18 +1577,17 @@ fn decide_rotation(
     })
 }
 
-/// [`Store::rotate_refresh`] on the SQLite grant connection: one
-/// `BEGIN IMMEDIATE` transaction (the write lock from the start, so the
-/// read cannot go stale before the write).
+/// [`Store::rotate_refresh`] on the SQLite grant writer, inside its
+/// transaction (which holds the write lock from its start, so the read
+/// cannot go stale before the write).
 fn rotate_on_sqlite(
-    conn: &mut rusqlite::Connection,
+    tx: &rusqlite::Connection,
     token_hash: &str,
     client_id: &str,
     now: i64,
     next: NextRefresh,
 ) -> Result<Rotation, StoreError> {
     use rusqlite::OptionalExtension;
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let read = tx
         .prepare_cached(&SQLITE_GRANT_READ)?
         .query_row(
@@ -1639,7 +1611,7 @@ fn rotate_on_sqlite(
             },
         )
         .optional()?;
-    // Every early return drops `tx`, which rolls it back.
+    // An early return has written nothing.
     let (used, next, session_alive) = match decide_rotation(read, client_id, now, next)? {
         Decision::Stop(outcome) => return Ok(outcome),
         Decision::Rotate {
@@ -1654,8 +1626,7 @@ fn rotate_on_sqlite(
     if consumed != 1 {
         return Ok(Rotation::Reused(used));
     }
-    sqlite_insert_refresh(&tx, &next)?;
-    tx.commit()?;
+    sqlite_insert_refresh(tx, &next)?;
     Ok(Rotation::Rotated {
         used,
         session_alive,
@@ -1733,6 +1704,21 @@ mod tests {
             .unwrap();
         assert_eq!(mode.to_lowercase(), "wal");
         crate::store::conformance::run_all(Arc::new(store)).await;
+    }
+
+    /// A grant's commit reaches the disk before it is answered: the grant
+    /// writer's connection syncs the log at every commit (`FULL` is 2).
+    #[tokio::test]
+    async fn grants_commit_with_a_full_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/store.db", dir.path().display());
+        let store = SqlStore::connect(&url, 2).await.unwrap();
+        let writer = store.grants.as_ref().unwrap();
+        let sync: i64 = writer
+            .run(|c| Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(sync, 2);
     }
 
     /// The garbage collector's compaction empties SQLite's write-ahead log.
