@@ -342,6 +342,10 @@ struct Loaded {
     id: Option<String>,
     row: LoginRow,
     login: Login,
+    /// The row is in the store. A login that goes straight to its only
+    /// connector is stored by its first save (one insert at `/authorize`
+    /// instead of an insert and an update).
+    stored: bool,
 }
 
 /// OIDC Core §3.1.2.1: a session may answer when it is younger than
@@ -572,7 +576,13 @@ impl Flows {
         let id_hash = hash(&id);
         let expires_at = now + self.ttl.login;
         let data = codec::encode(&login)?;
-        self.store.insert_login(&id_hash, &data, expires_at).await?;
+        let straight = matches!(route, Route::Straight(_));
+        if !straight {
+            // The chooser's links name the login: it must exist first.
+            self.store
+                .insert_login(&id_hash, &data, expires_at, None)
+                .await?;
+        }
         let loaded = Loaded {
             id: Some(id.clone()),
             row: LoginRow {
@@ -582,6 +592,7 @@ impl Flows {
                 expires_at,
             },
             login,
+            stored: !straight,
         };
         match route {
             Route::Choose(none) if none.is_empty() => Err(FlowError::NoConnectors),
@@ -700,6 +711,7 @@ impl Flows {
             id: id.map(String::from),
             row,
             login,
+            stored: true,
         })
     }
 
@@ -902,7 +914,8 @@ impl Flows {
         }
     }
 
-    /// Compare-and-swap of the login loaded in `cur`.
+    /// Compare-and-swap of the login loaded in `cur` (the insert of one
+    /// not stored yet).
     async fn save(
         &self,
         cur: &Loaded,
@@ -910,6 +923,17 @@ impl Flows {
         state_hash: Option<&str>,
         finish: bool,
     ) -> Result<(), FlowError> {
+        if !cur.stored {
+            // Nobody holds the id of a login never stored, so finishing
+            // one needs no record.
+            if !finish {
+                let data = codec::encode(login)?;
+                self.store
+                    .insert_login(&cur.row.id_hash, &data, cur.row.expires_at, state_hash)
+                    .await?;
+            }
+            return Ok(());
+        }
         let saved = self
             .store
             .update_login(

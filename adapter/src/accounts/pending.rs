@@ -61,7 +61,7 @@ impl PendingAuths {
         let data = codec::encode(&ApiAuth { api_auth: state })?;
         let now = self.clock.now();
         self.store
-            .insert_login(&hash(&id), &data, now + self.ttl)
+            .insert_login(&hash(&id), &data, now + self.ttl, None)
             .await?;
         if finished {
             self.store

@@ -62,7 +62,7 @@ fn found(l: Lookup<LoginRow>) -> LoginRow {
 }
 
 async fn logins_are_versioned_and_single_use(s: &dyn Store) {
-    s.insert_login("l1", "d0", 100).await.unwrap();
+    s.insert_login("l1", "d0", 100, None).await.unwrap();
     let row = found(s.login("l1", 10).await.unwrap());
     assert_eq!((row.version, row.data.as_str()), (0, "d0"));
     // A stale version loses; the current one wins and bumps the version.
@@ -88,7 +88,7 @@ async fn logins_are_versioned_and_single_use(s: &dyn Store) {
         .await
         .unwrap());
     // Expiry: reported, and an expired login cannot be updated.
-    s.insert_login("l2", "d", 100).await.unwrap();
+    s.insert_login("l2", "d", 100, None).await.unwrap();
     assert_eq!(s.login("l2", 100).await.unwrap(), Lookup::Expired);
     assert!(!s
         .update_login("l2", 0, "late", None, false, 100)
@@ -96,11 +96,11 @@ async fn logins_are_versioned_and_single_use(s: &dyn Store) {
         .unwrap());
     assert_eq!(s.login("nope", 1).await.unwrap(), Lookup::Missing);
     // The id is unique.
-    assert!(s.insert_login("l2", "dup", 100).await.is_err());
+    assert!(s.insert_login("l2", "dup", 100, None).await.is_err());
 }
 
 async fn concurrent_login_updates_have_one_winner(s: Arc<dyn Store>) {
-    s.insert_login("race", "d", 1000).await.unwrap();
+    s.insert_login("race", "d", 1000, None).await.unwrap();
     let mut handles = Vec::new();
     for i in 0..8 {
         let s = s.clone();
@@ -118,7 +118,7 @@ async fn concurrent_login_updates_have_one_winner(s: Arc<dyn Store>) {
 }
 
 async fn login_by_callback_state(s: &dyn Store) {
-    s.insert_login("l3", "d", 100).await.unwrap();
+    s.insert_login("l3", "d", 100, None).await.unwrap();
     assert_eq!(s.login_by_state("st3", 1).await.unwrap(), Lookup::Missing);
     assert!(s
         .update_login("l3", 0, "await", Some("st3"), false, 1)
@@ -136,6 +136,20 @@ async fn login_by_callback_state(s: &dyn Store) {
         s.login_by_state("st3", 200).await.unwrap(),
         Lookup::Finished
     );
+    // A login stored when it already waits for the upstream is found by
+    // its state at once, at version 0; a second login cannot take the
+    // same state.
+    s.insert_login("l4", "await", 100, Some("st4"))
+        .await
+        .unwrap();
+    let row = found(s.login_by_state("st4", 1).await.unwrap());
+    assert_eq!((row.id_hash.as_str(), row.version), ("l4", 0));
+    assert!(s.insert_login("l5", "x", 100, Some("st4")).await.is_err());
+    assert!(s
+        .update_login("l4", 0, "done", None, true, 2)
+        .await
+        .unwrap());
+    assert_eq!(s.login_by_state("st4", 3).await.unwrap(), Lookup::Finished);
 }
 
 async fn codes_are_single_use_and_record_the_grant(s: &dyn Store) {
@@ -387,8 +401,8 @@ async fn accounts_by_username_and_email(s: &dyn Store) {
 }
 
 async fn gc_removes_expired(s: &dyn Store) {
-    s.insert_login("old", "x", 10).await.unwrap();
-    s.insert_login("new", "x", 10_000).await.unwrap();
+    s.insert_login("old", "x", 10, None).await.unwrap();
+    s.insert_login("new", "x", 10_000, None).await.unwrap();
     s.insert_code("old-code", "x", 10).await.unwrap();
     assert!(s.delete_expired(20, 1000).await.unwrap() >= 2);
     assert_eq!(s.login("old", 5).await.unwrap(), Lookup::Missing);
@@ -717,7 +731,7 @@ async fn gc_is_bounded_and_covers_every_table(s: &dyn Store) {
     let expiring = |prefix: &str, i: i64| (format!("gc-{prefix}-{i}"), 10 + i);
     for i in 0..2 {
         let (id, exp) = expiring("login", i);
-        s.insert_login(&id, "x", exp).await.unwrap();
+        s.insert_login(&id, "x", exp, None).await.unwrap();
         let (id, exp) = expiring("code", i);
         s.insert_code(&id, "x", exp).await.unwrap();
         let (id, exp) = expiring("session", i);
@@ -747,7 +761,9 @@ async fn gc_is_bounded_and_covers_every_table(s: &dyn Store) {
         s.put_email_code(&id, "x", exp).await.unwrap();
     }
     // One fresh record per table type that must survive.
-    s.insert_login("gc-fresh", "x", FAR + 1).await.unwrap();
+    s.insert_login("gc-fresh", "x", FAR + 1, None)
+        .await
+        .unwrap();
     s.revoke_token("gc-fresh", FAR + 1).await.unwrap();
 
     // 10 tables x 2 expired records, in batches of 7: 7, 7, 6, 0.

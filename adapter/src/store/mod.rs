@@ -209,12 +209,15 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- logins in progress ------------------------------------------------
 
-    /// Inserts a new login (version 0). Fails if the id exists.
+    /// Inserts a new login (version 0), with the hash of the upstream
+    /// `state` it waits for when it goes to an upstream straight away.
+    /// Fails if the id (or the state) exists.
     async fn insert_login(
         &self,
         id_hash: &str,
         data: &str,
         expires_at: i64,
+        state_hash: Option<&str>,
     ) -> Result<(), StoreError>;
 
     /// The login with this id.

@@ -271,14 +271,16 @@ impl Store for SqlStore {
         id_hash: &str,
         data: &str,
         expires_at: i64,
+        state_hash: Option<&str>,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO logins (id_hash, state_hash, version, data, expires_at, finished_at) \
-             VALUES ($1, NULL, 0, $2, $3, NULL)",
+             VALUES ($1, $4, 0, $2, $3, NULL)",
         )
         .bind(id_hash)
         .bind(data)
         .bind(expires_at)
+        .bind(state_hash)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -1731,7 +1733,7 @@ mod tests {
         let payload = "x".repeat(4000);
         for i in 0..500 {
             store
-                .insert_login(&format!("l{i}"), &payload, i64::MAX)
+                .insert_login(&format!("l{i}"), &payload, i64::MAX, None)
                 .await
                 .unwrap();
         }
