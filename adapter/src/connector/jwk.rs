@@ -468,26 +468,29 @@ mod tests {
     }
 
     #[test]
-    fn a_key_of_the_right_kind_still_fits_only_its_own_padding_and_curve() {
-        // The RSA key signs RS256; the PS256 check of the same bytes fails,
-        // and the other way round: the two parsed keys are not mixed up.
+    fn an_rsa_key_checks_the_padding_the_header_names() {
+        // A signature with one padding over a header naming the other
+        // (RFC 7518 §3.3 vs §3.5): the two parsed keys are not mixed up.
         for (signed, claimed) in [
             (Algorithm::RS256, Algorithm::PS256),
             (Algorithm::PS256, Algorithm::RS256),
         ] {
             let (key, jwk) = keypair(signed, "k");
-            let token = sign(signed, &key, "k");
-            let (input, sig) = token.rsplit_once('.').unwrap();
-            let (_, payload) = input.split_once('.').unwrap();
-            let header = B64.encode(
-                serde_json::to_vec(&json!({"alg": format!("{claimed:?}"), "kid": "k"})).unwrap(),
+            let header = json!({"alg": format!("{claimed:?}"), "kid": "k"});
+            let input = format!(
+                "{}.{}",
+                B64.encode(serde_json::to_vec(&header).unwrap()),
+                B64.encode(serde_json::to_vec(&claims()).unwrap())
             );
-            let forged = format!("{header}.{payload}.{sig}");
+            let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key, signed).unwrap();
             assert_eq!(
-                signature_error(verify(jwks(&[&jwk]), &forged)),
+                signature_error(verify(jwks(&[&jwk]), &format!("{input}.{sig}"))),
                 SignatureVerificationError::CryptoError("bad signature".into()),
                 "{signed:?} as {claimed:?}"
             );
+            // The same input signed with the padding it names verifies.
+            let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key, claimed).unwrap();
+            verify(jwks(&[&jwk]), &format!("{input}.{sig}")).unwrap();
         }
     }
 
