@@ -1,6 +1,8 @@
 //! Criterion micro-benchmarks of the adapter's hot paths, through its public
 //! API: JWT signing with a parsed key, claim mapping, the PKCE S256 check,
-//! and code and refresh-token lookups in a SQLite store (a temp file).
+//! code and refresh-token lookups in a SQLite store (a temp file), and the
+//! check of an upstream's ID token with `openidconnect`'s own key type
+//! (RustCrypto `rsa`) and with the adapter's (aws-lc-rs).
 //!
 //! `cargo bench -p bench --bench micro`
 
@@ -186,6 +188,69 @@ fn claim_rules(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, signing, claim_mapping, pkce, store);
+/// What a federated login does with the upstream's RS256 ID token (OIDC
+/// Core §3.1.3.7): a verifier over the upstream's JWKS (built per login, as
+/// `OidcConnector::verify` does), then signature and claims. Once with
+/// `openidconnect`'s `CoreJsonWebKey` (RustCrypto `rsa`, the key rebuilt
+/// from `n` and `e` at every check), once with the adapter's `AwsLcJwk`
+/// (aws-lc-rs, the key parsed with the JWKS).
+fn upstream_id_token(c: &mut Criterion) {
+    use openidconnect::core::{CoreIdToken, CoreJsonWebKey};
+    use openidconnect::{ClientId, IdTokenVerifier, IssuerUrl, JsonWebKey, JsonWebKeySet, Nonce};
+
+    let pem = adapter::keys::generate_pem("RS256").expect("key");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).expect("pem");
+    let mut jwk = serde_json::to_value(
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::RS256)
+            .expect("jwk"),
+    )
+    .expect("jwk json");
+    jwk["kid"] = json!("k1");
+    jwk["use"] = json!("sig");
+    let jwks = json!({ "keys": [jwk] });
+    let mut header = Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("k1".into());
+    let claims = json!({"iss": "https://idp.example.org", "aud": "adapter", "sub": "248289761001",
+        "iat": 1_767_225_600, "exp": 4_102_444_800_i64, "nonce": "n-0S6_WzA2Mj"});
+    let token: CoreIdToken = jsonwebtoken::encode(&header, &claims, &key)
+        .expect("sign")
+        .parse()
+        .expect("id token");
+    let nonce = Nonce::new("n-0S6_WzA2Mj".into());
+
+    fn check<K>(set: &JsonWebKeySet<K>, token: &CoreIdToken, nonce: &Nonce)
+    where
+        K: JsonWebKey<SigningAlgorithm = openidconnect::core::CoreJwsSigningAlgorithm>,
+    {
+        let verifier = IdTokenVerifier::new_public_client(
+            ClientId::new("adapter".into()),
+            IssuerUrl::new("https://idp.example.org".into()).expect("issuer"),
+            set.clone(),
+        )
+        .set_allowed_algs(adapter::connector::oidc::ACCEPTED_ALGS);
+        token.claims(&verifier, nonce).expect("verified");
+    }
+
+    let core: JsonWebKeySet<CoreJsonWebKey> = serde_json::from_value(jwks.clone()).expect("jwks");
+    let ours: JsonWebKeySet<adapter::connector::jwk::AwsLcJwk> =
+        serde_json::from_value(jwks).expect("jwks");
+    c.bench_function(
+        "verify upstream ID token RS256 (openidconnect, rsa crate)",
+        |b| b.iter(|| check(black_box(&core), black_box(&token), &nonce)),
+    );
+    c.bench_function(
+        "verify upstream ID token RS256 (AwsLcJwk, aws-lc-rs)",
+        |b| b.iter(|| check(black_box(&ours), black_box(&token), &nonce)),
+    );
+}
+
+criterion_group!(
+    benches,
+    signing,
+    claim_mapping,
+    pkce,
+    store,
+    upstream_id_token
+);
 criterion_group!(mapping_benches, claim_rules);
 criterion_main!(benches, mapping_benches);

@@ -8,6 +8,7 @@
 //! connector returns from `begin` is persisted with the login state, so a
 //! login survives a restart and can finish on another replica.
 
+pub mod jwk;
 pub mod oauth2;
 pub mod oidc;
 

@@ -5,8 +5,10 @@
 //! not stop the adapter; the next login retries). Every login uses a fresh
 //! `state`, `nonce` and PKCE S256 (RFC 9700 §2.1.1, RFC 7636 §4); the ID
 //! token is validated per OIDC Core §3.1.3.7 by `openidconnect` (signature
-//! with an explicit algorithm allow-list, `iss`, `aud`, `azp`, `exp`,
-//! `nonce`), plus `at_hash` (§3.1.3.8) and, when `max_age` was asked for,
+//! with an explicit algorithm allow-list, `iss`, `aud`, `exp`, `nonce`),
+//! its signature checked by aws-lc-rs through the key type
+//! [`AwsLcJwk`](super::jwk::AwsLcJwk), which the JWKS is parsed into once
+//! per discovery; plus `at_hash` (§3.1.3.8) and, when `max_age` was asked for,
 //! `auth_time` (§3.1.3.7 item 13) here. The callback's `iss` is checked per
 //! RFC 9207 §2.4. An unknown `kid` triggers one throttled re-discovery (OIDC
 //! Core §10.1.1: signing keys rotate). The outbound HTTP client follows no
@@ -21,23 +23,25 @@ use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use openidconnect::core::{
-    CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient,
-    CoreClientAuthMethod, CoreErrorResponseType, CoreGrantType, CoreIdToken, CoreJsonWebKey,
+    CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreClaimName, CoreClaimType,
+    CoreClientAuthMethod, CoreErrorResponseType, CoreGenderClaim, CoreGrantType, CoreIdToken,
     CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm,
-    CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
+    CoreResponseMode, CoreResponseType, CoreRevocableToken, CoreRevocationErrorResponse,
+    CoreSubjectIdentifierType, CoreTokenIntrospectionResponse, CoreTokenResponse,
 };
 use openidconnect::{
     AccessToken, AccessTokenHash, AdditionalProviderMetadata, AuthorizationCode,
-    ClaimsVerificationError, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, NonceVerifier,
-    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
-    RefreshToken, RequestTokenError, Scope, SignatureVerificationError, StandardErrorResponse,
-    TokenResponse,
+    ClaimsVerificationError, Client, ClientId, ClientSecret, CsrfToken, EmptyAdditionalClaims,
+    IssuerUrl, JsonWebKey, Nonce, NonceVerifier, OAuth2TokenResponse, PkceCodeChallenge,
+    PkceCodeVerifier, ProviderMetadata, RedirectUrl, RefreshToken, RequestTokenError, Scope,
+    SignatureVerificationError, StandardErrorResponse, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{Mutex, RwLock};
 
+use super::jwk::AwsLcJwk;
 use super::{
     begin_response, callback_error, pending_login, BeginRequest, BeginResponse, CallbackConnector,
     ConnectorError, Identity, UpstreamTokens,
@@ -164,7 +168,9 @@ pub struct ExtraProviderMetadata {
 
 impl AdditionalProviderMetadata for ExtraProviderMetadata {}
 
-/// An upstream's discovery document.
+/// An upstream's discovery document. Its JWKS (fetched from `jwks_uri` by
+/// the discovery) is parsed into [`AwsLcJwk`]s, so the aws-lc-rs keys are
+/// made once per discovery, not per login.
 pub type UpstreamMetadata = ProviderMetadata<
     ExtraProviderMetadata,
     CoreAuthDisplay,
@@ -174,13 +180,27 @@ pub type UpstreamMetadata = ProviderMetadata<
     CoreGrantType,
     CoreJweContentEncryptionAlgorithm,
     CoreJweKeyManagementAlgorithm,
-    CoreJsonWebKey,
+    AwsLcJwk,
     CoreResponseMode,
     CoreResponseType,
     CoreSubjectIdentifierType,
 >;
 
-type UpstreamClient = CoreClient<
+/// `CoreClient` with [`AwsLcJwk`] keys: its `id_token_verifier` is built as
+/// `CoreClient`'s (client id, the secret for a confidential client, the
+/// discovered issuer and JWKS), and verifies signatures with aws-lc-rs.
+type UpstreamClient = Client<
+    EmptyAdditionalClaims,
+    CoreAuthDisplay,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    AwsLcJwk,
+    CoreAuthPrompt,
+    StandardErrorResponse<CoreErrorResponseType>,
+    CoreTokenResponse,
+    CoreTokenIntrospectionResponse,
+    CoreRevocableToken,
+    CoreRevocationErrorResponse,
     openidconnect::EndpointSet,
     openidconnect::EndpointNotSet,
     openidconnect::EndpointNotSet,
@@ -213,12 +233,13 @@ pub fn check_callback_iss(
 /// OIDC Core §3.1.3.8 (and §3.3.2.11): `at_hash`, when the ID token has
 /// one, is the left half of the hash of the access token, with the hash of
 /// the ID token's `alg` (SHA-256 for RS256, PS256, ES256; SHA-512 for
-/// EdDSA over Ed25519). `openidconnect` picks the hash from `alg` and `key`.
-pub fn check_at_hash(
+/// EdDSA over Ed25519). `openidconnect` picks the hash from `alg` and `key`
+/// (an [`AwsLcJwk`] hashes as the `CoreJsonWebKey` it wraps).
+pub fn check_at_hash<K: JsonWebKey<SigningAlgorithm = CoreJwsSigningAlgorithm>>(
     at_hash: Option<&AccessTokenHash>,
     access_token: &AccessToken,
     alg: &CoreJwsSigningAlgorithm,
-    key: &CoreJsonWebKey,
+    key: &K,
 ) -> Result<(), ConnectorError> {
     let Some(at_hash) = at_hash else {
         return Ok(());
@@ -460,7 +481,7 @@ impl OidcConnector {
         metadata: UpstreamMetadata,
         callback_url: Option<&str>,
     ) -> Result<UpstreamClient, ConnectorError> {
-        let client = CoreClient::from_provider_metadata(
+        let client = UpstreamClient::from_provider_metadata(
             metadata,
             ClientId::new(self.client_id.clone()),
             self.client_secret.clone().map(ClientSecret::new),
@@ -944,6 +965,7 @@ impl CallbackConnector for OidcConnector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use openidconnect::core::CoreJsonWebKey;
     use serde_json::json;
     use sha2::{Digest, Sha256, Sha512};
 
