@@ -114,16 +114,47 @@ impl GrantWriter {
 }
 
 /// Runs `job` under a savepoint of `tx`: kept on `Ok`, rolled back on `Err`.
-fn in_savepoint<T, F>(tx: &mut rusqlite::Transaction<'_>, job: F) -> Result<T, StoreError>
+fn in_savepoint<T, F>(tx: &rusqlite::Connection, job: F) -> Result<T, StoreError>
 where
     F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
 {
-    // Dropped without `commit`, a savepoint rolls back to its start and is
-    // released (rusqlite's default drop behaviour).
-    let savepoint = tx.savepoint()?;
-    let out = job(&savepoint)?;
-    savepoint.commit()?;
+    let savepoint = Savepoint::begin(tx)?;
+    let out = job(tx)?;
+    savepoint.release()?;
     Ok(out)
+}
+
+/// A savepoint on cached statements (rusqlite's own `Savepoint` prepares
+/// its SQL again at every use, twice per grant). Dropped unreleased (the
+/// job failed or panicked), it rolls back to its start and is released.
+struct Savepoint<'c> {
+    conn: &'c rusqlite::Connection,
+    open: bool,
+}
+
+impl<'c> Savepoint<'c> {
+    fn begin(conn: &'c rusqlite::Connection) -> rusqlite::Result<Self> {
+        conn.prepare_cached("SAVEPOINT grant")?.execute([])?;
+        Ok(Savepoint { conn, open: true })
+    }
+
+    fn release(mut self) -> rusqlite::Result<()> {
+        self.open = false;
+        self.conn.prepare_cached("RELEASE grant")?.execute([])?;
+        Ok(())
+    }
+}
+
+impl Drop for Savepoint<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            for sql in ["ROLLBACK TO grant", "RELEASE grant"] {
+                // On failure the batch's commit fails too, or (when the
+                // connection is gone) the batch was lost anyway.
+                let _ = self.conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+            }
+        }
+    }
 }
 
 /// The writer thread: batches until every handle is gone.
