@@ -36,6 +36,9 @@ pub struct Scale {
     pub logins: usize,
     /// Concurrent browsers of the login case.
     pub login_concurrency: usize,
+    /// Concurrent clients of the second refresh case (grants committed
+    /// together; see the SQLite grant writer).
+    pub grant_concurrency: usize,
     /// Active-session counts of the memory case (ascending).
     pub sessions: Vec<usize>,
     /// How long each algorithm's one-core signing rate is measured.
@@ -70,6 +73,7 @@ impl Scale {
             concurrency: 4,
             logins: 4,
             login_concurrency: 2,
+            grant_concurrency: 8,
             sessions: vec![100, 300],
             ceiling: Duration::from_millis(200),
             flood_browsers: 2,
@@ -86,6 +90,7 @@ impl Scale {
             concurrency: 8,
             logins: 200,
             login_concurrency: 4,
+            grant_concurrency: 32,
             sessions: vec![10_000, 100_000],
             ceiling: Duration::from_secs(2),
             flood_browsers: 8,
@@ -522,16 +527,30 @@ async fn run_cases(
     // browser with an adapter session.
     let browser = flows::browser()?;
     let first = flows::login(&browser, &rp, &es.base).await?;
-    if scale.wants(&["authorization_code redemption ES256"]) {
+    // Code redemption on each store. Codes come from a browser with a
+    // session at that adapter (SSO, no upstream login per code); each
+    // adapter gets a browser of its own, as cookies do not tell ports apart.
+    for (label, svc) in [("SQLite", es), ("PostgreSQL", &pg_adapter)] {
+        let name = format!("authorization_code redemption ES256 {label}");
+        if !scale.wants(&[&name]) {
+            continue;
+        }
+        let browser = if label == "SQLite" {
+            browser.clone()
+        } else {
+            let b = flows::browser()?;
+            flows::login(&b, &rp, &svc.base).await?;
+            b
+        };
         let codes_n = n.min(3000);
-        let codes = make_codes(&browser, &es.base, codes_n, conc).await?;
+        let codes = make_codes(&browser, &svc.base, codes_n, conc).await?;
         let codes = Arc::new(codes);
-        let (rp2, base) = (rp.clone(), es.base.clone());
+        let (rp2, base) = (rp.clone(), svc.base.clone());
         let row = r
             .measure(
                 Case {
-                    name: "authorization_code redemption ES256".into(),
-                    target: es,
+                    name,
+                    target: svc,
                     upstream: None,
                     count: codes_n,
                     mode: Mode::Closed { concurrency: conc },
@@ -549,17 +568,30 @@ async fn run_cases(
             .await;
         r.push(
             row,
-            "ID + access token (2 signatures), refresh token stored",
+            "ID + access token (2 signatures), code consumed and refresh token stored in one transaction",
         );
     }
 
-    // Refresh with rotation (RFC 9700 §4.14.2) on SQLite and PostgreSQL.
-    for (label, svc) in [("SQLite", es), ("PostgreSQL", &pg_adapter)] {
-        let name = format!("refresh_token rotation ES256 {label}");
+    // Refresh with rotation (RFC 9700 §4.14.2) on SQLite and PostgreSQL,
+    // with the closed loop's clients and with `grant_concurrency` of them:
+    // the SQLite writer commits the grants queued together in one
+    // transaction with one `fsync`, so its throughput grows with them.
+    let grant_conc = scale.grant_concurrency;
+    for (label, svc, clients) in [
+        ("SQLite", es, conc),
+        ("SQLite", es, grant_conc),
+        ("PostgreSQL", &pg_adapter, conc),
+        ("PostgreSQL", &pg_adapter, grant_conc),
+    ] {
+        let name = if clients == conc {
+            format!("refresh_token rotation ES256 {label}")
+        } else {
+            format!("refresh_token rotation ES256 {label}, {clients} clients")
+        };
         if !scale.wants(&[&name]) {
             continue;
         }
-        let chains = flows::refresh_tokens(&rp, &svc.base, conc).await?;
+        let chains = flows::refresh_tokens(&rp, &svc.base, clients).await?;
         let row = r
             .measure(
                 Case {
@@ -567,7 +599,9 @@ async fn run_cases(
                     target: svc,
                     upstream: None,
                     count: n,
-                    mode: Mode::Closed { concurrency: conc },
+                    mode: Mode::Closed {
+                        concurrency: clients,
+                    },
                     signatures: Some(("ES256", 2.0)),
                     repeatable: true,
                 },
@@ -575,7 +609,7 @@ async fn run_cases(
             )
             .await;
         let note = if label == "SQLite" {
-            "ID + access token, old token consumed and new one inserted before the answer"
+            "ID + access token; old token consumed and new one inserted, committed with fsync (group commit) before the answer"
         } else {
             "same; the database's own CPU is in the PostgreSQL server, not in the adapter's column"
         };

@@ -151,7 +151,10 @@ impl Drop for Savepoint<'_> {
             for sql in ["ROLLBACK TO grant", "RELEASE grant"] {
                 // On failure the batch's commit fails too, or (when the
                 // connection is gone) the batch was lost anyway.
-                let _ = self.conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+                let _ = self
+                    .conn
+                    .prepare_cached(sql)
+                    .and_then(|mut s| s.execute([]));
             }
         }
     }
