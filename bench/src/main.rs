@@ -26,6 +26,10 @@ struct Args {
     /// Override the closed-loop concurrency.
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Override the clients of the second refresh-rotation cases (the
+    /// SQLite writer commits the grants queued together).
+    #[arg(long)]
+    grant_concurrency: Option<usize>,
     /// Override the number of full federated logins.
     #[arg(long)]
     logins: Option<usize>,
@@ -71,6 +75,9 @@ async fn bench() -> anyhow::Result<()> {
     }
     if let Some(c) = args.concurrency {
         scale.concurrency = c;
+    }
+    if let Some(c) = args.grant_concurrency {
+        scale.grant_concurrency = c;
     }
     if let Some(l) = args.logins {
         scale.logins = l;
