@@ -78,7 +78,10 @@ impl SqlStore {
             .await?;
         MIGRATOR.run(&pool).await?;
         let grants = if is_sqlite {
-            Some(GrantWriter::start(open_grant_connection(&url)?)?)
+            Some(GrantWriter::start(
+                open_grant_connection(&url)?,
+                open_grant_connection(&url)?,
+            )?)
         } else {
             None
         };

@@ -14,11 +14,20 @@
 //! a batch pays one `fsync` for all its jobs (group commit). Jobs are never
 //! delayed to make batches bigger: a batch is what queued while the previous
 //! one ran, so a lone request is committed at once.
+//!
+//! Checkpoints (copying the log back into the database file, with an
+//! `fsync` of that file) are not the writer's: a commit that finds the log
+//! past SQLite's threshold would run one, and every grant queued behind it
+//! would wait. The writer's connection turns the automatic checkpoint off,
+//! and a second thread runs a `PASSIVE` checkpoint (which waits for no
+//! reader and no writer) every [`CHECKPOINT_EVERY`] on a connection of its
+//! own.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -27,6 +36,9 @@ use super::StoreError;
 /// Most jobs in one transaction: bounds the latency a job adds to the
 /// others of its batch.
 pub const MAX_BATCH: usize = 64;
+
+/// How often the checkpoint thread copies the log into the database.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// What a queued job hands back once it ran: the answer to send after the
 /// commit (or with the commit's error).
@@ -41,6 +53,9 @@ type Job = Box<dyn FnOnce(Option<&mut rusqlite::Transaction<'_>>) -> Answer + Se
 pub struct GrantWriter {
     jobs: mpsc::Sender<Job>,
     stats: Arc<WriterStats>,
+    /// Never sent on: the checkpoint thread ends when the last handle (and
+    /// so this sender) is dropped.
+    _checkpoints: mpsc::Sender<()>,
 }
 
 impl std::fmt::Debug for GrantWriter {
@@ -62,16 +77,32 @@ pub struct WriterStats {
 }
 
 impl GrantWriter {
-    /// Starts the writer thread on `conn`.
-    pub fn start(conn: rusqlite::Connection) -> Result<Self, StoreError> {
+    /// Starts the writer thread on `conn` and the checkpoint thread on
+    /// `checkpointer` (two connections to the same database file).
+    pub fn start(
+        conn: rusqlite::Connection,
+        checkpointer: rusqlite::Connection,
+    ) -> Result<Self, StoreError> {
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
         let (jobs, queue) = mpsc::channel::<Job>();
+        let (checkpoints, stop) = mpsc::channel::<()>();
         let stats = Arc::new(WriterStats::default());
         let counters = stats.clone();
+        let thread_failed =
+            |e: std::io::Error| StoreError::Url(format!("cannot start a SQLite thread: {e}"));
         std::thread::Builder::new()
             .name("sqlite-grants".into())
             .spawn(move || run(conn, queue, &counters))
-            .map_err(|e| StoreError::Url(format!("cannot start the SQLite writer thread: {e}")))?;
-        Ok(GrantWriter { jobs, stats })
+            .map_err(thread_failed)?;
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_until_dropped(&checkpointer, &stop))
+            .map_err(thread_failed)?;
+        Ok(GrantWriter {
+            jobs,
+            stats,
+            _checkpoints: checkpoints,
+        })
     }
 
     /// Queues `job` for the next group transaction (at once, before the
@@ -160,6 +191,18 @@ impl Drop for Savepoint<'_> {
     }
 }
 
+/// The checkpoint thread: a `PASSIVE` checkpoint every
+/// [`CHECKPOINT_EVERY`] until every handle of the writer is gone.
+fn checkpoint_until_dropped(conn: &rusqlite::Connection, stop: &mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        // Returns (busy, frames in the log, frames checkpointed); a failure
+        // is retried at the next round, and the log only grows meanwhile.
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "SQLite checkpoint failed");
+        }
+    }
+}
+
 /// The writer thread: batches until every handle is gone.
 fn run(mut conn: rusqlite::Connection, queue: mpsc::Receiver<Job>, stats: &WriterStats) {
     while let Ok(first) = queue.recv() {
@@ -216,7 +259,8 @@ mod tests {
         let conn = rusqlite::Connection::open(dir.path().join("w.db")).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER PRIMARY KEY)")
             .unwrap();
-        GrantWriter::start(conn).unwrap()
+        let checkpointer = rusqlite::Connection::open(dir.path().join("w.db")).unwrap();
+        GrantWriter::start(conn, checkpointer).unwrap()
     }
 
     /// The committed rows, read through a connection of their own.
@@ -274,6 +318,39 @@ mod tests {
         // One commit for the first grant, one for the ten queued behind it.
         assert_eq!(writer.stats().jobs.load(Ordering::Relaxed), 11);
         assert_eq!(writer.stats().commits.load(Ordering::Relaxed), 2);
+    }
+
+    /// The writer runs no checkpoint of its own; the checkpoint thread
+    /// copies the committed log into the database file soon after.
+    #[tokio::test]
+    async fn checkpoints_run_beside_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer_on(&dir);
+        let auto: i64 = writer
+            .run(|c| Ok(c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(auto, 0);
+        let file = dir.path().join("w.db");
+        let before = std::fs::metadata(&file).unwrap().len();
+        let payload = "x".repeat(2000);
+        writer
+            .run(move |c| {
+                c.execute_batch("CREATE TABLE big (v TEXT)")?;
+                for _ in 0..50 {
+                    c.execute("INSERT INTO big (v) VALUES (?1)", [&payload])?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        // Far below SQLite's automatic threshold (1,000 pages): only the
+        // checkpoint thread moves these pages into the database file.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&file).unwrap().len() <= before {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint ran");
+            tokio::time::sleep(CHECKPOINT_EVERY / 4).await;
+        }
     }
 
     /// A grant answered `Ok` is committed: a fresh connection reads it.
