@@ -1726,6 +1726,33 @@ mod tests {
         assert_eq!(sync, 2);
     }
 
+    /// A login's removal of the browser's earlier session finds that row
+    /// by index (user and device), instead of reading every session of the
+    /// user (a login's cost would grow with the user's sessions).
+    #[tokio::test]
+    async fn device_sessions_are_found_by_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/store.db", dir.path().display());
+        let _store = SqlStore::connect(&url, 1).await.unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join("store.db")).unwrap();
+        let mut plan = conn
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                *SQLITE_DELETE_DEVICE_SESSIONS
+            ))
+            .unwrap();
+        let details: Vec<String> = plan
+            .query_map(["c", "s", "d"], |r| r.get(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            details,
+            ["SEARCH sessions USING COVERING INDEX sessions_user_device \
+              (connector_id=? AND subject=? AND device_hash=?)"]
+        );
+    }
+
     /// The garbage collector's compaction empties SQLite's write-ahead log.
     #[tokio::test]
     async fn compaction_empties_the_write_ahead_log() {
