@@ -341,10 +341,10 @@ struct KeyMaterial {
 
 /// A private key parsed once, for signing JWS (RFC 7515) with aws-lc-rs.
 ///
-/// jsonwebtoken's `encode` takes an `EncodingKey`, which holds the PKCS#8
-/// document, and parses it again at every signature (a P-256 key costs
-/// about a third of an ES256 signature to parse); a token endpoint signs
-/// with the same key thousands of times a second.
+/// jsonwebtoken's `encode` takes an `EncodingKey`, which holds the DER
+/// document, and parses it again at every signature (for ES256 the parse
+/// cost about as much as the signature: BENCHMARKS.md); a token endpoint
+/// signs with the same key thousands of times a second.
 pub enum SigningKey {
     /// RS256: RSASSA-PKCS1-v1_5 with SHA-256 (RFC 7518 §3.3).
     Rsa(aws_lc_rs::rsa::KeyPair),
@@ -713,7 +713,8 @@ fn load_pem(kid: &str, alg: &str, private_pem: &str) -> Result<KeyMaterial, KeyE
     jwk.common.key_id = Some(kid.to_string());
     jwk.common.public_key_use = Some(PublicKeyUse::Signature);
     let decoding = DecodingKey::from_jwk(&jwk).map_err(bad)?;
-    let signing = SigningKey::from_der(alg, encoding.as_bytes())?;
+    let signing = SigningKey::from_der(alg, encoding.as_bytes())
+        .map_err(|_| bad(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat.into()))?;
     Ok(KeyMaterial {
         alg,
         signing,

@@ -70,6 +70,7 @@ impl AwsLcJwk {
     }
 
     /// The `CoreJsonWebKey` this key parses as.
+    #[cfg(test)]
     pub fn core(&self) -> &CoreJsonWebKey {
         &self.0.jwk
     }

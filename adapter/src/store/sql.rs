@@ -1232,40 +1232,7 @@ impl Store for SqlStore {
         if let Some(writer) = &self.grants {
             let row = row.clone();
             return writer
-                .run(move |tx| {
-                    let mut sids = Vec::new();
-                    if let Some(device) = &row.device_hash {
-                        let mut delete = tx.prepare_cached(&SQLITE_DELETE_DEVICE_SESSIONS)?;
-                        let mut found = delete.query(rusqlite::params![
-                            row.connector_id,
-                            row.subject,
-                            device
-                        ])?;
-                        while let Some(r) = found.next()? {
-                            sids.push(r.get::<_, String>(0)?);
-                        }
-                    }
-                    for sid in &sids {
-                        tx.prepare_cached(&SQLITE_DELETE_SESSION_CLIENTS)?
-                            .execute([sid])?;
-                    }
-                    tx.prepare_cached(&SQLITE_INSERT_SESSION)?
-                        .execute(rusqlite::params![
-                            row.id_hash,
-                            row.sid,
-                            row.connector_id,
-                            row.subject,
-                            row.auth_time,
-                            row.data,
-                            row.created_at,
-                            row.expires_at,
-                            row.device_hash,
-                            row.device_label,
-                            row.ip,
-                            row.last_seen_at,
-                        ])?;
-                    Ok(sids)
-                })
+                .run(move |tx| Ok(replace_device_sessions_on_sqlite(tx, &row)?))
                 .await;
         }
         let mut tx = self.pool.begin().await?;
@@ -1485,6 +1452,42 @@ fn insert_refresh_query(
         .bind(&row.data)
         .bind(row.issued_at)
         .bind(row.expires_at)
+}
+
+/// [`Store::replace_device_sessions`] on the SQLite grant writer, inside
+/// its transaction: the sids of the sessions removed.
+fn replace_device_sessions_on_sqlite(
+    tx: &rusqlite::Connection,
+    row: &SessionRow,
+) -> rusqlite::Result<Vec<String>> {
+    let mut sids = Vec::new();
+    if let Some(device) = &row.device_hash {
+        let mut delete = tx.prepare_cached(&SQLITE_DELETE_DEVICE_SESSIONS)?;
+        let mut found = delete.query(rusqlite::params![row.connector_id, row.subject, device])?;
+        while let Some(r) = found.next()? {
+            sids.push(r.get::<_, String>(0)?);
+        }
+    }
+    for sid in &sids {
+        tx.prepare_cached(&SQLITE_DELETE_SESSION_CLIENTS)?
+            .execute([sid])?;
+    }
+    tx.prepare_cached(&SQLITE_INSERT_SESSION)?
+        .execute(rusqlite::params![
+            row.id_hash,
+            row.sid,
+            row.connector_id,
+            row.subject,
+            row.auth_time,
+            row.data,
+            row.created_at,
+            row.expires_at,
+            row.device_hash,
+            row.device_label,
+            row.ip,
+            row.last_seen_at,
+        ])?;
+    Ok(sids)
 }
 
 /// [`INSERT_REFRESH`] of `row` in a rusqlite transaction.

@@ -45,7 +45,7 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// A job gets the batch's transaction, or `None` when it could not begin
 /// (then its answer carries that error).
-type Job = Box<dyn FnOnce(Option<&mut rusqlite::Transaction<'_>>) -> Answer + Send>;
+type Job = Box<dyn FnOnce(Option<&rusqlite::Connection>) -> Answer + Send>;
 
 /// Handle on the writer thread (cheap to clone). The thread ends, closing
 /// the connection, when the last handle is dropped.
@@ -89,7 +89,7 @@ impl GrantWriter {
         let stats = Arc::new(WriterStats::default());
         let counters = stats.clone();
         let thread_failed =
-            |e: std::io::Error| StoreError::Url(format!("cannot start a SQLite thread: {e}"));
+            |e: std::io::Error| StoreError::Writer(format!("cannot start a SQLite thread: {e}"));
         std::thread::Builder::new()
             .name("sqlite-grants".into())
             .spawn(move || run(conn, queue, &counters))
@@ -170,8 +170,9 @@ impl<'c> Savepoint<'c> {
     }
 
     fn release(mut self) -> rusqlite::Result<()> {
-        self.open = false;
         self.conn.prepare_cached("RELEASE grant")?.execute([])?;
+        // Only once released: a failed release is rolled back by `drop`.
+        self.open = false;
         Ok(())
     }
 }
@@ -231,7 +232,7 @@ fn run_batch(
     conn: &mut rusqlite::Connection,
     batch: Vec<Job>,
 ) -> (Vec<Answer>, Result<(), String>) {
-    let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
             // Nothing runs: every job of the batch is answered the error.
@@ -243,7 +244,7 @@ fn run_batch(
     for job in batch {
         // A panicking job rolled its savepoint back while unwinding; its
         // caller sees its answer channel dropped. The others go on.
-        if let Ok(answer) = std::panic::catch_unwind(AssertUnwindSafe(|| job(Some(&mut tx)))) {
+        if let Ok(answer) = std::panic::catch_unwind(AssertUnwindSafe(|| job(Some(&tx)))) {
             answers.push(answer);
         }
     }
