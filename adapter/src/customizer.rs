@@ -102,6 +102,20 @@ pub trait TokenCustomizer: Send + Sync + 'static {
     /// Extra claims of a token (besides the protocol claims).
     fn claims(&self, ctx: &ClaimsContext<'_>) -> Map<String, Value>;
 
+    /// [`TokenCustomizer::claims`] for each of `kinds` (`ctx.kind` is not
+    /// read), in that order: the tokens of one grant. A customizer may
+    /// share work between them.
+    fn claims_of_grant(
+        &self,
+        ctx: &ClaimsContext<'_>,
+        kinds: &[TokenKind],
+    ) -> Vec<Map<String, Value>> {
+        kinds
+            .iter()
+            .map(|&kind| self.claims(&ClaimsContext { kind, ..*ctx }))
+            .collect()
+    }
+
     /// Every claim name [`TokenCustomizer::claims`] can emit, sorted
     /// (discovery's `claims_supported`, OIDC Discovery §3).
     fn claim_names(&self) -> Vec<String>;
@@ -300,18 +314,35 @@ impl TokenCustomizer for MappedCustomizer {
     }
 
     fn claims(&self, ctx: &ClaimsContext<'_>) -> Map<String, Value> {
-        let mapped = self.mapping.evaluate(&Input {
+        self.claims_of_grant(ctx, &[ctx.kind])
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn claims_of_grant(
+        &self,
+        ctx: &ClaimsContext<'_>,
+        kinds: &[TokenKind],
+    ) -> Vec<Map<String, Value>> {
+        let input = Input {
             identity: ctx.identity,
             client_id: ctx.client_id,
             scopes: ctx.scopes,
             token: ctx.kind.name(),
-        });
-        // The login was admitted with the same rules (`admit`), so this
-        // is the same input failing again: the claim is left out.
-        for e in &mapped.errors {
-            tracing::warn!(rule = %e.origin, claim = %e.claim, error = %e.message, "claim rule failed; claim left out");
-        }
-        filter(mapped.claims, ctx.scopes)
+        };
+        let tokens: Vec<TokenName> = kinds.iter().map(|k| k.name()).collect();
+        self.mapping
+            .evaluate_tokens(&input, &tokens)
+            .into_iter()
+            .map(|mapped| {
+                // The login was admitted with the same rules (`admit`), so
+                // this is the same input failing again: the claim is left out.
+                for e in &mapped.errors {
+                    tracing::warn!(rule = %e.origin, claim = %e.claim, error = %e.message, "claim rule failed; claim left out");
+                }
+                filter(mapped.claims, ctx.scopes)
+            })
+            .collect()
     }
 
     fn admit(

@@ -970,12 +970,22 @@ impl Flows {
             );
             return self.refused(request, &error);
         }
-        let started = self.start_session(identity, browser).await?;
-        tracing::info!(connector = %started.session.identity.connector_id, client = %request.client_id, "login succeeded");
-        let s = &started.session;
-        let redirect = self
-            .issue_code(request, &s.identity, s.auth_time, &s.sid, s.expires_at)
+        // The session and the client's code in one store call (one commit).
+        let (row, started) = self
+            .new_session(identity, browser, self.ttl.session)
             .await?;
+        let s = &started.session;
+        let (code, insert) =
+            self.new_code(request, &s.identity, s.auth_time, &s.sid, s.expires_at)?;
+        self.store_session(&row, Some(&insert)).await?;
+        tracing::info!(connector = %started.session.identity.connector_id, client = %request.client_id, "login succeeded");
+        let redirect = code_redirect(
+            &request.redirect_uri,
+            &code,
+            request.state.as_deref(),
+            &self.issuer,
+        )
+        .ok_or(FlowError::BadRedirect)?;
         Ok(Next::LoggedIn {
             session_cookie: started.cookie,
             device_cookie: started.device_cookie,
@@ -1007,6 +1017,38 @@ impl Flows {
         browser: Browser<'_>,
         ttl: i64,
     ) -> Result<StartedSession, FlowError> {
+        let (row, started) = self.new_session(identity, browser, ttl).await?;
+        self.store_session(&row, None).await?;
+        Ok(started)
+    }
+
+    /// Stores a new session `row` (and the code of its first client, when
+    /// given), replacing the user's earlier session on the same device.
+    async fn store_session(
+        &self,
+        row: &SessionRow,
+        code: Option<&CodeInsert>,
+    ) -> Result<(), FlowError> {
+        // One store call: the user's earlier session on this device goes,
+        // the new one comes.
+        let replaced = self.store.replace_device_sessions(row, code).await?;
+        if !replaced.is_empty() {
+            tracing::info!(connector = %row.connector_id, replaced = replaced.len(), "a new login replaced the session of this device");
+        }
+        self.metrics
+            .login_succeeded(self.connector_label(&row.connector_id));
+        Ok(())
+    }
+
+    /// The row and the cookies of a new session for `identity`, not stored
+    /// yet ([`Flows::store_session`]); the browser's earlier session is
+    /// deleted.
+    async fn new_session(
+        &self,
+        identity: Identity,
+        browser: Browser<'_>,
+        ttl: i64,
+    ) -> Result<(SessionRow, StartedSession), FlowError> {
         let ttl = ttl.min(self.ttl.session);
         let now = self.clock.now();
         if let Some(old) = browser.session {
@@ -1038,28 +1080,21 @@ impl Flows {
             ip: browser.ip.map(String::from),
             last_seen_at: Some(now),
         };
-        // One store call: the user's earlier session on this device goes,
-        // the new one comes.
-        let replaced = self.store.replace_device_sessions(&row).await?;
-        if !replaced.is_empty() {
-            tracing::info!(connector = %identity.connector_id, replaced = replaced.len(), "a new login replaced the session of this device");
-        }
-        self.metrics
-            .login_succeeded(self.connector_label(&identity.connector_id));
-        Ok(StartedSession {
+        let started = StartedSession {
             cookie,
             device_cookie,
             session: Session {
-                sid: row.sid,
+                sid: row.sid.clone(),
                 identity,
                 auth_time,
                 expires_at: row.expires_at,
                 created_at: row.created_at,
                 last_seen_at: row.last_seen_at,
-                device_label: row.device_label,
-                ip: row.ip,
+                device_label: row.device_label.clone(),
+                ip: row.ip.clone(),
             },
-        })
+        };
+        Ok((row, started))
     }
 
     /// Stores a code for `request` and returns the client redirect.
@@ -1071,6 +1106,27 @@ impl Flows {
         sid: &str,
         session_expires_at: i64,
     ) -> Result<String, FlowError> {
+        let (code, insert) =
+            self.new_code(request, identity, auth_time, sid, session_expires_at)?;
+        self.store.insert_code_for_session(&insert).await?;
+        code_redirect(
+            &request.redirect_uri,
+            &code,
+            request.state.as_deref(),
+            &self.issuer,
+        )
+        .ok_or(FlowError::BadRedirect)
+    }
+
+    /// A new code for `request` in session `sid`, and its store row.
+    fn new_code(
+        &self,
+        request: &AuthorizeRequest,
+        identity: &Identity,
+        auth_time: i64,
+        sid: &str,
+        session_expires_at: i64,
+    ) -> Result<(String, CodeInsert), FlowError> {
         let now = self.clock.now();
         let code = random_token();
         let record = CodeRecord {
@@ -1079,24 +1135,16 @@ impl Flows {
             auth_time,
             sid: sid.to_string(),
         };
-        self.store
-            .insert_code_for_session(&CodeInsert {
-                code_hash: hash(&code),
-                data: codec::encode(&record)?,
-                expires_at: now + self.ttl.code,
-                sid: sid.to_string(),
-                client_id: request.client_id.clone(),
-                now,
-                session_expires_at,
-            })
-            .await?;
-        code_redirect(
-            &request.redirect_uri,
-            &code,
-            request.state.as_deref(),
-            &self.issuer,
-        )
-        .ok_or(FlowError::BadRedirect)
+        let insert = CodeInsert {
+            code_hash: hash(&code),
+            data: codec::encode(&record)?,
+            expires_at: now + self.ttl.code,
+            sid: sid.to_string(),
+            client_id: request.client_id.clone(),
+            now,
+            session_expires_at,
+        };
+        Ok((code, insert))
     }
 
     fn error_to_client(

@@ -46,6 +46,8 @@ pub const STORE_DURATION: &str = "adapter_store_operation_duration_seconds";
 pub const STORE_ERRORS: &str = "adapter_store_errors_total";
 pub const ACTIVE_SESSIONS: &str = "adapter_active_sessions";
 pub const RATE_LIMITED: &str = "adapter_rate_limited_total";
+pub const WRITER_JOBS: &str = "adapter_store_writer_jobs_total";
+pub const WRITER_COMMITS: &str = "adapter_store_writer_commits_total";
 
 /// Label of a route no template matched (404s): never the raw path.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -83,6 +85,14 @@ const COUNTERS: &[(&str, &str)] = &[
     (
         RATE_LIMITED,
         "Attempts refused with 429 by a per-IP quota or a per-account throttle, by scope.",
+    ),
+    (
+        WRITER_JOBS,
+        "Grants (logins' sessions and codes, code redemptions, refresh rotations) run by the SQLite writer thread.",
+    ),
+    (
+        WRITER_COMMITS,
+        "Transactions the SQLite writer committed (each with an fsync); jobs per commit is the group size.",
     ),
 ];
 
@@ -265,6 +275,14 @@ impl Metrics {
     fn active_sessions(&self, count: u64) {
         self.record(|| metrics::gauge!(ACTIVE_SESSIONS).set(count as f64));
     }
+
+    /// The SQLite writer's counters, read at scrape time.
+    fn writer(&self, jobs: u64, commits: u64) {
+        self.record(|| {
+            metrics::counter!(WRITER_JOBS).absolute(jobs);
+            metrics::counter!(WRITER_COMMITS).absolute(commits);
+        });
+    }
 }
 
 /// Middleware: counts and times every request under its route template.
@@ -286,8 +304,8 @@ pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next)
     response
 }
 
-/// `GET /metrics`: the active-session gauge is counted now, then every
-/// series is rendered.
+/// `GET /metrics`: the active-session gauge is counted now and the SQLite
+/// writer's counters read, then every series is rendered.
 pub async fn scrape(State(st): State<AppState>) -> Response {
     let now = st.now();
     match st
@@ -297,6 +315,9 @@ pub async fn scrape(State(st): State<AppState>) -> Response {
     {
         Ok(n) => st.metrics.active_sessions(n),
         Err(e) => tracing::warn!(error = %e, "active sessions not counted"),
+    }
+    if let Some((jobs, commits)) = st.store.writer_counts() {
+        st.metrics.writer(jobs, commits);
     }
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], st.metrics.render()).into_response()
 }

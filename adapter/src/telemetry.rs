@@ -2,6 +2,8 @@
 //! request span. Spans carry the method and path only, never the query
 //! string (it holds codes and states) nor headers (cookies, credentials).
 
+use std::io::IsTerminal;
+
 use axum::http::Request;
 use tracing::Span;
 use tracing_subscriber::EnvFilter;
@@ -16,13 +18,22 @@ pub fn init(format: &str) {
 /// standard output is their result, such as `users list`).
 pub fn init_to(format: &str, stderr: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let writer = if stderr {
-        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
+    let (writer, terminal) = if stderr {
+        (
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        )
     } else {
-        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout)
+        (
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout),
+            std::io::stdout().is_terminal(),
+        )
     };
+    // Colours only on a terminal: in a file or a log collector the escape
+    // codes are noise (and cost formatting on every line).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(terminal)
         .with_writer(writer);
     let _ = if format == "json" {
         builder.json().try_init()

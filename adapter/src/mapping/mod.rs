@@ -59,12 +59,21 @@ struct Rule {
     when: Option<Program>,
     /// Whether the rule reads `claims` (built for it only then).
     reads_claims: bool,
+    /// Whether the rule reads `token`. A rule that reads neither `token`
+    /// nor `claims` gives every token of one grant the same outcome, so
+    /// [`Mapping::evaluate_tokens`] runs it once.
+    reads_token: bool,
 }
 
 impl Rule {
     fn claim_for(&self, upstream_id: &str) -> String {
         self.claim
             .replace(UPSTREAM_PLACEHOLDER, &claim_id(upstream_id))
+    }
+
+    /// Whether the outcome may differ between the tokens of one grant.
+    fn per_token(&self) -> bool {
+        self.reads_claims || self.reads_token
     }
 }
 
@@ -184,8 +193,15 @@ fn environment() -> Result<Env, String> {
     Ok(env)
 }
 
+/// Which of the per-token variables an expression reads.
+#[derive(Debug, Clone, Copy, Default)]
+struct Reads {
+    claims: bool,
+    token: bool,
+}
+
 /// Compiles one CEL expression of the rule at `key`.
-fn compile(env: &Env, key: &str, claim: &str, source: &str) -> Result<(Program, bool), String> {
+fn compile(env: &Env, key: &str, claim: &str, source: &str) -> Result<(Program, Reads), String> {
     let program = env.compile(source).map_err(|errors| {
         let first = errors.errors.first();
         let (line, column) = first.map_or((1, 1), |e| (e.pos.0, e.pos.1));
@@ -210,8 +226,11 @@ fn compile(env: &Env, key: &str, claim: &str, source: &str) -> Result<(Program, 
             VARIABLES.join(", ")
         ));
     }
-    let reads_claims = references.has_variable("claims");
-    Ok((program, reads_claims))
+    let reads = Reads {
+        claims: references.has_variable("claims"),
+        token: references.has_variable("token"),
+    };
+    Ok((program, reads))
 }
 
 /// The identifiers a comprehension macro binds: the first argument of
@@ -291,7 +310,7 @@ fn compile_rule(
             let (p, reads) = compile(env, &format!("{origin}.when"), claim, w)?;
             (Some(p), reads)
         }
-        None => (None, false),
+        None => (None, Reads::default()),
     };
     Ok(Rule {
         origin,
@@ -299,7 +318,8 @@ fn compile_rule(
         tokens: rule.tokens.clone(),
         expr,
         when,
-        reads_claims: reads_expr || reads_when,
+        reads_claims: reads_expr.claims || reads_when.claims,
+        reads_token: reads_expr.token || reads_when.token,
     })
 }
 
@@ -342,6 +362,99 @@ fn run(program: &Program, ctx: &Context<'_, '_>) -> Outcome {
         Ok(v) => Outcome::Value(v),
         Err(ExecutionError::NoSuchKey(key)) => Outcome::Missing(key.to_string()),
         Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// What one rule does to the claims of a token.
+#[derive(Debug, Clone)]
+enum Effect {
+    /// The claim is left as it is; the note says why.
+    Skip(String),
+    /// The claim is removed (the rule has no value); the note says why.
+    Unset(String),
+    Set(Value),
+    /// The rule failed; the claim is left as it is.
+    Fail(String),
+}
+
+/// Runs `rule` (its `when`, then its expression) in `ctx`.
+fn effect(rule: &Rule, ctx: &Context<'_, '_>) -> Effect {
+    if let Some(when) = &rule.when {
+        match run(when, ctx) {
+            Outcome::Value(CelValue::Bool(true)) => {}
+            Outcome::Value(CelValue::Bool(false)) => {
+                return Effect::Skip("skipped: `when` is false".into())
+            }
+            Outcome::Missing(key) => {
+                return Effect::Skip(format!("skipped: `when` reads `{key}`, which is not there"))
+            }
+            Outcome::Value(other) => {
+                return Effect::Fail(format!(
+                    "`when` must be true or false, not {}",
+                    other.type_of()
+                ))
+            }
+            Outcome::Failed(e) => return Effect::Fail(format!("when: {e}")),
+        }
+    }
+    match run(&rule.expr, ctx) {
+        Outcome::Value(CelValue::Null) => Effect::Unset("no value (null)".into()),
+        Outcome::Missing(key) => Effect::Unset(format!("no value: `{key}` is not there")),
+        Outcome::Value(v) => match v.json() {
+            Ok(json) => Effect::Set(json),
+            Err(e) => Effect::Fail(e.to_string()),
+        },
+        Outcome::Failed(e) => Effect::Fail(e),
+    }
+}
+
+impl Mapped {
+    /// Applies what `rule` did to `claim`.
+    fn apply(&mut self, rule: &Rule, claim: String, effect: Effect) {
+        let note = |what: String, claim: String| Note {
+            origin: rule.origin.clone(),
+            claim,
+            what,
+        };
+        match effect {
+            Effect::Skip(what) => self.notes.push(note(what, claim)),
+            Effect::Unset(what) => {
+                self.claims.remove(&claim);
+                self.sources.remove(&claim);
+                self.notes.push(note(what, claim));
+            }
+            Effect::Set(value) => {
+                self.claims.insert(claim.clone(), value);
+                self.sources.insert(claim, rule.origin.clone());
+            }
+            Effect::Fail(message) => self.errors.push(RuleError {
+                origin: rule.origin.clone(),
+                claim,
+                message,
+            }),
+        }
+    }
+
+    /// OIDC Core §5.4: a standard claim only with the scope that releases it.
+    fn withhold(&mut self, scopes: &[String]) {
+        let withheld: Vec<(String, &'static str)> = self
+            .claims
+            .keys()
+            .filter_map(|k| {
+                scope_of_claim(k)
+                    .filter(|s| !scopes.iter().any(|g| g == s))
+                    .map(|s| (k.clone(), s))
+            })
+            .collect();
+        for (claim, scope) in withheld {
+            self.claims.remove(&claim);
+            let origin = self.sources.remove(&claim).unwrap_or_default();
+            self.notes.push(Note {
+                origin,
+                claim,
+                what: format!("withheld: scope `{scope}` not granted"),
+            });
+        }
     }
 }
 
@@ -449,114 +562,69 @@ impl Mapping {
     /// The claims of one token: every rule that applies to `input.token`,
     /// in order, then the scope filter of OIDC Core §5.4.
     pub fn evaluate(&self, input: &Input<'_>) -> Mapped {
+        self.evaluate_tokens(input, &[input.token])
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// [`Mapping::evaluate`] for each of `tokens` (`input.token` is not
+    /// read), in that order: the claims of the tokens of one grant. The
+    /// variables are converted to CEL once, and a rule that reads neither
+    /// `token` nor `claims` runs once for all of them (its outcome cannot
+    /// differ between them).
+    pub fn evaluate_tokens(&self, input: &Input<'_>, tokens: &[TokenName]) -> Vec<Mapped> {
         let id = input.identity;
-        let mut out = Mapped {
-            budget: self.budget.of(input.token),
-            ..Mapped::default()
-        };
         let mut ctx = Context::with_env(self.env.clone());
         ctx.add_variable_from_value("upstream", object_to_cel(&id.claims));
         ctx.add_variable_from_value("subject", id.subject.as_str());
         ctx.add_variable_from_value("upstream_id", id.connector_id.as_str());
         ctx.add_variable_from_value("client_id", input.client_id);
         ctx.add_variable_from_value("scopes", input.scopes.to_vec());
-        ctx.add_variable_from_value("token", input.token.as_str());
-        let rules = self
+        let rules: Vec<&Rule> = self
             .layers(&id.connector_id, input.client_id)
             .into_iter()
             .flatten()
             .flat_map(|l| l.rules.iter())
-            .filter(|r| r.tokens.contains(&input.token));
-        for rule in rules {
-            let claim = rule.claim_for(&id.connector_id);
-            let scope;
-            let ctx = if rule.reads_claims {
-                let mut inner = ctx.new_inner_scope();
-                inner.add_variable_from_value("claims", object_to_cel(&out.claims));
-                scope = inner;
-                &scope
-            } else {
-                &ctx
-            };
-            let note = |what: String| Note {
-                origin: rule.origin.clone(),
-                claim: claim.clone(),
-                what,
-            };
-            let error = |message: String| RuleError {
-                origin: rule.origin.clone(),
-                claim: claim.clone(),
-                message,
-            };
-            if let Some(when) = &rule.when {
-                match run(when, ctx) {
-                    Outcome::Value(CelValue::Bool(true)) => {}
-                    Outcome::Value(CelValue::Bool(false)) => {
-                        out.notes.push(note("skipped: `when` is false".into()));
-                        continue;
-                    }
-                    Outcome::Missing(key) => {
-                        out.notes.push(note(format!(
-                            "skipped: `when` reads `{key}`, which is not there"
-                        )));
-                        continue;
-                    }
-                    Outcome::Value(other) => {
-                        out.errors.push(error(format!(
-                            "`when` must be true or false, not {}",
-                            other.type_of()
-                        )));
-                        continue;
-                    }
-                    Outcome::Failed(e) => {
-                        out.errors.push(error(format!("when: {e}")));
-                        continue;
-                    }
-                }
-            }
-            match run(&rule.expr, ctx) {
-                Outcome::Value(CelValue::Null) => {
-                    out.notes.push(note("no value (null)".into()));
-                    out.claims.remove(&claim);
-                    out.sources.remove(&claim);
-                }
-                Outcome::Missing(key) => {
-                    out.notes
-                        .push(note(format!("no value: `{key}` is not there")));
-                    out.claims.remove(&claim);
-                    out.sources.remove(&claim);
-                }
-                Outcome::Value(v) => match v.json() {
-                    Ok(json) => {
-                        out.claims.insert(claim.clone(), json);
-                        out.sources.insert(claim, rule.origin.clone());
-                    }
-                    Err(e) => out.errors.push(error(e.to_string())),
-                },
-                Outcome::Failed(e) => out.errors.push(error(e)),
-            }
-        }
-        // OIDC Core §5.4: a standard claim only with the scope that releases it.
-        let withheld: Vec<(String, &'static str)> = out
-            .claims
-            .keys()
-            .filter_map(|k| {
-                scope_of_claim(k)
-                    .filter(|s| !input.scopes.iter().any(|g| g == s))
-                    .map(|s| (k.clone(), s))
-            })
             .collect();
-        for (claim, scope) in withheld {
-            out.claims.remove(&claim);
-            let origin = out.sources.remove(&claim).unwrap_or_default();
-            out.notes.push(Note {
-                origin,
-                claim,
-                what: format!("withheld: scope `{scope}` not granted"),
-            });
+        // The outcome of each rule that is the same for every token.
+        let mut shared: Vec<Option<Effect>> = vec![None; rules.len()];
+        let mut all = Vec::with_capacity(tokens.len());
+        for &token in tokens {
+            let mut out = Mapped {
+                budget: self.budget.of(token),
+                ..Mapped::default()
+            };
+            let mut token_ctx = ctx.new_inner_scope();
+            token_ctx.add_variable_from_value("token", token.as_str());
+            for (i, rule) in rules.iter().enumerate() {
+                if !rule.tokens.contains(&token) {
+                    continue;
+                }
+                let effect = if rule.per_token() {
+                    if rule.reads_claims {
+                        let mut inner = token_ctx.new_inner_scope();
+                        inner.add_variable_from_value("claims", object_to_cel(&out.claims));
+                        effect(rule, &inner)
+                    } else {
+                        effect(rule, &token_ctx)
+                    }
+                } else {
+                    match &shared[i] {
+                        Some(e) => e.clone(),
+                        None => {
+                            let e = effect(rule, &token_ctx);
+                            shared[i] = Some(e.clone());
+                            e
+                        }
+                    }
+                };
+                out.apply(rule, rule.claim_for(&id.connector_id), effect);
+            }
+            out.withhold(input.scopes);
+            out.bytes = serde_json::to_vec(&out.claims).map_or(0, |b| b.len());
+            all.push(out);
         }
-        out.bytes = serde_json::to_vec(&out.claims).map_or(0, |b| b.len());
-        out
+        all
     }
 
     /// The user's groups at the upstream: the groups claim, a list of
@@ -611,17 +679,18 @@ impl Mapping {
                 description: "the user is not in a group allowed to use this application".into(),
             });
         }
-        let openid = scopes.iter().any(|s| s == "openid");
-        for token in [TokenName::Id, TokenName::Access, TokenName::Userinfo] {
-            if token != TokenName::Access && !openid {
-                continue;
-            }
-            let mapped = self.evaluate(&Input {
-                identity,
-                client_id,
-                scopes,
-                token,
-            });
+        let tokens: &[TokenName] = if scopes.iter().any(|s| s == "openid") {
+            &[TokenName::Id, TokenName::Access, TokenName::Userinfo]
+        } else {
+            &[TokenName::Access]
+        };
+        let input = Input {
+            identity,
+            client_id,
+            scopes,
+            token: TokenName::Access,
+        };
+        for (&token, mapped) in tokens.iter().zip(self.evaluate_tokens(&input, tokens)) {
             if let Some(e) = mapped.errors.first() {
                 tracing::error!(connector = %identity.connector_id, client = %client_id, token = token.as_str(), rule = %e.origin, claim = %e.claim, error = %e.message, "login refused: a claim rule failed");
                 return Err(Refusal {

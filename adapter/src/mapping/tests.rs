@@ -193,6 +193,57 @@ fn rules_choose_their_tokens() {
     );
 }
 
+/// The tokens of one grant mapped together are the tokens mapped one by
+/// one: a rule that reads `token` or `claims`, also in its `when`, runs
+/// for each token; a rule for some tokens only stays out of the others.
+#[test]
+fn the_tokens_of_a_grant_map_as_each_token_alone() {
+    let mut only_id = rule("nickname_hint", "upstream.preferred_username");
+    only_id.tokens = vec![TokenName::Id];
+    let mut when_token = rule("audience_note", "'for the api'");
+    when_token.when = Some("token == 'access'".into());
+    let mut when_claims = rule("hinted", "true");
+    when_claims.when = Some("has(claims.nickname_hint)".into());
+    let m = mapping(&config(vec![
+        rule("preferred_username", "upstream.preferred_username"),
+        only_id,
+        rule("t", "token"),
+        rule("n", "size(claims)"),
+        when_token,
+        when_claims,
+        rule("gone", "null"),
+    ]))
+    .unwrap();
+    let id = identity();
+    let scopes: Vec<String> = ALL.split(' ').map(String::from).collect();
+    let tokens = [TokenName::Id, TokenName::Access, TokenName::Userinfo];
+    let together = m.evaluate_tokens(
+        &Input {
+            identity: &id,
+            client_id: "app",
+            scopes: &scopes,
+            token: TokenName::Access,
+        },
+        &tokens,
+    );
+    assert_eq!(together.len(), 3);
+    for (token, mapped) in tokens.into_iter().zip(&together) {
+        let alone = eval_with(&m, &id, "app", ALL, token);
+        assert_eq!(mapped.claims, alone.claims, "{}", token.as_str());
+        assert_eq!(mapped.notes, alone.notes, "{}", token.as_str());
+        assert_eq!(mapped.bytes, alone.bytes, "{}", token.as_str());
+        assert_eq!(mapped.budget, alone.budget, "{}", token.as_str());
+    }
+    assert_eq!(
+        Value::Object(together[0].claims.clone()),
+        json!({"preferred_username": "jane", "nickname_hint": "jane", "t": "id", "n": 3, "hinted": true})
+    );
+    assert_eq!(
+        Value::Object(together[1].claims.clone()),
+        json!({"preferred_username": "jane", "t": "access", "n": 2, "audience_note": "for the api"})
+    );
+}
+
 #[test]
 fn email_verified_stays_a_boolean_and_scopes_release_standard_claims() {
     let m = mapping(&config(vec![

@@ -784,23 +784,38 @@ fn mint(
 ) -> Result<Map<String, Value>, crate::keys::KeyError> {
     let sub = st.customizer.subject(g.identity);
     let scope = g.scopes.join(" ");
-    let claims_for = |kind| {
-        let mut claims = st.customizer.claims(&ClaimsContext {
-            identity: g.identity,
-            client_id: &g.client.id,
-            scopes: g.scopes,
-            kind,
-        });
-        // A code-level customizer may return anything: the protocol claims
-        // (OIDC Core §2, RFC 9068 §2.2) are the provider's alone, also
-        // those it leaves out of this token (`nonce` of a refresh, `nbf`).
-        claims.retain(|k, _| !RESERVED_CLAIMS.contains(&k.as_str()));
-        claims
+    let openid = g.scopes.iter().any(|s| s == "openid");
+    // The claims of both tokens in one call: the mapping shares its work
+    // between them.
+    let kinds: &[TokenKind] = if openid {
+        &[TokenKind::AccessToken, TokenKind::IdToken]
+    } else {
+        &[TokenKind::AccessToken]
     };
+    let mut claims_of = st
+        .customizer
+        .claims_of_grant(
+            &ClaimsContext {
+                identity: g.identity,
+                client_id: &g.client.id,
+                scopes: g.scopes,
+                kind: TokenKind::AccessToken,
+            },
+            kinds,
+        )
+        .into_iter()
+        .map(|mut claims| {
+            // A code-level customizer may return anything: the protocol
+            // claims (OIDC Core §2, RFC 9068 §2.2) are the provider's alone,
+            // also those it leaves out of this token (`nonce` of a refresh,
+            // `nbf`).
+            claims.retain(|k, _| !RESERVED_CLAIMS.contains(&k.as_str()));
+            claims
+        });
     let tokens = &st.tokens;
 
     // Protocol claims are inserted last: a customizer cannot override them.
-    let mut access: Map<String, Value> = claims_for(TokenKind::AccessToken);
+    let mut access: Map<String, Value> = claims_of.next().unwrap_or_default();
     for (k, v) in [
         ("iss", json!(st.issuer())),
         ("sub", json!(sub)),
@@ -824,11 +839,11 @@ fn mint(
     response.insert("token_type".into(), json!("Bearer"));
     response.insert("expires_in".into(), json!(tokens.access_token_ttl_seconds));
     response.insert("scope".into(), json!(scope));
-    if !g.scopes.iter().any(|s| s == "openid") {
+    if !openid {
         return Ok(response);
     }
 
-    let mut id: Map<String, Value> = claims_for(TokenKind::IdToken);
+    let mut id: Map<String, Value> = claims_of.next().unwrap_or_default();
     for (k, v) in [
         ("iss", json!(st.issuer())),
         ("sub", json!(sub)),

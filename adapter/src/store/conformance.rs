@@ -48,6 +48,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     // ---- a login's last steps in fewer calls ----
     a_session_replaces_the_one_of_its_device(&*store).await;
     a_code_is_stored_with_its_session_client(&*store).await;
+    a_session_and_its_code_commit_together(&*store).await;
     // ---- the authorization-code grant in one call ----
     a_redemption_inserts_the_first_refresh_token_only_when_asked(&*store).await;
     concurrent_redemptions_issue_one_refresh_token(store.clone()).await;
@@ -1402,7 +1403,11 @@ async fn a_session_replaces_the_one_of_its_device(s: &dyn Store) {
     let other_device = on("h-dev2", "sid-dev2", "dora", "dev-b");
     let other_user = on("h-dev3", "sid-dev3", "dirk", "dev-a");
     for row in [&first, &other_device, &other_user] {
-        assert!(s.replace_device_sessions(row).await.unwrap().is_empty());
+        assert!(s
+            .replace_device_sessions(row, None)
+            .await
+            .unwrap()
+            .is_empty());
     }
     s.add_session_client("sid-dev1", "app", 5, 1000)
         .await
@@ -1412,7 +1417,7 @@ async fn a_session_replaces_the_one_of_its_device(s: &dyn Store) {
     // Same user, same device: the earlier session and its client index go.
     let again = on("h-dev4", "sid-dev4", "dora", "dev-a");
     assert_eq!(
-        s.replace_device_sessions(&again).await.unwrap(),
+        s.replace_device_sessions(&again, None).await.unwrap(),
         vec!["sid-dev1".to_string()]
     );
     assert_eq!(s.session("h-dev1", 10).await.unwrap(), None);
@@ -1423,8 +1428,58 @@ async fn a_session_replaces_the_one_of_its_device(s: &dyn Store) {
     // The whole call is one transaction: a clash on the new row's sid
     // keeps the session it would have replaced.
     let clash = on("h-dev5", "sid-dev2", "dora", "dev-a");
-    assert!(s.replace_device_sessions(&clash).await.is_err());
+    assert!(s.replace_device_sessions(&clash, None).await.is_err());
     assert!(s.session("h-dev4", 10).await.unwrap().is_some());
+}
+
+/// A login's session and its client's code in one call: both or neither.
+async fn a_session_and_its_code_commit_together(s: &dyn Store) {
+    let on = |id: &str, sid: &str| SessionRow {
+        device_hash: Some("dev-c".into()),
+        ..session(id, sid, "cora", 5)
+    };
+    let code = |hash: &str, sid: &str| CodeInsert {
+        code_hash: hash.into(),
+        data: "code payload".into(),
+        expires_at: 600,
+        sid: sid.into(),
+        client_id: "app9".into(),
+        now: 5,
+        session_expires_at: 1000,
+    };
+    let first = on("h-sc1", "sid-sc1");
+    assert!(s
+        .replace_device_sessions(&first, Some(&code("c-sc1", "sid-sc1")))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.session("h-sc1", 10).await.unwrap(), Some(first));
+    assert_eq!(
+        s.session_clients("sid-sc1").await.unwrap(),
+        vec!["app9".to_string()]
+    );
+    assert_eq!(
+        redeem(s, "c-sc1", "g-sc1", 6).await,
+        Redeemed::Fresh {
+            data: "code payload".into(),
+            expires_at: 600,
+            refresh_issued: false
+        }
+    );
+    // A code hash that exists fails the whole call: no new session, and
+    // the device's earlier session and its client index are kept.
+    let second = on("h-sc2", "sid-sc2");
+    assert!(s
+        .replace_device_sessions(&second, Some(&code("c-sc1", "sid-sc2")))
+        .await
+        .is_err());
+    assert_eq!(s.session("h-sc2", 10).await.unwrap(), None);
+    assert!(s.session("h-sc1", 10).await.unwrap().is_some());
+    assert_eq!(
+        s.session_clients("sid-sc1").await.unwrap(),
+        vec!["app9".to_string()]
+    );
+    assert!(s.session_clients("sid-sc2").await.unwrap().is_empty());
 }
 
 async fn a_code_is_stored_with_its_session_client(s: &dyn Store) {

@@ -413,6 +413,12 @@ pub trait Store: Send + Sync + 'static {
     /// How many sessions are unexpired at `now` (the active-sessions gauge).
     async fn count_sessions(&self, now: i64) -> Result<u64, StoreError>;
 
+    /// The grant writer's jobs and commits so far (SQLite; `None` where
+    /// grants are not written by one thread).
+    fn writer_counts(&self) -> Option<(u64, u64)> {
+        None
+    }
+
     // ---- local accounts (listing) ---------------------------------------------
 
     /// Every account, by username (the command line's `users list`).
@@ -564,8 +570,14 @@ pub trait Store: Send + Sync + 'static {
     /// Starts a session in one transaction: deletes the sessions of the
     /// same user (`connector_id`, `subject`) on the same device
     /// (`device_hash`, when set) with their client index, then inserts
-    /// `row`. Returns the deleted sessions' `sid`s.
-    async fn replace_device_sessions(&self, row: &SessionRow) -> Result<Vec<String>, StoreError>;
+    /// `row`, then, when given, stores `code` of the new session as
+    /// [`Store::insert_code_for_session`] does (a login's session and its
+    /// code: one commit). Returns the deleted sessions' `sid`s.
+    async fn replace_device_sessions(
+        &self,
+        row: &SessionRow,
+        code: Option<&CodeInsert>,
+    ) -> Result<Vec<String>, StoreError>;
 
     /// Stores a code ([`Store::insert_code`]) and records that `client_id`
     /// logged in to session `sid` ([`Store::add_session_client`]), in one

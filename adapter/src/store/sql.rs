@@ -807,6 +807,16 @@ impl Store for SqlStore {
 
     // ---- metrics ----
 
+    fn writer_counts(&self) -> Option<(u64, u64)> {
+        self.grants.as_ref().map(|w| {
+            let stats = w.stats();
+            (
+                stats.jobs.load(std::sync::atomic::Ordering::Relaxed),
+                stats.commits.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
+    }
+
     async fn count_sessions(&self, now: i64) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE expires_at > $1")
             .bind(now)
@@ -1228,11 +1238,22 @@ impl Store for SqlStore {
         })
     }
 
-    async fn replace_device_sessions(&self, row: &SessionRow) -> Result<Vec<String>, StoreError> {
+    async fn replace_device_sessions(
+        &self,
+        row: &SessionRow,
+        code: Option<&CodeInsert>,
+    ) -> Result<Vec<String>, StoreError> {
         if let Some(writer) = &self.grants {
             let row = row.clone();
+            let code = code.cloned();
             return writer
-                .run(move |tx| Ok(replace_device_sessions_on_sqlite(tx, &row)?))
+                .run(move |tx| {
+                    let sids = replace_device_sessions_on_sqlite(tx, &row)?;
+                    if let Some(c) = &code {
+                        insert_code_on_sqlite(tx, c)?;
+                    }
+                    Ok(sids)
+                })
                 .await;
         }
         let mut tx = self.pool.begin().await?;
@@ -1255,6 +1276,9 @@ impl Store for SqlStore {
                 .await?;
         }
         insert_session_query(row).execute(&mut *tx).await?;
+        if let Some(code) = code {
+            insert_code_in(&mut tx, code).await?;
+        }
         tx.commit().await?;
         Ok(sids)
     }
@@ -1263,30 +1287,11 @@ impl Store for SqlStore {
         if let Some(writer) = &self.grants {
             let c = code.clone();
             return writer
-                .run(move |tx| {
-                    tx.prepare_cached(&SQLITE_INSERT_CODE)?
-                        .execute(rusqlite::params![c.code_hash, c.data, c.expires_at])?;
-                    tx.prepare_cached(&SQLITE_INSERT_SESSION_CLIENT)?.execute(
-                        rusqlite::params![c.sid, c.client_id, c.now, c.session_expires_at],
-                    )?;
-                    Ok(())
-                })
+                .run(move |tx| Ok(insert_code_on_sqlite(tx, &c)?))
                 .await;
         }
         let mut tx = self.pool.begin().await?;
-        sqlx::query(INSERT_CODE)
-            .bind(&code.code_hash)
-            .bind(&code.data)
-            .bind(code.expires_at)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(INSERT_SESSION_CLIENT)
-            .bind(&code.sid)
-            .bind(&code.client_id)
-            .bind(code.now)
-            .bind(code.session_expires_at)
-            .execute(&mut *tx)
-            .await?;
+        insert_code_in(&mut tx, code).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1488,6 +1493,41 @@ fn replace_device_sessions_on_sqlite(
             row.last_seen_at,
         ])?;
     Ok(sids)
+}
+
+/// [`Store::insert_code_for_session`]'s writes in a rusqlite transaction.
+fn insert_code_on_sqlite(tx: &rusqlite::Connection, c: &CodeInsert) -> rusqlite::Result<()> {
+    tx.prepare_cached(&SQLITE_INSERT_CODE)?
+        .execute(rusqlite::params![c.code_hash, c.data, c.expires_at])?;
+    tx.prepare_cached(&SQLITE_INSERT_SESSION_CLIENT)?
+        .execute(rusqlite::params![
+            c.sid,
+            c.client_id,
+            c.now,
+            c.session_expires_at
+        ])?;
+    Ok(())
+}
+
+/// [`Store::insert_code_for_session`]'s writes in a sqlx transaction.
+async fn insert_code_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    code: &CodeInsert,
+) -> Result<(), StoreError> {
+    sqlx::query(INSERT_CODE)
+        .bind(&code.code_hash)
+        .bind(&code.data)
+        .bind(code.expires_at)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(INSERT_SESSION_CLIENT)
+        .bind(&code.sid)
+        .bind(&code.client_id)
+        .bind(code.now)
+        .bind(code.session_expires_at)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// [`INSERT_REFRESH`] of `row` in a rusqlite transaction.

@@ -137,8 +137,7 @@ impl GrantWriter {
         }
     }
 
-    /// The thread's counters (read by tests; not exported to `/metrics`).
-    #[cfg(test)]
+    /// The thread's counters (`/metrics` reads them at scrape time).
     pub fn stats(&self) -> &WriterStats {
         &self.stats
     }
