@@ -58,10 +58,3 @@ pub mod web;
 
 pub use config::Config;
 pub use startup::Application;
-
-/// The global allocator of the provider binaries (`adapter`,
-/// `upstream-test-server`, the launcher, the bench's services): mimalloc,
-/// declared by each binary as
-/// `#[global_allocator] static GLOBAL: adapter::Allocator = adapter::Allocator;`
-/// so that a library user keeps the choice of its own.
-pub use mimalloc::MiMalloc as Allocator;

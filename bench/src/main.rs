@@ -12,9 +12,6 @@ use std::process::ExitCode;
 use bench::services::SERVE_ENV;
 use clap::Parser;
 
-#[global_allocator]
-static GLOBAL: adapter::Allocator = adapter::Allocator;
-
 #[derive(Debug, Parser)]
 #[command(
     about = "Throughput, latency, CPU and memory of the adapter (loopback, separate processes)"

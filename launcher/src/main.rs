@@ -9,9 +9,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Parser;
 
-#[global_allocator]
-static GLOBAL: adapter::Allocator = adapter::Allocator;
-
 #[derive(Debug, Parser)]
 #[command(about = "Run test-app, adapter and upstream-test-server together")]
 struct Args {

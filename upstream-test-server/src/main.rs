@@ -1,9 +1,6 @@
 //! The `upstream-test-server` binary (port 9001). A start-up error is one
 //! line on stderr and exit code 1.
 
-#[global_allocator]
-static GLOBAL: adapter::Allocator = adapter::Allocator;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     adapter::cli::exit_code(
