@@ -556,9 +556,7 @@ impl Flows {
                 if let Some(error) = self.refusal(&request, &s.identity) {
                     return self.refused(&request, &error);
                 }
-                let redirect = self
-                    .issue_code(&request, &s.identity, s.auth_time, &s.sid, s.expires_at)
-                    .await?;
+                let redirect = self.issue_code(&request, &s).await?;
                 return Ok(Next::CodeIssued(redirect));
             }
         }
@@ -974,18 +972,10 @@ impl Flows {
         let (row, started) = self
             .new_session(identity, browser, self.ttl.session)
             .await?;
-        let s = &started.session;
-        let (code, insert) =
-            self.new_code(request, &s.identity, s.auth_time, &s.sid, s.expires_at)?;
+        let (code, insert) = self.new_code(request, &started.session)?;
         self.store_session(&row, Some(&insert)).await?;
         tracing::info!(connector = %started.session.identity.connector_id, client = %request.client_id, "login succeeded");
-        let redirect = code_redirect(
-            &request.redirect_uri,
-            &code,
-            request.state.as_deref(),
-            &self.issuer,
-        )
-        .ok_or(FlowError::BadRedirect)?;
+        let redirect = self.code_redirect(request, &code)?;
         Ok(Next::LoggedIn {
             session_cookie: started.cookie,
             device_cookie: started.device_cookie,
@@ -1097,52 +1087,51 @@ impl Flows {
         Ok((row, started))
     }
 
-    /// Stores a code for `request` and returns the client redirect.
+    /// Stores a code for `request` in session `s` and returns the client
+    /// redirect.
     async fn issue_code(
         &self,
         request: &AuthorizeRequest,
-        identity: &Identity,
-        auth_time: i64,
-        sid: &str,
-        session_expires_at: i64,
+        s: &Session,
     ) -> Result<String, FlowError> {
-        let (code, insert) =
-            self.new_code(request, identity, auth_time, sid, session_expires_at)?;
+        let (code, insert) = self.new_code(request, s)?;
         self.store.insert_code_for_session(&insert).await?;
+        self.code_redirect(request, &code)
+    }
+
+    /// The redirect that hands `code` to the client (RFC 6749 §4.1.2).
+    fn code_redirect(&self, request: &AuthorizeRequest, code: &str) -> Result<String, FlowError> {
         code_redirect(
             &request.redirect_uri,
-            &code,
+            code,
             request.state.as_deref(),
             &self.issuer,
         )
         .ok_or(FlowError::BadRedirect)
     }
 
-    /// A new code for `request` in session `sid`, and its store row.
+    /// A new code for `request` in session `s`, and its store row.
     fn new_code(
         &self,
         request: &AuthorizeRequest,
-        identity: &Identity,
-        auth_time: i64,
-        sid: &str,
-        session_expires_at: i64,
+        s: &Session,
     ) -> Result<(String, CodeInsert), FlowError> {
         let now = self.clock.now();
         let code = random_token();
         let record = CodeRecord {
             request: request.clone(),
-            identity: identity.clone(),
-            auth_time,
-            sid: sid.to_string(),
+            identity: s.identity.clone(),
+            auth_time: s.auth_time,
+            sid: s.sid.clone(),
         };
         let insert = CodeInsert {
             code_hash: hash(&code),
             data: codec::encode(&record)?,
             expires_at: now + self.ttl.code,
-            sid: sid.to_string(),
+            sid: s.sid.clone(),
             client_id: request.client_id.clone(),
             now,
-            session_expires_at,
+            session_expires_at: s.expires_at,
         };
         Ok((code, insert))
     }
