@@ -42,6 +42,43 @@ fn config_check_refuses_an_invalid_config_with_the_key() {
     assert!(out.stdout.is_empty(), "nothing printed before the check");
 }
 
+/// The server's log into a pipe (a file, a collector) is plain text: no
+/// terminal colour codes.
+#[test]
+fn serve_logs_without_colour_codes_when_not_on_a_terminal() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("adapter.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nissuer = \"http://127.0.0.1:9000\"\n\
+             [database]\nurl = \"sqlite://{}/a.db\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut child = adapter_command(&path)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening") {
+        line.clear();
+        assert_ne!(
+            stdout.read_line(&mut line).unwrap(),
+            0,
+            "no `listening` line"
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(line.contains(" INFO "), "{line:?}");
+    assert!(!line.contains('\x1b'), "{line:?}");
+}
+
 #[test]
 fn serve_refuses_an_unset_issuer_with_another_listen() {
     // The database is unreachable too, so a missing check fails fast

@@ -609,14 +609,9 @@ impl Mapping {
                         effect(rule, &token_ctx)
                     }
                 } else {
-                    match &shared[i] {
-                        Some(e) => e.clone(),
-                        None => {
-                            let e = effect(rule, &token_ctx);
-                            shared[i] = Some(e.clone());
-                            e
-                        }
-                    }
+                    shared[i]
+                        .get_or_insert_with(|| effect(rule, &token_ctx))
+                        .clone()
                 };
                 out.apply(rule, rule.claim_for(&id.connector_id), effect);
             }
