@@ -12,12 +12,13 @@
 //! grant types, algorithms and fixed reason names. Never a user name, a
 //! token, a code or anything else a request chooses.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -115,6 +116,48 @@ const HISTOGRAMS: &[(&str, &str)] = &[
 struct Registry {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// The request series, by route template, then method and status.
+    http: Cached<(&'static str, u16), (metrics::Counter, metrics::Histogram)>,
+    /// The issued-token counters, by the JWT's header segment (one per
+    /// signing key and type), then grant type and token name.
+    tokens: Cached<(&'static str, &'static str), metrics::Counter>,
+}
+
+/// Registered handles of the series recorded on every request, so that
+/// the hot path looks a series up by its label values (bounded sets, see
+/// the module's note) instead of building, hashing and registering its key
+/// at every record. A handle stays valid: this exporter never evicts idle
+/// series.
+struct Cached<S, H>(RwLock<HashMap<String, Vec<(S, H)>>>);
+
+impl<S, H> Default for Cached<S, H> {
+    fn default() -> Self {
+        Cached(RwLock::new(HashMap::new()))
+    }
+}
+
+impl<S: Copy + PartialEq, H: Clone> Cached<S, H> {
+    /// Runs `f` on the handle of (`key`, `small`), registered by
+    /// `register` the first time.
+    fn with(&self, key: &str, small: S, register: impl FnOnce() -> H, f: impl FnOnce(&H)) {
+        let find = |map: &HashMap<String, Vec<(S, H)>>| {
+            map.get(key)
+                .and_then(|v| v.iter().find(|(s, _)| *s == small))
+                .map(|(_, h)| h.clone())
+        };
+        if let Some(handle) = self.0.read().ok().and_then(|map| find(&map)) {
+            return f(&handle);
+        }
+        let handle = register();
+        f(&handle);
+        // A poisoned lock only costs the cache: the next record registers
+        // the same series again.
+        if let Ok(mut map) = self.0.write() {
+            if find(&map).is_none() {
+                map.entry(key.to_owned()).or_default().push((small, handle));
+            }
+        }
+    }
 }
 
 /// One application's metrics. Cheap to clone; [`Metrics::default`] records
@@ -138,7 +181,12 @@ impl Metrics {
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
-        let m = Metrics(Some(Arc::new(Registry { recorder, handle })));
+        let m = Metrics(Some(Arc::new(Registry {
+            recorder,
+            handle,
+            http: Cached::default(),
+            tokens: Cached::default(),
+        })));
         m.record(|| {
             for (name, help) in COUNTERS {
                 metrics::describe_counter!(*name, *help);
@@ -170,16 +218,36 @@ impl Metrics {
             .unwrap_or_default()
     }
 
-    pub fn http_request(&self, method: &str, route: &str, status: StatusCode, elapsed: Duration) {
-        let labels = [
-            ("method", method.to_owned()),
-            ("route", route.to_owned()),
-            ("status", status.as_u16().to_string()),
-        ];
-        self.record(|| {
-            metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
-            metrics::histogram!(HTTP_DURATION, &labels).record(elapsed.as_secs_f64());
-        });
+    /// `method` is one of a fixed set ([`track`]), `route` a route
+    /// template.
+    pub fn http_request(
+        &self,
+        method: &'static str,
+        route: &str,
+        status: StatusCode,
+        elapsed: Duration,
+    ) {
+        let Some(r) = &self.0 else {
+            return;
+        };
+        let register = || {
+            let labels = [
+                ("method", method.to_owned()),
+                ("route", route.to_owned()),
+                ("status", status.as_u16().to_string()),
+            ];
+            metrics::with_local_recorder(&r.recorder, || {
+                (
+                    metrics::counter!(HTTP_REQUESTS, &labels),
+                    metrics::histogram!(HTTP_DURATION, &labels),
+                )
+            })
+        };
+        r.http
+            .with(route, (method, status.as_u16()), register, |(n, d)| {
+                n.increment(1);
+                d.record(elapsed.as_secs_f64());
+            });
     }
 
     pub fn login_started(&self, connector: &str) {
@@ -205,19 +273,30 @@ impl Metrics {
     /// Counts the JWTs of a successful token response: the access token
     /// and, when present, the ID token, each with its header's `alg`.
     pub fn tokens_issued(&self, grant_type: &'static str, response: &Value) {
+        let Some(r) = &self.0 else {
+            return;
+        };
         for token in ["access_token", "id_token"] {
             let Some(jwt) = response.get(token).and_then(Value::as_str) else {
                 continue;
             };
-            let alg = jsonwebtoken::decode_header(jwt)
-                .map(|h| format!("{:?}", h.alg))
-                .unwrap_or_else(|_| "unknown".into());
-            let labels = [
-                ("grant_type", grant_type.to_owned()),
-                ("token", token.to_owned()),
-                ("alg", alg),
-            ];
-            self.record(|| metrics::counter!(TOKENS_ISSUED, &labels).increment(1));
+            // The header segment names the key and `alg`: decoded once.
+            let header = jwt.split('.').next().unwrap_or_default();
+            let register = || {
+                let alg = jsonwebtoken::decode_header(jwt)
+                    .map(|h| format!("{:?}", h.alg))
+                    .unwrap_or_else(|_| "unknown".into());
+                let labels = [
+                    ("grant_type", grant_type.to_owned()),
+                    ("token", token.to_owned()),
+                    ("alg", alg),
+                ];
+                metrics::with_local_recorder(&r.recorder, || {
+                    metrics::counter!(TOKENS_ISSUED, &labels)
+                })
+            };
+            r.tokens
+                .with(header, (grant_type, token), register, |n| n.increment(1));
         }
     }
 
@@ -289,18 +368,20 @@ impl Metrics {
 pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     // Extension methods are one label value, so a client cannot mint series.
-    let method = match request.method().as_str() {
-        m @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS") => m,
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
         _ => "other",
-    }
-    .to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(UNMATCHED_ROUTE, MatchedPath::as_str)
-        .to_owned();
+    };
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let response = next.run(request).await;
-    metrics.http_request(&method, &route, response.status(), started.elapsed());
+    let route = route.as_ref().map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
+    metrics.http_request(method, route, response.status(), started.elapsed());
     response
 }
 

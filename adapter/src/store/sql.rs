@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
-use super::writer::GrantWriter;
+use super::writer::{CheckpointPolicy, GrantWriter};
 use super::{
     AccountRow, BackchannelRow, CodeCheck, CodeInsert, FirstRefresh, KeyRecord, LoginRow, Lookup,
     NextRefresh, OutboxRow, Redeemed, RefreshRow, RefreshStatus, RefreshUse, Rotation, SessionRow,
@@ -56,6 +56,12 @@ impl SqlStore {
             // A request fails within seconds when the database is away,
             // instead of hanging (answered 503 by the web layer).
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // A pooled PostgreSQL connection is pinged before each use, so
+            // one that a server restart closed is replaced before a query
+            // fails on it. A SQLite connection is a file handle of this
+            // process that nothing closes behind its back, and the ping is
+            // a round trip to its worker thread: one more per statement.
+            .test_before_acquire(!is_sqlite)
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
                     if conn.backend_name() == "SQLite" {
@@ -81,6 +87,7 @@ impl SqlStore {
             Some(GrantWriter::start(
                 open_grant_connection(&url)?,
                 open_grant_connection(&url)?,
+                CheckpointPolicy::default(),
             )?)
         } else {
             None
@@ -1855,6 +1862,21 @@ mod tests {
         store.pool().close().await;
         let err = SqlStore::connect(&url, 1).await.unwrap_err();
         assert!(matches!(err, StoreError::Migrate(_)), "{err}");
+    }
+
+    /// SQLite's pooled connections serve statements without a ping first
+    /// (a round trip to the connection's worker thread each); PostgreSQL's
+    /// are pinged, so one a server restart closed is replaced before a
+    /// query fails on it.
+    #[tokio::test]
+    async fn only_server_connections_are_pinged_before_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/store.db", dir.path().display());
+        let sqlite = SqlStore::connect(&url, 2).await.unwrap();
+        assert!(!sqlite.pool().options().get_test_before_acquire());
+        let pg = crate::store::conformance::TestPostgres::new().await;
+        assert!(pg.store.pool().options().get_test_before_acquire());
+        pg.drop_schema().await;
     }
 
     /// The same suite on the project's PostgreSQL server (127.0.0.1:5432,

@@ -20,14 +20,19 @@
 //! past SQLite's threshold would run one, and every grant queued behind it
 //! would wait. The writer's connection turns the automatic checkpoint off,
 //! and a second thread runs a `PASSIVE` checkpoint (which waits for no
-//! reader and no writer) every [`CHECKPOINT_EVERY`] on a connection of its
-//! own.
+//! reader and no writer) on a connection of its own, as its
+//! [`CheckpointPolicy`] says: once [`CheckpointPolicy::commits`] commits
+//! have gathered in the log, or [`CheckpointPolicy::at_least_every`] after
+//! the last checkpoint when any has. A checkpoint costs two `fsync`s (log
+//! and database file) whatever it copies, so it waits for a log worth
+//! copying rather than running on a clock: at a few logins a second, a
+//! checkpoint every 100 ms cost more than the logins' own commits.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -37,8 +42,38 @@ use super::StoreError;
 /// others of its batch.
 pub const MAX_BATCH: usize = 64;
 
-/// How often the checkpoint thread copies the log into the database.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// When the checkpoint thread copies the log into the database file.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointPolicy {
+    /// How often the thread looks at the writer's commits.
+    pub poll: Duration,
+    /// Commits since the last checkpoint that call for the next one at
+    /// once. A grant group writes a few pages to tens of pages, so the
+    /// default (100) keeps the log near SQLite's own threshold of 1,000
+    /// pages.
+    pub commits: u64,
+    /// Any commit since the last checkpoint calls for one this long after
+    /// it, so the log of a quiet database is copied too.
+    pub at_least_every: Duration,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy {
+            poll: Duration::from_millis(100),
+            commits: 100,
+            at_least_every: Duration::from_secs(1),
+        }
+    }
+}
+
+impl CheckpointPolicy {
+    /// Whether a checkpoint is due, `commits` commits and `elapsed` after
+    /// the last one.
+    fn due(&self, commits: u64, elapsed: Duration) -> bool {
+        commits >= self.commits || (commits > 0 && elapsed >= self.at_least_every)
+    }
+}
 
 /// What a queued job hands back once it ran: the answer to send after the
 /// commit (or with the commit's error).
@@ -74,6 +109,9 @@ pub struct WriterStats {
     pub jobs: AtomicU64,
     /// Transactions committed: `jobs / commits` is the mean group size.
     pub commits: AtomicU64,
+    /// Checkpoints the checkpoint thread ran (each copies the log into the
+    /// database file).
+    pub checkpoints: AtomicU64,
 }
 
 impl GrantWriter {
@@ -82,12 +120,14 @@ impl GrantWriter {
     pub fn start(
         conn: rusqlite::Connection,
         checkpointer: rusqlite::Connection,
+        policy: CheckpointPolicy,
     ) -> Result<Self, StoreError> {
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
         let (jobs, queue) = mpsc::channel::<Job>();
         let (checkpoints, stop) = mpsc::channel::<()>();
         let stats = Arc::new(WriterStats::default());
         let counters = stats.clone();
+        let observed = stats.clone();
         let thread_failed =
             |e: std::io::Error| StoreError::Writer(format!("cannot start a SQLite thread: {e}"));
         std::thread::Builder::new()
@@ -96,7 +136,7 @@ impl GrantWriter {
             .map_err(thread_failed)?;
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || checkpoint_until_dropped(&checkpointer, &stop))
+            .spawn(move || checkpoint_until_dropped(&checkpointer, &stop, policy, &observed))
             .map_err(thread_failed)?;
         Ok(GrantWriter {
             jobs,
@@ -191,14 +231,32 @@ impl Drop for Savepoint<'_> {
     }
 }
 
-/// The checkpoint thread: a `PASSIVE` checkpoint every
-/// [`CHECKPOINT_EVERY`] until every handle of the writer is gone.
-fn checkpoint_until_dropped(conn: &rusqlite::Connection, stop: &mpsc::Receiver<()>) {
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+/// The checkpoint thread: a `PASSIVE` checkpoint whenever `policy` finds
+/// one due, until every handle of the writer is gone.
+fn checkpoint_until_dropped(
+    conn: &rusqlite::Connection,
+    stop: &mpsc::Receiver<()>,
+    policy: CheckpointPolicy,
+    stats: &WriterStats,
+) {
+    // The counters start with the writer: whatever it committed before
+    // this thread ran is in the log.
+    let mut copied = 0;
+    let mut last = Instant::now();
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(policy.poll) {
+        let commits = stats.commits.load(Ordering::Relaxed);
+        if !policy.due(commits.saturating_sub(copied), last.elapsed()) {
+            continue;
+        }
         // Returns (busy, frames in the log, frames checkpointed); a failure
         // is retried at the next round, and the log only grows meanwhile.
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "SQLite checkpoint failed");
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            Ok(()) => {
+                copied = commits;
+                last = Instant::now();
+                stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed"),
         }
     }
 }
@@ -256,11 +314,51 @@ mod tests {
     use super::*;
 
     fn writer_on(dir: &tempfile::TempDir) -> GrantWriter {
+        writer_with(dir, CheckpointPolicy::default())
+    }
+
+    fn writer_with(dir: &tempfile::TempDir, policy: CheckpointPolicy) -> GrantWriter {
         let conn = rusqlite::Connection::open(dir.path().join("w.db")).unwrap();
-        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER PRIMARY KEY)")
-            .unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER PRIMARY KEY); \
+             CREATE TABLE big (v TEXT)",
+        )
+        .unwrap();
         let checkpointer = rusqlite::Connection::open(dir.path().join("w.db")).unwrap();
-        GrantWriter::start(conn, checkpointer).unwrap()
+        GrantWriter::start(conn, checkpointer, policy).unwrap()
+    }
+
+    /// One commit of 100 KB: far below SQLite's automatic threshold
+    /// (1,000 pages), so only the checkpoint thread moves these pages into
+    /// the database file.
+    async fn commit_100_kb(writer: &GrantWriter) {
+        let payload = "x".repeat(2000);
+        writer
+            .run(move |c| {
+                for _ in 0..50 {
+                    c.execute("INSERT INTO big (v) VALUES (?1)", [&payload])?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
+    fn db_size(dir: &tempfile::TempDir) -> u64 {
+        std::fs::metadata(dir.path().join("w.db")).unwrap().len()
+    }
+
+    fn checkpoints(writer: &GrantWriter) -> u64 {
+        writer.stats().checkpoints.load(Ordering::Relaxed)
+    }
+
+    /// Waits (at most 10 s) for the checkpoint thread's first checkpoint.
+    async fn first_checkpoint(writer: &GrantWriter) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while checkpoints(writer) == 0 {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint ran");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// The committed rows, read through a connection of their own.
@@ -321,36 +419,53 @@ mod tests {
     }
 
     /// The writer runs no checkpoint of its own; the checkpoint thread
-    /// copies the committed log into the database file soon after.
+    /// leaves the log alone until it holds `commits` commits, then copies
+    /// it into the database file.
     #[tokio::test]
-    async fn checkpoints_run_beside_the_writer() {
+    async fn checkpoints_wait_for_enough_commits() {
         let dir = tempfile::tempdir().unwrap();
-        let writer = writer_on(&dir);
+        let writer = writer_with(
+            &dir,
+            CheckpointPolicy {
+                poll: Duration::from_millis(5),
+                commits: 3,
+                at_least_every: Duration::from_secs(3600),
+            },
+        );
         let auto: i64 = writer
             .run(|c| Ok(c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?))
             .await
             .unwrap();
         assert_eq!(auto, 0);
-        let file = dir.path().join("w.db");
-        let before = std::fs::metadata(&file).unwrap().len();
-        let payload = "x".repeat(2000);
-        writer
-            .run(move |c| {
-                c.execute_batch("CREATE TABLE big (v TEXT)")?;
-                for _ in 0..50 {
-                    c.execute("INSERT INTO big (v) VALUES (?1)", [&payload])?;
-                }
-                Ok(())
-            })
-            .await
-            .unwrap();
-        // Far below SQLite's automatic threshold (1,000 pages): only the
-        // checkpoint thread moves these pages into the database file.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::fs::metadata(&file).unwrap().len() <= before {
-            assert!(std::time::Instant::now() < deadline, "no checkpoint ran");
-            tokio::time::sleep(CHECKPOINT_EVERY / 4).await;
-        }
+        let before = db_size(&dir);
+        // Two commits (the pragma's transaction and this one) in 60 polls.
+        commit_100_kb(&writer).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(checkpoints(&writer), 0, "two commits are not enough");
+        assert_eq!(db_size(&dir), before);
+        // The third.
+        commit_100_kb(&writer).await;
+        first_checkpoint(&writer).await;
+        assert!(db_size(&dir) > before + 100_000);
+    }
+
+    /// Fewer commits than the policy's count are copied once
+    /// `at_least_every` has passed.
+    #[tokio::test]
+    async fn a_quiet_log_is_checkpointed_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer_with(
+            &dir,
+            CheckpointPolicy {
+                poll: Duration::from_millis(5),
+                commits: 1000,
+                at_least_every: Duration::from_millis(50),
+            },
+        );
+        let before = db_size(&dir);
+        commit_100_kb(&writer).await;
+        first_checkpoint(&writer).await;
+        assert!(db_size(&dir) > before + 90_000);
     }
 
     /// A grant answered `Ok` is committed: a fresh connection reads it.
