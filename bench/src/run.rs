@@ -115,6 +115,9 @@ pub struct Row {
     pub cpu_us: f64,
     /// CPU of the upstream process per request, µs (when it took part).
     pub upstream_cpu_us: Option<f64>,
+    /// CPU of the bench process (the load generator, on the same cores)
+    /// per request, µs.
+    pub generator_cpu_us: f64,
     /// The adapter's resident memory after the case, KiB.
     pub rss_kib: u64,
     /// Throughput per adapter core as a fraction of the one-core signing
@@ -132,15 +135,16 @@ impl Row {
     /// The Markdown table header.
     pub fn header() -> String {
         "| case | requests | errors | req/s | p50 ms | p99 ms | adapter CPU µs/req | \
-         vs signing ceiling | upstream CPU µs/req | adapter RSS MiB | other load (cores) | note |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+         vs signing ceiling | upstream CPU µs/req | load generator CPU µs/req | adapter RSS MiB | \
+         other load (cores) | note |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
             .into()
     }
 
     /// The Markdown table line.
     pub fn line(&self) -> String {
         format!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {} | {} | {:.1} | {:.2}{} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {} | {} | {:.0} | {:.1} | {:.2}{} | {} |",
             self.case,
             self.requests,
             self.errors,
@@ -154,6 +158,7 @@ impl Row {
             self.upstream_cpu_us
                 .map(|u| format!("{u:.0}"))
                 .unwrap_or_else(|| "–".into()),
+            self.generator_cpu_us,
             self.rss_kib as f64 / 1024.0,
             self.foreign_cores,
             if self.runs > 1 {
@@ -307,6 +312,7 @@ impl Runner {
                     (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / ok),
                     _ => None,
                 },
+                generator_cpu_us: self1.saturating_sub(self0) as f64 / ok,
                 rss_kib: case.target.rss_kib(),
                 vs_ceiling,
                 foreign_cores: (foreign * 100.0).round() / 100.0,

@@ -66,6 +66,14 @@ async fn every_case_produces_sane_figures() {
     if cfg!(debug_assertions) {
         assert_eq!(ratios, 10, "every token case measured against the ceiling");
     }
+    // The load generator's own CPU is measured (summed over the cases: a
+    // small case may stay under one clock tick).
+    let generator_us: f64 = report
+        .rows
+        .iter()
+        .map(|r| r.generator_cpu_us * r.requests as f64)
+        .sum();
+    assert!(generator_us > 0.0, "no load-generator CPU measured");
     let login = report.row("full federated login ES256").unwrap();
     // The upstream's share of a login includes an argon2id verification.
     assert!(login.upstream_cpu_us.unwrap() > 0.0, "{login:?}");
