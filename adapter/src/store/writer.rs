@@ -22,8 +22,8 @@
 //! and a second thread runs a `PASSIVE` checkpoint (which waits for no
 //! reader and no writer) on a connection of its own, as its
 //! [`CheckpointPolicy`] says: once [`CheckpointPolicy::commits`] commits
-//! have gathered in the log, or [`CheckpointPolicy::at_least_every`] after
-//! the last checkpoint when any has. A checkpoint costs two `fsync`s (log
+//! have gathered in the log, or, when fewer have,
+//! [`CheckpointPolicy::at_least_every`] after the last checkpoint. A checkpoint costs two `fsync`s (log
 //! and database file) whatever it copies, so it waits for a log worth
 //! copying rather than running on a clock: at a few logins a second, a
 //! checkpoint every 100 ms cost more than the logins' own commits.
@@ -52,8 +52,9 @@ pub struct CheckpointPolicy {
     /// default (100) keeps the log near SQLite's own threshold of 1,000
     /// pages.
     pub commits: u64,
-    /// Any commit since the last checkpoint calls for one this long after
-    /// it, so the log of a quiet database is copied too.
+    /// Fewer commits call for a checkpoint this long after the last one,
+    /// so the log of a quiet database is copied too (at most once per
+    /// period).
     pub at_least_every: Duration,
 }
 
