@@ -6,6 +6,7 @@
 //!
 //! - [`services`]: configurations, spawning, readiness, PostgreSQL schema;
 //! - [`flows`]: the HTTP conversations (browser logins, token requests);
+//! - [`lean`]: the keep-alive client of the token endpoint's load;
 //! - [`load`]: closed- and open-loop load with latency quantiles;
 //! - [`ceiling`]: the one-core signing rate of each algorithm;
 //! - [`procstat`]: `/proc` readings;
@@ -16,6 +17,7 @@
 
 pub mod ceiling;
 pub mod flows;
+pub mod lean;
 pub mod load;
 pub mod procstat;
 pub mod run;

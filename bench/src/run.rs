@@ -18,6 +18,7 @@ use adapter::store::{codec, RefreshRow, SessionRow, SqlStore, Store};
 
 use crate::ceiling::{self, Ceiling};
 use crate::flows;
+use crate::lean::{Answer, LeanClient};
 use crate::load::{self, Sample};
 use crate::procstat;
 use crate::services::{
@@ -500,7 +501,7 @@ async fn run_cases(
                     signatures: Some((alg, 1.0)),
                     repeatable: true,
                 },
-                cc_op(&rp, &svc.base),
+                cc_op(&svc.base)?,
             )
             .await;
         if alg == "ES256" {
@@ -522,7 +523,7 @@ async fn run_cases(
                     signatures: Some(("ES256", 1.0)),
                     repeatable: true,
                 },
-                cc_op(&rp, &es.base),
+                cc_op(&es.base)?,
             )
             .await;
         let rate = 0.7 * cc_peak;
@@ -613,7 +614,7 @@ async fn run_cases(
                     signatures: Some(("ES256", 2.0)),
                     repeatable: true,
                 },
-                refresh_op(&rp, &svc.base, chains),
+                refresh_op(&svc.base, chains)?,
             )
             .await;
         let note = if label == "SQLite" {
@@ -777,7 +778,7 @@ async fn run_cases(
     }
 
     if scale.wants(&FLOOD) {
-        login_flood(r, &rp, &upstream, es, ports[0]).await?;
+        login_flood(r, &upstream, es, ports[0]).await?;
     }
     let memory_cases: Vec<String> = ["adapter idle", "warm-up: client_credentials ES256"]
         .into_iter()
@@ -801,16 +802,41 @@ async fn run_cases(
     Ok(())
 }
 
-fn cc_op(rp: &reqwest::Client, base: &str) -> Op {
-    let (rp, base) = (rp.clone(), base.to_string());
-    op(move |_| {
-        let (rp, base) = (rp.clone(), base.clone());
+/// Client-credentials grants (RFC 6749 §4.4) over the lean client.
+fn cc_op(base: &str) -> anyhow::Result<Op> {
+    let client = Arc::new(LeanClient::new(
+        base,
+        adapter::paths::TOKEN,
+        CLIENT_ID,
+        CLIENT_SECRET,
+    )?);
+    Ok(op(move |_| {
+        let client = client.clone();
         async move {
-            flows::token(&rp, &base, &[("grant_type", "client_credentials")])
-                .await
-                .map(|_| ())
+            let answer = client.post("grant_type=client_credentials").await?;
+            token_answer(&answer).map(|_| ())
         }
-    })
+    }))
+}
+
+/// The token answer's fields the load reads; any other answer than a
+/// 200 with an access token is an error.
+#[derive(serde::Deserialize)]
+struct TokenAnswer {
+    #[allow(dead_code)]
+    access_token: String,
+    refresh_token: Option<String>,
+}
+
+fn token_answer(answer: &Answer) -> anyhow::Result<TokenAnswer> {
+    if answer.status != 200 {
+        bail!(
+            "token endpoint {}: {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    serde_json::from_slice(&answer.body).context("a token answer without access_token")
 }
 
 fn get_op(rp: &reqwest::Client, url: &str) -> Op {
@@ -830,34 +856,34 @@ fn get_op(rp: &reqwest::Client, url: &str) -> Op {
 
 /// Each worker `w` rotates chain `w` (worker `w` runs the i with
 /// `i % chains == w`, one at a time).
-fn refresh_op(rp: &reqwest::Client, base: &str, chains: Vec<String>) -> Op {
+fn refresh_op(base: &str, chains: Vec<String>) -> anyhow::Result<Op> {
     let n = chains.len();
     let chains: Arc<Vec<Mutex<String>>> = Arc::new(chains.into_iter().map(Mutex::new).collect());
-    let (rp, base) = (rp.clone(), base.to_string());
-    op(move |i| {
-        let (rp, base, chains) = (rp.clone(), base.clone(), chains.clone());
+    let client = Arc::new(LeanClient::new(
+        base,
+        adapter::paths::TOKEN,
+        CLIENT_ID,
+        CLIENT_SECRET,
+    )?);
+    Ok(op(move |i| {
+        let (client, chains) = (client.clone(), chains.clone());
         async move {
             let chain = &chains[i % n];
             let current = chain
                 .lock()
                 .map_err(|_| anyhow::anyhow!("poisoned"))?
                 .clone();
-            let t = flows::token(
-                &rp,
-                &base,
-                &[
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", current.as_str()),
-                ],
-            )
-            .await?;
-            let next = t["refresh_token"]
-                .as_str()
+            // Refresh tokens are URL-safe (base64url): no encoding needed.
+            let answer = client
+                .post(&format!("grant_type=refresh_token&refresh_token={current}"))
+                .await?;
+            let next = token_answer(&answer)?
+                .refresh_token
                 .context("no rotated refresh_token")?;
-            *chain.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = next.to_string();
+            *chain.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = next;
             Ok(())
         }
-    })
+    }))
 }
 
 async fn make_codes(
@@ -889,7 +915,6 @@ async fn make_codes(
 /// upstream's own (same process as the hashing) and the adapter's.
 async fn login_flood(
     r: &mut Runner,
-    rp: &reqwest::Client,
     upstream: &Service,
     es: &Service,
     adapter_port: u16,
@@ -911,7 +936,7 @@ async fn login_flood(
                 "local-connector process: client_credentials RS256, no flood",
                 upstream,
             ),
-            cc_op(rp, &upstream.base),
+            cc_op(&upstream.base)?,
         )
         .await;
     let base_up_rps = base_up.rps;
@@ -954,7 +979,7 @@ async fn login_flood(
                 "local-connector process: client_credentials RS256, login flood",
                 upstream,
             ),
-            cc_op(rp, &upstream.base),
+            cc_op(&upstream.base)?,
         )
         .await;
     let ratio = up.rps / base_up_rps.max(1e-9);
@@ -977,7 +1002,7 @@ async fn login_flood(
         es,
     );
     ad_case.signatures = Some(("ES256", 1.0));
-    let ad = r.measure(ad_case, cc_op(rp, &es.base)).await;
+    let ad = r.measure(ad_case, cc_op(&es.base)?).await;
     let ratio = ad.rps / base_ad_rps.max(1e-9);
     r.push(
         ad,
@@ -1071,7 +1096,7 @@ async fn memory(
                 signatures: None,
                 repeatable: false,
             },
-            cc_op(rp, &svc.base),
+            cc_op(&svc.base)?,
         )
         .await;
     let warm_rss = warm.rss_kib;
