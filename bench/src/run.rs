@@ -823,6 +823,7 @@ fn cc_op(base: &str) -> anyhow::Result<Op> {
 /// 200 with an access token is an error.
 #[derive(serde::Deserialize)]
 struct TokenAnswer {
+    /// Required, never read: an answer without it fails to parse.
     #[allow(dead_code)]
     access_token: String,
     refresh_token: Option<String>,
