@@ -802,14 +802,19 @@ async fn run_cases(
     Ok(())
 }
 
-/// Client-credentials grants (RFC 6749 §4.4) over the lean client.
-fn cc_op(base: &str) -> anyhow::Result<Op> {
-    let client = Arc::new(LeanClient::new(
+/// The lean client of `base`'s token endpoint, as the bench client.
+fn token_client(base: &str) -> anyhow::Result<Arc<LeanClient>> {
+    Ok(Arc::new(LeanClient::new(
         base,
         adapter::paths::TOKEN,
         CLIENT_ID,
         CLIENT_SECRET,
-    )?);
+    )?))
+}
+
+/// Client-credentials grants (RFC 6749 §4.4) over the lean client.
+fn cc_op(base: &str) -> anyhow::Result<Op> {
+    let client = token_client(base)?;
     Ok(op(move |_| {
         let client = client.clone();
         async move {
@@ -860,12 +865,7 @@ fn get_op(rp: &reqwest::Client, url: &str) -> Op {
 fn refresh_op(base: &str, chains: Vec<String>) -> anyhow::Result<Op> {
     let n = chains.len();
     let chains: Arc<Vec<Mutex<String>>> = Arc::new(chains.into_iter().map(Mutex::new).collect());
-    let client = Arc::new(LeanClient::new(
-        base,
-        adapter::paths::TOKEN,
-        CLIENT_ID,
-        CLIENT_SECRET,
-    )?);
+    let client = token_client(base)?;
     Ok(op(move |i| {
         let (client, chains) = (client.clone(), chains.clone());
         async move {
