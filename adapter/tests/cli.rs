@@ -3,7 +3,7 @@
 //! secret, and name an unreachable database at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -12,11 +12,17 @@ use adapter::{Application, Config};
 /// Nothing listens on port 1: connections are refused at once.
 const UNREACHABLE_DB: &str = "postgres://postgres@127.0.0.1:1/test";
 
+/// Writes `config` as `adapter.toml` in `dir`; returns its path.
+fn config_file(dir: &Path, config: &str) -> PathBuf {
+    let path = dir.join("adapter.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
 /// Runs the binary with `--config <file>` and no `AUTH_ADAPTER__*` variables.
 fn run(config: &str, args: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("adapter.toml");
-    std::fs::write(&path, config).unwrap();
+    let path = config_file(dir.path(), config);
     adapter_command(&path).args(args).output().unwrap()
 }
 
@@ -48,16 +54,14 @@ fn config_check_refuses_an_invalid_config_with_the_key() {
 fn serve_logs_without_colour_codes_when_not_on_a_terminal() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("adapter.toml");
-    std::fs::write(
-        &path,
-        format!(
+    let path = config_file(
+        dir.path(),
+        &format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nissuer = \"http://127.0.0.1:9000\"\n\
              [database]\nurl = \"sqlite://{}/a.db\"\n",
             dir.path().display()
         ),
-    )
-    .unwrap();
+    );
     let mut child = adapter_command(&path)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::piped())
@@ -150,15 +154,13 @@ async fn unreachable_database_is_named_within_seconds() {
 /// Runs `users …` against the SQLite database `db`, with `stdin` as input.
 fn users(dir: &Path, args: &[&str], stdin: &str) -> Output {
     use std::io::Write;
-    let path = dir.join("adapter.toml");
-    std::fs::write(
-        &path,
-        format!(
+    let path = config_file(
+        dir,
+        &format!(
             "[database]\nurl = \"sqlite://{}/users.db\"\n[accounts]\nenabled = true\n",
             dir.display()
         ),
-    )
-    .unwrap();
+    );
     let mut child = adapter_command(&path)
         .arg("users")
         .args(args)

@@ -829,9 +829,20 @@ fn cc_op(base: &str) -> anyhow::Result<Op> {
 #[derive(serde::Deserialize)]
 struct TokenAnswer {
     /// Required, never read: an answer without it fails to parse.
-    #[allow(dead_code)]
-    access_token: String,
+    #[serde(rename = "access_token")]
+    _access_token: serde::de::IgnoredAny,
     refresh_token: Option<String>,
+}
+
+/// Redeems `refresh_token` (RFC 6749 §6) through the lean client.
+async fn refresh(client: &LeanClient, refresh_token: &str) -> anyhow::Result<TokenAnswer> {
+    // Refresh tokens are URL-safe (base64url): no encoding needed.
+    let answer = client
+        .post(&format!(
+            "grant_type=refresh_token&refresh_token={refresh_token}"
+        ))
+        .await?;
+    token_answer(&answer)
 }
 
 fn token_answer(answer: &Answer) -> anyhow::Result<TokenAnswer> {
@@ -874,11 +885,8 @@ fn refresh_op(base: &str, chains: Vec<String>) -> anyhow::Result<Op> {
                 .lock()
                 .map_err(|_| anyhow::anyhow!("poisoned"))?
                 .clone();
-            // Refresh tokens are URL-safe (base64url): no encoding needed.
-            let answer = client
-                .post(&format!("grant_type=refresh_token&refresh_token={current}"))
-                .await?;
-            let next = token_answer(&answer)?
+            let next = refresh(&client, &current)
+                .await?
                 .refresh_token
                 .context("no rotated refresh_token")?;
             *chain.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = next;
@@ -1112,7 +1120,7 @@ async fn memory(
         let size = store_bytes(&store, &db).await?;
         let per_session = (size.saturating_sub(size0)) as f64 / have as f64;
         let tokens = Arc::new(tokens);
-        let (rp2, base) = (rp.clone(), svc.base.clone());
+        let client = token_client(&svc.base)?;
         let row = r
             .measure(
                 Case {
@@ -1127,19 +1135,8 @@ async fn memory(
                     repeatable: false,
                 },
                 op(move |i| {
-                    let (rp, base, tokens) = (rp2.clone(), base.clone(), tokens.clone());
-                    async move {
-                        flows::token(
-                            &rp,
-                            &base,
-                            &[
-                                ("grant_type", "refresh_token"),
-                                ("refresh_token", tokens[i].as_str()),
-                            ],
-                        )
-                        .await
-                        .map(|_| ())
-                    }
+                    let (client, tokens) = (client.clone(), tokens.clone());
+                    async move { refresh(&client, &tokens[i]).await.map(|_| ()) }
                 }),
             )
             .await;
