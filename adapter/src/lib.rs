@@ -58,3 +58,13 @@ pub mod web;
 
 pub use config::Config;
 pub use startup::Application;
+
+/// The allocator of every binary that links the engine. The token and grant
+/// paths allocate per request (claims, JSON, headers); mimalloc's per-thread
+/// free lists serve them with less CPU than glibc's `malloc` (BENCHMARKS.md,
+/// "mimalloc"). Declared here rather than in each `main` so the bench's
+/// services, which re-execute the bench binary, run on the same allocator as
+/// the shipped binaries.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -19,6 +19,15 @@ const M_COST_KIB: u32 = 19_456;
 const T_COST: u32 = 2;
 const P_COST: u32 = 1;
 
+/// The hash verified for unknown users: an argon2id hash, at the parameters
+/// above, of a random password that was discarded. Its only job is to cost
+/// what a real verification costs; [`Hasher::verify`] refuses an unknown user
+/// whatever it verifies to. A constant rather than one made at start-up: an
+/// argon2id computation at start-up would cost every start 19 MiB of memory
+/// that the allocator keeps, and tens of milliseconds.
+const DUMMY_PHC: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$LbHrBRNbJCbV1kKWRDLqvQ$Xi+noPNsBmvX+ADUs0u5Lq5tQjNiN/w1zncq3X8pWO8";
+
 /// Why a password could not be hashed or checked.
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
@@ -92,8 +101,6 @@ pub struct Hasher {
     /// Admission: `max_concurrent + max_waiting` permits, taken without
     /// waiting, so the queue (and its memory) is bounded.
     admitted: Arc<Semaphore>,
-    /// A hash of a random password, verified for unknown users.
-    dummy: Arc<str>,
 }
 
 impl std::fmt::Debug for Hasher {
@@ -107,7 +114,6 @@ impl std::fmt::Debug for Hasher {
 
 impl Hasher {
     /// `max_concurrent` >= 1 hashes at a time, `max_waiting` more queued.
-    /// Also makes the dummy hash (one argon2id computation, on this thread).
     pub fn new(max_concurrent: usize, max_waiting: usize) -> Result<Self, HashError> {
         if max_concurrent == 0 {
             return Err(HashError::Internal(
@@ -142,7 +148,6 @@ impl Hasher {
             jobs,
             workers: Arc::new(Semaphore::new(max_concurrent)),
             admitted: Arc::new(Semaphore::new(total)),
-            dummy: Arc::from(hash_blocking(&crate::secret::random_token())?),
         })
     }
 
@@ -156,7 +161,7 @@ impl Hasher {
     /// unknown user takes as long as a wrong password.
     pub async fn verify(&self, password: &str, phc: Option<&str>) -> Result<bool, HashError> {
         let known = phc.is_some();
-        let phc = phc.map_or_else(|| self.dummy.to_string(), str::to_string);
+        let phc = phc.unwrap_or(DUMMY_PHC).to_string();
         let password = password.to_string();
         let ok = self.run(move || verify_blocking(&password, &phc)).await?;
         Ok(known && ok)
@@ -239,8 +244,12 @@ mod tests {
     #[tokio::test]
     async fn unknown_user_runs_a_real_verification() {
         let hasher = Hasher::new(1, 0).unwrap();
-        // The dummy is a real argon2id hash of a random password...
-        validate_phc(&hasher.dummy).unwrap();
+        // The dummy is a real argon2id hash at the parameters of every new
+        // hash, so it costs what a real verification costs...
+        validate_phc(DUMMY_PHC).unwrap();
+        let fresh = hash_blocking("x").unwrap();
+        let params = |phc: &str| phc.split('$').nth(3).unwrap().to_string();
+        assert_eq!(params(DUMMY_PHC), params(&fresh));
         // ...and the unknown-user path takes a worker's turn to verify it:
         // with the only turn held, it waits instead of answering at once.
         let held = hasher.workers.clone().try_acquire_owned().unwrap();
