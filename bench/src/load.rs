@@ -85,30 +85,71 @@ where
 /// Starts `op(i)` for i in 0..count at `rate` per second (at most
 /// `max_in_flight` at once); latency counts from each request's scheduled
 /// start.
+///
+/// The schedule is kept by a thread of its own that sleeps with the
+/// operating system's timer and starts every request that has come due when
+/// it wakes. A `tokio::time::sleep_until` per request would not do: the
+/// runtime's timer has a resolution of 1 ms, so every request would start up
+/// to 1 ms late, in bursts on the millisecond, and that lateness (counted,
+/// rightly, from the scheduled start) would be the generator's, not the
+/// server's.
 pub async fn open_loop<F, Fut>(count: usize, rate: f64, max_in_flight: usize, op: F) -> Sample
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
+    type Outcome = (anyhow::Result<()>, Duration);
     let op = Arc::new(op);
     let permits = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
+    let runtime = tokio::runtime::Handle::current();
     let start = Instant::now();
     let period = Duration::from_secs_f64(1.0 / rate.max(1.0));
-    let mut tasks = Vec::with_capacity(count);
-    for i in 0..count {
-        let due = start + period.mul_f64(i as f64);
-        tokio::time::sleep_until(due.into()).await;
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let op = op.clone();
-        tasks.push(tokio::spawn(async move {
-            let r = op(i).await;
-            drop(permit);
-            (r, due.elapsed())
-        }));
-    }
+    let pacer = std::thread::Builder::new()
+        .name("open-loop-pacer".into())
+        .spawn(move || {
+            let mut tasks: Vec<tokio::task::JoinHandle<Outcome>> = Vec::with_capacity(count);
+            let mut next = 0;
+            while next < count {
+                let now = Instant::now();
+                let due = due_by(start, period, now, next, count);
+                if due == next {
+                    let until = (start + period.mul_f64(next as f64)) - now;
+                    std::thread::sleep(until.max(PACING_QUANTUM));
+                    continue;
+                }
+                for i in next..due {
+                    // Outside the runtime, so waiting for a permit blocks
+                    // only this thread.
+                    let Ok(permit) = runtime.block_on(permits.clone().acquire_owned()) else {
+                        return tasks;
+                    };
+                    let (op, scheduled) = (op.clone(), start + period.mul_f64(i as f64));
+                    tasks.push(runtime.spawn(async move {
+                        let r = op(i).await;
+                        drop(permit);
+                        (r, scheduled.elapsed())
+                    }));
+                }
+                next = due;
+            }
+            tasks
+        });
     let mut all = Sample::default();
+    let tasks = match pacer {
+        Ok(pacer) => match tokio::task::spawn_blocking(move || pacer.join()).await {
+            Ok(Ok(tasks)) => tasks,
+            _ => {
+                all.errors += 1;
+                all.first_error = Some("the open loop's pacing thread failed".into());
+                Vec::new()
+            }
+        },
+        Err(e) => {
+            all.errors += 1;
+            all.first_error = Some(format!("no pacing thread: {e}"));
+            Vec::new()
+        }
+    };
     for t in tasks {
         match t.await {
             Ok((Ok(()), d)) => all.latencies.push(d),
@@ -126,10 +167,69 @@ where
     all
 }
 
+/// The open loop's pacing thread sleeps at least this long: each wake-up
+/// starts every request that came due meanwhile, so at high rates a few start
+/// together (at most this late, and counted so) instead of one thread wake-up
+/// and one task hand-off per request, which would cost the load generator,
+/// on the cores it shares with the services, more than the requests do.
+const PACING_QUANTUM: Duration = Duration::from_micros(100);
+
+/// The end (exclusive) of the requests due at `now`, from `next` on: request
+/// `i` is due at `start + i × period`; never past `count`.
+fn due_by(start: Instant, period: Duration, now: Instant, next: usize, count: usize) -> usize {
+    let elapsed = now.saturating_duration_since(start).as_secs_f64();
+    let period = period.as_secs_f64().max(1e-12);
+    // Request i is due when i × period <= elapsed.
+    let due = (elapsed / period).floor() as usize + 1;
+    due.clamp(next, count)
+}
+
 fn merge(all: &mut Sample, s: Sample) {
     all.latencies.extend(s.latencies);
     all.errors += s.errors;
     if all.first_error.is_none() {
         all.first_error = s.first_error;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_come_due_on_their_schedule() {
+        let start = Instant::now();
+        let period = Duration::from_micros(100);
+        // Request 0 is due at the start itself.
+        assert_eq!(due_by(start, period, start, 0, 10), 1);
+        // 250 µs in: requests 0, 1 and 2 (at 0, 100 and 200 µs).
+        let now = start + Duration::from_micros(250);
+        assert_eq!(due_by(start, period, now, 0, 10), 3);
+        // Those already started are not started again.
+        assert_eq!(due_by(start, period, now, 3, 10), 3);
+        // Never past the last one.
+        assert_eq!(due_by(start, period, start + Duration::from_secs(1), 4, 10), 10);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_open_loop_runs_every_request_once() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let sample = open_loop(50, 10_000.0, 4, move |i| {
+            let s = s.clone();
+            async move {
+                s.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(i);
+                if i == 7 {
+                    anyhow::bail!("seven");
+                }
+                Ok(())
+            }
+        })
+        .await;
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(seen, (0..50).collect::<Vec<_>>());
+        assert_eq!((sample.latencies.len(), sample.errors), (49, 1));
+        assert_eq!(sample.first_error.as_deref(), Some("seven"));
     }
 }
