@@ -1,4 +1,5 @@
-//! A lean HTTP/1.1 client for the token endpoint's load: keep-alive
+//! A lean HTTP/1.1 client for the cheap cases' load (token endpoint,
+//! userinfo, discovery, JWKS): keep-alive
 //! connections in a pool, the request written in one `write`, the answer
 //! read by its `Content-Length`. The services share the machine's cores
 //! with the load generator, so a generator that spends less per request
@@ -17,12 +18,14 @@ use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Keep-alive connections to one service, for form posts with one client's
-/// Basic credentials.
+/// Keep-alive connections to one service, for one kind of request: form
+/// posts with one client's Basic credentials ([`LeanClient::new`]), or one
+/// fixed `GET` ([`LeanClient::get`]).
 pub struct LeanClient {
     /// `host:port`.
     authority: String,
-    /// The request head up to the `Content-Length` value.
+    /// A post's request head up to the `Content-Length` value, or a `GET`'s
+    /// whole request.
     head: String,
     idle: Mutex<Vec<TcpStream>>,
 }
@@ -37,11 +40,7 @@ impl LeanClient {
     /// Posts to `path` of `base` (`http://host:port`) as client `id`
     /// with `secret` (RFC 6749 §2.3.1).
     pub fn new(base: &str, path: &str, id: &str, secret: &str) -> anyhow::Result<Self> {
-        let authority = base
-            .strip_prefix("http://")
-            .context("the lean client speaks plain http only")?
-            .trim_end_matches('/')
-            .to_string();
+        let authority = authority(base)?;
         let basic =
             base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}").as_bytes());
         let head = format!(
@@ -56,9 +55,37 @@ impl LeanClient {
         })
     }
 
+    /// `GET`s `path` of `base` with the extra request `headers`
+    /// ([`LeanClient::fetch`]).
+    pub fn get(base: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let authority = authority(base)?;
+        let mut head = format!("GET {path} HTTP/1.1\r\nhost: {authority}\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        Ok(LeanClient {
+            authority,
+            head,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Sends the `GET` of [`LeanClient::get`].
+    pub async fn fetch(&self) -> anyhow::Result<Answer> {
+        self.exchange(self.head.as_bytes()).await
+    }
+
     /// Posts the form `body` (already encoded) on an idle connection, or a
     /// new one.
     pub async fn post(&self, body: &str) -> anyhow::Result<Answer> {
+        let request = format!("{}{}\r\n\r\n{body}", self.head, body.len());
+        self.exchange(request.as_bytes()).await
+    }
+
+    /// Writes `request` on an idle connection, or a new one, and reads the
+    /// answer.
+    async fn exchange(&self, request: &[u8]) -> anyhow::Result<Answer> {
         let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut conn = match pooled {
             Some(c) => c,
@@ -68,8 +95,7 @@ impl LeanClient {
                 c
             }
         };
-        let request = format!("{}{}\r\n\r\n{body}", self.head, body.len());
-        conn.write_all(request.as_bytes()).await?;
+        conn.write_all(request).await?;
         let (answer, keep) = read_answer(&mut conn).await?;
         if keep {
             if let Ok(mut idle) = self.idle.lock() {
@@ -78,6 +104,15 @@ impl LeanClient {
         }
         Ok(answer)
     }
+}
+
+/// `host:port` of a plain `http://` base URL.
+fn authority(base: &str) -> anyhow::Result<String> {
+    Ok(base
+        .strip_prefix("http://")
+        .context("the lean client speaks plain http only")?
+        .trim_end_matches('/')
+        .to_string())
 }
 
 /// Reads one answer; also whether the connection may serve another.
@@ -171,6 +206,36 @@ mod tests {
         let a = c.post("x=1").await.unwrap();
         assert_eq!(a.status, 200);
         assert_eq!(a.body, b"hello world");
+    }
+
+    /// A `GET` carries its headers and no body, and its connection is kept
+    /// for the next one.
+    #[tokio::test]
+    async fn gets_with_headers_on_a_kept_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut requests = Vec::new();
+            for _ in 0..2 {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap();
+                requests.push(String::from_utf8(buf[..n].to_vec()).unwrap());
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                    .await
+                    .unwrap();
+            }
+            requests
+        });
+        let c = LeanClient::get(&base, "/jwks", &[("authorization", "Bearer t")]).unwrap();
+        for _ in 0..2 {
+            let a = c.fetch().await.unwrap();
+            assert_eq!((a.status, a.body.as_slice()), (200, b"{}".as_slice()));
+        }
+        let authority = base.strip_prefix("http://").unwrap();
+        let expected =
+            format!("GET /jwks HTTP/1.1\r\nhost: {authority}\r\nauthorization: Bearer t\r\n\r\n");
+        assert_eq!(server.await.unwrap(), vec![expected.clone(), expected]);
     }
 
     /// A chunked answer is refused, not guessed at.

@@ -665,25 +665,12 @@ async fn run_cases(
         .to_string();
     const USERINFO_70: &str = "userinfo at 70% of peak";
     if scale.wants(&["userinfo", USERINFO_70]) {
-        let access = access.clone();
-        let userinfo = {
-            let (rp, url, access) = (
-                rp.clone(),
-                format!("{}{}", es.base, adapter::paths::USERINFO),
-                access.clone(),
-            );
-            op(move |_| {
-                let (rp, url, access) = (rp.clone(), url.clone(), access.clone());
-                async move {
-                    let r = rp.get(&url).bearer_auth(&access).send().await?;
-                    if !r.status().is_success() {
-                        bail!("userinfo {}", r.status());
-                    }
-                    let _: Value = r.json().await?;
-                    Ok(())
-                }
-            })
-        };
+        let bearer = format!("Bearer {access}");
+        let userinfo = get_op(
+            &es.base,
+            adapter::paths::USERINFO,
+            &[("authorization", &bearer)],
+        )?;
         let peak = r
             .measure(Case::closed("userinfo", es, n, conc), userinfo.clone())
             .await;
@@ -752,7 +739,7 @@ async fn run_cases(
         if !scale.wants(&wanted) {
             continue;
         }
-        let get = get_op(&rp, &format!("{}{path}", es.base));
+        let get = get_op(&es.base, path, &[])?;
         let peak = r
             .measure(Case::closed(name, es, n, conc), get.clone())
             .await;
@@ -856,19 +843,21 @@ fn token_answer(answer: &Answer) -> anyhow::Result<TokenAnswer> {
     serde_json::from_slice(&answer.body).context("a token answer without access_token")
 }
 
-fn get_op(rp: &reqwest::Client, url: &str) -> Op {
-    let (rp, url) = (rp.clone(), url.to_string());
-    op(move |_| {
-        let (rp, url) = (rp.clone(), url.clone());
+/// `GET`s `path` of `base` through the lean client; any answer but a 200
+/// is an error.
+fn get_op(base: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Op> {
+    let client = Arc::new(LeanClient::get(base, path, headers)?);
+    let path = path.to_string();
+    Ok(op(move |_| {
+        let (client, path) = (client.clone(), path.clone());
         async move {
-            let r = rp.get(&url).send().await?;
-            if !r.status().is_success() {
-                bail!("{url}: {}", r.status());
+            let answer = client.fetch().await?;
+            if answer.status != 200 {
+                bail!("{path}: {}", answer.status);
             }
-            r.bytes().await?;
             Ok(())
         }
-    })
+    }))
 }
 
 /// Each worker `w` rotates chain `w` (worker `w` runs the i with
