@@ -208,7 +208,10 @@ mod tests {
         // Those already started are not started again.
         assert_eq!(due_by(start, period, now, 3, 10), 3);
         // Never past the last one.
-        assert_eq!(due_by(start, period, start + Duration::from_secs(1), 4, 10), 10);
+        assert_eq!(
+            due_by(start, period, start + Duration::from_secs(1), 4, 10),
+            10
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
