@@ -27,6 +27,17 @@
 //! and database file) whatever it copies, so it waits for a log worth
 //! copying rather than running on a clock: at a few logins a second, a
 //! checkpoint every 100 ms cost more than the logins' own commits.
+//!
+//! A `PASSIVE` checkpoint copies the log but never empties it: SQLite
+//! starts the log over only when a write begins with every frame already
+//! copied, and under a steady stream of grants the writer has always
+//! appended more by then. So the log would grow as long as grants keep
+//! coming (to 277–686 MiB in the bench's memory rows), and every read
+//! searches a longer log index. Once a passive checkpoint leaves a log of
+//! [`CheckpointPolicy::truncate_frames`] frames or more, the thread runs a
+//! `TRUNCATE` checkpoint: it waits for the writer's transaction in flight,
+//! holds the next one back while it copies what is left (little, after the
+//! passive one) and empties the log.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -56,6 +67,10 @@ pub struct CheckpointPolicy {
     /// so the log of a quiet database is copied too (at most once per
     /// period).
     pub at_least_every: Duration,
+    /// A log of at least this many frames (pages) after a passive
+    /// checkpoint is emptied by a `TRUNCATE` checkpoint. 4,096 frames are
+    /// 16 MiB at SQLite's default page size.
+    pub truncate_frames: i64,
 }
 
 impl Default for CheckpointPolicy {
@@ -64,6 +79,7 @@ impl Default for CheckpointPolicy {
             poll: Duration::from_millis(100),
             commits: 100,
             at_least_every: Duration::from_secs(1),
+            truncate_frames: 4096,
         }
     }
 }
@@ -113,6 +129,8 @@ pub struct WriterStats {
     /// Checkpoints the checkpoint thread ran (each copies the log into the
     /// database file).
     pub checkpoints: AtomicU64,
+    /// Of those, `TRUNCATE` checkpoints that emptied the log.
+    pub truncations: AtomicU64,
 }
 
 impl GrantWriter {
@@ -251,13 +269,31 @@ fn checkpoint_until_dropped(
         }
         // Returns (busy, frames in the log, frames checkpointed); a failure
         // is retried at the next round, and the log only grows meanwhile.
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            Ok(()) => {
+        let log_frames = match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            r.get::<_, i64>(1)
+        }) {
+            Ok(frames) => {
                 copied = commits;
                 last = Instant::now();
                 stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                frames
             }
-            Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "SQLite checkpoint failed");
+                continue;
+            }
+        };
+        if log_frames >= policy.truncate_frames {
+            // Busy (1) when the wait for the writer or a reader timed out:
+            // the next round tries again.
+            match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)) {
+                Ok(0) => {
+                    stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                    stats.truncations.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed"),
+            }
         }
     }
 }
@@ -431,6 +467,7 @@ mod tests {
                 poll: Duration::from_millis(5),
                 commits: 3,
                 at_least_every: Duration::from_secs(3600),
+                truncate_frames: i64::MAX,
             },
         );
         let auto: i64 = writer
@@ -461,12 +498,52 @@ mod tests {
                 poll: Duration::from_millis(5),
                 commits: 1000,
                 at_least_every: Duration::from_millis(50),
+                truncate_frames: i64::MAX,
             },
         );
         let before = db_size(&dir);
         commit_100_kb(&writer).await;
         first_checkpoint(&writer).await;
         assert!(db_size(&dir) > before + 90_000);
+    }
+
+    /// A passive checkpoint leaves the log's file as long as it was; one
+    /// that leaves `truncate_frames` frames or more is followed by a
+    /// `TRUNCATE` checkpoint, which empties it.
+    #[tokio::test]
+    async fn a_long_log_is_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let passive_only = writer_with(
+            &dir,
+            CheckpointPolicy {
+                poll: Duration::from_millis(5),
+                commits: 1,
+                at_least_every: Duration::from_secs(3600),
+                truncate_frames: i64::MAX,
+            },
+        );
+        commit_100_kb(&passive_only).await;
+        first_checkpoint(&passive_only).await;
+        assert!(std::fs::metadata(dir.path().join("w.db-wal")).unwrap().len() > 100_000);
+
+        // 100 KB are about 25 frames of 4 KiB.
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer_with(
+            &dir,
+            CheckpointPolicy {
+                poll: Duration::from_millis(5),
+                commits: 1,
+                at_least_every: Duration::from_secs(3600),
+                truncate_frames: 20,
+            },
+        );
+        commit_100_kb(&writer).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while writer.stats().truncations.load(Ordering::Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "the log was not emptied");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(std::fs::metadata(dir.path().join("w.db-wal")).unwrap().len(), 0);
     }
 
     /// A grant answered `Ok` is committed: a fresh connection reads it.
