@@ -28,16 +28,17 @@
 //! copying rather than running on a clock: at a few logins a second, a
 //! checkpoint every 100 ms cost more than the logins' own commits.
 //!
-//! A `PASSIVE` checkpoint copies the log but never empties it: SQLite
-//! starts the log over only when a write begins with every frame already
-//! copied, and under a steady stream of grants the writer has always
-//! appended more by then. So the log would grow as long as grants keep
-//! coming (to 277–686 MiB in the bench's memory rows), and every read
-//! searches a longer log index. Once a passive checkpoint leaves a log of
-//! [`CheckpointPolicy::truncate_frames`] frames or more, the thread runs a
-//! `TRUNCATE` checkpoint: it waits for the writer's transaction in flight,
-//! holds the next one back while it copies what is left (little, after the
-//! passive one) and empties the log.
+//! The thread's checkpoints copy the log but never let it start over:
+//! SQLite starts the log over only when a write begins with every frame
+//! already copied, and under a steady stream of grants the writer has
+//! always appended more by then. The log would grow as long as grants keep
+//! coming (to 277–686 MiB in the bench's memory rows), every commit would
+//! extend its file (a costlier `fsync` than one that overwrites), and every
+//! read would search a longer log index. So the writer keeps SQLite's
+//! automatic checkpoint as a backstop at [`CheckpointPolicy::writer_frames`]
+//! frames: a commit that leaves a log that long checkpoints it at once
+//! (little is left to copy after the thread's), and the next write starts
+//! the log over, cut back to `journal_size_limit`.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -67,10 +68,12 @@ pub struct CheckpointPolicy {
     /// so the log of a quiet database is copied too (at most once per
     /// period).
     pub at_least_every: Duration,
-    /// A log of at least this many frames (pages) after a passive
-    /// checkpoint is emptied by a `TRUNCATE` checkpoint. 4,096 frames are
-    /// 16 MiB at SQLite's default page size.
-    pub truncate_frames: i64,
+    /// The writer connection's own automatic checkpoint (`PRAGMA
+    /// wal_autocheckpoint`): a commit that leaves at least this many frames
+    /// in the log checkpoints it, so that the next write starts it over.
+    /// 16,384 frames are 64 MiB at SQLite's default page size, the
+    /// connections' `journal_size_limit`.
+    pub writer_frames: u32,
 }
 
 impl Default for CheckpointPolicy {
@@ -79,7 +82,7 @@ impl Default for CheckpointPolicy {
             poll: Duration::from_millis(100),
             commits: 100,
             at_least_every: Duration::from_secs(1),
-            truncate_frames: 4096,
+            writer_frames: 16_384,
         }
     }
 }
@@ -129,8 +132,6 @@ pub struct WriterStats {
     /// Checkpoints the checkpoint thread ran (each copies the log into the
     /// database file).
     pub checkpoints: AtomicU64,
-    /// Of those, `TRUNCATE` checkpoints that emptied the log.
-    pub truncations: AtomicU64,
 }
 
 impl GrantWriter {
@@ -141,7 +142,10 @@ impl GrantWriter {
         checkpointer: rusqlite::Connection,
         policy: CheckpointPolicy,
     ) -> Result<Self, StoreError> {
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+        conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = {}",
+            policy.writer_frames
+        ))?;
         let (jobs, queue) = mpsc::channel::<Job>();
         let (checkpoints, stop) = mpsc::channel::<()>();
         let stats = Arc::new(WriterStats::default());
@@ -269,31 +273,13 @@ fn checkpoint_until_dropped(
         }
         // Returns (busy, frames in the log, frames checkpointed); a failure
         // is retried at the next round, and the log only grows meanwhile.
-        let log_frames = match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            r.get::<_, i64>(1)
-        }) {
-            Ok(frames) => {
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            Ok(()) => {
                 copied = commits;
                 last = Instant::now();
                 stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-                frames
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "SQLite checkpoint failed");
-                continue;
-            }
-        };
-        if log_frames >= policy.truncate_frames {
-            // Busy (1) when the wait for the writer or a reader timed out:
-            // the next round tries again.
-            match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)) {
-                Ok(0) => {
-                    stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-                    stats.truncations.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed"),
-            }
+            Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed"),
         }
     }
 }
@@ -455,7 +441,7 @@ mod tests {
         assert_eq!(writer.stats().commits.load(Ordering::Relaxed), 2);
     }
 
-    /// The writer runs no checkpoint of its own; the checkpoint thread
+    /// The writer's own checkpoint waits for a long log; the checkpoint thread
     /// leaves the log alone until it holds `commits` commits, then copies
     /// it into the database file.
     #[tokio::test]
@@ -467,14 +453,14 @@ mod tests {
                 poll: Duration::from_millis(5),
                 commits: 3,
                 at_least_every: Duration::from_secs(3600),
-                truncate_frames: i64::MAX,
+                writer_frames: 1_000_000,
             },
         );
         let auto: i64 = writer
             .run(|c| Ok(c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?))
             .await
             .unwrap();
-        assert_eq!(auto, 0);
+        assert_eq!(auto, 1_000_000);
         let before = db_size(&dir);
         // Two commits (the pragma's transaction and this one) in 60 polls.
         commit_100_kb(&writer).await;
@@ -498,7 +484,7 @@ mod tests {
                 poll: Duration::from_millis(5),
                 commits: 1000,
                 at_least_every: Duration::from_millis(50),
-                truncate_frames: i64::MAX,
+                writer_frames: 1_000_000,
             },
         );
         let before = db_size(&dir);
@@ -507,43 +493,42 @@ mod tests {
         assert!(db_size(&dir) > before + 90_000);
     }
 
-    /// A passive checkpoint leaves the log's file as long as it was; one
-    /// that leaves `truncate_frames` frames or more is followed by a
-    /// `TRUNCATE` checkpoint, which empties it.
-    #[tokio::test]
-    async fn a_long_log_is_emptied() {
-        let dir = tempfile::tempdir().unwrap();
-        let passive_only = writer_with(
-            &dir,
-            CheckpointPolicy {
-                poll: Duration::from_millis(5),
-                commits: 1,
-                at_least_every: Duration::from_secs(3600),
-                truncate_frames: i64::MAX,
-            },
-        );
-        commit_100_kb(&passive_only).await;
-        first_checkpoint(&passive_only).await;
-        assert!(std::fs::metadata(dir.path().join("w.db-wal")).unwrap().len() > 100_000);
+    /// The frames in the log now (`PRAGMA wal_checkpoint` answers busy,
+    /// log frames, copied frames), read through a connection of its own.
+    fn log_frames(dir: &tempfile::TempDir) -> i64 {
+        let conn = rusqlite::Connection::open(dir.path().join("w.db")).unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+            .unwrap()
+    }
 
+    /// The thread's checkpoints copy the log but it keeps growing; a commit
+    /// that leaves `writer_frames` frames checkpoints it, and the next write
+    /// starts it over.
+    #[tokio::test]
+    async fn a_long_log_starts_over() {
         // 100 KB are about 25 frames of 4 KiB.
+        let policy = |writer_frames| CheckpointPolicy {
+            poll: Duration::from_millis(5),
+            commits: 1,
+            at_least_every: Duration::from_secs(3600),
+            writer_frames,
+        };
         let dir = tempfile::tempdir().unwrap();
-        let writer = writer_with(
-            &dir,
-            CheckpointPolicy {
-                poll: Duration::from_millis(5),
-                commits: 1,
-                at_least_every: Duration::from_secs(3600),
-                truncate_frames: 20,
-            },
-        );
-        commit_100_kb(&writer).await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while writer.stats().truncations.load(Ordering::Relaxed) == 0 {
-            assert!(std::time::Instant::now() < deadline, "the log was not emptied");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let thread_only = writer_with(&dir, policy(1_000_000));
+        for _ in 0..3 {
+            commit_100_kb(&thread_only).await;
         }
-        assert_eq!(std::fs::metadata(dir.path().join("w.db-wal")).unwrap().len(), 0);
+        first_checkpoint(&thread_only).await;
+        assert!(log_frames(&dir) >= 75, "{}", log_frames(&dir));
+
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer_with(&dir, policy(40));
+        for _ in 0..3 {
+            commit_100_kb(&writer).await;
+        }
+        // The second commit left about 50 frames and checkpointed them; the
+        // third started the log over.
+        assert!(log_frames(&dir) < 40, "{}", log_frames(&dir));
     }
 
     /// A grant answered `Ok` is committed: a fresh connection reads it.
