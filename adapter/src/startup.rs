@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,11 +68,31 @@ pub struct Application {
     grace: Duration,
 }
 
+/// Connections the kernel may hold for the server before it accepts them.
+/// `TcpListener::bind` (tokio, mio and std alike) asks for 128: a burst of
+/// more new connections than that (clients reconnecting after a restart, a
+/// load balancer opening its pool) overflows the queue, and each dropped
+/// connection attempt is sent again only after a second (RFC 6298 §2.1).
+/// Linux caps the value at `net.core.somaxconn` (4,096 by default).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (address reused, as `TcpListener::bind` does) with a queue
+/// of [`LISTEN_BACKLOG`] connections.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 impl Application {
     /// Binds `config.server.listen` and builds the provider.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.server.listen)
-            .await
+        let listener = bind(config.server.listen)
             .with_context(|| format!("cannot bind server.listen = {}", config.server.listen))?;
         Self::build_with_listener(config, listener).await
     }
@@ -170,7 +191,7 @@ impl Application {
         // The peer address reaches handlers (the IP shown in the device list).
         let service = app(state)
             .layer(Extension(draining))
-            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+            .into_make_service_with_connect_info::<SocketAddr>();
         let result = axum::serve(self.listener, service)
             .with_graceful_shutdown(signal)
             .await;
@@ -740,4 +761,34 @@ pub fn app(state: AppState) -> Router {
 enum BuiltUpstream {
     Oidc(Box<OidcConnector>),
     OAuth2(Box<OAuth2Connector>),
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::*;
+
+    /// More connections than `TcpListener::bind`'s queue of 128 wait
+    /// unaccepted, and none is dropped: every connect completes at once
+    /// instead of waiting a second for its attempt to be sent again.
+    #[tokio::test]
+    async fn the_listener_queues_bursts_of_connections() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects: Vec<_> = (0..300)
+            .map(|_| {
+                tokio::spawn(tokio::time::timeout(
+                    Duration::from_secs(2),
+                    TcpStream::connect(addr),
+                ))
+            })
+            .collect();
+        let mut connected = Vec::new();
+        for c in connects {
+            if let Ok(Ok(stream)) = c.await.unwrap() {
+                connected.push(stream);
+            }
+        }
+        assert_eq!(connected.len(), 300);
+        drop(listener);
+    }
 }

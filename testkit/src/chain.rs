@@ -162,8 +162,7 @@ impl TestChain {
         if let Some(running) = self.adapter.stop.take() {
             running.shutdown().await?;
         }
-        let listener = TcpListener::bind(self.adapter.config.server.listen)
-            .await
+        let listener = adapter::startup::bind(self.adapter.config.server.listen)
             .context("re-binding the adapter's port")?;
         let started = spawn::provider(
             self.adapter.config.clone(),
