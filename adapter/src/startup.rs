@@ -187,8 +187,8 @@ impl Application {
                 tokio::time::sleep(grace).await;
             }
         };
-        // The peer address reaches handlers as `ConnectInfo` (rate limits).
-        // The peer address reaches handlers (the IP shown in the device list).
+        // The peer address reaches handlers as `ConnectInfo` (rate limits,
+        // the IP shown in the device list).
         let service = app(state)
             .layer(Extension(draining))
             .into_make_service_with_connect_info::<SocketAddr>();
