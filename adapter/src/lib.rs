@@ -62,7 +62,7 @@ pub use startup::Application;
 /// The allocator of every binary that links the engine. The token and grant
 /// paths allocate per request (claims, JSON, headers); mimalloc's per-thread
 /// free lists serve them with less CPU than glibc's `malloc` (BENCHMARKS.md,
-/// "mimalloc"). Declared here rather than in each `main` so the bench's
+/// "What changed for this table"). Declared here rather than in each `main` so the bench's
 /// services, which re-execute the bench binary, run on the same allocator as
 /// the shipped binaries.
 #[cfg(feature = "mimalloc")]

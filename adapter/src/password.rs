@@ -23,8 +23,8 @@ const P_COST: u32 = 1;
 /// above, of a random password that was discarded. Its only job is to cost
 /// what a real verification costs; [`Hasher::verify`] refuses an unknown user
 /// whatever it verifies to. A constant rather than one made at start-up: an
-/// argon2id computation at start-up would cost every start 19 MiB of memory
-/// that the allocator keeps, and tens of milliseconds.
+/// argon2id computation at start-up costs tens of milliseconds and 19 MiB
+/// of memory, which mimalloc partly keeps (BENCHMARKS.md).
 const DUMMY_PHC: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$LbHrBRNbJCbV1kKWRDLqvQ$Xi+noPNsBmvX+ADUs0u5Lq5tQjNiN/w1zncq3X8pWO8";
 

@@ -7,9 +7,9 @@
 //! redirect policy and header maps the browser flows need, spent 55–78 µs
 //! per token request here).
 //!
-//! Only what the adapter's token answers use is read: a status line,
-//! headers with `Content-Length` (RFC 9112 §6.3), no chunked bodies (an
-//! answer without a length is an error, not a guess).
+//! Only what the adapter's answers to these requests use is read: a status
+//! line, headers with `Content-Length` (RFC 9112 §6.3), no chunked bodies
+//! (an answer without a length is an error, not a guess).
 
 use std::sync::Mutex;
 
@@ -48,11 +48,7 @@ impl LeanClient {
              content-type: application/x-www-form-urlencoded\r\naccept: application/json\r\n\
              content-length: "
         );
-        Ok(LeanClient {
-            authority,
-            head,
-            idle: Mutex::new(Vec::new()),
-        })
+        Ok(LeanClient::with_head(authority, head))
     }
 
     /// `GET`s `path` of `base` with the extra request `headers`
@@ -64,11 +60,15 @@ impl LeanClient {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str("\r\n");
-        Ok(LeanClient {
+        Ok(LeanClient::with_head(authority, head))
+    }
+
+    fn with_head(authority: String, head: String) -> Self {
+        LeanClient {
             authority,
             head,
             idle: Mutex::new(Vec::new()),
-        })
+        }
     }
 
     /// Sends the `GET` of [`LeanClient::get`].

@@ -6,7 +6,8 @@
 //!
 //! - [`services`]: configurations, spawning, readiness, PostgreSQL schema;
 //! - [`flows`]: the HTTP conversations (browser logins, token requests);
-//! - [`lean`]: the keep-alive client of the token endpoint's load;
+//! - [`lean`]: the keep-alive client of the cheap cases' load (token
+//!   endpoint, userinfo, discovery, JWKS);
 //! - [`load`]: closed- and open-loop load with latency quantiles;
 //! - [`ceiling`]: the one-core signing rate of each algorithm;
 //! - [`procstat`]: `/proc` readings;
