@@ -312,6 +312,8 @@ pub enum ConfigAction {
 /// printed as one line (`Error: cause: cause…`, never a backtrace) and
 /// exits with 1, or with the code of an [`Exit`].
 pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    // The server's last log lines before its exit status or error.
+    crate::telemetry::flush();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

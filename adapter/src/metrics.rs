@@ -93,7 +93,7 @@ const COUNTERS: &[(&str, &str)] = &[
     ),
     (
         WRITER_COMMITS,
-        "Transactions the SQLite writer committed (each with an fsync); jobs per commit is the group size.",
+        "Transactions the SQLite writer committed (fsynced when one of their grants issues tokens); jobs per commit is the group size.",
     ),
 ];
 

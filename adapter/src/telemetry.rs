@@ -1,8 +1,17 @@
 //! Logging: `tracing` with text or JSON output and a request id on every
 //! request span. Spans carry the method and path only, never the query
 //! string (it holds codes and states) nor headers (cookies, credentials).
+//!
+//! The server's lines go to standard output through [`Batched`]: a thread
+//! of its own writes them a few milliseconds late, many lines per
+//! `write(2)`, so a request does not pay for a system call of its own.
+//! [`flush`] writes what is pending; the provider binaries call it before
+//! they exit.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use axum::http::Request;
 use tracing::Span;
@@ -25,7 +34,7 @@ pub fn init_to(format: &str, stderr: bool) {
         )
     } else {
         (
-            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout),
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(stdout_batch()),
             std::io::stdout().is_terminal(),
         )
     };
@@ -55,4 +64,251 @@ pub fn request_span<B>(request: &Request<B>) -> Span {
         path = %request.uri().path(),
         request_id = %request_id,
     )
+}
+
+/// How long the writing thread waits, once a line is pending, for more
+/// lines to write with it. Short enough that a line is on its way to the
+/// log collector at once for a person; long enough that under load one
+/// `write(2)` carries hundreds of lines.
+pub const GATHER: Duration = Duration::from_millis(5);
+
+/// Pending bytes beyond which the logging thread itself writes, as a
+/// plain `write` would: a blocked standard output holds requests back
+/// instead of growing the buffer without bound.
+const MAX_PENDING: usize = 1 << 20;
+
+/// The process's batched standard output, started on first use.
+static STDOUT_BATCH: OnceLock<Batched> = OnceLock::new();
+
+fn stdout_batch() -> Batched {
+    STDOUT_BATCH
+        .get_or_init(|| Batched::start(Box::new(std::io::stdout()), GATHER))
+        .clone()
+}
+
+/// Writes the log lines still pending; a no-op when nothing was batched.
+pub fn flush() {
+    if let Some(batch) = STDOUT_BATCH.get() {
+        batch.flush();
+    }
+}
+
+/// Log lines appended to a shared buffer and written by a thread of their
+/// own, in the order they were appended.
+#[derive(Clone)]
+pub struct Batched {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    pending: Mutex<Vec<u8>>,
+    /// Signalled when `pending` stops being empty.
+    filled: Condvar,
+    /// Where the lines go. Taken while `pending` is held, so lines leave
+    /// in the order they came whichever thread writes them.
+    out: Mutex<Box<dyn Write + Send>>,
+    /// No writing thread could be started: every line is written as it
+    /// comes.
+    direct: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A thread that panicked mid-append left whole lines or a torn one;
+    // either is better than losing the log.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Batched {
+    /// Starts the writing thread; lines reach `out` at most about `gather`
+    /// after they were appended.
+    pub fn start(out: Box<dyn Write + Send>, gather: Duration) -> Batched {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Vec::new()),
+            filled: Condvar::new(),
+            out: Mutex::new(out),
+            direct: AtomicBool::new(false),
+        });
+        let worker = Arc::downgrade(&shared);
+        let spawned = std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || write_batches(&worker, gather));
+        if let Err(e) = spawned {
+            // Without the thread every line is written as it comes.
+            eprintln!("log lines are written one by one: {e}");
+            shared.direct.store(true, Ordering::Relaxed);
+        }
+        Batched { shared }
+    }
+
+    /// Writes every pending line now.
+    pub fn flush(&self) {
+        let mut pending = lock(&self.shared.pending);
+        self.shared.write(&mut pending);
+    }
+}
+
+impl Shared {
+    /// Writes and empties `pending`, whose lock the caller holds.
+    fn write(&self, pending: &mut Vec<u8>) {
+        if pending.is_empty() {
+            return;
+        }
+        let mut out = lock(&self.out);
+        // Nowhere to report a failed log write to; the lines are dropped.
+        let _ = out.write_all(pending);
+        let _ = out.flush();
+        pending.clear();
+    }
+}
+
+/// The writing thread: sleeps until a line is pending, gathers for
+/// `gather`, writes everything pending in one call. Ends with the last
+/// handle.
+fn write_batches(shared: &std::sync::Weak<Shared>, gather: Duration) {
+    loop {
+        {
+            let Some(s) = shared.upgrade() else { return };
+            let mut pending = lock(&s.pending);
+            while pending.is_empty() {
+                let (guard, _) = s
+                    .filled
+                    .wait_timeout(pending, Duration::from_secs(1))
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                pending = guard;
+                if pending.is_empty() && Arc::strong_count(&s) == 1 {
+                    return;
+                }
+            }
+        }
+        std::thread::sleep(gather);
+        let Some(s) = shared.upgrade() else { return };
+        let mut pending = lock(&s.pending);
+        s.write(&mut pending);
+        // A burst's buffer is not kept for the quiet that follows.
+        if pending.capacity() > 4 * 64 * 1024 {
+            pending.shrink_to(64 * 1024);
+        }
+    }
+}
+
+/// One log line's writer: `tracing-subscriber` formats a whole event and
+/// hands it over in one `write_all`.
+pub struct BatchedLine<'a> {
+    shared: &'a Shared,
+}
+
+impl Write for BatchedLine<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut pending = lock(&self.shared.pending);
+        let was_empty = pending.is_empty();
+        pending.extend_from_slice(buf);
+        if pending.len() > MAX_PENDING || self.shared.direct.load(Ordering::Relaxed) {
+            self.shared.write(&mut pending);
+        } else if was_empty {
+            self.shared.filled.notify_one();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Batched {
+    type Writer = BatchedLine<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        BatchedLine {
+            shared: &self.shared,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::fmt::MakeWriter;
+
+    /// A sink that records every `write` call it gets.
+    #[derive(Clone, Default)]
+    struct Calls(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Write for Calls {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn line(batch: &Batched, text: &str) {
+        batch.make_writer().write_all(text.as_bytes()).unwrap();
+    }
+
+    /// Lines from several threads arrive whole, each thread's in its
+    /// order, and many of them in one write.
+    #[test]
+    fn lines_leave_in_order_and_in_batches() {
+        let sink = Calls::default();
+        let batch = Batched::start(Box::new(sink.clone()), Duration::from_millis(20));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let batch = batch.clone();
+                std::thread::spawn(move || {
+                    for i in 0..500 {
+                        line(&batch, &format!("thread {t} line {i}\n"));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let total = || sink.0.lock().unwrap().iter().map(Vec::len).sum::<usize>();
+        let expected: usize = (0..4)
+            .flat_map(|t| (0..500).map(move |i| format!("thread {t} line {i}\n").len()))
+            .sum();
+        while total() < expected && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let calls = sink.0.lock().unwrap().clone();
+        let text = String::from_utf8(calls.concat()).unwrap();
+        for t in 0..4 {
+            let mine: Vec<String> = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("thread {t} ")))
+                .map(str::to_owned)
+                .collect();
+            let want: Vec<String> = (0..500).map(|i| format!("thread {t} line {i}")).collect();
+            assert_eq!(mine, want);
+        }
+        assert_eq!(text.lines().count(), 2000);
+        // One write per line would be 2,000 calls.
+        assert!(calls.len() < 100, "{} writes for 2,000 lines", calls.len());
+    }
+
+    /// `flush` writes what is pending at once, without the gathering wait.
+    #[test]
+    fn flush_writes_what_is_pending_now() {
+        let sink = Calls::default();
+        let batch = Batched::start(Box::new(sink.clone()), Duration::from_secs(3600));
+        line(&batch, "first\n");
+        line(&batch, "second\n");
+        batch.flush();
+        assert_eq!(sink.0.lock().unwrap().concat(), b"first\nsecond\n");
+    }
+
+    /// Past the bound, the appending thread writes itself.
+    #[test]
+    fn a_full_buffer_is_written_by_the_appender() {
+        let sink = Calls::default();
+        let batch = Batched::start(Box::new(sink.clone()), Duration::from_secs(3600));
+        let big = "x".repeat(MAX_PENDING) + "\n";
+        line(&batch, &big);
+        assert_eq!(sink.0.lock().unwrap().concat().len(), big.len());
+    }
 }

@@ -55,6 +55,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("test-app")?;
 
+    // The start-up lines before the banner, not in the middle of it.
+    adapter::telemetry::flush();
     println!();
     println!("  Auth Adapter demo chain is running:");
     println!("    test-app              {app_url}/authenticated");
@@ -79,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = tx.send(true);
     });
     let (r1, r2, r3) = tokio::join!(upstream.run_until(a), broker.run_until(b), app.run_until(c));
+    adapter::telemetry::flush();
     r1.context("upstream-test-server")?;
     r2.context("adapter")?;
     r3.context("test-app")?;

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
-use super::writer::{CheckpointPolicy, GrantWriter};
+use super::writer::{CheckpointPolicy, Durability, GrantWriter};
 use super::{
     AccountRow, BackchannelRow, CodeCheck, CodeInsert, FirstRefresh, KeyRecord, LoginRow, Lookup,
     NextRefresh, OutboxRow, Redeemed, RefreshRow, RefreshStatus, RefreshUse, Rotation, SessionRow,
@@ -116,7 +116,8 @@ fn open_grant_connection(url: &str) -> Result<rusqlite::Connection, StoreError> 
     // As the pool's connections (see `connect`); the file is in WAL mode
     // already (a persistent setting). But FULL: a grant's commit reaches
     // the disk (`fsync` of the log) before it is answered, and the group
-    // commit shares that `fsync` among the grants of a batch.
+    // commit shares that `fsync` among the grants of a batch. The writer
+    // sets NORMAL for the batches that need no `fsync` (its `Durability`).
     conn.execute_batch(
         "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
          PRAGMA busy_timeout = 5000; PRAGMA journal_size_limit = 67108864;",
@@ -1253,8 +1254,11 @@ impl Store for SqlStore {
         if let Some(writer) = &self.grants {
             let row = row.clone();
             let code = code.cloned();
+            // A login's session and code need no `fsync` of their own
+            // (the writer's `Durability`): lost to a power loss, the login
+            // is done again, as with the logins in progress.
             return writer
-                .run(move |tx| {
+                .run_with(Durability::Normal, move |tx| {
                     let sids = replace_device_sessions_on_sqlite(tx, &row)?;
                     if let Some(c) = &code {
                         insert_code_on_sqlite(tx, c)?;
@@ -1294,7 +1298,9 @@ impl Store for SqlStore {
         if let Some(writer) = &self.grants {
             let c = code.clone();
             return writer
-                .run(move |tx| Ok(insert_code_on_sqlite(tx, &c)?))
+                .run_with(Durability::Normal, move |tx| {
+                    Ok(insert_code_on_sqlite(tx, &c)?)
+                })
                 .await;
         }
         let mut tx = self.pool.begin().await?;

@@ -9,9 +9,15 @@
 //! touch its neighbours. Then it commits once and answers every job of the
 //! batch. Nobody is answered before the commit that holds their writes.
 //!
-//! The connection runs with `synchronous = FULL`: a commit is on disk
-//! (`fsync` of the write-ahead log) before any of its jobs is answered, and
-//! a batch pays one `fsync` for all its jobs (group commit). Jobs are never
+//! A batch that holds a [`Durability::Synced`] job (a grant that issues
+//! tokens: refresh rotation, code redemption) commits with `synchronous =
+//! FULL`: the commit is on disk (`fsync` of the write-ahead log) before any
+//! of its jobs is answered, and the batch pays one `fsync` for all its jobs
+//! (group commit). A batch of [`Durability::Normal`] jobs only (a login's
+//! new session and code) commits with `synchronous = NORMAL`, as the pool's
+//! other writes (the logins in progress): it survives a crash of the
+//! process, and reaches the disk with the next synced commit or checkpoint;
+//! a power loss before then loses it, and the user logs in again. Jobs are never
 //! delayed to make batches bigger: a batch is what queued while the previous
 //! one ran, so a lone request is committed at once.
 //!
@@ -100,7 +106,32 @@ impl CheckpointPolicy {
 type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// A job gets the batch's transaction, or `None` when it could not begin
 /// (then its answer carries that error).
-type Job = Box<dyn FnOnce(Option<&rusqlite::Connection>) -> Answer + Send>;
+type Run = Box<dyn FnOnce(Option<&rusqlite::Connection>) -> Answer + Send>;
+
+/// A queued job and the durability its commit needs.
+struct Job {
+    durability: Durability,
+    run: Run,
+}
+
+/// What a job's commit must reach before the job is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Durability {
+    /// The operating system (`synchronous = NORMAL`): safe from a crash of
+    /// the process, not from a power loss before the next `fsync`.
+    Normal,
+    /// The disk (`synchronous = FULL`, an `fsync` of the log).
+    Synced,
+}
+
+impl Durability {
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Normal => "PRAGMA synchronous = NORMAL",
+            Durability::Synced => "PRAGMA synchronous = FULL",
+        }
+    }
+}
 
 /// Handle on the writer thread (cheap to clone). The thread ends, closing
 /// the connection, when the last handle is dropped.
@@ -169,16 +200,30 @@ impl GrantWriter {
     }
 
     /// Queues `job` for the next group transaction (at once, before the
-    /// returned future is polled) and answers after its commit. `Err` from
-    /// `job` undoes its writes only (its savepoint is rolled back); the
-    /// other jobs of the batch commit as usual.
+    /// returned future is polled) and answers after its commit, which is on
+    /// disk ([`Durability::Synced`]). `Err` from `job` undoes its writes
+    /// only (its savepoint is rolled back); the other jobs of the batch
+    /// commit as usual.
     pub fn run<T, F>(&self, job: F) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.run_with(Durability::Synced, job)
+    }
+
+    /// [`GrantWriter::run`] with the durability its commit needs.
+    pub fn run_with<T, F>(
+        &self,
+        durability: Durability,
+        job: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let (answer, answered) = oneshot::channel();
-        let queued: Job = Box::new(move |tx| {
+        let run: Run = Box::new(move |tx| {
             let out = tx.map(|tx| in_savepoint(tx, job));
             Box::new(move |commit: Result<(), String>| {
                 let out = match (out, commit) {
@@ -191,7 +236,7 @@ impl GrantWriter {
                 let _ = answer.send(out);
             })
         });
-        let sent = self.jobs.send(queued);
+        let sent = self.jobs.send(Job { durability, run });
         async move {
             sent.map_err(|_| StoreError::Writer("the SQLite writer thread has stopped".into()))?;
             answered
@@ -286,6 +331,8 @@ fn checkpoint_until_dropped(
 
 /// The writer thread: batches until every handle is gone.
 fn run(mut conn: rusqlite::Connection, queue: mpsc::Receiver<Job>, stats: &WriterStats) {
+    // The connection opens with `synchronous = FULL`.
+    let mut level = Durability::Synced;
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -295,7 +342,27 @@ fn run(mut conn: rusqlite::Connection, queue: mpsc::Receiver<Job>, stats: &Write
             }
         }
         let jobs = batch.len() as u64;
-        let (answers, commit) = run_batch(&mut conn, batch);
+        // The batch commits as its most demanding job needs.
+        let wanted = batch
+            .iter()
+            .map(|job| job.durability)
+            .max()
+            .unwrap_or(Durability::Synced);
+        let (answers, commit) = if wanted == level {
+            run_batch(&mut conn, batch)
+        } else {
+            match conn.execute_batch(wanted.pragma()) {
+                Ok(()) => {
+                    level = wanted;
+                    run_batch(&mut conn, batch)
+                }
+                // Nothing runs: a synced job must not commit unsynced.
+                Err(e) => (
+                    batch.into_iter().map(|job| (job.run)(None)).collect(),
+                    Err(e.to_string()),
+                ),
+            }
+        };
         stats.jobs.fetch_add(jobs, Ordering::Relaxed);
         if commit.is_ok() {
             stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -316,7 +383,7 @@ fn run_batch(
         Ok(tx) => tx,
         Err(e) => {
             // Nothing runs: every job of the batch is answered the error.
-            let answers = batch.into_iter().map(|job| job(None)).collect();
+            let answers = batch.into_iter().map(|job| (job.run)(None)).collect();
             return (answers, Err(e.to_string()));
         }
     };
@@ -324,7 +391,7 @@ fn run_batch(
     for job in batch {
         // A panicking job rolled its savepoint back while unwinding; its
         // caller sees its answer channel dropped. The others go on.
-        if let Ok(answer) = std::panic::catch_unwind(AssertUnwindSafe(|| job(Some(&tx)))) {
+        if let Ok(answer) = std::panic::catch_unwind(AssertUnwindSafe(|| (job.run)(Some(&tx)))) {
             answers.push(answer);
         }
     }
@@ -439,6 +506,42 @@ mod tests {
         // One commit for the first grant, one for the ten queued behind it.
         assert_eq!(writer.stats().jobs.load(Ordering::Relaxed), 11);
         assert_eq!(writer.stats().commits.load(Ordering::Relaxed), 2);
+    }
+
+    fn sync_level(c: &rusqlite::Connection) -> Result<i64, StoreError> {
+        Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0))?)
+    }
+
+    /// A batch of `Normal` jobs commits without the log's `fsync`
+    /// (`NORMAL` is 1); one `Synced` job makes its whole batch sync (`FULL`
+    /// is 2), and the level follows each batch.
+    #[tokio::test]
+    async fn a_batch_syncs_when_one_of_its_jobs_needs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer_on(&dir);
+        let normal = writer.run_with(Durability::Normal, sync_level);
+        assert_eq!(normal.await.unwrap(), 1);
+        assert_eq!(writer.run(sync_level).await.unwrap(), 2);
+
+        let (entered, inside) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let first = writer.run_with(Durability::Normal, move |c| {
+            entered.send(()).unwrap();
+            released.recv().unwrap();
+            sync_level(c)
+        });
+        inside.recv().unwrap();
+        // Queued together behind the first: one batch.
+        let unsynced = writer.run_with(Durability::Normal, sync_level);
+        let synced = writer.run(sync_level);
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap(), 1);
+        assert_eq!(unsynced.await.unwrap(), 2);
+        assert_eq!(synced.await.unwrap(), 2);
+        assert_eq!(writer.stats().commits.load(Ordering::Relaxed), 4);
+
+        let normal = writer.run_with(Durability::Normal, sync_level);
+        assert_eq!(normal.await.unwrap(), 1);
     }
 
     /// The writer's own checkpoint waits for a long log; the checkpoint thread
