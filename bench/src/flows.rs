@@ -51,15 +51,47 @@ fn hidden(html: &str, name: &str) -> anyhow::Result<String> {
         .to_string())
 }
 
+/// The upstream's demo user, whose password hash has the default (OWASP)
+/// argon2id cost.
+pub const DEMO_USER: &str = "testuser";
+
+/// An upstream user whose password hash has argon2id's least cost (see
+/// `services::upstream_toml`): a login through the chain not paced by the
+/// upstream's hashing.
+pub const QUICK_USER: &str = "quickuser";
+
+/// Both users' password.
+pub const PASSWORD: &str = "password";
+
 /// Follows an authorization request at `provider` for `client_id` until the
 /// browser is sent to `redirect_uri`; a login form on the way is filled in
-/// with `testuser` / `password`. Returns the `code`.
+/// with [`DEMO_USER`]. Returns the `code`.
 pub async fn authorize(
     browser: &reqwest::Client,
     provider: &str,
     client_id: &str,
     redirect_uri: &str,
     verifier: &str,
+) -> anyhow::Result<String> {
+    authorize_as(
+        browser,
+        provider,
+        client_id,
+        redirect_uri,
+        verifier,
+        DEMO_USER,
+    )
+    .await
+}
+
+/// [`authorize`], a login form on the way filled in with `user`.
+pub async fn authorize_as(
+    browser: &reqwest::Client,
+    provider: &str,
+    client_id: &str,
+    redirect_uri: &str,
+    verifier: &str,
+    user: &str,
 ) -> anyhow::Result<String> {
     let mut url = Url::parse(&format!("{provider}{}", adapter::paths::AUTHORIZE))?;
     url.query_pairs_mut().extend_pairs([
@@ -84,8 +116,8 @@ pub async fn authorize(
                 .form(&[
                     ("req", hidden(&html, "req")?),
                     ("csrf_token", hidden(&html, "csrf_token")?),
-                    ("username", "testuser".into()),
-                    ("password", "password".into()),
+                    ("username", user.into()),
+                    ("password", PASSWORD.into()),
                 ])
                 .send()
                 .await?;
@@ -110,8 +142,17 @@ pub async fn adapter_code(
     browser: &reqwest::Client,
     adapter: &str,
 ) -> anyhow::Result<(String, String)> {
+    adapter_code_as(browser, adapter, DEMO_USER).await
+}
+
+/// [`adapter_code`], logging in at the upstream as `user`.
+pub async fn adapter_code_as(
+    browser: &reqwest::Client,
+    adapter: &str,
+    user: &str,
+) -> anyhow::Result<(String, String)> {
     let verifier = random_token();
-    let code = authorize(browser, adapter, CLIENT_ID, RP_REDIRECT, &verifier).await?;
+    let code = authorize_as(browser, adapter, CLIENT_ID, RP_REDIRECT, &verifier, user).await?;
     Ok((code, verifier))
 }
 
@@ -163,7 +204,17 @@ pub async fn login(
     rp: &reqwest::Client,
     adapter: &str,
 ) -> anyhow::Result<Value> {
-    let (code, verifier) = adapter_code(browser, adapter).await?;
+    login_as(browser, rp, adapter, DEMO_USER).await
+}
+
+/// [`login`], logging in at the upstream as `user`.
+pub async fn login_as(
+    browser: &reqwest::Client,
+    rp: &reqwest::Client,
+    adapter: &str,
+    user: &str,
+) -> anyhow::Result<Value> {
+    let (code, verifier) = adapter_code_as(browser, adapter, user).await?;
     redeem(rp, adapter, &code, &verifier).await
 }
 

@@ -171,16 +171,18 @@ pub struct Layout {
 }
 
 /// The upstream test server's configuration: its demo user (`testuser` /
-/// `password`, from its defaults), the adapter as a client (one redirect URI
-/// per adapter of the run), and the bench as a client-credentials client.
-pub fn upstream_toml(layout: &Layout, dir: &Path) -> String {
+/// `password`, hashed at its start with the default cost), a second user
+/// whose hash has argon2id's least cost ([`quick_hash`]), the adapter as a
+/// client (one redirect URI per adapter of the run), and the bench as a
+/// client-credentials client.
+pub fn upstream_toml(layout: &Layout, dir: &Path) -> anyhow::Result<String> {
     let up = layout.upstream_port;
     let redirects: Vec<String> = layout
         .adapter_ports
         .iter()
         .map(|p| format!("\"http://127.0.0.1:{p}/login/oauth2/code/{UPSTREAM_ID}\""))
         .collect();
-    format!(
+    Ok(format!(
         r#"[server]
 listen = "127.0.0.1:{up}"
 issuer = "http://127.0.0.1:{up}"
@@ -193,6 +195,20 @@ url = "sqlite://{db}"
 # per-account throttle would measure themselves, not the login.
 [rate_limits]
 enabled = false
+
+[[local_users]]
+username = "{demo}"
+password = "{password}"
+name = "Test User"
+email = "testuser@example.org"
+groups = ["user"]
+
+[[local_users]]
+username = "{quick}"
+password_hash = "{quick_hash}"
+name = "Quick User"
+email = "quickuser@example.org"
+groups = ["user"]
 
 [[clients]]
 id = "auth-adapter"
@@ -209,7 +225,25 @@ grant_types = ["authorization_code", "client_credentials"]
 "#,
         db = dir.join("upstream.db").display(),
         redirects = redirects.join(", "),
-    )
+        demo = crate::flows::DEMO_USER,
+        quick = crate::flows::QUICK_USER,
+        password = crate::flows::PASSWORD,
+        quick_hash = quick_hash(crate::flows::PASSWORD)?,
+    ))
+}
+
+/// An argon2id hash of `password` at the algorithm's least cost (8 KiB,
+/// one pass): about 10 µs to check instead of the default's tens of
+/// milliseconds. Made at every run with a fresh salt.
+pub fn quick_hash(password: &str) -> anyhow::Result<String> {
+    use argon2::PasswordHasher;
+    let params = argon2::Params::new(argon2::Params::MIN_M_COST, 1, 1, None)
+        .map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))?;
+    let hasher = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    Ok(hasher
+        .hash_password(password.as_bytes())
+        .map_err(|e| anyhow::anyhow!("argon2: {e}"))?
+        .to_string())
 }
 
 /// An adapter's configuration: `alg` signs its tokens, `database_url` is
@@ -308,5 +342,22 @@ impl PgSchema {
         sqlx::query(sql).execute(&admin).await?;
         admin.close().await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The quick user's hash checks the password at argon2id's least cost.
+    #[test]
+    fn the_quick_hash_is_argon2id_at_its_least_cost() {
+        use argon2::PasswordVerifier;
+        let phc = quick_hash("password").unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=8,t=1,p=1$"), "{phc}");
+        adapter::password::validate_phc(&phc).unwrap();
+        let argon = argon2::Argon2::default();
+        assert!(argon.verify_password(b"password", phc.as_str()).is_ok());
+        assert!(argon.verify_password(b"wrong", phc.as_str()).is_err());
     }
 }

@@ -33,6 +33,7 @@ async fn every_case_produces_sane_figures() {
         "refresh_token rotation ES256 PostgreSQL",
         "refresh_token rotation ES256 PostgreSQL, 8 clients",
         "full federated login ES256",
+        "full federated login ES256, least-cost upstream hash",
         "userinfo",
         "userinfo at 70% of peak",
         "introspection",
