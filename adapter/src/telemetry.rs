@@ -140,14 +140,37 @@ impl Batched {
         Batched { shared }
     }
 
-    /// Writes every pending line now.
+    /// Writes every pending line now; returns once every line appended
+    /// before the call is written, the writing thread's batch under way
+    /// included (the process may exit next).
     pub fn flush(&self) {
-        let mut pending = lock(&self.shared.pending);
-        self.shared.write(&mut pending);
+        self.shared.drain(&mut Vec::new());
+        drop(lock(&self.shared.out));
     }
 }
 
 impl Shared {
+    /// Writes what is pending, through `spare` (an empty buffer that
+    /// leaves with the lines' old buffer, emptied). The appenders wait for
+    /// the exchange of the two buffers only, not for the write.
+    fn drain(&self, spare: &mut Vec<u8>) {
+        let mut out = {
+            let mut pending = lock(&self.pending);
+            if pending.is_empty() {
+                return;
+            }
+            // Taken before `pending` is let go: an appender that finds the
+            // buffer full writes after this batch, not before it.
+            let out = lock(&self.out);
+            std::mem::swap(&mut *pending, spare);
+            out
+        };
+        // Nowhere to report a failed log write to; the lines are dropped.
+        let _ = out.write_all(spare);
+        let _ = out.flush();
+        spare.clear();
+    }
+
     /// Writes and empties `pending`, whose lock the caller holds.
     fn write(&self, pending: &mut Vec<u8>) {
         if pending.is_empty() {
@@ -165,6 +188,7 @@ impl Shared {
 /// `gather`, writes everything pending in one call. Ends with the last
 /// handle.
 fn write_batches(shared: &std::sync::Weak<Shared>, gather: Duration) {
+    let mut spare = Vec::new();
     loop {
         {
             let Some(s) = shared.upgrade() else { return };
@@ -182,11 +206,10 @@ fn write_batches(shared: &std::sync::Weak<Shared>, gather: Duration) {
         }
         std::thread::sleep(gather);
         let Some(s) = shared.upgrade() else { return };
-        let mut pending = lock(&s.pending);
-        s.write(&mut pending);
+        s.drain(&mut spare);
         // A burst's buffer is not kept for the quiet that follows.
-        if pending.capacity() > 4 * 64 * 1024 {
-            pending.shrink_to(64 * 1024);
+        if spare.capacity() > 4 * 64 * 1024 {
+            spare.shrink_to(64 * 1024);
         }
     }
 }
@@ -300,6 +323,57 @@ mod tests {
         line(&batch, "second\n");
         batch.flush();
         assert_eq!(sink.0.lock().unwrap().concat(), b"first\nsecond\n");
+    }
+
+    /// A sink whose first write waits until released.
+    struct Stalled {
+        entered: std::sync::mpsc::Sender<()>,
+        release: std::sync::mpsc::Receiver<()>,
+        stalled: bool,
+        out: Calls,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if !self.stalled {
+                self.stalled = true;
+                self.entered.send(()).unwrap();
+                self.release.recv().unwrap();
+            }
+            self.out.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A line is appended while the thread's write is still under way
+    /// (a slow standard output): the request does not wait for it.
+    #[test]
+    fn appending_does_not_wait_for_a_write() {
+        let (entered, inside) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        let out = Calls::default();
+        let sink = Stalled {
+            entered,
+            release: released,
+            stalled: false,
+            out: out.clone(),
+        };
+        let batch = Batched::start(Box::new(sink), Duration::from_millis(1));
+        line(&batch, "first\n");
+        inside.recv_timeout(Duration::from_secs(5)).unwrap();
+        let (done, appended) = std::sync::mpsc::channel();
+        let appender = batch.clone();
+        std::thread::spawn(move || {
+            line(&appender, "second\n");
+            done.send(()).unwrap();
+        });
+        let waited = appended.recv_timeout(Duration::from_secs(2));
+        release.send(()).unwrap();
+        assert!(waited.is_ok(), "the append waited for the write");
+        batch.flush();
+        assert_eq!(out.0.lock().unwrap().concat(), b"first\nsecond\n");
     }
 
     /// Past the bound, the appending thread writes itself.
