@@ -102,10 +102,14 @@ impl Client {
     /// Whether this client's users may log in with connector `id` (its
     /// `upstreams` setting; all connectors without one).
     pub fn allows_connector(&self, id: &str) -> bool {
-        self.upstreams
-            .as_ref()
-            .is_none_or(|allowed| allowed.iter().any(|a| a == id))
+        connector_allowed(self.upstreams.as_deref(), id)
     }
+}
+
+/// Whether a client whose `upstreams` setting is `upstreams` lets its users
+/// log in with connector `id`.
+pub fn connector_allowed(upstreams: Option<&[String]>, id: &str) -> bool {
+    upstreams.is_none_or(|allowed| allowed.iter().any(|a| a == id))
 }
 
 impl Client {

@@ -591,9 +591,14 @@ async fn refresh_token(
             (hash(&next_token), jti_suffix.clone(), client.id.clone());
         let (requested, idle_ttl) = (requested.clone(), st.tokens.refresh_token_idle_ttl_seconds);
         let fresh = fresh.clone();
+        let allowed_upstreams = client.upstreams.clone();
         Box::new(move |row: &RefreshRow| {
             let data: RefreshData = codec::decode(&row.data)?;
-            if narrowed_scopes(&data.scopes, requested.as_deref()).is_none() {
+            // Refused before the consumption too: the token outlives a
+            // configuration that no longer allows its upstream.
+            if !super::connector_allowed(allowed_upstreams.as_deref(), &data.identity.connector_id)
+                || narrowed_scopes(&data.scopes, requested.as_deref()).is_none()
+            {
                 return Ok(None);
             }
             let mut next = RefreshData {
@@ -634,10 +639,14 @@ async fn refresh_token(
                 .map_err(|e| storage_failure(&e))?;
             return dead();
         }
-        Rotation::Refused(_) => {
+        Rotation::Refused(row) => {
+            let data: RefreshData = codec::decode(&row.data).map_err(|e| storage_failure(&e))?;
+            if !upstream_allowed(client, &data.identity) {
+                return Err(not_allowed().into());
+            }
             return Err(
                 OAuthError::invalid_scope("a refresh cannot widen the scope of the grant").into(),
-            )
+            );
         }
         // Without offline_access the token lives no longer than its session.
         Rotation::SessionEnded => {
@@ -650,9 +659,6 @@ async fn refresh_token(
     };
     let data: RefreshData = codec::decode(&used.data).map_err(|e| storage_failure(&e))?;
     let jti = family_jti(&used.family_id, &jti_suffix);
-    if !upstream_allowed(client, &data.identity) {
-        return Err(not_allowed().into());
-    }
     let scopes = narrowed_scopes(&data.scopes, requested.as_deref()).unwrap_or_default();
     // A session-bound token was rotated only with its session alive; an
     // offline one outlives its session, whose state decides only whether

@@ -231,7 +231,8 @@ async fn login_hint_domains_pick_the_upstream() {
 
 /// RFC 6749 §5.2: the configuration changed after the login; the client no
 /// longer allows the connector of the grant, so neither its code nor its
-/// refresh token yields tokens (`invalid_grant`).
+/// refresh token yields tokens (`invalid_grant`), and the refusal leaves
+/// the refresh token as it was.
 #[tokio::test]
 async fn grants_of_an_upstream_the_client_no_longer_allows_are_refused() {
     let r = spawn_routed(|_| {}).await;
@@ -259,6 +260,10 @@ async fn grants_of_an_upstream_the_client_no_longer_allows_are_refused() {
         error_of(refused).await,
         (StatusCode::BAD_REQUEST, "invalid_grant".into())
     );
+    // The refusal consumed nothing: where the upstream is allowed again,
+    // the same token rotates (a consumed one would count as reused).
+    let again = refresh(&same, rotated["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(again.status(), StatusCode::OK);
 }
 
 /// RFC 6749 §6: a refresh of client `app`.
