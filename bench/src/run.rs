@@ -626,72 +626,51 @@ async fn run_cases(
     }
 
     // The full federated login: adapter → upstream login form (argon2id)
-    // → adapter callback → code → token, each with a new browser.
-    if scale.wants(&["full federated login ES256"]) {
-        let (rp2, base) = (rp.clone(), es.base.clone());
-        let row = r
-            .measure(
-                Case {
-                    name: "full federated login ES256".into(),
-                    target: es,
-                    upstream: Some(&upstream),
-                    count: scale.logins,
-                    mode: Mode::Closed {
-                        concurrency: scale.login_concurrency,
-                    },
-                    signatures: None,
-                    repeatable: true,
-                },
-                op(move |_| {
-                    let (rp, base) = (rp2.clone(), base.clone());
-                    async move {
-                        flows::login(&flows::browser()?, &rp, &base)
-                            .await
-                            .map(|_| ())
-                    }
-                }),
-            )
-            .await;
-        r.push(
-        row,
-        "new browser: every redirect through both services, then the code redemption; upstream CPU includes the argon2id check",
-    );
-    }
-
-    // The same login for a user whose upstream hash has argon2id's least
-    // cost: the browsers are no longer paced by the upstream's hashing, so
-    // the adapter is busy between the steps of a login instead of woken
-    // for each (its CPU per login without the idle machine's wake-ups).
-    const QUICK_LOGIN: &str = "full federated login ES256, least-cost upstream hash";
-    if scale.wants(&[QUICK_LOGIN]) {
-        let (rp2, base) = (rp.clone(), es.base.clone());
-        let row = r
-            .measure(
-                Case {
-                    name: QUICK_LOGIN.into(),
-                    target: es,
-                    upstream: Some(&upstream),
-                    count: scale.logins,
-                    mode: Mode::Closed {
-                        concurrency: scale.login_concurrency,
-                    },
-                    signatures: None,
-                    repeatable: true,
-                },
-                op(move |_| {
-                    let (rp, base) = (rp2.clone(), base.clone());
-                    async move {
-                        flows::login_as(&flows::browser()?, &rp, &base, flows::QUICK_USER)
-                            .await
-                            .map(|_| ())
-                    }
-                }),
-            )
-            .await;
-        r.push(
-            row,
+    // → adapter callback → code → token, each with a new browser. Then
+    // the same login for a user whose upstream hash has argon2id's least
+    // cost: the browsers are no longer paced by the upstream's hashing
+    // (what that pacing adds to the adapter's CPU per login).
+    let logins = [
+        (
+            "full federated login ES256",
+            flows::DEMO_USER,
+            "new browser: every redirect through both services, then the code redemption; upstream CPU includes the argon2id check",
+        ),
+        (
+            "full federated login ES256, least-cost upstream hash",
+            flows::QUICK_USER,
             "as above for a user whose upstream hash is argon2id at 8 KiB and one pass",
-        );
+        ),
+    ];
+    for (name, user, note) in logins {
+        if !scale.wants(&[name]) {
+            continue;
+        }
+        let (rp2, base) = (rp.clone(), es.base.clone());
+        let row = r
+            .measure(
+                Case {
+                    name: name.into(),
+                    target: es,
+                    upstream: Some(&upstream),
+                    count: scale.logins,
+                    mode: Mode::Closed {
+                        concurrency: scale.login_concurrency,
+                    },
+                    signatures: None,
+                    repeatable: true,
+                },
+                op(move |_| {
+                    let (rp, base) = (rp2.clone(), base.clone());
+                    async move {
+                        flows::login_as(&flows::browser()?, &rp, &base, user)
+                            .await
+                            .map(|_| ())
+                    }
+                }),
+            )
+            .await;
+        r.push(row, note);
     }
 
     // Userinfo, introspection, discovery, JWKS.
