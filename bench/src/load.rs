@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Default)]
 pub struct Sample {
     pub latencies: Vec<Duration>,
+    /// Open loop only: how late each successful request started after its
+    /// scheduled time (the generator's share of its latency: the pacing
+    /// thread and the runtime that runs the request).
+    pub late: Vec<Duration>,
     pub errors: usize,
     pub first_error: Option<String>,
     pub elapsed: Duration,
@@ -29,14 +33,24 @@ impl Sample {
 
     /// The `p` quantile (0..=1) of the successful requests' latency, ms.
     pub fn quantile_ms(&self, p: f64) -> f64 {
-        let mut l = self.latencies.clone();
-        l.sort();
-        if l.is_empty() {
-            return 0.0;
-        }
-        let i = ((l.len() as f64 - 1.0) * p).round() as usize;
-        l[i.min(l.len() - 1)].as_secs_f64() * 1000.0
+        quantile_ms(&self.latencies, p)
     }
+
+    /// The `p` quantile of the open loop's start lateness, ms (`None` for
+    /// a closed loop).
+    pub fn late_quantile_ms(&self, p: f64) -> Option<f64> {
+        (!self.late.is_empty()).then(|| quantile_ms(&self.late, p))
+    }
+}
+
+fn quantile_ms(durations: &[Duration], p: f64) -> f64 {
+    let mut l = durations.to_vec();
+    l.sort();
+    if l.is_empty() {
+        return 0.0;
+    }
+    let i = ((l.len() as f64 - 1.0) * p).round() as usize;
+    l[i.min(l.len() - 1)].as_secs_f64() * 1000.0
 }
 
 /// Runs `op(i)` for i in 0..count over `concurrency` workers; worker `w`
@@ -98,7 +112,8 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
-    type Outcome = (anyhow::Result<()>, Duration);
+    /// The result, the latency and the start's lateness.
+    type Outcome = (anyhow::Result<()>, Duration, Duration);
     let op = Arc::new(op);
     let permits = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
     let runtime = tokio::runtime::Handle::current();
@@ -125,9 +140,10 @@ where
                     };
                     let (op, scheduled) = (op.clone(), due_at(start, period, i));
                     tasks.push(runtime.spawn(async move {
+                        let late = scheduled.elapsed();
                         let r = op(i).await;
                         drop(permit);
-                        (r, scheduled.elapsed())
+                        (r, scheduled.elapsed(), late)
                     }));
                 }
                 next = due;
@@ -152,8 +168,11 @@ where
     };
     for t in tasks {
         match t.await {
-            Ok((Ok(()), d)) => all.latencies.push(d),
-            Ok((Err(e), _)) => {
+            Ok((Ok(()), d, late)) => {
+                all.latencies.push(d);
+                all.late.push(late);
+            }
+            Ok((Err(e), _, _)) => {
                 all.errors += 1;
                 all.first_error.get_or_insert_with(|| format!("{e:#}"));
             }
@@ -240,5 +259,26 @@ mod tests {
         assert_eq!(seen, (0..50).collect::<Vec<_>>());
         assert_eq!((sample.latencies.len(), sample.errors), (49, 1));
         assert_eq!(sample.first_error.as_deref(), Some("seven"));
+        assert_eq!(sample.late.len(), 49);
+        for (late, latency) in sample.late.iter().zip(&sample.latencies) {
+            assert!(late <= latency, "{late:?} > {latency:?}");
+        }
+    }
+
+    /// Lateness is the wait before a request starts, not its duration: with
+    /// one request in flight at a time, each 20 ms long and due every
+    /// millisecond, the first starts on time and the last about 180 ms late.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_held_back_start_late() {
+        let sample = open_loop(10, 1000.0, 1, |_| async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(())
+        })
+        .await;
+        let first = sample.late_quantile_ms(0.0).unwrap();
+        let last = sample.late_quantile_ms(1.0).unwrap();
+        assert!(first < 15.0, "first started {first} ms late");
+        assert!(last >= 150.0, "last started {last} ms late");
+        assert_eq!(Sample::default().late_quantile_ms(0.99), None);
     }
 }

@@ -129,6 +129,9 @@ pub struct Row {
     pub foreign_cores: f64,
     /// How many runs it took (repeats when the machine was loaded).
     pub runs: usize,
+    /// Open loop only: the p99 of how late requests started after their
+    /// scheduled time, ms (the generator's share of the p99).
+    pub start_late_p99_ms: Option<f64>,
     pub note: String,
 }
 
@@ -318,6 +321,7 @@ impl Runner {
                 vs_ceiling,
                 foreign_cores: (foreign * 100.0).round() / 100.0,
                 runs: run,
+                start_late_p99_ms: sample.late_quantile_ms(0.99),
                 note: String::new(),
             };
             let disturbed = row.foreign_cores > self.scale.foreign_limit;
@@ -527,7 +531,8 @@ async fn run_cases(
             )
             .await;
         let rate = 0.7 * cc_peak;
-        r.push(row, format!("open loop at {rate:.0}/s"));
+        let note = open_loop_note(rate, &row);
+        r.push(row, note);
     }
 
     // Authorization-code redemption alone: codes made beforehand by a
@@ -706,7 +711,8 @@ async fn run_cases(
                     userinfo,
                 )
                 .await;
-            r.push(row, format!("open loop at {rate:.0}/s"));
+            let note = open_loop_note(rate, &row);
+            r.push(row, note);
         }
     }
 
@@ -775,7 +781,8 @@ async fn run_cases(
                     get,
                 )
                 .await;
-            r.push(row, format!("open loop at {rate:.0}/s"));
+            let note = open_loop_note(rate, &row);
+            r.push(row, note);
         }
     }
 
@@ -1240,6 +1247,16 @@ async fn insert_sessions(
         all.extend(t.await??);
     }
     Ok(all)
+}
+
+/// The note of an open-loop row: its rate, and how late its requests
+/// started at p99 (the part of the p99 spent before the request left the
+/// generator).
+fn open_loop_note(rate: f64, row: &Row) -> String {
+    match row.start_late_p99_ms {
+        Some(late) => format!("open loop at {rate:.0}/s; p99 of the start's lateness {late:.2} ms"),
+        None => format!("open loop at {rate:.0}/s"),
+    }
 }
 
 #[cfg(test)]

@@ -75,6 +75,27 @@ async fn every_case_produces_sane_figures() {
         .map(|r| r.generator_cpu_us * r.requests as f64)
         .sum();
     assert!(generator_us > 0.0, "no load-generator CPU measured");
+    // An open loop's rows say how late its requests started (never later
+    // than they ended); a closed loop has no schedule to be late for.
+    for case in [
+        "client_credentials ES256 at 70% of peak",
+        "userinfo at 70% of peak",
+        "JWKS at 70% of peak",
+    ] {
+        let row = report.row(case).unwrap();
+        let late = row
+            .start_late_p99_ms
+            .unwrap_or_else(|| panic!("{case}: no lateness"));
+        assert!(late <= row.p99_ms, "{case}: {late} > {}", row.p99_ms);
+        assert!(row.note.contains("lateness"), "{case}: {}", row.note);
+    }
+    assert_eq!(
+        report
+            .row("client_credentials ES256")
+            .unwrap()
+            .start_late_p99_ms,
+        None
+    );
     let login = report.row("full federated login ES256").unwrap();
     // The upstream's share of a login includes an argon2id verification.
     assert!(login.upstream_cpu_us.unwrap() > 0.0, "{login:?}");
