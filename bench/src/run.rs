@@ -132,6 +132,10 @@ pub struct Row {
     /// Open loop only: the p99 of how late requests started after their
     /// scheduled time, ms (the generator's share of the p99).
     pub start_late_p99_ms: Option<f64>,
+    /// Open loop only: the share of the case's requests that the adapter's
+    /// own latency histogram (`/metrics`, from routing to the answer) put
+    /// above 5 ms.
+    pub adapter_over_5ms: Option<f64>,
     pub note: String,
 }
 
@@ -206,8 +210,9 @@ where
 enum Mode {
     /// `concurrency` workers back to back: peak throughput.
     Closed { concurrency: usize },
-    /// A fixed rate.
-    Open { rate: f64 },
+    /// A fixed rate, at `route` (the route template whose latency
+    /// histogram the adapter's `/metrics` is read for).
+    Open { rate: f64, route: &'static str },
 }
 
 struct Case<'a> {
@@ -263,6 +268,10 @@ impl Runner {
             1
         };
         for run in 1..=tries {
+            let histogram0 = match &case.mode {
+                Mode::Open { route, .. } => histogram_counts(&case.target.base, route).await.ok(),
+                Mode::Closed { .. } => None,
+            };
             let machine0 = procstat::machine_busy_us().unwrap_or(0);
             let self0 = procstat::self_cpu_us().unwrap_or(0);
             let live0: u64 = self
@@ -277,7 +286,9 @@ impl Runner {
                 Mode::Closed { concurrency } => {
                     load::closed_loop(case.count, concurrency, move |i| o(i)).await
                 }
-                Mode::Open { rate } => load::open_loop(case.count, rate, 512, move |i| o(i)).await,
+                Mode::Open { rate, .. } => {
+                    load::open_loop(case.count, rate, 512, move |i| o(i)).await
+                }
             };
             let t1 = case.target.cpu_us();
             let u1 = case.upstream.map(|u| u.cpu_us());
@@ -322,6 +333,15 @@ impl Runner {
                 foreign_cores: (foreign * 100.0).round() / 100.0,
                 runs: run,
                 start_late_p99_ms: sample.late_quantile_ms(0.99),
+                adapter_over_5ms: match (&case.mode, histogram0) {
+                    (Mode::Open { route, .. }, Some(h0)) => {
+                        histogram_counts(&case.target.base, route)
+                            .await
+                            .ok()
+                            .and_then(|h1| h1.share_over(&h0))
+                    }
+                    _ => None,
+                },
                 note: String::new(),
             };
             let disturbed = row.foreign_cores > self.scale.foreign_limit;
@@ -523,6 +543,7 @@ async fn run_cases(
                     count: n,
                     mode: Mode::Open {
                         rate: 0.7 * cc_peak,
+                        route: adapter::paths::TOKEN,
                     },
                     signatures: Some(("ES256", 1.0)),
                     repeatable: true,
@@ -704,7 +725,10 @@ async fn run_cases(
                         target: es,
                         upstream: None,
                         count: n,
-                        mode: Mode::Open { rate },
+                        mode: Mode::Open {
+                            rate,
+                            route: adapter::paths::USERINFO,
+                        },
                         signatures: None,
                         repeatable: true,
                     },
@@ -774,7 +798,10 @@ async fn run_cases(
                         target: es,
                         upstream: None,
                         count: n,
-                        mode: Mode::Open { rate },
+                        mode: Mode::Open {
+                            rate,
+                            route: adapter::paths::JWKS,
+                        },
                         signatures: None,
                         repeatable: true,
                     },
@@ -1249,18 +1276,114 @@ async fn insert_sessions(
     Ok(all)
 }
 
-/// The note of an open-loop row: its rate, and how late its requests
-/// started at p99 (the part of the p99 spent before the request left the
-/// generator).
+/// The note of an open-loop row: its rate, how late its requests started
+/// at p99 (the part of the p99 spent before the request left the
+/// generator), and the share the adapter itself took over 5 ms for.
 fn open_loop_note(rate: f64, row: &Row) -> String {
-    match row.start_late_p99_ms {
-        Some(late) => format!("open loop at {rate:.0}/s; p99 of the start's lateness {late:.2} ms"),
-        None => format!("open loop at {rate:.0}/s"),
+    let mut note = format!("open loop at {rate:.0}/s");
+    if let Some(late) = row.start_late_p99_ms {
+        note.push_str(&format!("; p99 of the start's lateness {late:.2} ms"));
     }
+    if let Some(over) = row.adapter_over_5ms {
+        note.push_str(&format!(
+            "; over 5 ms in the adapter's own histogram: {:.2}%",
+            over * 100.0
+        ));
+    }
+    note
+}
+
+/// Counts of one route's latency histogram in the adapter's `/metrics`,
+/// summed over its methods and statuses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct HistogramCounts {
+    /// Requests at or under 5 ms.
+    within_5ms: f64,
+    /// All requests.
+    all: f64,
+}
+
+impl HistogramCounts {
+    /// The share over 5 ms of the requests counted since `before`.
+    fn share_over(&self, before: &HistogramCounts) -> Option<f64> {
+        let all = self.all - before.all;
+        (all > 0.0).then(|| 1.0 - (self.within_5ms - before.within_5ms) / all)
+    }
+}
+
+/// Reads `route`'s counts from the Prometheus text at `base`/metrics.
+async fn histogram_counts(base: &str, route: &str) -> anyhow::Result<HistogramCounts> {
+    let text = reqwest::get(format!("{base}{}", adapter::paths::METRICS))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(parse_histogram(&text, route))
+}
+
+fn parse_histogram(text: &str, route: &str) -> HistogramCounts {
+    let prefix = format!("{}_bucket{{", adapter::metrics::HTTP_DURATION);
+    let route_label = format!("route=\"{route}\"");
+    let mut counts = HistogramCounts {
+        within_5ms: 0.0,
+        all: 0.0,
+    };
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        if !labels.split(',').any(|l| l == route_label) {
+            continue;
+        }
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        if labels.split(',').any(|l| l == "le=\"0.005\"") {
+            counts.within_5ms += value;
+        } else if labels.split(',').any(|l| l == "le=\"+Inf\"") {
+            counts.all += value;
+        }
+    }
+    counts
 }
 
 #[cfg(test)]
 mod tests {
+    /// One route's buckets are summed over its statuses; other routes and
+    /// other buckets are left out.
+    #[test]
+    fn the_adapter_histogram_is_read_per_route() {
+        let text = "\
+# TYPE adapter_http_request_duration_seconds histogram
+adapter_http_request_duration_seconds_bucket{method=\"POST\",route=\"/oauth/token\",status=\"200\",le=\"0.001\"} 5
+adapter_http_request_duration_seconds_bucket{method=\"POST\",route=\"/oauth/token\",status=\"200\",le=\"0.005\"} 90
+adapter_http_request_duration_seconds_bucket{method=\"POST\",route=\"/oauth/token\",status=\"200\",le=\"+Inf\"} 100
+adapter_http_request_duration_seconds_bucket{method=\"POST\",route=\"/oauth/token\",status=\"400\",le=\"0.005\"} 10
+adapter_http_request_duration_seconds_bucket{method=\"POST\",route=\"/oauth/token\",status=\"400\",le=\"+Inf\"} 10
+adapter_http_request_duration_seconds_bucket{method=\"GET\",route=\"/userinfo\",status=\"200\",le=\"+Inf\"} 7
+adapter_http_request_duration_seconds_count{method=\"POST\",route=\"/oauth/token\",status=\"200\"} 100
+";
+        let token = super::parse_histogram(text, "/oauth/token");
+        assert_eq!(
+            token,
+            super::HistogramCounts {
+                within_5ms: 100.0,
+                all: 110.0
+            }
+        );
+        // 50 requests since, 10 of them over 5 ms.
+        let before = super::HistogramCounts {
+            within_5ms: 60.0,
+            all: 60.0,
+        };
+        let over = token.share_over(&before).unwrap();
+        assert!((over - 0.2).abs() < 1e-9, "{over}");
+        assert_eq!(token.share_over(&token), None);
+    }
+
     use super::Scale;
 
     #[test]

@@ -88,13 +88,16 @@ async fn every_case_produces_sane_figures() {
             .unwrap_or_else(|| panic!("{case}: no lateness"));
         assert!(late <= row.p99_ms, "{case}: {late} > {}", row.p99_ms);
         assert!(row.note.contains("lateness"), "{case}: {}", row.note);
+        // The adapter's own view of the same requests, from `/metrics`.
+        let over = row
+            .adapter_over_5ms
+            .unwrap_or_else(|| panic!("{case}: no histogram share"));
+        assert!((0.0..=1.0).contains(&over), "{case}: {over}");
     }
+    let closed = report.row("client_credentials ES256").unwrap();
     assert_eq!(
-        report
-            .row("client_credentials ES256")
-            .unwrap()
-            .start_late_p99_ms,
-        None
+        (closed.start_late_p99_ms, closed.adapter_over_5ms),
+        (None, None)
     );
     let login = report.row("full federated login ES256").unwrap();
     // The upstream's share of a login includes an argon2id verification.
