@@ -159,8 +159,8 @@ impl Shared {
             if pending.is_empty() {
                 return;
             }
-            // Taken before `pending` is let go: an appender that finds the
-            // buffer full writes after this batch, not before it.
+            // Taken before `pending` is let go: whoever drains next writes
+            // after this batch, not before it.
             let out = lock(&self.out);
             std::mem::swap(&mut *pending, spare);
             out
@@ -169,18 +169,6 @@ impl Shared {
         let _ = out.write_all(spare);
         let _ = out.flush();
         spare.clear();
-    }
-
-    /// Writes and empties `pending`, whose lock the caller holds.
-    fn write(&self, pending: &mut Vec<u8>) {
-        if pending.is_empty() {
-            return;
-        }
-        let mut out = lock(&self.out);
-        // Nowhere to report a failed log write to; the lines are dropped.
-        let _ = out.write_all(pending);
-        let _ = out.flush();
-        pending.clear();
     }
 }
 
@@ -222,11 +210,14 @@ pub struct BatchedLine<'a> {
 
 impl Write for BatchedLine<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut pending = lock(&self.shared.pending);
-        let was_empty = pending.is_empty();
-        pending.extend_from_slice(buf);
-        if pending.len() > MAX_PENDING || self.shared.direct.load(Ordering::Relaxed) {
-            self.shared.write(&mut pending);
+        let (was_empty, full) = {
+            let mut pending = lock(&self.shared.pending);
+            let was_empty = pending.is_empty();
+            pending.extend_from_slice(buf);
+            (was_empty, pending.len() > MAX_PENDING)
+        };
+        if full || self.shared.direct.load(Ordering::Relaxed) {
+            self.shared.drain(&mut Vec::new());
         } else if was_empty {
             self.shared.filled.notify_one();
         }

@@ -1318,16 +1318,19 @@ async fn histogram_counts(base: &str, route: &str) -> anyhow::Result<HistogramCo
         .error_for_status()?
         .text()
         .await?;
-    Ok(parse_histogram(&text, route))
+    parse_histogram(&text, route)
 }
 
-fn parse_histogram(text: &str, route: &str) -> HistogramCounts {
+/// `route`'s counts in the Prometheus text `text`; an error when the
+/// histogram has no 5 ms bucket (every request would count as over it).
+fn parse_histogram(text: &str, route: &str) -> anyhow::Result<HistogramCounts> {
     let prefix = format!("{}_bucket{{", adapter::metrics::HTTP_DURATION);
     let route_label = format!("route=\"{route}\"");
     let mut counts = HistogramCounts {
         within_5ms: 0.0,
         all: 0.0,
     };
+    let mut bucket_5ms = false;
     for line in text.lines() {
         let Some(rest) = line.strip_prefix(&prefix) else {
             continue;
@@ -1343,11 +1346,17 @@ fn parse_histogram(text: &str, route: &str) -> HistogramCounts {
         };
         if labels.split(',').any(|l| l == "le=\"0.005\"") {
             counts.within_5ms += value;
+            bucket_5ms = true;
         } else if labels.split(',').any(|l| l == "le=\"+Inf\"") {
             counts.all += value;
         }
     }
-    counts
+    anyhow::ensure!(
+        bucket_5ms || counts.all == 0.0,
+        "{} has no 5 ms bucket",
+        adapter::metrics::HTTP_DURATION
+    );
+    Ok(counts)
 }
 
 #[cfg(test)]
@@ -1366,7 +1375,7 @@ adapter_http_request_duration_seconds_bucket{method=\"POST\",route=\"/oauth/toke
 adapter_http_request_duration_seconds_bucket{method=\"GET\",route=\"/userinfo\",status=\"200\",le=\"+Inf\"} 7
 adapter_http_request_duration_seconds_count{method=\"POST\",route=\"/oauth/token\",status=\"200\"} 100
 ";
-        let token = super::parse_histogram(text, "/oauth/token");
+        let token = super::parse_histogram(text, "/oauth/token").unwrap();
         assert_eq!(
             token,
             super::HistogramCounts {
@@ -1382,6 +1391,9 @@ adapter_http_request_duration_seconds_count{method=\"POST\",route=\"/oauth/token
         let over = token.share_over(&before).unwrap();
         assert!((over - 0.2).abs() < 1e-9, "{over}");
         assert_eq!(token.share_over(&token), None);
+        // Without the 5 ms bucket every request would look slow.
+        let userinfo = super::parse_histogram(text, "/userinfo");
+        assert!(userinfo.is_err(), "{userinfo:?}");
     }
 
     use super::Scale;
