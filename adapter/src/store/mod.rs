@@ -23,6 +23,7 @@
 //! PostgreSQL, through sqlx's `Any` driver with portable SQL).
 
 pub mod codec;
+mod reader;
 mod sql;
 mod writer;
 

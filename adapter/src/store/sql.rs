@@ -5,12 +5,15 @@
 //! and payloads.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rusqlite::OptionalExtension;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
+use super::reader::Readers;
 use super::writer::{CheckpointPolicy, Durability, GrantWriter};
 use super::{
     AccountRow, BackchannelRow, CodeCheck, CodeInsert, FirstRefresh, KeyRecord, LoginRow, Lookup,
@@ -32,6 +35,9 @@ pub struct SqlStore {
     /// (with its `fsync`) is shared by the grants queued together. SQLite
     /// has one writer at a time anyway.
     grants: Option<GrantWriter>,
+    /// SQLite only: connections for the request paths' point reads, run on
+    /// the caller's thread instead of a pool worker's (see [`Readers`]).
+    readers: Option<Arc<Readers>>,
 }
 
 /// Longest a query waits for a pooled connection.
@@ -83,19 +89,24 @@ impl SqlStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        let grants = if is_sqlite {
-            Some(GrantWriter::start(
+        let (grants, readers) = if is_sqlite {
+            let grants = GrantWriter::start(
                 open_grant_connection(&url)?,
                 open_grant_connection(&url)?,
                 CheckpointPolicy::default(),
-            )?)
+            )?;
+            (
+                Some(grants),
+                Some(Arc::new(Readers::open(sqlite_file(&url))?)),
+            )
         } else {
-            None
+            (None, None)
         };
         Ok(SqlStore {
             pool,
             sqlite: is_sqlite,
             grants,
+            readers,
         })
     }
 
@@ -107,10 +118,8 @@ impl SqlStore {
 /// Opens the grant paths' SQLite connection on the file of `url` (a
 /// prepared `sqlite://` URL; the schema exists), with the pool's settings.
 fn open_grant_connection(url: &str) -> Result<rusqlite::Connection, StoreError> {
-    let path = url.strip_prefix("sqlite://").unwrap_or(url);
-    let file = path.split('?').next().unwrap_or(path);
     let conn = rusqlite::Connection::open_with_flags(
-        file,
+        sqlite_file(url),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     // As the pool's connections (see `connect`); the file is in WAL mode
@@ -123,6 +132,12 @@ fn open_grant_connection(url: &str) -> Result<rusqlite::Connection, StoreError> 
          PRAGMA busy_timeout = 5000; PRAGMA journal_size_limit = 67108864;",
     )?;
     Ok(conn)
+}
+
+/// The file of a `sqlite://` URL (without its query).
+fn sqlite_file(url: &str) -> &str {
+    let path = url.strip_prefix("sqlite://").unwrap_or(url);
+    path.split('?').next().unwrap_or(path)
 }
 
 /// Adds `mode=rwc` to SQLite URLs and creates the parent folder.
@@ -207,19 +222,42 @@ impl SqlStore {
         let sql = format!(
             "SELECT id_hash, version, data, expires_at, finished_at FROM logins WHERE {column} = $1"
         );
-        let Some(r) = sqlx::query(&sql)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?
-        else {
-            return Ok(Lookup::Missing);
+        let found = if let Some(readers) = &self.readers {
+            readers.read(|c| {
+                c.prepare_cached(&sql)?
+                    .query_row([key], |r| {
+                        Ok((
+                            LoginRow {
+                                id_hash: r.get(0)?,
+                                version: r.get(1)?,
+                                data: r.get(2)?,
+                                expires_at: r.get(3)?,
+                            },
+                            r.get::<_, Option<i64>>(4)?,
+                        ))
+                    })
+                    .optional()
+            })?
+        } else {
+            match sqlx::query(&sql)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?
+            {
+                Some(r) => Some((
+                    LoginRow {
+                        id_hash: r.try_get("id_hash")?,
+                        version: r.try_get("version")?,
+                        data: r.try_get("data")?,
+                        expires_at: r.try_get("expires_at")?,
+                    },
+                    r.try_get::<Option<i64>, _>("finished_at")?,
+                )),
+                None => None,
+            }
         };
-        let finished: Option<i64> = r.try_get("finished_at")?;
-        let row = LoginRow {
-            id_hash: r.try_get("id_hash")?,
-            version: r.try_get("version")?,
-            data: r.try_get("data")?,
-            expires_at: r.try_get("expires_at")?,
+        let Some((row, finished)) = found else {
+            return Ok(Lookup::Missing);
         };
         Ok(if finished.is_some() {
             Lookup::Finished
@@ -239,6 +277,28 @@ impl SqlStore {
         let sql = format!(
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE {column} = $1 AND expires_at > $2"
         );
+        if let Some(readers) = &self.readers {
+            return readers.read(|c| {
+                c.prepare_cached(&sql)?
+                    .query_row(rusqlite::params![key, now], |r| {
+                        Ok(SessionRow {
+                            id_hash: r.get(0)?,
+                            sid: r.get(1)?,
+                            connector_id: r.get(2)?,
+                            subject: r.get(3)?,
+                            auth_time: r.get(4)?,
+                            data: r.get(5)?,
+                            created_at: r.get(6)?,
+                            expires_at: r.get(7)?,
+                            device_hash: r.get(8)?,
+                            device_label: r.get(9)?,
+                            ip: r.get(10)?,
+                            last_seen_at: r.get(11)?,
+                        })
+                    })
+                    .optional()
+            });
+        }
         sqlx::query(&sql)
             .bind(key)
             .bind(now)
@@ -444,6 +504,32 @@ impl Store for SqlStore {
     async fn any_revoked(&self, ids: &[&str], now: i64) -> Result<bool, StoreError> {
         if ids.is_empty() {
             return Ok(false);
+        }
+        if let Some(readers) = &self.readers {
+            // A point read per id, in one statement (one snapshot):
+            // SQLite answers `jti IN (...)` by building a temporary
+            // b-tree of the list first, which cost more than the reads.
+            let sql = (0..ids.len())
+                .map(|i| {
+                    format!(
+                        "EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ?{} AND expires_at > ?1)",
+                        i + 2
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            return readers.read(|c| {
+                let mut statement = c.prepare_cached(&format!("SELECT {sql}"))?;
+                statement.raw_bind_parameter(1, now)?;
+                for (i, id) in ids.iter().enumerate() {
+                    statement.raw_bind_parameter(i + 2, *id)?;
+                }
+                let mut rows = statement.raw_query();
+                match rows.next()? {
+                    Some(row) => row.get::<_, bool>(0),
+                    None => Ok(false),
+                }
+            });
         }
         let placeholders: Vec<String> = (2..ids.len() + 2).map(|i| format!("${i}")).collect();
         let sql = format!(
@@ -1320,7 +1406,6 @@ impl Store for SqlStore {
             let (code_hash, grant_id) = (code_hash.to_string(), grant_id.to_string());
             return writer
                 .run(move |tx| {
-                    use rusqlite::OptionalExtension;
                     let redeemed = tx
                         .prepare_cached(&SQLITE_REDEEM_CODE)?
                         .query_row(rusqlite::params![code_hash, grant_id, now], |r| {
@@ -1648,7 +1733,6 @@ fn rotate_on_sqlite(
     now: i64,
     next: NextRefresh,
 ) -> Result<Rotation, StoreError> {
-    use rusqlite::OptionalExtension;
     let read = tx
         .prepare_cached(&SQLITE_GRANT_READ)?
         .query_row(

@@ -600,8 +600,21 @@ mod tests {
     /// log frames, copied frames), read through a connection of its own.
     fn log_frames(dir: &tempfile::TempDir) -> i64 {
         let conn = rusqlite::Connection::open(dir.path().join("w.db")).unwrap();
-        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
-            .unwrap()
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            // (busy, frames in the log, frames copied): busy, and -1
+            // frames, while the checkpoint thread runs one of its own.
+            let (busy, frames): (i64, i64) = conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .unwrap();
+            if busy == 0 {
+                return frames;
+            }
+            assert!(std::time::Instant::now() < deadline, "the log stayed busy");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// The thread's checkpoints copy the log but it keeps growing; a commit
