@@ -89,7 +89,7 @@ const COUNTERS: &[(&str, &str)] = &[
     ),
     (
         WRITER_JOBS,
-        "Grants (logins' sessions and codes, code redemptions, refresh rotations) run by the SQLite writer thread.",
+        "Writes run by the SQLite writer thread: logins in progress, logins' sessions and codes, code redemptions, refresh rotations.",
     ),
     (
         WRITER_COMMITS,

@@ -40,6 +40,11 @@ pub struct SqlStore {
     readers: Option<Arc<Readers>>,
 }
 
+/// How often, and how far apart, a compaction that found the log busy is
+/// tried again.
+const COMPACT_TRIES: u32 = 50;
+const COMPACT_RETRY: Duration = Duration::from_millis(10);
+
 /// Longest a query waits for a pooled connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -325,6 +330,19 @@ impl SqlStore {
     }
 }
 
+/// A new login (`$1` id hash, `$2` data, `$3` expiry, `$4` state hash).
+/// The SQLite grant writer runs it too, binding the `$n` by name.
+const INSERT_LOGIN: &str =
+    "INSERT INTO logins (id_hash, state_hash, version, data, expires_at, finished_at) \
+     VALUES ($1, $4, 0, $2, $3, NULL)";
+
+/// The compare-and-swap of a login: `$1` id hash, `$2` the version read,
+/// `$3` data, `$4` new state hash (or keep), `$5` finished at (or not),
+/// `$6` now.
+const UPDATE_LOGIN: &str = "UPDATE logins SET version = version + 1, data = $3, \
+     state_hash = COALESCE($4, state_hash), finished_at = $5 \
+     WHERE id_hash = $1 AND version = $2 AND finished_at IS NULL AND expires_at > $6";
+
 /// True when an insert failed on a unique or primary key.
 fn is_conflict(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
@@ -344,16 +362,26 @@ impl Store for SqlStore {
         expires_at: i64,
         state_hash: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO logins (id_hash, state_hash, version, data, expires_at, finished_at) \
-             VALUES ($1, $4, 0, $2, $3, NULL)",
-        )
-        .bind(id_hash)
-        .bind(data)
-        .bind(expires_at)
-        .bind(state_hash)
-        .execute(&self.pool)
-        .await?;
+        if let Some(writer) = &self.grants {
+            let (id_hash, data) = (id_hash.to_string(), data.to_string());
+            let state_hash = state_hash.map(str::to_string);
+            return writer
+                .run_with(Durability::Normal, move |tx| {
+                    tx.prepare_cached(INSERT_LOGIN)?
+                        .execute(rusqlite::named_params! {
+                            "$1": id_hash, "$2": data, "$3": expires_at, "$4": state_hash,
+                        })?;
+                    Ok(())
+                })
+                .await;
+        }
+        sqlx::query(INSERT_LOGIN)
+            .bind(id_hash)
+            .bind(data)
+            .bind(expires_at)
+            .bind(state_hash)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -379,20 +407,30 @@ impl Store for SqlStore {
         now: i64,
     ) -> Result<bool, StoreError> {
         // One statement: the database picks the single winner of a race.
-        let r = sqlx::query(
-            "UPDATE logins SET version = version + 1, data = $3, \
-             state_hash = COALESCE($4, state_hash), \
-             finished_at = $5 \
-             WHERE id_hash = $1 AND version = $2 AND finished_at IS NULL AND expires_at > $6",
-        )
-        .bind(id_hash)
-        .bind(version)
-        .bind(data)
-        .bind(state_hash)
-        .bind(finish.then_some(now))
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        if let Some(writer) = &self.grants {
+            let (id_hash, data) = (id_hash.to_string(), data.to_string());
+            let state_hash = state_hash.map(str::to_string);
+            return writer
+                .run_with(Durability::Normal, move |tx| {
+                    let updated =
+                        tx.prepare_cached(UPDATE_LOGIN)?
+                            .execute(rusqlite::named_params! {
+                                "$1": id_hash, "$2": version, "$3": data, "$4": state_hash,
+                                "$5": finish.then_some(now), "$6": now,
+                            })?;
+                    Ok(updated == 1)
+                })
+                .await;
+        }
+        let r = sqlx::query(UPDATE_LOGIN)
+            .bind(id_hash)
+            .bind(version)
+            .bind(data)
+            .bind(state_hash)
+            .bind(finish.then_some(now))
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -1232,10 +1270,20 @@ impl Store for SqlStore {
             // With requests always in flight the automatic (passive)
             // checkpoints never reach the log's end, and it grows without
             // bound; a TRUNCATE checkpoint waits for readers, copies the
-            // log into the database and empties it.
-            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                .fetch_all(&self.pool)
-                .await?;
+            // log into the database and empties it. It answers busy
+            // (row `(1, -1, -1)`), without waiting, while the grant
+            // writer's checkpoint thread runs a checkpoint of its own: then
+            // it is tried again shortly.
+            for _ in 0..COMPACT_TRIES {
+                let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .fetch_one(&self.pool)
+                    .await?;
+                if row.try_get::<i64, _>(0)? == 0 {
+                    return Ok(());
+                }
+                tokio::time::sleep(COMPACT_RETRY).await;
+            }
+            tracing::warn!("the write-ahead log stayed busy; compaction waits for its next round");
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! connection and commits the transactions queued to it in groups.
 //!
 //! Every grant (a refresh rotation, a code redemption, a new session, a new
-//! code) is a job: a closure over a connection. The thread takes the first
+//! code) and every write of a login in progress is a job: a closure over a connection. The thread takes the first
 //! queued job, then every job queued meanwhile (at most [`MAX_BATCH`]), and
 //! runs them back to back in one `BEGIN IMMEDIATE` transaction, each under a
 //! savepoint of its own so that a job that fails leaves no trace and does not
@@ -13,9 +13,9 @@
 //! tokens: refresh rotation, code redemption) commits with `synchronous =
 //! FULL`: the commit is on disk (`fsync` of the write-ahead log) before any
 //! of its jobs is answered, and the batch pays one `fsync` for all its jobs
-//! (group commit). A batch of [`Durability::Normal`] jobs only (a login's
-//! new session and code) commits with `synchronous = NORMAL`, as the pool's
-//! other writes (the logins in progress): it survives a crash of the
+//! (group commit). A batch of [`Durability::Normal`] jobs only (a login in
+//! progress, a login's new session and code) commits with `synchronous =
+//! NORMAL`, as the pool's other writes: it survives a crash of the
 //! process, and reaches the disk with the next synced commit or checkpoint;
 //! a power loss before then loses it, and the user logs in again. Jobs are never
 //! delayed to make batches bigger: a batch is what queued while the previous

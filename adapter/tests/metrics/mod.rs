@@ -144,10 +144,12 @@ async fn metrics_count_logins_tokens_and_requests_by_route() {
         r#"adapter_store_operation_duration_seconds_count{operation="count_sessions"}"#,
         "1",
     );
-    // SQLite's grant writer: the login's session and code are one job
-    // (one commit), the redemption another; nothing else went through it.
-    assert_series(&body, "adapter_store_writer_jobs_total", "2");
-    assert_series(&body, "adapter_store_writer_commits_total", "2");
+    // SQLite's writer: each login's record is inserted and saved once
+    // (the refusal, the success), the good login's session and code are
+    // one job, the redemption another: six jobs, one after the other, so
+    // six commits. Nothing else went through it.
+    assert_series(&body, "adapter_store_writer_jobs_total", "6");
+    assert_series(&body, "adapter_store_writer_commits_total", "6");
     assert_eq!(
         value(&body, "adapter_refresh_token_reuse_detected_total"),
         None
