@@ -68,7 +68,8 @@ impl Readers {
         })
     }
 
-    /// Runs `read` on an idle connection (or a new one) of this thread.
+    /// Runs `read` on the caller's thread, on an idle connection (or a new
+    /// one when all are in use).
     pub fn read<T>(
         &self,
         read: impl FnOnce(&rusqlite::Connection) -> Result<T, rusqlite::Error>,

@@ -27,8 +27,9 @@ pub struct SqlStore {
     pool: AnyPool,
     /// SQLite (a file with a write-ahead log) rather than PostgreSQL.
     sqlite: bool,
-    /// SQLite only: the writer thread of the grant paths, which owns a
-    /// connection of its own and commits queued grants in groups (see
+    /// SQLite only: the writer thread of the grant paths and of the logins
+    /// in progress, which owns a connection of its own and commits queued
+    /// writes in groups (see
     /// [`GrantWriter`]). sqlx-sqlite hands every statement to its
     /// connection's worker thread (two thread switches per statement); a
     /// grant here costs one hand-off for all its statements, and a commit

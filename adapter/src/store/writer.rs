@@ -2,11 +2,11 @@
 //! connection and commits the transactions queued to it in groups.
 //!
 //! Every grant (a refresh rotation, a code redemption, a new session, a new
-//! code) and every write of a login in progress is a job: a closure over a connection. The thread takes the first
-//! queued job, then every job queued meanwhile (at most [`MAX_BATCH`]), and
-//! runs them back to back in one `BEGIN IMMEDIATE` transaction, each under a
-//! savepoint of its own so that a job that fails leaves no trace and does not
-//! touch its neighbours. Then it commits once and answers every job of the
+//! code) and every write of a login in progress is a job: a closure over a
+//! connection. The thread takes the first queued job, then every job queued
+//! meanwhile (at most [`MAX_BATCH`]), and runs them back to back in one
+//! `BEGIN IMMEDIATE` transaction, each under a savepoint of its own so that a
+//! job that fails leaves no trace and does not touch its neighbours. Then it commits once and answers every job of the
 //! batch. Nobody is answered before the commit that holds their writes.
 //!
 //! A batch that holds a [`Durability::Synced`] job (a grant that issues
